@@ -1,0 +1,376 @@
+//! The replicated routing state and its pure `apply`.
+//!
+//! ```text
+//!   Command ──► MetaState::apply ──► (Response, Vec<Change>)
+//!                   │
+//!                   └─ revision += 1 whenever anything changed
+//! ```
+//!
+//! `apply` is a plain function of the state and the command: it never reads a clock, a
+//! random number or the environment, so every replica (and the simulator) computes the same
+//! state from the same log. Leases are the leader's soft state (see [`crate::lease`]); what
+//! reaches the log is the leader's decision to expire a member, carrying the incarnation it
+//! expires so that a late expiry never removes a newer registration.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use firetower_proto::metastore::v1 as pb;
+use firetower_proto::{Slot, SLOT_COUNT};
+use serde::{Deserialize, Serialize};
+
+/// Which role a member plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MemberKind {
+    Distributor,
+    Edge,
+}
+
+impl MemberKind {
+    /// The protobuf value of this kind.
+    pub fn to_proto(self) -> pb::MemberKind {
+        match self {
+            MemberKind::Distributor => pb::MemberKind::Distributor,
+            MemberKind::Edge => pb::MemberKind::Edge,
+        }
+    }
+
+    /// The kind named by a protobuf enum value; `None` for unspecified or unknown values.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        match pb::MemberKind::try_from(value).ok()? {
+            pb::MemberKind::Distributor => Some(MemberKind::Distributor),
+            pb::MemberKind::Edge => Some(MemberKind::Edge),
+            pb::MemberKind::Unspecified => None,
+        }
+    }
+}
+
+/// A registered member as the state machine keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Named endpoints ("grpc", "quic", "ws", …) that peers dial.
+    pub addrs: BTreeMap<String, String>,
+    /// How long the leader waits for a heartbeat before it proposes expiry.
+    pub lease_ttl_ms: u64,
+    /// The revision that applied this registration; it names the registration in heartbeats
+    /// and expiries.
+    pub incarnation: u64,
+}
+
+/// The owner of one slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotOwner {
+    /// The owning distributor; 0 when no distributor is alive.
+    pub distributor: u64,
+    /// The revision at which this owner took the slot. It increases on every owner change of
+    /// the slot, so a distributor that still believes in an older epoch is fenced.
+    pub epoch: u64,
+}
+
+/// A replicated command: what the leader proposes and every replica applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a member or replaces its registration (a restart gets a new incarnation).
+    Register { kind: MemberKind, id: u64, addrs: BTreeMap<String, String>, lease_ttl_ms: u64 },
+    /// A member leaves on purpose.
+    Deregister { kind: MemberKind, id: u64 },
+    /// The leader saw no heartbeat of this registration for its lease.
+    Expire { kind: MemberKind, id: u64, incarnation: u64 },
+    /// An edge gained or lost subscribers in these slots.
+    UpdateInterest { edge: u64, add: Vec<Slot>, remove: Vec<Slot> },
+    /// Splits `topic` into `shards` sub-topics.
+    SetHotTopic { topic: String, shards: u32 },
+    /// Merges a hot topic back into one.
+    ClearHotTopic { topic: String },
+}
+
+/// Why an applied command changed nothing. These are decided by the state, so every
+/// replica agrees on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The member (at that incarnation) is not registered.
+    UnknownMember { kind: MemberKind, id: u64 },
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::UnknownMember { kind, id } => write!(f, "{kind:?} {id} is not registered"),
+        }
+    }
+}
+
+/// What applying a command answers to the proposer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The revision after the command.
+    pub revision: u64,
+    /// For `Register`: the new incarnation.
+    pub incarnation: u64,
+    /// Set when the command changed nothing because the state did not allow it.
+    pub rejected: Option<Rejection>,
+}
+
+/// The whole routing state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    /// Increases by one with every applied command that changed something.
+    pub revision: u64,
+    pub distributors: BTreeMap<u64, MemberRecord>,
+    pub edges: BTreeMap<u64, MemberRecord>,
+    /// Indexed by slot; always [`SLOT_COUNT`] entries.
+    pub slot_owner: Vec<SlotOwner>,
+    /// Slot → the edges that have subscribers in it. Only non-empty sets are kept.
+    pub slot_edges: BTreeMap<Slot, BTreeSet<u64>>,
+    /// Hot topic → shard count.
+    pub hot_topics: BTreeMap<String, u32>,
+}
+
+impl Default for MetaState {
+    fn default() -> Self {
+        MetaState {
+            revision: 0,
+            distributors: BTreeMap::new(),
+            edges: BTreeMap::new(),
+            slot_owner: vec![SlotOwner::default(); SLOT_COUNT],
+            slot_edges: BTreeMap::new(),
+            hot_topics: BTreeMap::new(),
+        }
+    }
+}
+
+impl MetaState {
+    fn members_mut(&mut self, kind: MemberKind) -> &mut BTreeMap<u64, MemberRecord> {
+        match kind {
+            MemberKind::Distributor => &mut self.distributors,
+            MemberKind::Edge => &mut self.edges,
+        }
+    }
+
+    /// The members of one kind.
+    pub fn members(&self, kind: MemberKind) -> &BTreeMap<u64, MemberRecord> {
+        match kind {
+            MemberKind::Distributor => &self.distributors,
+            MemberKind::Edge => &self.edges,
+        }
+    }
+
+    /// Applies one command. Returns the response and every change it made, in order; the
+    /// revision increases by one when the change list is non-empty.
+    pub fn apply(&mut self, command: &Command) -> (Response, Vec<pb::Change>) {
+        let next = self.revision + 1;
+        let mut changes = Vec::new();
+        let mut response = Response::default();
+        match command {
+            Command::Register { kind, id, addrs, lease_ttl_ms } => {
+                let record =
+                    MemberRecord { addrs: addrs.clone(), lease_ttl_ms: *lease_ttl_ms, incarnation: next };
+                let existed = self.members_mut(*kind).insert(*id, record.clone()).is_some();
+                changes.push(change(pb::change::Change::MemberUp(member_to_proto(*kind, *id, &record))));
+                response.incarnation = next;
+                match kind {
+                    // A re-registered edge starts from no interest and announces it again.
+                    MemberKind::Edge => self.drop_edge_interest(*id, &mut changes),
+                    MemberKind::Distributor if !existed => self.rebalance(next, &mut changes),
+                    MemberKind::Distributor => {}
+                }
+            }
+            Command::Deregister { kind, id } => {
+                if !self.remove_member(*kind, *id, next, &mut changes) {
+                    response.rejected = Some(Rejection::UnknownMember { kind: *kind, id: *id });
+                }
+            }
+            Command::Expire { kind, id, incarnation } => {
+                let current = self.members(*kind).get(id).map(|m| m.incarnation);
+                if current == Some(*incarnation) {
+                    self.remove_member(*kind, *id, next, &mut changes);
+                } else {
+                    response.rejected = Some(Rejection::UnknownMember { kind: *kind, id: *id });
+                }
+            }
+            Command::UpdateInterest { edge, add, remove } => {
+                if !self.edges.contains_key(edge) {
+                    response.rejected = Some(Rejection::UnknownMember { kind: MemberKind::Edge, id: *edge });
+                } else {
+                    for &slot in remove {
+                        if let Some(set) = self.slot_edges.get_mut(&slot) {
+                            if set.remove(edge) {
+                                changes.push(slot_edge_change(slot, *edge, false));
+                            }
+                            if set.is_empty() {
+                                self.slot_edges.remove(&slot);
+                            }
+                        }
+                    }
+                    for &slot in add {
+                        if usize::from(slot) < SLOT_COUNT && self.slot_edges.entry(slot).or_default().insert(*edge) {
+                            changes.push(slot_edge_change(slot, *edge, true));
+                        }
+                    }
+                }
+            }
+            Command::SetHotTopic { topic, shards } => {
+                if self.hot_topics.get(topic) != Some(shards) {
+                    self.hot_topics.insert(topic.clone(), *shards);
+                    changes.push(change(pb::change::Change::HotTopicSet(pb::HotTopic {
+                        topic: topic.clone(),
+                        shards: *shards,
+                    })));
+                }
+            }
+            Command::ClearHotTopic { topic } => {
+                if self.hot_topics.remove(topic).is_some() {
+                    changes.push(change(pb::change::Change::HotTopicCleared(topic.clone())));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.revision = next;
+        }
+        response.revision = self.revision;
+        (response, changes)
+    }
+
+    fn remove_member(&mut self, kind: MemberKind, id: u64, next: u64, changes: &mut Vec<pb::Change>) -> bool {
+        if self.members_mut(kind).remove(&id).is_none() {
+            return false;
+        }
+        changes.push(change(pb::change::Change::MemberDown(pb::MemberRef { kind: kind.to_proto() as i32, id })));
+        match kind {
+            MemberKind::Distributor => self.rebalance(next, changes),
+            MemberKind::Edge => self.drop_edge_interest(id, changes),
+        }
+        true
+    }
+
+    fn drop_edge_interest(&mut self, edge: u64, changes: &mut Vec<pb::Change>) {
+        self.slot_edges.retain(|&slot, set| {
+            if set.remove(&edge) {
+                changes.push(slot_edge_change(slot, edge, false));
+            }
+            !set.is_empty()
+        });
+    }
+
+    /// Spreads the slots evenly over the live distributors (max − min ≤ 1), moving as few
+    /// as possible: a distributor keeps its slots up to its target, the distributors that
+    /// already hold the most get the `SLOT_COUNT % n` larger targets, and only the excess
+    /// and the orphaned slots move, in slot order, to distributors under their target.
+    fn rebalance(&mut self, epoch: u64, changes: &mut Vec<pb::Change>) {
+        let live: Vec<u64> = self.distributors.keys().copied().collect();
+        let targets = rebalance_targets(&self.slot_owner, &live);
+        let mut kept: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut free = Vec::new();
+        for (slot, owner) in self.slot_owner.iter().enumerate() {
+            let keep = targets.get(&owner.distributor).is_some_and(|&target| {
+                let count = kept.entry(owner.distributor).or_default();
+                *count += 1;
+                *count <= target
+            });
+            if !keep && (owner.distributor != 0 || !live.is_empty()) {
+                free.push(slot);
+            }
+        }
+        let mut takers = live.iter().flat_map(|id| {
+            let short = targets[id].saturating_sub(kept.get(id).copied().unwrap_or(0).min(targets[id]));
+            std::iter::repeat_n(*id, short)
+        });
+        for slot in free {
+            let distributor = takers.next().unwrap_or(0);
+            let owner = &mut self.slot_owner[slot];
+            if owner.distributor == distributor {
+                continue;
+            }
+            *owner = SlotOwner { distributor, epoch };
+            changes.push(change(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                slot: slot as u32,
+                distributor_id: distributor,
+                epoch,
+            })));
+        }
+    }
+
+    /// How many slots each distributor owns (distributors with none included).
+    pub fn slots_per_distributor(&self) -> BTreeMap<u64, u32> {
+        let mut counts: BTreeMap<u64, u32> = self.distributors.keys().map(|&id| (id, 0)).collect();
+        for owner in &self.slot_owner {
+            if owner.distributor != 0 {
+                *counts.entry(owner.distributor).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// The number of slots without an owner.
+    pub fn unowned_slots(&self) -> u32 {
+        self.slot_owner.iter().filter(|o| o.distributor == 0).count() as u32
+    }
+
+    /// The full state as a protobuf snapshot.
+    pub fn to_proto(&self) -> pb::SlotMap {
+        pb::SlotMap {
+            revision: self.revision,
+            members: self.members_to_proto(),
+            slot_owner: self.slot_owner.iter().map(|o| o.distributor).collect(),
+            slot_epoch: self.slot_owner.iter().map(|o| o.epoch).collect(),
+            slot_edges: self
+                .slot_edges
+                .iter()
+                .map(|(&slot, edges)| pb::SlotEdges { slot: u32::from(slot), edge_ids: edges.iter().copied().collect() })
+                .collect(),
+            hot_topics: self
+                .hot_topics
+                .iter()
+                .map(|(topic, &shards)| pb::HotTopic { topic: topic.clone(), shards })
+                .collect(),
+        }
+    }
+
+    /// Every member, distributors first, each kind in id order.
+    pub fn members_to_proto(&self) -> Vec<pb::Member> {
+        let distributors = self.distributors.iter().map(|(&id, m)| member_to_proto(MemberKind::Distributor, id, m));
+        let edges = self.edges.iter().map(|(&id, m)| member_to_proto(MemberKind::Edge, id, m));
+        distributors.chain(edges).collect()
+    }
+}
+
+/// The number of slots each live distributor should own after a rebalance.
+fn rebalance_targets(slot_owner: &[SlotOwner], live: &[u64]) -> BTreeMap<u64, usize> {
+    if live.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut current: BTreeMap<u64, usize> = live.iter().map(|&id| (id, 0)).collect();
+    for owner in slot_owner {
+        if let Some(count) = current.get_mut(&owner.distributor) {
+            *count += 1;
+        }
+    }
+    let base = SLOT_COUNT / live.len();
+    let extra = SLOT_COUNT % live.len();
+    // The larger targets go to those who already hold the most (ties: lower id), which is
+    // what makes the number of moved slots minimal.
+    let mut order: Vec<(u64, usize)> = current.into_iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.iter().enumerate().map(|(i, &(id, _))| (id, base + usize::from(i < extra))).collect()
+}
+
+fn change(change: pb::change::Change) -> pb::Change {
+    pb::Change { change: Some(change) }
+}
+
+fn slot_edge_change(slot: Slot, edge: u64, present: bool) -> pb::Change {
+    change(pb::change::Change::SlotEdge(pb::SlotEdgeChange { slot: u32::from(slot), edge_id: edge, present }))
+}
+
+/// The protobuf form of one member.
+pub fn member_to_proto(kind: MemberKind, id: u64, record: &MemberRecord) -> pb::Member {
+    pb::Member {
+        kind: kind.to_proto() as i32,
+        id,
+        addrs: record.addrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        lease_ttl_ms: record.lease_ttl_ms,
+        incarnation: record.incarnation,
+    }
+}
+
+#[cfg(test)]
+mod tests;
