@@ -14,6 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Ordered maps keep iteration (and so the simulator) deterministic.
+        .btree_map(".")
+        // Payloads are shared, not copied, on their way through fan-out.
+        .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

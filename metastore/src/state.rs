@@ -70,13 +70,26 @@ pub struct SlotOwner {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Adds a member or replaces its registration (a restart gets a new incarnation).
-    Register { kind: MemberKind, id: u64, addrs: BTreeMap<String, String>, lease_ttl_ms: u64 },
+    Register {
+        kind: MemberKind,
+        id: u64,
+        addrs: BTreeMap<String, String>,
+        lease_ttl_ms: u64,
+    },
     /// A member leaves on purpose.
     Deregister { kind: MemberKind, id: u64 },
     /// The leader saw no heartbeat of this registration for its lease.
-    Expire { kind: MemberKind, id: u64, incarnation: u64 },
+    Expire {
+        kind: MemberKind,
+        id: u64,
+        incarnation: u64,
+    },
     /// An edge gained or lost subscribers in these slots.
-    UpdateInterest { edge: u64, add: Vec<Slot>, remove: Vec<Slot> },
+    UpdateInterest {
+        edge: u64,
+        add: Vec<Slot>,
+        remove: Vec<Slot>,
+    },
     /// Splits `topic` into `shards` sub-topics.
     SetHotTopic { topic: String, shards: u32 },
     /// Merges a hot topic back into one.
@@ -161,11 +174,24 @@ impl MetaState {
         let mut changes = Vec::new();
         let mut response = Response::default();
         match command {
-            Command::Register { kind, id, addrs, lease_ttl_ms } => {
-                let record =
-                    MemberRecord { addrs: addrs.clone(), lease_ttl_ms: *lease_ttl_ms, incarnation: next };
-                let existed = self.members_mut(*kind).insert(*id, record.clone()).is_some();
-                changes.push(change(pb::change::Change::MemberUp(member_to_proto(*kind, *id, &record))));
+            Command::Register {
+                kind,
+                id,
+                addrs,
+                lease_ttl_ms,
+            } => {
+                let record = MemberRecord {
+                    addrs: addrs.clone(),
+                    lease_ttl_ms: *lease_ttl_ms,
+                    incarnation: next,
+                };
+                let existed = self
+                    .members_mut(*kind)
+                    .insert(*id, record.clone())
+                    .is_some();
+                changes.push(change(pb::change::Change::MemberUp(member_to_proto(
+                    *kind, *id, &record,
+                ))));
                 response.incarnation = next;
                 match kind {
                     // A re-registered edge starts from no interest and announces it again.
@@ -176,20 +202,33 @@ impl MetaState {
             }
             Command::Deregister { kind, id } => {
                 if !self.remove_member(*kind, *id, next, &mut changes) {
-                    response.rejected = Some(Rejection::UnknownMember { kind: *kind, id: *id });
+                    response.rejected = Some(Rejection::UnknownMember {
+                        kind: *kind,
+                        id: *id,
+                    });
                 }
             }
-            Command::Expire { kind, id, incarnation } => {
+            Command::Expire {
+                kind,
+                id,
+                incarnation,
+            } => {
                 let current = self.members(*kind).get(id).map(|m| m.incarnation);
                 if current == Some(*incarnation) {
                     self.remove_member(*kind, *id, next, &mut changes);
                 } else {
-                    response.rejected = Some(Rejection::UnknownMember { kind: *kind, id: *id });
+                    response.rejected = Some(Rejection::UnknownMember {
+                        kind: *kind,
+                        id: *id,
+                    });
                 }
             }
             Command::UpdateInterest { edge, add, remove } => {
                 if !self.edges.contains_key(edge) {
-                    response.rejected = Some(Rejection::UnknownMember { kind: MemberKind::Edge, id: *edge });
+                    response.rejected = Some(Rejection::UnknownMember {
+                        kind: MemberKind::Edge,
+                        id: *edge,
+                    });
                 } else {
                     for &slot in remove {
                         if let Some(set) = self.slot_edges.get_mut(&slot) {
@@ -202,7 +241,9 @@ impl MetaState {
                         }
                     }
                     for &slot in add {
-                        if usize::from(slot) < SLOT_COUNT && self.slot_edges.entry(slot).or_default().insert(*edge) {
+                        if usize::from(slot) < SLOT_COUNT
+                            && self.slot_edges.entry(slot).or_default().insert(*edge)
+                        {
                             changes.push(slot_edge_change(slot, *edge, true));
                         }
                     }
@@ -230,11 +271,20 @@ impl MetaState {
         (response, changes)
     }
 
-    fn remove_member(&mut self, kind: MemberKind, id: u64, next: u64, changes: &mut Vec<pb::Change>) -> bool {
+    fn remove_member(
+        &mut self,
+        kind: MemberKind,
+        id: u64,
+        next: u64,
+        changes: &mut Vec<pb::Change>,
+    ) -> bool {
         if self.members_mut(kind).remove(&id).is_none() {
             return false;
         }
-        changes.push(change(pb::change::Change::MemberDown(pb::MemberRef { kind: kind.to_proto() as i32, id })));
+        changes.push(change(pb::change::Change::MemberDown(pb::MemberRef {
+            kind: kind.to_proto() as i32,
+            id,
+        })));
         match kind {
             MemberKind::Distributor => self.rebalance(next, changes),
             MemberKind::Edge => self.drop_edge_interest(id, changes),
@@ -271,7 +321,8 @@ impl MetaState {
             }
         }
         let mut takers = live.iter().flat_map(|id| {
-            let short = targets[id].saturating_sub(kept.get(id).copied().unwrap_or(0).min(targets[id]));
+            let short =
+                targets[id].saturating_sub(kept.get(id).copied().unwrap_or(0).min(targets[id]));
             std::iter::repeat_n(*id, short)
         });
         for slot in free {
@@ -302,7 +353,10 @@ impl MetaState {
 
     /// The number of slots without an owner.
     pub fn unowned_slots(&self) -> u32 {
-        self.slot_owner.iter().filter(|o| o.distributor == 0).count() as u32
+        self.slot_owner
+            .iter()
+            .filter(|o| o.distributor == 0)
+            .count() as u32
     }
 
     /// The full state as a protobuf snapshot.
@@ -315,20 +369,32 @@ impl MetaState {
             slot_edges: self
                 .slot_edges
                 .iter()
-                .map(|(&slot, edges)| pb::SlotEdges { slot: u32::from(slot), edge_ids: edges.iter().copied().collect() })
+                .map(|(&slot, edges)| pb::SlotEdges {
+                    slot: u32::from(slot),
+                    edge_ids: edges.iter().copied().collect(),
+                })
                 .collect(),
             hot_topics: self
                 .hot_topics
                 .iter()
-                .map(|(topic, &shards)| pb::HotTopic { topic: topic.clone(), shards })
+                .map(|(topic, &shards)| pb::HotTopic {
+                    topic: topic.clone(),
+                    shards,
+                })
                 .collect(),
         }
     }
 
     /// Every member, distributors first, each kind in id order.
     pub fn members_to_proto(&self) -> Vec<pb::Member> {
-        let distributors = self.distributors.iter().map(|(&id, m)| member_to_proto(MemberKind::Distributor, id, m));
-        let edges = self.edges.iter().map(|(&id, m)| member_to_proto(MemberKind::Edge, id, m));
+        let distributors = self
+            .distributors
+            .iter()
+            .map(|(&id, m)| member_to_proto(MemberKind::Distributor, id, m));
+        let edges = self
+            .edges
+            .iter()
+            .map(|(&id, m)| member_to_proto(MemberKind::Edge, id, m));
         distributors.chain(edges).collect()
     }
 }
@@ -350,15 +416,25 @@ fn rebalance_targets(slot_owner: &[SlotOwner], live: &[u64]) -> BTreeMap<u64, us
     // what makes the number of moved slots minimal.
     let mut order: Vec<(u64, usize)> = current.into_iter().collect();
     order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    order.iter().enumerate().map(|(i, &(id, _))| (id, base + usize::from(i < extra))).collect()
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, &(id, _))| (id, base + usize::from(i < extra)))
+        .collect()
 }
 
 fn change(change: pb::change::Change) -> pb::Change {
-    pb::Change { change: Some(change) }
+    pb::Change {
+        change: Some(change),
+    }
 }
 
 fn slot_edge_change(slot: Slot, edge: u64, present: bool) -> pb::Change {
-    change(pb::change::Change::SlotEdge(pb::SlotEdgeChange { slot: u32::from(slot), edge_id: edge, present }))
+    change(pb::change::Change::SlotEdge(pb::SlotEdgeChange {
+        slot: u32::from(slot),
+        edge_id: edge,
+        present,
+    }))
 }
 
 /// The protobuf form of one member.
@@ -366,7 +442,11 @@ pub fn member_to_proto(kind: MemberKind, id: u64, record: &MemberRecord) -> pb::
     pb::Member {
         kind: kind.to_proto() as i32,
         id,
-        addrs: record.addrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        addrs: record
+            .addrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         lease_ttl_ms: record.lease_ttl_ms,
         incarnation: record.incarnation,
     }

@@ -64,7 +64,7 @@ mod tests {
                 topic: "chat".into(),
                 epoch: 3,
                 seq,
-                data: br#"{"hello":"world"}"#.to_vec(),
+                data: bytes::Bytes::from_static(br#"{"hello":"world"}"#),
             })),
         }
     }

@@ -2,7 +2,12 @@ use super::*;
 use proptest::prelude::*;
 
 fn register(kind: MemberKind, id: u64) -> Command {
-    Command::Register { kind, id, addrs: BTreeMap::new(), lease_ttl_ms: 3000 }
+    Command::Register {
+        kind,
+        id,
+        addrs: BTreeMap::new(),
+        lease_ttl_ms: 3000,
+    }
 }
 
 fn owners(state: &MetaState) -> Vec<u64> {
@@ -15,7 +20,11 @@ fn assert_even(state: &MetaState) {
         assert_eq!(state.unowned_slots() as usize, SLOT_COUNT);
         return;
     }
-    assert_eq!(state.unowned_slots(), 0, "every slot is owned while a distributor lives");
+    assert_eq!(
+        state.unowned_slots(),
+        0,
+        "every slot is owned while a distributor lives"
+    );
     let max = counts.values().max().copied().unwrap_or(0);
     let min = counts.values().min().copied().unwrap_or(0);
     assert!(max - min <= 1, "uneven: {counts:?}");
@@ -28,7 +37,11 @@ fn first_distributor_takes_every_slot_at_one_epoch() {
     assert_eq!(response.revision, 1);
     assert_eq!(response.incarnation, 1);
     assert_eq!(changes.len(), 1 + SLOT_COUNT);
-    assert!(state.slot_owner.iter().all(|o| *o == SlotOwner { distributor: 7, epoch: 1 }));
+    assert!(state.slot_owner.iter().all(|o| *o
+        == SlotOwner {
+            distributor: 7,
+            epoch: 1
+        }));
 }
 
 #[test]
@@ -64,9 +77,15 @@ fn re_registering_a_distributor_moves_nothing() {
 fn last_distributor_leaving_orphans_every_slot() {
     let mut state = MetaState::default();
     state.apply(&register(MemberKind::Distributor, 1));
-    let (_, changes) = state.apply(&Command::Deregister { kind: MemberKind::Distributor, id: 1 });
+    let (_, changes) = state.apply(&Command::Deregister {
+        kind: MemberKind::Distributor,
+        id: 1,
+    });
     assert_eq!(changes.len(), 1 + SLOT_COUNT);
-    assert!(state.slot_owner.iter().all(|o| o.distributor == 0 && o.epoch == 2));
+    assert!(state
+        .slot_owner
+        .iter()
+        .all(|o| o.distributor == 0 && o.epoch == 2));
 }
 
 #[test]
@@ -75,11 +94,28 @@ fn stale_expiry_is_rejected_and_changes_nothing() {
     state.apply(&register(MemberKind::Edge, 5)); // incarnation 1
     state.apply(&register(MemberKind::Edge, 5)); // incarnation 2
     let before = state.clone();
-    let (response, changes) = state.apply(&Command::Expire { kind: MemberKind::Edge, id: 5, incarnation: 1 });
+    let (response, changes) = state.apply(&Command::Expire {
+        kind: MemberKind::Edge,
+        id: 5,
+        incarnation: 1,
+    });
     assert!(changes.is_empty());
-    assert_eq!(response.rejected, Some(Rejection::UnknownMember { kind: MemberKind::Edge, id: 5 }));
-    assert_eq!(state, before, "a rejected command leaves the revision alone too");
-    let (_, changes) = state.apply(&Command::Expire { kind: MemberKind::Edge, id: 5, incarnation: 2 });
+    assert_eq!(
+        response.rejected,
+        Some(Rejection::UnknownMember {
+            kind: MemberKind::Edge,
+            id: 5
+        })
+    );
+    assert_eq!(
+        state, before,
+        "a rejected command leaves the revision alone too"
+    );
+    let (_, changes) = state.apply(&Command::Expire {
+        kind: MemberKind::Edge,
+        id: 5,
+        incarnation: 2,
+    });
     assert_eq!(changes.len(), 1);
     assert!(state.edges.is_empty());
 }
@@ -89,27 +125,65 @@ fn interest_is_tracked_per_slot_and_dropped_with_the_edge() {
     let mut state = MetaState::default();
     state.apply(&register(MemberKind::Edge, 1));
     state.apply(&register(MemberKind::Edge, 2));
-    let (r, changes) = state.apply(&Command::UpdateInterest { edge: 1, add: vec![10, 11, 11], remove: vec![] });
+    let (r, changes) = state.apply(&Command::UpdateInterest {
+        edge: 1,
+        add: vec![10, 11, 11],
+        remove: vec![],
+    });
     assert_eq!((r.revision, changes.len()), (3, 2));
-    state.apply(&Command::UpdateInterest { edge: 2, add: vec![11], remove: vec![] });
+    state.apply(&Command::UpdateInterest {
+        edge: 2,
+        add: vec![11],
+        remove: vec![],
+    });
     assert_eq!(state.slot_edges[&11], BTreeSet::from([1, 2]));
     // Removing a slot it never had changes nothing.
-    let (r, changes) = state.apply(&Command::UpdateInterest { edge: 2, add: vec![], remove: vec![10] });
+    let (r, changes) = state.apply(&Command::UpdateInterest {
+        edge: 2,
+        add: vec![],
+        remove: vec![10],
+    });
     assert_eq!((r.revision, changes.len()), (4, 0));
-    state.apply(&Command::Deregister { kind: MemberKind::Edge, id: 1 });
-    assert_eq!(state.slot_edges, BTreeMap::from([(11, BTreeSet::from([2]))]));
+    state.apply(&Command::Deregister {
+        kind: MemberKind::Edge,
+        id: 1,
+    });
+    assert_eq!(
+        state.slot_edges,
+        BTreeMap::from([(11, BTreeSet::from([2]))])
+    );
     // Unknown edges are rejected.
-    let (r, _) = state.apply(&Command::UpdateInterest { edge: 9, add: vec![1], remove: vec![] });
-    assert_eq!(r.rejected, Some(Rejection::UnknownMember { kind: MemberKind::Edge, id: 9 }));
+    let (r, _) = state.apply(&Command::UpdateInterest {
+        edge: 9,
+        add: vec![1],
+        remove: vec![],
+    });
+    assert_eq!(
+        r.rejected,
+        Some(Rejection::UnknownMember {
+            kind: MemberKind::Edge,
+            id: 9
+        })
+    );
 }
 
 #[test]
 fn hot_topics_set_and_clear_once() {
     let mut state = MetaState::default();
-    let (r, c) = state.apply(&Command::SetHotTopic { topic: "t".into(), shards: 8 });
+    let (r, c) = state.apply(&Command::SetHotTopic {
+        topic: "t".into(),
+        shards: 8,
+    });
     assert_eq!((r.revision, c.len()), (1, 1));
-    let (r, c) = state.apply(&Command::SetHotTopic { topic: "t".into(), shards: 8 });
-    assert_eq!((r.revision, c.len()), (1, 0), "setting the same value is not a change");
+    let (r, c) = state.apply(&Command::SetHotTopic {
+        topic: "t".into(),
+        shards: 8,
+    });
+    assert_eq!(
+        (r.revision, c.len()),
+        (1, 0),
+        "setting the same value is not a change"
+    );
     let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
     assert_eq!((r.revision, c.len()), (2, 1));
     assert!(state.hot_topics.is_empty());
@@ -122,7 +196,10 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![(1u64..12).prop_map(Op::Join), (1u64..12).prop_map(Op::Leave)]
+    prop_oneof![
+        (1u64..12).prop_map(Op::Join),
+        (1u64..12).prop_map(Op::Leave)
+    ]
 }
 
 /// The fewest slots that must change hands between live distributors: whoever holds more
@@ -133,11 +210,17 @@ fn minimal_moves(before: &[u64], live: &BTreeSet<u64>) -> usize {
     if n == 0 {
         return 0;
     }
-    let mut counts: Vec<usize> =
-        live.iter().map(|id| before.iter().filter(|&&owner| owner == *id).count()).collect();
+    let mut counts: Vec<usize> = live
+        .iter()
+        .map(|id| before.iter().filter(|&&owner| owner == *id).count())
+        .collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let (base, extra) = (SLOT_COUNT / n, SLOT_COUNT % n);
-    counts.iter().enumerate().map(|(i, &c)| c.saturating_sub(base + usize::from(i < extra))).sum()
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| c.saturating_sub(base + usize::from(i < extra)))
+        .sum()
 }
 
 proptest! {
