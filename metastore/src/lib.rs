@@ -1,5 +1,45 @@
-//! placeholder
+//! The Firetower metastore: the Raft-replicated routing truth.
+//!
+//! Three (or five) nodes run openraft over a sled-backed log and state machine. The state
+//! is the member list with leases, slot → owning distributor (with an epoch that fences
+//! stale owners), slot → edges with subscribers there, and the hot-topic table; every
+//! applied change bumps a revision that watchers follow.
+//!
+//! # Layout
+//! - [`state`]: the replicated state and its pure `apply` (no clock, no I/O).
+//! - [`lease`]: the leader's lease deadlines, sans-IO.
+//! - [`store`]: the [`store::Backend`] trait (sled, in-memory) and openraft's log store and
+//!   state machine over it.
+//! - [`network`]: Raft RPC over tonic and the [`network::Connector`] that dials peers.
+//! - [`service`]: the gRPC API (writes, forwarding, linearizable reads, watch, status).
+//! - [`node`]: [`run`], which wires it all to a listener, a connector, storage and shutdown.
+//! - [`config`], [`error`], [`types`].
+
+pub mod config;
 pub mod error;
+pub mod lease;
+pub mod network;
+pub mod node;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod types;
+
+pub use config::{parse_peers, Config};
+pub use error::{ApiError, BackendError, ConfigError, NodeError};
+pub use network::{Connector, TcpConnector};
+pub use node::run;
+pub use store::{Backend, MemBackend, SledBackend};
+
+/// Runs a node on a bound TCP listener with sled storage in `config.data_dir`: what the
+/// `firetower metastore` command does.
+pub async fn run_tcp(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let backend = SledBackend::open(&config.data_dir)?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    run(config, incoming, TcpConnector::default(), backend, shutdown).await
+}

@@ -13,7 +13,7 @@ mod sm;
 pub use self::log::LogStore;
 pub use mem::MemBackend;
 pub use sled_backend::SledBackend;
-pub use sm::{SmShared, StateMachine};
+pub use sm::{Catchup, SmShared, StateMachine};
 
 use crate::error::BackendError;
 
