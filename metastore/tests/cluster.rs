@@ -1,0 +1,593 @@
+//! A real three-node metastore cluster on loopback sockets and sled directories.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use firetower_metastore::{Config, NodeError};
+use firetower_proto::metastore::v1 as pb;
+use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Node {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    peers: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    async fn start(cluster: &str) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            listeners.insert(id, listener);
+        }
+        let peers: BTreeMap<u64, String> = listeners
+            .iter()
+            .map(|(&id, l)| Ok((id, l.local_addr()?.to_string())))
+            .collect::<Result<_>>()?;
+        let mut c = Cluster {
+            _dir: dir,
+            root,
+            peers,
+            nodes: BTreeMap::new(),
+        };
+        for (id, listener) in listeners {
+            c.spawn(id, listener, cluster);
+        }
+        Ok(c)
+    }
+
+    fn config(&self, id: u64, cluster: &str) -> Config {
+        Config {
+            id,
+            cluster: cluster.into(),
+            peers: self.peers.clone(),
+            data_dir: self.root.join(format!("node-{id}")),
+            ..Config::default()
+        }
+    }
+
+    fn spawn(&mut self, id: u64, listener: tokio::net::TcpListener, cluster: &str) {
+        let (stop, stopped) = oneshot::channel();
+        let config = self.config(id, cluster);
+        let task = tokio::spawn(firetower_metastore::run_tcp(config, listener, async {
+            let _ = stopped.await;
+        }));
+        self.nodes.insert(id, Node { stop, task });
+    }
+
+    async fn restart(&mut self, id: u64) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(&self.peers[&id]).await?;
+        self.spawn(id, listener, "test");
+        Ok(())
+    }
+
+    async fn stop(&mut self, id: u64) -> Result<()> {
+        let node = self
+            .nodes
+            .remove(&id)
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let _ = node.stop.send(());
+        timeout(Duration::from_secs(10), node.task)
+            .await
+            .context("node did not stop")???;
+        Ok(())
+    }
+
+    async fn client(&self, id: u64) -> Result<MetastoreClient<Channel>> {
+        Ok(MetastoreClient::connect(format!("http://{}", self.peers[&id])).await?)
+    }
+
+    async fn status(&self, id: u64) -> Result<pb::ClusterStatusReply> {
+        Ok(self
+            .client(id)
+            .await?
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until every running node agrees on one leader; returns it.
+    async fn agreed_leader(&self, within: Duration) -> Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for &id in self.nodes.keys() {
+                leaders.push(self.status(id).await.ok().and_then(|s| s.leader));
+            }
+            if let Some(Some(leader)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*leader)) && self.nodes.contains_key(leader) {
+                    return Ok(*leader);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {within:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await?;
+        }
+        Ok(())
+    }
+}
+
+fn register(kind: pb::MemberKind, id: u64, lease_ttl_ms: u64) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        kind: kind as i32,
+        id,
+        addrs: BTreeMap::from([("grpc".to_string(), format!("127.0.0.1:{}", 6000 + id))]),
+        lease_ttl_ms,
+    }
+}
+
+/// Retries a write through `node` until it succeeds or `within` passes (a leader change
+/// makes writes UNAVAILABLE for a moment; the caller is expected to retry).
+async fn write_with_retry<T, F, Fut>(within: Duration, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(status) => bail!("write failed: {status}"),
+        }
+    }
+}
+
+fn follower_of(leader: u64) -> u64 {
+    if leader == 1 {
+        2
+    } else {
+        1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_and_restart_catch_up() -> Result<()> {
+    let mut cluster = Cluster::start("test").await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let voters = cluster
+        .status(leader)
+        .await?
+        .voters
+        .iter()
+        .map(|v| v.id)
+        .collect::<Vec<_>>();
+    assert_eq!(voters, vec![1, 2, 3]);
+
+    // A write sent to a follower is forwarded to the leader.
+    let mut follower = cluster.client(follower_of(leader)).await?;
+    let reply = follower
+        .register(register(pb::MemberKind::Distributor, 1, 60_000))
+        .await?
+        .into_inner();
+    assert_eq!(reply.revision, 1);
+    let map = follower
+        .get_slot_map(pb::GetSlotMapRequest { linearizable: true })
+        .await?
+        .into_inner();
+    assert!(
+        map.slot_owner.iter().all(|&o| o == 1),
+        "linearizable read through a follower sees the write"
+    );
+
+    // Kill the leader: a new one is agreed within 2 s and writes continue.
+    cluster.stop(leader).await?;
+    let stopped_at = Instant::now();
+    let new_leader = cluster.agreed_leader(Duration::from_secs(2)).await?;
+    let failover = stopped_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        failover < Duration::from_secs(2),
+        "failover took {failover:?}"
+    );
+    let survivor = *cluster
+        .nodes
+        .keys()
+        .find(|&&id| id != new_leader)
+        .ok_or_else(|| anyhow!("no survivor"))?;
+    let mut client = cluster.client(survivor).await?;
+    let reply = write_with_retry(Duration::from_secs(2), || {
+        let mut c = client.clone();
+        async move {
+            c.register(register(pb::MemberKind::Distributor, 2, 60_000))
+                .await
+        }
+    })
+    .await?
+    .into_inner();
+    assert_eq!(reply.revision, 2);
+    for i in 0..20 {
+        let req = pb::SetHotTopicRequest {
+            topic: format!("hot-{i}"),
+            shards: 4,
+        };
+        client.set_hot_topic(req).await?;
+    }
+
+    // Restart the killed node from its data dir: it catches up and all three agree.
+    cluster.restart(leader).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut maps = Vec::new();
+        let mut applied = Vec::new();
+        for id in 1..=3 {
+            if let Ok(mut c) = cluster.client(id).await {
+                if let Ok(map) = c
+                    .get_slot_map(pb::GetSlotMapRequest {
+                        linearizable: false,
+                    })
+                    .await
+                {
+                    maps.push(map.into_inner());
+                }
+            }
+            applied.push(
+                cluster
+                    .status(id)
+                    .await
+                    .map(|s| s.last_applied)
+                    .unwrap_or(0),
+            );
+        }
+        let same = maps.len() == 3
+            && maps.iter().all(|m| *m == maps[0])
+            && applied.iter().all(|a| *a == applied[0]);
+        if same {
+            assert_eq!(maps[0].revision, 22);
+            assert_eq!(maps[0].hot_topics.len(), 20);
+            let owners: std::collections::BTreeSet<u64> =
+                maps[0].slot_owner.iter().copied().collect();
+            assert_eq!(owners, [1, 2].into());
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "replicas did not converge: applied {applied:?}, revisions {:?}",
+                maps.iter().map(|m| m.revision).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.shutdown().await
+}
+
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::WatchEvent>,
+) -> Result<pb::watch_event::Event> {
+    let event = timeout(Duration::from_secs(5), stream.message())
+        .await
+        .context("watch stalled")??;
+    event
+        .and_then(|e| e.event)
+        .ok_or_else(|| anyhow!("watch stream ended"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
+    let cluster = Cluster::start("test").await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let mut writer = cluster.client(leader).await?;
+    let mut watcher = cluster.client(follower_of(leader)).await?;
+
+    let mut stream = watcher
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await?
+        .into_inner();
+    let pb::watch_event::Event::Snapshot(snapshot) = next_event(&mut stream).await? else {
+        bail!("a watch from revision 0 starts with a snapshot");
+    };
+    assert_eq!(snapshot.revision, 0);
+    assert_eq!(snapshot.slot_owner.len(), firetower_proto::SLOT_COUNT);
+
+    writer
+        .register(register(pb::MemberKind::Edge, 7, 60_000))
+        .await?;
+    for i in 0..10u32 {
+        let req = pb::UpdateInterestRequest {
+            edge_id: 7,
+            add_slots: vec![i, i + 100],
+            remove_slots: vec![],
+        };
+        writer.update_interest(req).await?;
+    }
+    writer
+        .set_hot_topic(pb::SetHotTopicRequest {
+            topic: "live".into(),
+            shards: 8,
+        })
+        .await?;
+
+    let mut seen = Vec::new();
+    while seen.len() < 12 {
+        match next_event(&mut stream).await? {
+            pb::watch_event::Event::Delta(delta) => seen.push(delta),
+            pb::watch_event::Event::Snapshot(_) => bail!("unexpected snapshot mid-stream"),
+        }
+    }
+    let revisions: Vec<u64> = seen.iter().map(|d| d.revision).collect();
+    assert_eq!(revisions, (1..=12).collect::<Vec<_>>());
+    let pb::change::Change::SlotEdge(first) = seen[1].changes[0]
+        .change
+        .clone()
+        .ok_or_else(|| anyhow!("empty change"))?
+    else {
+        bail!("revision 2 adds interest");
+    };
+    assert_eq!((first.slot, first.edge_id, first.present), (0, 7, true));
+    assert!(
+        matches!(&seen[11].changes[0].change, Some(pb::change::Change::HotTopicSet(h)) if h.topic == "live" && h.shards == 8)
+    );
+    drop(stream);
+
+    // Changes made while disconnected arrive after a reconnect from the last seen revision,
+    // here through another node.
+    writer
+        .clear_hot_topic(pb::ClearHotTopicRequest {
+            topic: "live".into(),
+        })
+        .await?;
+    writer
+        .deregister(pb::DeregisterRequest {
+            kind: pb::MemberKind::Edge as i32,
+            id: 7,
+        })
+        .await?;
+    let mut again = cluster
+        .client(leader)
+        .await?
+        .watch(pb::WatchRequest { from_revision: 12 })
+        .await?
+        .into_inner();
+    let pb::watch_event::Event::Delta(d13) = next_event(&mut again).await? else {
+        bail!("expected delta 13")
+    };
+    let pb::watch_event::Event::Delta(d14) = next_event(&mut again).await? else {
+        bail!("expected delta 14")
+    };
+    assert_eq!((d13.revision, d14.revision), (13, 14));
+    assert!(
+        matches!(&d13.changes[0].change, Some(pb::change::Change::HotTopicCleared(t)) if t == "live")
+    );
+    // Deregistering the edge: member down, then its 20 slots of interest go.
+    assert_eq!(d14.changes.len(), 21);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_members_expire_and_their_slots_move() -> Result<()> {
+    let cluster = Cluster::start("test").await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let mut client = cluster.client(follower_of(leader)).await?;
+    let one = client
+        .register(register(pb::MemberKind::Distributor, 1, 60_000))
+        .await?
+        .into_inner();
+    client
+        .register(register(pb::MemberKind::Distributor, 2, 600))
+        .await?;
+    let status = cluster.status(leader).await?;
+    assert_eq!(
+        status
+            .slots_per_distributor
+            .iter()
+            .map(|d| d.slots)
+            .collect::<Vec<_>>(),
+        vec![8192, 8192]
+    );
+
+    // Distributor 2 never heartbeats: its lease runs out and distributor 1 takes every slot.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        client
+            .heartbeat(pb::HeartbeatRequest {
+                kind: 1,
+                id: 1,
+                incarnation: one.incarnation,
+            })
+            .await?;
+        let status = cluster.status(leader).await?;
+        if status.members.len() == 1 {
+            assert_eq!(
+                status.slots_per_distributor,
+                vec![pb::DistributorSlots {
+                    distributor_id: 1,
+                    slots: 16384
+                }]
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("distributor 2 did not expire: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A heartbeat for the expired registration is told to register again.
+    let err = client
+        .heartbeat(pb::HeartbeatRequest {
+            kind: 1,
+            id: 2,
+            incarnation: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_name_the_field_and_the_node_keeps_serving() -> Result<()> {
+    let cluster = Cluster::start("test").await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let mut c = cluster.client(follower_of(leader)).await?;
+    let cases: Vec<(&str, tonic::Status)> = vec![
+        (
+            "kind",
+            c.register(pb::RegisterRequest {
+                kind: 0,
+                ..register(pb::MemberKind::Edge, 1, 1000)
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "id",
+            c.register(register(pb::MemberKind::Edge, 0, 1000))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "lease_ttl_ms",
+            c.register(register(pb::MemberKind::Edge, 1, 0))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "add_slots",
+            c.update_interest(pb::UpdateInterestRequest {
+                edge_id: 1,
+                add_slots: vec![16384],
+                remove_slots: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "topic",
+            c.set_hot_topic(pb::SetHotTopicRequest {
+                topic: "a,b".into(),
+                shards: 4,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "topic",
+            c.clear_hot_topic(pb::ClearHotTopicRequest {
+                topic: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "shards",
+            c.set_hot_topic(pb::SetHotTopicRequest {
+                topic: "ok".into(),
+                shards: 1,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "kind",
+            c.heartbeat(pb::HeartbeatRequest {
+                kind: 9,
+                id: 1,
+                incarnation: 1,
+            })
+            .await
+            .unwrap_err(),
+        ),
+    ];
+    for (field, status) in cases {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{field}: {status}"
+        );
+    }
+    // Interest of an edge that is not registered is NOT_FOUND, not a crash.
+    let err = c
+        .update_interest(pb::UpdateInterestRequest {
+            edge_id: 9,
+            add_slots: vec![1],
+            remove_slots: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    // Still serving.
+    let reply = c
+        .register(register(pb::MemberKind::Edge, 1, 1000))
+        .await?
+        .into_inner();
+    assert_eq!(reply.revision, 1);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_cluster_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let config = Config {
+        id: 1,
+        cluster: "alpha".into(),
+        peers: BTreeMap::from([(1, addr.clone())]),
+        data_dir: dir.path().join("node"),
+        ..Config::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let node = tokio::spawn(firetower_metastore::run_tcp(
+        config.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // A one-node cluster initializes itself and can take writes.
+    let client = MetastoreClient::connect(format!("http://{addr}")).await?;
+    write_with_retry(Duration::from_secs(10), || {
+        let mut c = client.clone();
+        async move {
+            c.set_hot_topic(pb::SetHotTopicRequest {
+                topic: "t".into(),
+                shards: 2,
+            })
+            .await
+        }
+    })
+    .await?;
+    let _ = stop.send(());
+    node.await??;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let other = Config {
+        cluster: "beta".into(),
+        ..config
+    };
+    let err = firetower_metastore::run_tcp(other, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, NodeError::ForeignDataDir { .. }), "{message}");
+    assert!(
+        message.contains("\"alpha\"") && message.contains("\"beta\""),
+        "{message}"
+    );
+    Ok(())
+}
