@@ -1,0 +1,121 @@
+//! `firetower status`: what the metastore cluster looks like from outside.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use firetower_proto::metastore::v1 as pb;
+use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::Failure;
+
+/// How long one status call may take before the node counts as unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn connect(addr: &str) -> Result<MetastoreClient<Channel>, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    Ok(MetastoreClient::new(endpoint.connect().await?))
+}
+
+async fn query(addr: &str) -> Option<pb::ClusterStatusReply> {
+    let mut client = connect(addr).await.ok()?;
+    client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::MemberKind::try_from(kind) {
+        Ok(pb::MemberKind::Distributor) => "distributor",
+        Ok(pb::MemberKind::Edge) => "edge",
+        _ => "unknown",
+    }
+}
+
+pub async fn run(addrs: &[String], as_json: bool) -> Result<(), Failure> {
+    let mut replies: BTreeMap<String, Option<pb::ClusterStatusReply>> = BTreeMap::new();
+    for addr in addrs {
+        replies.insert(addr.clone(), query(addr).await);
+    }
+    // Prefer the leader's own view; otherwise any node's.
+    let view = replies
+        .values()
+        .flatten()
+        .find(|r| r.leader == Some(r.node_id))
+        .or_else(|| replies.values().flatten().next())
+        .cloned()
+        .ok_or_else(|| {
+            Failure::Unavailable(format!("no metastore node answered at {}", addrs.join(",")))
+        })?;
+    let mut nodes = Vec::new();
+    for voter in &view.voters {
+        let reply = match replies.get(&voter.addr) {
+            Some(reply) => reply.clone(),
+            None => query(&voter.addr).await,
+        };
+        nodes.push((voter.id, voter.addr.clone(), reply));
+    }
+
+    if as_json {
+        let out = json!({
+            "leader": view.leader,
+            "voters": view.voters.iter().map(|v| v.id).collect::<Vec<_>>(),
+            "nodes": nodes.iter().map(|(id, addr, reply)| json!({
+                "id": id,
+                "addr": addr,
+                "reachable": reply.is_some(),
+                "last_applied": reply.as_ref().map(|r| r.last_applied),
+            })).collect::<Vec<_>>(),
+            "revision": view.revision,
+            "members": view.members.iter().map(|m| json!({
+                "kind": kind_name(m.kind),
+                "id": m.id,
+                "addrs": m.addrs,
+                "lease_ttl_ms": m.lease_ttl_ms,
+                "incarnation": m.incarnation,
+            })).collect::<Vec<_>>(),
+            "slots_per_distributor": view.slots_per_distributor.iter()
+                .map(|d| (d.distributor_id.to_string(), d.slots)).collect::<BTreeMap<_, _>>(),
+            "unowned_slots": view.unowned_slots,
+        });
+        println!("{out:#}");
+        return Ok(());
+    }
+    let leader = view.leader.map_or("none".to_string(), |l| l.to_string());
+    println!(
+        "cluster {:?}  leader {leader}  term {}  revision {}",
+        view.cluster, view.term, view.revision
+    );
+    println!("nodes:");
+    for (id, addr, reply) in &nodes {
+        match reply {
+            Some(r) => println!(
+                "  {id}  {addr}  {:<9}  last_applied {}",
+                r.state, r.last_applied
+            ),
+            None => println!("  {id}  {addr}  unreachable"),
+        }
+    }
+    println!("members:");
+    for m in &view.members {
+        let addrs: Vec<String> = m.addrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "  {} {}  {}  lease {} ms",
+            kind_name(m.kind),
+            m.id,
+            addrs.join(" "),
+            m.lease_ttl_ms
+        );
+    }
+    println!("slots per distributor:");
+    for d in &view.slots_per_distributor {
+        println!("  {}  {}", d.distributor_id, d.slots);
+    }
+    println!("  unowned  {}", view.unowned_slots);
+    Ok(())
+}

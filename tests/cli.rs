@@ -1,0 +1,305 @@
+//! The `firetower` binary as an operator runs it: real processes, real sockets, real sled.
+
+// Real processes in real time: this test is a shell, outside the simulated world.
+#![allow(clippy::disallowed_methods)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+
+const BIN: &str = env!("CARGO_BIN_EXE_firetower");
+
+fn firetower(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(BIN).args(args).stdin(Stdio::null()).output()?)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[test]
+fn bad_arguments_exit_64_naming_the_value() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_string_lossy().to_string();
+    let peers = "1=127.0.0.1:7101,2=127.0.0.1:7102";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "metastore",
+                "--id",
+                "abc",
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                &data,
+                "--peers",
+                peers,
+            ],
+            "abc",
+        ),
+        (
+            vec![
+                "metastore",
+                "--id",
+                "4",
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                &data,
+                "--peers",
+                peers,
+            ],
+            "node id 4",
+        ),
+        (
+            vec![
+                "metastore",
+                "--id",
+                "0",
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                &data,
+                "--peers",
+                peers,
+            ],
+            "at least 1",
+        ),
+        (
+            vec![
+                "metastore",
+                "--id",
+                "1",
+                "--listen",
+                "nowhere",
+                "--data-dir",
+                &data,
+                "--peers",
+                peers,
+            ],
+            "\"nowhere\"",
+        ),
+        (
+            vec![
+                "metastore",
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                &data,
+                "--peers",
+                "1=x",
+            ],
+            "\"1=x\"",
+        ),
+        (vec!["status", "--metastore", "localhost"], "\"localhost\""),
+        (
+            vec![
+                "hot",
+                "set",
+                "--metastore",
+                "127.0.0.1:1",
+                "--topic",
+                "a,b",
+                "--shards",
+                "4",
+            ],
+            "\"a,b\"",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = firetower(&args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?} should name {needle}: {stderr}"
+        );
+    }
+    let out = firetower(&["status", "--metastore", "127.0.0.1:1"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "nothing listening: unavailable"
+    );
+    Ok(())
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(id: u64, addr: &str, data: &str, peers: &str, cluster: &str) -> Result<Proc> {
+    let child = Command::new(BIN)
+        .args([
+            "metastore",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            addr,
+            "--data-dir",
+            data,
+            "--peers",
+            peers,
+        ])
+        .args(["--cluster", cluster])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+fn status_json(addrs: &str) -> Option<serde_json::Value> {
+    let out = firetower(&["status", "--metastore", addrs, "--json"]).ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_until<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addrs: Vec<String> = (0..3)
+        .map(|_| Ok(format!("127.0.0.1:{}", free_port()?)))
+        .collect::<Result<_>>()?;
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let all = addrs.join(",");
+    let data = |id: usize| {
+        dir.path()
+            .join(format!("n{id}"))
+            .to_string_lossy()
+            .to_string()
+    };
+    let mut procs: Vec<Option<Proc>> = Vec::new();
+    for id in 1..=3 {
+        procs.push(Some(start(
+            id as u64,
+            &addrs[id - 1],
+            &data(id),
+            &peers,
+            "cli",
+        )?));
+    }
+    let leader = wait_until(Duration::from_secs(15), || {
+        let s = status_json(&all)?;
+        let nodes = s["nodes"].as_array()?;
+        (nodes.len() == 3 && nodes.iter().all(|n| n["reachable"] == true)).then_some(())?;
+        s["leader"].as_u64()
+    })?;
+    let out = firetower(&[
+        "hot",
+        "set",
+        "--metastore",
+        &all,
+        "--topic",
+        "before",
+        "--shards",
+        "4",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGKILL: no graceful shutdown, only what was fsync'd survives.
+    let mut killed = procs[leader as usize - 1]
+        .take()
+        .ok_or_else(|| anyhow!("leader process missing"))?;
+    killed.0.kill()?;
+    killed.0.wait()?;
+    let killed_at = Instant::now();
+    let new_leader = wait_until(Duration::from_secs(5), || {
+        let s = status_json(&all)?;
+        s["leader"].as_u64().filter(|&l| l != leader)
+    })?;
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(2),
+        "failover took {failover:?} (new leader {new_leader})"
+    );
+    let out = firetower(&[
+        "hot",
+        "set",
+        "--metastore",
+        &all,
+        "--topic",
+        "after",
+        "--shards",
+        "4",
+    ])?;
+    assert!(
+        out.status.success(),
+        "writes continue: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restarted from its data dir, the node catches up: every node applied the same index
+    // and the leader's revision covers both writes.
+    let id = leader as usize;
+    procs[id - 1] = Some(start(leader, &addrs[id - 1], &data(id), &peers, "cli")?);
+    wait_until(Duration::from_secs(15), || {
+        let s = status_json(&all)?;
+        let applied: Vec<u64> = s["nodes"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["last_applied"].as_u64())
+            .collect();
+        (applied.len() == 3 && applied.iter().all(|a| *a == applied[0]) && s["revision"] == 2)
+            .then_some(())
+    })?;
+
+    // The same data dir under another cluster name is refused with a reason.
+    let mut stopped = procs[id - 1]
+        .take()
+        .ok_or_else(|| anyhow!("restarted process missing"))?;
+    stopped.0.kill()?;
+    stopped.0.wait()?;
+    let leader_id = leader.to_string();
+    let out = firetower(&[
+        "metastore",
+        "--id",
+        &leader_id,
+        "--listen",
+        &addrs[id - 1],
+        "--data-dir",
+        &data(id),
+        "--peers",
+        &peers,
+        "--cluster",
+        "other",
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("belongs to cluster \"cli\""), "{stderr}");
+    Ok(())
+}
