@@ -47,6 +47,13 @@ pub struct Config {
     pub max_lease_ttl: Duration,
     /// The most slots one interest update may name (all of them, twice).
     pub max_interest_batch: usize,
+    /// The most registered members (distributors + edges). Far above any deployment we plan
+    /// for; it stops a misbehaving client from growing the replicated state without end.
+    pub max_members: usize,
+    /// The most hot topics, for the same reason.
+    pub max_hot_topics: usize,
+    /// The most concurrent watch streams per node; each holds a task and a buffer.
+    pub max_watchers: usize,
 }
 
 impl Default for Config {
@@ -66,6 +73,9 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(2),
             max_lease_ttl: Duration::from_secs(300),
             max_interest_batch: 2 * firetower_proto::SLOT_COUNT,
+            max_members: 10_000,
+            max_hot_topics: 10_000,
+            max_watchers: 1024,
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum ApiError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("{0}")]
     NotFound(String),
+    /// A configured bound (members, hot topics, watchers) is reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// No leader is known, or forwarding to it failed; the caller should retry.
     #[error("{0}")]
     Unavailable(String),
@@ -87,6 +90,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             ApiError::NotFound(_) => tonic::Status::not_found(message),
+            ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             ApiError::Unavailable(_) | ApiError::Fatal(_) => tonic::Status::unavailable(message),
         }
     }

@@ -209,16 +209,20 @@ pub struct RaftService {
     pub(crate) has_state: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
+fn check_cluster(ours: &str, theirs: &str) -> Result<(), tonic::Status> {
+    if ours != theirs {
+        return Err(tonic::Status::failed_precondition(format!(
+            "cluster: this node belongs to {ours:?}, the request came from {theirs:?}"
+        )));
+    }
+    Ok(())
+}
+
 fn decode<T: DeserializeOwned>(
     cluster: &str,
     request: &pb::RaftRequest,
 ) -> Result<T, tonic::Status> {
-    if request.cluster != cluster {
-        return Err(tonic::Status::failed_precondition(format!(
-            "cluster: this node belongs to {cluster:?}, the request came from {:?}",
-            request.cluster
-        )));
-    }
+    check_cluster(cluster, &request.cluster)?;
     serde_json::from_slice(&request.payload)
         .map_err(|e| tonic::Status::invalid_argument(format!("payload: {e}")))
 }
@@ -260,13 +264,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         &self,
         request: tonic::Request<pb::NodeInfoRequest>,
     ) -> Result<tonic::Response<pb::NodeInfoReply>, tonic::Status> {
-        if request.get_ref().cluster != self.cluster {
-            return Err(tonic::Status::failed_precondition(format!(
-                "cluster: this node belongs to {:?}, the request came from {:?}",
-                self.cluster,
-                request.get_ref().cluster
-            )));
-        }
+        check_cluster(&self.cluster, &request.get_ref().cluster)?;
         Ok(tonic::Response::new(pb::NodeInfoReply {
             node_id: self.id,
             cluster: self.cluster.clone(),

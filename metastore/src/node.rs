@@ -139,6 +139,7 @@ where
         channels: channels.clone(),
         leases: leases.clone(),
         stopping: stopping.clone(),
+        watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers)),
     });
     let state_backend = backend.clone();
     let raft_service = RaftService {

@@ -45,6 +45,8 @@ pub(crate) struct NodeContext<C: Connector> {
     pub(crate) leases: Arc<Mutex<LeaseTracker>>,
     /// Becomes true when the node stops; watch streams end then.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// Permits for concurrent watch streams (`config.max_watchers`).
+    pub(crate) watchers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The API service of one node.
@@ -93,6 +95,33 @@ impl<C: Connector> NodeContext<C> {
                 "no leader is elected yet; retry".into(),
             )),
         }
+    }
+
+    /// Refuses a registration that would grow the member list past `max_members`.
+    fn check_member_room(&self, kind: MemberKind, id: u64) -> Result<(), ApiError> {
+        let inner = self.sm.read();
+        let state = &inner.state;
+        let max = self.config.max_members;
+        if !state.members(kind).contains_key(&id)
+            && state.distributors.len() + state.edges.len() >= max
+        {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the member limit ({max}) is reached"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a new hot topic past `max_hot_topics`.
+    fn check_hot_topic_room(&self, topic: &str) -> Result<(), ApiError> {
+        let inner = self.sm.read();
+        let max = self.config.max_hot_topics;
+        if !inner.state.hot_topics.contains_key(topic) && inner.state.hot_topics.len() >= max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the hot topic limit ({max}) is reached"
+            )));
+        }
+        Ok(())
     }
 
     /// Proposes a command and waits until it is applied.
@@ -210,6 +239,9 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
                 .register(forwarded(request, self.node.config.rpc_timeout))
                 .await;
         }
+        if let Command::Register { kind, id, .. } = &command {
+            self.node.check_member_room(*kind, *id)?;
+        }
         let reply = self.node.write(command).await?;
         Ok(Response::new(pb::RegisterReply {
             revision: reply.revision,
@@ -323,6 +355,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
             )
             .into());
         }
+        self.node.check_hot_topic_room(&name)?;
         let command = Command::SetHotTopic {
             topic: name,
             shards: req.shards,
@@ -379,13 +412,27 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let permit = self
+            .node
+            .watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                let max = self.node.config.max_watchers;
+                ApiError::ResourceExhausted(format!(
+                    "the watch stream limit ({max}) is reached on this node"
+                ))
+            })?;
         let (tx, rx) = mpsc::channel(self.node.config.watch_buffer);
-        tokio::spawn(serve_watch(
+        let (sm, from, stopping) = (
             self.node.sm.clone(),
             request.get_ref().from_revision,
-            tx,
             self.node.stopping.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            serve_watch(sm, from, tx, stopping).await;
+            drop(permit);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

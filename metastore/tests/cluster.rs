@@ -24,10 +24,16 @@ struct Cluster {
     root: PathBuf,
     peers: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, Node>,
+    /// Adjusts each node's configuration before it starts.
+    tune: fn(&mut Config),
 }
 
 impl Cluster {
     async fn start(cluster: &str) -> Result<Cluster> {
+        Self::start_tuned(cluster, |_| {}).await
+    }
+
+    async fn start_tuned(cluster: &str, tune: fn(&mut Config)) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
         let mut listeners = BTreeMap::new();
@@ -44,6 +50,7 @@ impl Cluster {
             root,
             peers,
             nodes: BTreeMap::new(),
+            tune,
         };
         for (id, listener) in listeners {
             c.spawn(id, listener, cluster);
@@ -52,13 +59,15 @@ impl Cluster {
     }
 
     fn config(&self, id: u64, cluster: &str) -> Config {
-        Config {
+        let mut config = Config {
             id,
             cluster: cluster.into(),
             peers: self.peers.clone(),
             data_dir: self.root.join(format!("node-{id}")),
             ..Config::default()
-        }
+        };
+        (self.tune)(&mut config);
+        config
     }
 
     fn spawn(&mut self, id: u64, listener: tokio::net::TcpListener, cluster: &str) {
@@ -590,4 +599,49 @@ async fn a_data_dir_of_another_cluster_is_refused() -> Result<()> {
         "{message}"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_bounds_answer_resource_exhausted() -> Result<()> {
+    let cluster = Cluster::start_tuned("test", |c| {
+        c.max_members = 1;
+        c.max_hot_topics = 1;
+        c.max_watchers = 1;
+    })
+    .await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let mut c = cluster.client(follower_of(leader)).await?;
+    c.register(register(pb::MemberKind::Edge, 1, 60_000))
+        .await?;
+    // Re-registering a known member is fine; a second member is not.
+    c.register(register(pb::MemberKind::Edge, 1, 60_000))
+        .await?;
+    let err = c
+        .register(register(pb::MemberKind::Edge, 2, 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    c.set_hot_topic(pb::SetHotTopicRequest {
+        topic: "a".into(),
+        shards: 2,
+    })
+    .await?;
+    let err = c
+        .set_hot_topic(pb::SetHotTopicRequest {
+            topic: "b".into(),
+            shards: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    let _first = c
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await?
+        .into_inner();
+    let err = c
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    cluster.shutdown().await
 }
