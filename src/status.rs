@@ -17,7 +17,8 @@ pub async fn connect(addr: &str) -> Result<MetastoreClient<Channel>, tonic::tran
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CALL_TIMEOUT)
         .timeout(CALL_TIMEOUT);
-    Ok(MetastoreClient::new(endpoint.connect().await?))
+    // A full SlotMap with many edges can exceed tonic's 4 MiB default.
+    Ok(MetastoreClient::new(endpoint.connect().await?).max_decoding_message_size(64 << 20))
 }
 
 async fn query(addr: &str) -> Option<pb::ClusterStatusReply> {

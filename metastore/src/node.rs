@@ -39,7 +39,7 @@ use crate::types::Raft;
 
 /// Largest gRPC message a node accepts: Raft appends batch entries and snapshots travel in
 /// chunks, both well under this.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Who a data directory belongs to, written on first start.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -89,7 +89,10 @@ impl<C: Connector> NodeContext<C> {
                         ApiError::Unavailable(format!("leader {id} has no known address"))
                     })?;
                 let channel = self.channels.get(&addr).map_err(ApiError::Unavailable)?;
-                Ok(Some(MetastoreClient::new(channel)))
+                Ok(Some(
+                    MetastoreClient::new(channel)
+                        .max_decoding_message_size(crate::node::MAX_MESSAGE_BYTES),
+                ))
             }
             None => Err(ApiError::Unavailable(
                 "no leader is elected yet; retry".into(),
@@ -318,10 +321,15 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
             return Err(ApiError::invalid("edge_id", "member ids start at 1").into());
         }
         let total = req.add_slots.len() + req.remove_slots.len();
+        let field = if req.add_slots.len() >= req.remove_slots.len() {
+            "add_slots"
+        } else {
+            "remove_slots"
+        };
         if total > self.node.config.max_interest_batch {
             let max = self.node.config.max_interest_batch;
             return Err(ApiError::invalid(
-                "add_slots",
+                field,
                 format!("{total} slots in one batch; at most {max}"),
             )
             .into());
