@@ -4,12 +4,14 @@
 //! functions, so that every other crate (and the simulator) agrees on the same bytes.
 //!
 //! # Layout
+//! - [`client`]: the WebSocket client protocol (JSON frames), parsing and encoding.
 //! - [`slot`]: `slot_of(topic) = xxh3_64(topic) % 16384`, the one routing function.
 //! - [`topic`]: topic name validation and hot sub-topic naming (`topic#k`).
 //! - [`relay`]: the length-prefixed framing of [`relay::v1::RelayFrame`] on QUIC streams.
 //! - [`metastore`], [`raft`], [`distributor`], [`relay`]: generated code of `proto/*.proto`.
 //! - [`error`]: the typed errors of the above.
 
+pub mod client;
 pub mod error;
 pub mod relay;
 pub mod slot;

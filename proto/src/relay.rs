@@ -77,6 +77,7 @@ mod tests {
             frame: Some(Frame::Interest(Interest {
                 topic: "t".into(),
                 subscribers: 5,
+                epoch: 1,
             })),
         };
         encode_frame(&interest, &mut buf);
