@@ -1,12 +1,23 @@
-//! The Firetower distributor: takes publishes over gRPC for the slots it owns, sequences
-//! them per topic as `(epoch, seq)` and relays them over QUIC to the edges that need them.
-//!
-//! **Not built yet.** This crate exists so the workspace has its final shape; the data-path
-//! issue fills it in. Its wire formats are already defined in `firetower-proto`
-//! (`distributor.proto`, `relay.proto`).
+//! The Firetower distributor: takes publishes over gRPC for the slots it owns (forwarding
+//! the rest), gives each topic a sequence `(epoch, seq)`, and relays each message over
+//! QUIC to exactly the edges that need it.
 //!
 //! # Layout
-//! - (planned) `sequencer`: the sans-IO sequencing and fan-out core.
-//! - (planned) `service`: the gRPC `Distributor` service.
-//! - (planned) `relay`: the relay transport trait and its QUIC implementation.
-//! - (planned) `slot_view`: the watch-fed cache of the metastore's slot map.
+//! - [`core`]: the sans-IO decisions (ownership, sequencing, interest, edge choice).
+//! - [`relay`]: stream framing and batched writers of the QUIC relay (also used by edges).
+//! - [`service`]: the gRPC API (Publish, PublishBatch, TopicStatus) with forwarding.
+//! - [`node`]: [`run`], the async shell wiring gRPC, QUIC, the metastore and the core.
+//! - [`tls`]: certificates for the relay, and a throwaway CA for `dev` and tests.
+//! - [`config`], [`error`].
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod node;
+pub mod relay;
+pub mod service;
+pub mod tls;
+
+pub use config::Config;
+pub use error::{ConfigError, NodeError, TlsError};
+pub use node::{run, run_udp, run_udp_with_counters, run_with_counters, Counters};

@@ -13,8 +13,11 @@
 //! - [`network`]: Raft RPC over tonic and the [`network::Connector`] that dials peers.
 //! - [`service`]: the gRPC API (writes, forwarding, linearizable reads, watch, status).
 //! - [`node`]: [`run`], which wires it all to a listener, a connector, storage and shutdown.
+//! - [`client`]: the client side (used by distributors, edges, the CLI): node failover,
+//!   membership upkeep and a resuming watch.
 //! - [`config`], [`error`], [`types`].
 
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod lease;
@@ -25,6 +28,7 @@ pub mod state;
 pub mod store;
 pub mod types;
 
+pub use client::{spawn_membership, spawn_watch, MetaClient, Registration};
 pub use config::{parse_peers, Config};
 pub use error::{ApiError, BackendError, ConfigError, NodeError};
 pub use network::{Connector, TcpConnector};

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`client`]: the WebSocket client protocol (JSON frames), parsing and encoding.
+//! - [`routing`]: a local copy of the metastore's routing state, fed by its watch stream.
 //! - [`slot`]: `slot_of(topic) = xxh3_64(topic) % 16384`, the one routing function.
 //! - [`topic`]: topic name validation and hot sub-topic naming (`topic#k`).
 //! - [`relay`]: the length-prefixed framing of [`relay::v1::RelayFrame`] on QUIC streams.
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod error;
 pub mod relay;
+pub mod routing;
 pub mod slot;
 pub mod topic;
 

@@ -1,0 +1,136 @@
+//! The distributor's configuration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::tls::TlsFiles;
+
+/// Everything a distributor needs to know. Durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Non-zero, unique among distributors.
+    pub id: u64,
+    /// Must match the metastore's and the edges' cluster name.
+    pub cluster: String,
+    /// Metastore node addresses (host:port).
+    pub metastore: Vec<String>,
+    /// The gRPC address other distributors and the CLI reach this one at.
+    pub grpc_advertise: String,
+    /// The QUIC address edges reach this one at.
+    pub quic_advertise: String,
+    pub tls: TlsFiles,
+    /// The metastore lease; heartbeats go every third of it.
+    pub lease_ttl_ms: u64,
+    /// The largest published value, in bytes.
+    pub max_data_bytes: usize,
+    /// The most messages in one PublishBatch.
+    pub max_batch: usize,
+    /// The most topics with sequencing state at once (RESOURCE_EXHAUSTED beyond).
+    pub max_topics: usize,
+    /// QUIC streams per edge that carry deliveries; a topic always uses the same one, so a
+    /// large message on one topic only delays the topics that share its lane.
+    pub relay_lanes: usize,
+    /// Frames queued per lane before the edge counts as unable to keep up and its link is
+    /// closed (it reconnects and re-announces).
+    pub lane_queue_frames: usize,
+    /// How long a publish keeps retrying through ownership changes before UNAVAILABLE.
+    pub publish_retry_ms: u64,
+    /// Bound on each call to the metastore or another distributor.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: 0,
+            cluster: "firetower".into(),
+            metastore: Vec::new(),
+            grpc_advertise: String::new(),
+            quic_advertise: String::new(),
+            tls: TlsFiles::default(),
+            lease_ttl_ms: 3000,
+            max_data_bytes: 64 << 10,
+            max_batch: 1000,
+            max_topics: 1_000_000,
+            relay_lanes: 4,
+            lane_queue_frames: 1 << 16,
+            publish_retry_ms: 5000,
+            rpc_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::new("id", "must be non-zero"));
+        }
+        if self.cluster.is_empty() {
+            return Err(ConfigError::new("cluster", "must not be empty"));
+        }
+        if self.metastore.is_empty() {
+            return Err(ConfigError::new("metastore", "name at least one metastore address"));
+        }
+        for (field, addr) in [
+            ("grpc_advertise", &self.grpc_advertise),
+            ("quic_advertise", &self.quic_advertise),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::new(field, format!("{addr:?} is not host:port")));
+            }
+        }
+        if self.lease_ttl_ms < 300 {
+            return Err(ConfigError::new("lease_ttl_ms", "must be at least 300"));
+        }
+        if self.max_data_bytes == 0 || self.max_data_bytes > 16 << 20 {
+            return Err(ConfigError::new("max_data_bytes", "must be 1 ..= 16 MiB"));
+        }
+        if self.max_batch == 0 {
+            return Err(ConfigError::new("max_batch", "must be positive"));
+        }
+        if self.max_topics == 0 {
+            return Err(ConfigError::new("max_topics", "must be positive"));
+        }
+        if !(1..=32).contains(&self.relay_lanes) {
+            return Err(ConfigError::new("relay_lanes", "must be 1 ..= 32"));
+        }
+        if self.lane_queue_frames < 16 {
+            return Err(ConfigError::new("lane_queue_frames", "must be at least 16"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rpc_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.rpc_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_field() {
+        let ok = Config {
+            id: 1,
+            metastore: vec!["127.0.0.1:7101".into()],
+            grpc_advertise: "127.0.0.1:6667".into(),
+            quic_advertise: "127.0.0.1:6666".into(),
+            ..Config::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = Config { id: 0, ..ok.clone() };
+        assert_eq!(bad.validate().unwrap_err().field, "id");
+        let bad = Config {
+            quic_advertise: "nope".into(),
+            ..ok.clone()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "quic_advertise");
+        let bad = Config {
+            relay_lanes: 0,
+            ..ok
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "relay_lanes");
+    }
+}

@@ -1,0 +1,444 @@
+//! The distributor's async shell: it moves bytes between gRPC, the QUIC relay and the
+//! metastore, and asks [`DistributorCore`] what to do.
+//!
+//! The core and the table of edge links sit under one mutex, so a message is sequenced
+//! and queued on its lanes in one step: two publishes of a topic can never be queued in
+//! an order other than their sequence numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use firetower_metastore::network::{Channels, Connector};
+use firetower_metastore::{spawn_membership, spawn_watch, MetaClient, Registration};
+use firetower_proto::metastore::v1 as pb;
+use firetower_proto::relay::v1::{relay_frame::Frame, Deliver, InterestAck, RelayFrame};
+use firetower_proto::slot_of;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+
+use crate::config::Config;
+use crate::core::{DistributorCore, PublishOutcome};
+use crate::error::NodeError;
+use crate::relay::{close_code, encode, write_frames, FrameReader};
+use crate::service::DistributorService;
+
+/// Control frames queued to one edge before its link counts as stuck.
+const CONTROL_QUEUE: usize = 4096;
+/// How long an edge has to send Hello after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One edge's relay link.
+pub(crate) struct EdgeLink {
+    generation: u64,
+    conn: quinn::Connection,
+    lanes: Vec<mpsc::Sender<Bytes>>,
+}
+
+pub(crate) struct State {
+    pub(crate) core: DistributorCore,
+    links: HashMap<u64, EdgeLink>,
+}
+
+/// Counters, readable from outside (tests, metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub client_publishes: AtomicU64,
+    pub links_overloaded: AtomicU64,
+    pub bad_frames: AtomicU64,
+}
+
+/// What the gRPC service and the relay share.
+pub(crate) struct Shared<C: Connector> {
+    pub(crate) config: Config,
+    state: Mutex<State>,
+    pub(crate) peers: Channels<C>,
+    /// Bumped on every applied watch event; publishes waiting for an owner watch it.
+    pub(crate) routing_revision: watch::Receiver<u64>,
+    pub(crate) counters: Arc<Counters>,
+    next_generation: AtomicU64,
+}
+
+impl<C: Connector> Shared<C> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sequences and queues a message if this node owns its topic.
+    pub(crate) fn publish_local(
+        &self,
+        topic: &str,
+        data: &Bytes,
+    ) -> Result<PublishOutcome, crate::core::CoreError> {
+        let mut state = self.lock();
+        let outcome = state.core.handle_publish(topic)?;
+        if let PublishOutcome::Sequenced { epoch, seq, edges } = &outcome {
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
+            if !edges.is_empty() {
+                let frame = encode(&RelayFrame {
+                    frame: Some(Frame::Deliver(Deliver {
+                        topic: topic.to_string(),
+                        epoch: *epoch,
+                        seq: *seq,
+                        data: data.clone(),
+                    })),
+                });
+                let lane = slot_of(topic) as usize % self.config.relay_lanes;
+                let mut stuck = Vec::new();
+                for edge in edges {
+                    if let Some(link) = state.links.get(edge) {
+                        if link.lanes[lane].try_send(frame.clone()).is_err() {
+                            stuck.push(*edge);
+                        }
+                    }
+                }
+                for edge in stuck {
+                    self.counters
+                        .links_overloaded
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(edge, "relay lane full; closing the edge's link");
+                    if let Some(link) = state.links.remove(&edge) {
+                        link.conn
+                            .close(close_code::OVERLOADED.into(), b"relay lane overflow");
+                    }
+                    state.core.handle_edge_down(edge);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// Runs a distributor until `shutdown` completes.
+///
+/// `grpc_incoming` yields accepted gRPC connections; `endpoint` is a QUIC endpoint with
+/// this node's server configuration (see [`crate::tls::TlsMaterial::server_config`]);
+/// `connector` dials the metastore and other distributors.
+pub async fn run<C, I, IO, IE>(
+    config: Config,
+    grpc_incoming: I,
+    endpoint: quinn::Endpoint,
+    connector: C,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError>
+where
+    C: Connector,
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    run_with_counters(config, grpc_incoming, endpoint, connector, shutdown, Arc::default()).await
+}
+
+/// [`run`], with counters the caller can read.
+pub async fn run_with_counters<C, I, IO, IE>(
+    config: Config,
+    grpc_incoming: I,
+    endpoint: quinn::Endpoint,
+    connector: C,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    counters: Arc<Counters>,
+) -> Result<(), NodeError>
+where
+    C: Connector,
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    config.validate()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (revision_tx, revision_rx) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            core: DistributorCore::new(config.id, config.max_topics),
+            links: HashMap::new(),
+        }),
+        peers: Channels::new(connector.clone()),
+        routing_revision: revision_rx,
+        counters,
+        next_generation: AtomicU64::new(1),
+        config: config.clone(),
+    });
+
+    let meta = MetaClient::new(config.metastore.clone(), connector, config.rpc_timeout());
+    // Follow the routing state.
+    let (events_tx, mut events_rx) = mpsc::channel::<pb::WatchEvent>(64);
+    let watch_task = spawn_watch(meta.clone(), events_tx, stop_rx.clone());
+    let apply_shared = shared.clone();
+    let apply_task = tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            let revision = {
+                let mut state = apply_shared.lock();
+                state.core.handle_watch(event);
+                state.core.routing().revision()
+            };
+            revision_tx.send_replace(revision);
+        }
+    });
+    let (incarnation_tx, _incarnations) = watch::channel(0u64);
+    let membership = spawn_membership(
+        meta,
+        Registration {
+            kind: pb::MemberKind::Distributor,
+            id: config.id,
+            addrs: BTreeMap::from([
+                ("grpc".to_string(), config.grpc_advertise.clone()),
+                ("quic".to_string(), config.quic_advertise.clone()),
+            ]),
+            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+        },
+        incarnation_tx,
+        stop_rx.clone(),
+    );
+
+    // The relay.
+    let relay_shared = shared.clone();
+    let mut relay_stop = stop_rx.clone();
+    let relay_endpoint = endpoint.clone();
+    let relay_task = tokio::spawn(async move {
+        loop {
+            let incoming = tokio::select! {
+                i = relay_endpoint.accept() => i,
+                _ = relay_stop.wait_for(|s| *s) => break,
+            };
+            let Some(incoming) = incoming else { break };
+            tokio::spawn(serve_edge(relay_shared.clone(), incoming));
+        }
+    });
+
+    // gRPC.
+    let service = DistributorService::new(shared.clone());
+    let server = tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(grpc_incoming, shutdown);
+    let result = server.await.map_err(|e| NodeError::Grpc(e.to_string()));
+
+    let _ = stop_tx.send(true);
+    endpoint.close(close_code::SHUTDOWN.into(), b"distributor shutting down");
+    let _ = membership.await;
+    let _ = watch_task.await;
+    let _ = relay_task.await;
+    apply_task.abort();
+    {
+        let mut state = shared.lock();
+        state.links.clear();
+    }
+    endpoint.wait_idle().await;
+    result
+}
+
+/// Serves one edge's relay connection until it ends.
+async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "relay handshake failed");
+            return;
+        }
+    };
+    let (send, recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(close_code::BAD_HELLO.into(), b"no control stream");
+            return;
+        }
+    };
+    let mut reader = FrameReader::new(recv);
+    let edge = match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(RelayFrame {
+            frame: Some(Frame::Hello(hello)),
+        }))) if hello.cluster == shared.config.cluster && hello.edge_id != 0 => hello.edge_id,
+        Ok(Ok(Some(RelayFrame {
+            frame: Some(Frame::Hello(hello)),
+        }))) => {
+            tracing::warn!(cluster = %hello.cluster, edge = hello.edge_id, "relay hello refused");
+            conn.close(
+                close_code::BAD_HELLO.into(),
+                format!(
+                    "cluster {:?} (edge {}) does not match {:?}",
+                    hello.cluster, hello.edge_id, shared.config.cluster
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+        _ => {
+            conn.close(close_code::BAD_HELLO.into(), b"expected Hello first");
+            return;
+        }
+    };
+    let mut lanes = Vec::with_capacity(shared.config.relay_lanes);
+    for _ in 0..shared.config.relay_lanes {
+        let Ok(stream) = conn.open_uni().await else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel(shared.config.lane_queue_frames);
+        tokio::spawn(write_frames(stream, rx));
+        lanes.push(tx);
+    }
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    tokio::spawn(write_frames(send, control_rx));
+    let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut state = shared.lock();
+        if let Some(old) = state.links.insert(
+            edge,
+            EdgeLink {
+                generation,
+                conn: conn.clone(),
+                lanes,
+            },
+        ) {
+            old.conn.close(close_code::REPLACED.into(), b"replaced by a newer link");
+            state.core.handle_edge_down(edge);
+        }
+        state.core.handle_edge_up(edge);
+    }
+    tracing::info!(edge, "edge linked");
+
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(crate::relay::ReadError::Frame(e)) => {
+                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(edge, error = %e, "bad relay frame; closing the link");
+                conn.close(close_code::BAD_FRAME.into(), e.to_string().as_bytes());
+                break;
+            }
+            Err(_) => break,
+        };
+        match frame.frame {
+            Some(Frame::Interest(interest)) => {
+                let recorded = {
+                    let mut state = shared.lock();
+                    state.core.handle_interest(
+                        edge,
+                        &interest.topic,
+                        interest.subscribers,
+                        interest.epoch,
+                    )
+                };
+                match recorded {
+                    Ok(()) if interest.subscribers > 0 => {
+                        let ack = encode(&RelayFrame {
+                            frame: Some(Frame::InterestAck(InterestAck {
+                                topic: interest.topic,
+                                epoch: interest.epoch,
+                            })),
+                        });
+                        if control.try_send(ack).is_err() {
+                            shared
+                                .counters
+                                .links_overloaded
+                                .fetch_add(1, Ordering::Relaxed);
+                            conn.close(close_code::OVERLOADED.into(), b"control queue overflow");
+                            break;
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(edge, error = %e, "interest refused"),
+                }
+            }
+            Some(Frame::SlotsSynced(synced)) => {
+                let mut state = shared.lock();
+                state
+                    .core
+                    .handle_slots_synced(edge, &synced.slots, &synced.epochs);
+            }
+            Some(Frame::ClientPublish(publish)) => {
+                shared
+                    .counters
+                    .client_publishes
+                    .fetch_add(1, Ordering::Relaxed);
+                client_publish(&shared, publish.topic, publish.data).await;
+            }
+            _ => {
+                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(edge, "unexpected relay frame from an edge; ignored");
+            }
+        }
+    }
+    let mut state = shared.lock();
+    if state
+        .links
+        .get(&edge)
+        .is_some_and(|l| l.generation == generation)
+    {
+        state.links.remove(&edge);
+        state.core.handle_edge_down(edge);
+        tracing::info!(edge, "edge unlinked");
+    }
+}
+
+/// A publish an edge passed on for a client. Owned topics are sequenced inline (so one
+/// edge's publishes of a topic keep their order); others are forwarded in the background.
+async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, data: Bytes) {
+    if firetower_proto::topic::validate_topic(&topic).is_err()
+        || data.len() > shared.config.max_data_bytes
+        || firetower_proto::client::validate_json_data(&data).is_err()
+    {
+        shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    match shared.publish_local(&topic, &data) {
+        Ok(PublishOutcome::Sequenced { .. }) => {}
+        Ok(PublishOutcome::NotOwner { .. }) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(status) =
+                    crate::service::publish(&shared, &topic, data, false).await
+                {
+                    tracing::warn!(%status, topic, "a client publish could not be delivered");
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, topic, "a client publish was refused"),
+    }
+}
+
+/// Runs a distributor on a TCP listener and a UDP socket, loading TLS from the config:
+/// what `firetower distributor` does.
+pub async fn run_udp(
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    udp: std::net::UdpSocket,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    run_udp_with_counters(config, grpc, udp, shutdown, Arc::default()).await
+}
+
+/// [`run_udp`] with counters the caller can read.
+pub async fn run_udp_with_counters(
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    udp: std::net::UdpSocket,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    counters: Arc<Counters>,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let tls = crate::tls::TlsMaterial::load(&config.tls)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(tls.server_config()?),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    run_with_counters(
+        config,
+        incoming,
+        endpoint,
+        firetower_metastore::TcpConnector::default(),
+        shutdown,
+        counters,
+    )
+    .await
+}

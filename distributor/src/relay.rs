@@ -1,0 +1,121 @@
+//! The QUIC relay between distributors and edges: framing on streams, shared by both ends.
+//!
+//! One connection per distributor–edge pair, opened by the edge. The edge opens one
+//! bidirectional *control* stream and sends `Hello` first; `Interest`, `SlotsSynced` and
+//! `ClientPublish` follow on it, and the distributor answers `InterestAck` (and `Kick`) on
+//! its other half. The distributor opens `relay_lanes` unidirectional *lanes* for
+//! `Deliver` frames; a topic always uses lane `slot(topic) % lanes`, so per-topic order
+//! holds while a large message on one lane does not stall the others.
+//!
+//! Every stream has one writer task that takes every queued frame (up to
+//! [`MAX_FRAMES_PER_WRITE`]) and hands them to QUIC in one call.
+
+use bytes::{Bytes, BytesMut};
+use firetower_proto::relay::v1::RelayFrame;
+use firetower_proto::relay::{decode_frame, encode_frame, DEFAULT_MAX_FRAME_LEN};
+use firetower_proto::FrameError;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+/// The most frames one write takes from a queue: bounds the work between two checks of
+/// the queue and the memory one batch pins.
+pub const MAX_FRAMES_PER_WRITE: usize = 512;
+
+/// How much a stream reader asks QUIC for at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Application close codes of the relay connection.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The first frame was not Hello, or the cluster names differ.
+    pub const BAD_HELLO: u32 = 1;
+    /// A frame could not be decoded.
+    pub const BAD_FRAME: u32 = 2;
+    /// The peer could not keep up: a lane queue overflowed.
+    pub const OVERLOADED: u32 = 3;
+    /// A newer connection of the same edge replaced this one.
+    pub const REPLACED: u32 = 4;
+}
+
+/// Encodes one frame with its length prefix.
+pub fn encode(frame: &RelayFrame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.encoded_len() + 5);
+    encode_frame(frame, &mut out);
+    Bytes::from(out)
+}
+
+/// Why a stream stopped yielding frames.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Reads length-prefixed frames from one QUIC receive stream.
+pub struct FrameReader {
+    stream: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    pub fn new(stream: quinn::RecvStream) -> Self {
+        FrameReader {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<RelayFrame>, ReadError> {
+        loop {
+            if !self.buf.is_empty() {
+                match decode_frame(&self.buf, DEFAULT_MAX_FRAME_LEN) {
+                    Ok((frame, used)) => {
+                        let _ = self.buf.split_to(used);
+                        return Ok(Some(frame));
+                    }
+                    Err(FrameError::Incomplete) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match self
+                .stream
+                .read_chunk(READ_CHUNK, true)
+                .await
+                .map_err(|e| ReadError::Stream(e.to_string()))?
+            {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(ReadError::Stream(format!(
+                        "stream ended inside a frame ({} bytes left)",
+                        self.buf.len()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Writes every frame from `queue` to `stream`, batching what is queued into one write,
+/// until the queue closes (then finishes the stream) or the stream fails.
+pub async fn write_frames(mut stream: quinn::SendStream, mut queue: mpsc::Receiver<Bytes>) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(16);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_FRAMES_PER_WRITE {
+            match queue.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        if stream.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    let _ = stream.finish();
+}

@@ -1,0 +1,258 @@
+//! The distributor gRPC API: Publish, PublishBatch, TopicStatus.
+//!
+//! A publish for a topic this node owns is sequenced here; otherwise it is forwarded once
+//! to the owner (marked, so the owner never forwards it again). When the owner is unknown,
+//! unreachable or says it is no longer the owner, the publish waits for the next routing
+//! change and tries again, for up to `publish_retry_ms`; then it fails with UNAVAILABLE.
+//! A publish is never dropped without an error reaching the caller.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use firetower_metastore::network::Connector;
+use firetower_proto::client::validate_json_data;
+use firetower_proto::distributor::v1 as dpb;
+use firetower_proto::distributor::v1::distributor_client::DistributorClient;
+use firetower_proto::distributor::v1::distributor_server::{Distributor, DistributorServer};
+use firetower_proto::slot_of;
+use firetower_proto::topic::validate_topic;
+use tonic::{Code, Request, Response, Status};
+
+use crate::core::PublishOutcome;
+use crate::node::Shared;
+
+/// Metadata on a request one distributor forwards to another.
+const FORWARDED: &str = "firetower-forwarded";
+/// How long to wait for a routing change before trying an owner again.
+const RETRY_POLL: Duration = Duration::from_millis(50);
+
+/// The gRPC service of one distributor.
+pub struct DistributorService<C: Connector> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: Connector> DistributorService<C> {
+    pub(crate) fn new(shared: Arc<Shared<C>>) -> Self {
+        DistributorService { shared }
+    }
+
+    pub(crate) fn into_server(self) -> DistributorServer<Self> {
+        let max = self.shared.config.max_data_bytes * 2 + (1 << 20);
+        let batch_max = max.saturating_mul(self.shared.config.max_batch.min(1024));
+        DistributorServer::new(self)
+            .max_decoding_message_size(batch_max)
+            .max_encoding_message_size(4 << 20)
+    }
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().get(FORWARDED).is_some()
+}
+
+fn forwarded<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request.set_timeout(timeout);
+    request
+}
+
+/// Checks one message; `prefix` names it in a batch (`messages[3].`).
+fn check_message(
+    shared: &Shared<impl Connector>,
+    prefix: &str,
+    m: &dpb::PublishRequest,
+) -> Result<(), Status> {
+    validate_topic(&m.topic)
+        .map_err(|e| Status::invalid_argument(format!("{prefix}topic: {e}")))?;
+    let max = shared.config.max_data_bytes;
+    if m.data.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "{prefix}data: {} bytes exceeds the limit of {max} bytes",
+            m.data.len()
+        )));
+    }
+    validate_json_data(&m.data)
+        .map_err(|e| Status::invalid_argument(format!("{prefix}data: {e}")))?;
+    Ok(())
+}
+
+fn peer<C: Connector>(shared: &Shared<C>, owner: u64) -> Option<DistributorClient<tonic::transport::Channel>> {
+    let addr = {
+        let state = shared.lock();
+        state.core.routing().distributor_addr(owner, "grpc")?.to_string()
+    };
+    let channel = shared.peers.get(&addr).ok()?;
+    Some(DistributorClient::new(channel).max_encoding_message_size(64 << 20))
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::FailedPrecondition | Code::DeadlineExceeded | Code::Unknown
+    )
+}
+
+/// Publishes one checked message: locally when owned, else through the owner.
+pub(crate) async fn publish<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    topic: &str,
+    data: Bytes,
+    is_forwarded: bool,
+) -> Result<dpb::PublishReply, Status> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
+    let mut revision = shared.routing_revision.clone();
+    let mut last = String::from("no distributor owns the topic's slot yet");
+    loop {
+        revision.borrow_and_update();
+        let outcome = shared
+            .publish_local(topic, &data)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        match outcome {
+            PublishOutcome::Sequenced { epoch, seq, .. } => {
+                return Ok(dpb::PublishReply { epoch, seq })
+            }
+            PublishOutcome::NotOwner { owner } if is_forwarded => {
+                return Err(Status::failed_precondition(format!(
+                    "distributor {} does not own slot {} (owner: {owner})",
+                    shared.config.id,
+                    slot_of(topic)
+                )));
+            }
+            PublishOutcome::NotOwner { owner: 0 } => {}
+            PublishOutcome::NotOwner { owner } => match peer(shared, owner) {
+                Some(mut client) => {
+                    shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    let request = forwarded(
+                        dpb::PublishRequest {
+                            topic: topic.to_string(),
+                            data: data.clone(),
+                        },
+                        shared.config.rpc_timeout(),
+                    );
+                    match client.publish(request).await {
+                        Ok(reply) => return Ok(reply.into_inner()),
+                        Err(status) if retryable(&status) => {
+                            last = format!("owner {owner}: {}", status.message());
+                        }
+                        Err(status) => return Err(status),
+                    }
+                }
+                None => last = format!("owner {owner} has no known gRPC address"),
+            },
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Status::unavailable(format!(
+                "no owner of slot {} accepted the publish within {} ms: {last}",
+                slot_of(topic),
+                shared.config.publish_retry_ms
+            )));
+        }
+        // Wait for the routing to change (or a short while, for a peer to come back).
+        let wait = (deadline - now).min(RETRY_POLL);
+        let _ = tokio::time::timeout(wait, revision.changed()).await;
+    }
+}
+
+#[tonic::async_trait]
+impl<C: Connector> Distributor for DistributorService<C> {
+    async fn publish(
+        &self,
+        request: Request<dpb::PublishRequest>,
+    ) -> Result<Response<dpb::PublishReply>, Status> {
+        let is_forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        check_message(&self.shared, "", &m)?;
+        publish(&self.shared, &m.topic, m.data, is_forwarded)
+            .await
+            .map(Response::new)
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<dpb::PublishBatchRequest>,
+    ) -> Result<Response<dpb::PublishBatchReply>, Status> {
+        let is_forwarded = is_forwarded(&request);
+        let batch = request.into_inner();
+        let max = self.shared.config.max_batch;
+        if batch.messages.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "messages: {} messages exceed the batch limit of {max}",
+                batch.messages.len()
+            )));
+        }
+        for (i, m) in batch.messages.iter().enumerate() {
+            check_message(&self.shared, &format!("messages[{i}]."), m)?;
+        }
+        let mut results = Vec::with_capacity(batch.messages.len());
+        for (i, m) in batch.messages.into_iter().enumerate() {
+            match publish(&self.shared, &m.topic, m.data, is_forwarded).await {
+                Ok(r) => results.push(r),
+                Err(status) => {
+                    return Err(Status::new(
+                        status.code(),
+                        format!(
+                            "messages[{i}]: {} (messages before it were published)",
+                            status.message()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(Response::new(dpb::PublishBatchReply { results }))
+    }
+
+    async fn topic_status(
+        &self,
+        request: Request<dpb::TopicStatusRequest>,
+    ) -> Result<Response<dpb::TopicStatusReply>, Status> {
+        let is_forwarded = is_forwarded(&request);
+        let topic = request.into_inner().topic;
+        validate_topic(&topic).map_err(|e| Status::invalid_argument(format!("topic: {e}")))?;
+        let local = {
+            let state = self.shared.lock();
+            state
+                .core
+                .topic_count(&topic)
+                .map(|c| (c, state.core.relayed()))
+        };
+        match local {
+            Ok((count, relayed)) => Ok(Response::new(dpb::TopicStatusReply {
+                topic,
+                subscribers: count.subscribers,
+                edge_ids: count.edges,
+                relayed_messages: relayed,
+            })),
+            Err(owner) if owner == 0 || is_forwarded => Err(Status::unavailable(format!(
+                "distributor {} does not own slot {} (owner: {owner})",
+                self.shared.config.id,
+                slot_of(&topic)
+            ))),
+            Err(owner) => {
+                let mut client = peer(&self.shared, owner).ok_or_else(|| {
+                    Status::unavailable(format!("owner {owner} has no known gRPC address"))
+                })?;
+                client
+                    .topic_status(forwarded(
+                        dpb::TopicStatusRequest { topic },
+                        self.shared.config.rpc_timeout(),
+                    ))
+                    .await
+            }
+        }
+    }
+
+    async fn kick_user(
+        &self,
+        _request: Request<dpb::KickUserRequest>,
+    ) -> Result<Response<dpb::KickUserReply>, Status> {
+        Err(Status::unimplemented(
+            "KickUser is not implemented yet: edges do not track user ids across the relay",
+        ))
+    }
+}

@@ -1,0 +1,319 @@
+//! The client side of the metastore API, used by distributors, edges and the CLI.
+//!
+//! [`MetaClient`] tries the configured metastore nodes in turn (any node serves reads and
+//! forwards writes to the leader), with a per-call timeout. [`spawn_membership`] keeps a
+//! member registered (register, heartbeat every third of the lease, register again when
+//! the lease was lost) and reports each new incarnation. [`spawn_watch`] follows the watch
+//! stream across node failures, resuming from the last revision it passed on, so the
+//! receiver sees every revision once and in order (or a snapshot that covers a gap).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use firetower_proto::metastore::v1 as pb;
+use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::network::{Channels, Connector};
+
+/// The largest message the client accepts (a full SlotMap with many edges is several MiB).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A metastore client over several node addresses.
+#[derive(Clone)]
+pub struct MetaClient<C: Connector> {
+    addrs: Arc<Vec<String>>,
+    channels: Channels<C>,
+    /// The node that answered last: tried first next time.
+    preferred: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+impl<C: Connector> MetaClient<C> {
+    /// A client of the nodes at `addrs` (host:port), each call bounded by `timeout`.
+    pub fn new(addrs: Vec<String>, connector: C, timeout: Duration) -> Self {
+        MetaClient {
+            addrs: Arc::new(addrs),
+            channels: Channels::new(connector),
+            preferred: Arc::default(),
+            timeout,
+        }
+    }
+
+    fn client(&self, index: usize) -> Result<MetastoreClient<Channel>, Status> {
+        let addr = &self.addrs[index % self.addrs.len().max(1)];
+        let channel = self.channels.get(addr).map_err(Status::unavailable)?;
+        Ok(MetastoreClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Runs `call` against each node in turn until one answers with something other than
+    /// UNAVAILABLE / DEADLINE_EXCEEDED / a transport error.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(MetastoreClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        if self.addrs.is_empty() {
+            return Err(Status::failed_precondition("no metastore address configured"));
+        }
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = Status::unavailable("no metastore node answered");
+        for i in 0..self.addrs.len() {
+            let index = (start + i) % self.addrs.len();
+            let client = self.client(index)?;
+            match tokio::time::timeout(self.timeout, call(client)).await {
+                Ok(Ok(reply)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) if !retryable(&status) => return Err(status),
+                Ok(Err(status)) => last = status,
+                Err(_) => last = Status::deadline_exceeded("metastore call timed out"),
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn register(
+        &self,
+        kind: pb::MemberKind,
+        id: u64,
+        addrs: BTreeMap<String, String>,
+        lease_ttl: Duration,
+    ) -> Result<pb::RegisterReply, Status> {
+        let request = pb::RegisterRequest {
+            kind: kind as i32,
+            id,
+            addrs,
+            lease_ttl_ms: lease_ttl.as_millis() as u64,
+        };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.register(r).await }
+        })
+        .await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        kind: pb::MemberKind,
+        id: u64,
+        incarnation: u64,
+    ) -> Result<pb::HeartbeatReply, Status> {
+        let request = pb::HeartbeatRequest {
+            kind: kind as i32,
+            id,
+            incarnation,
+        };
+        self.call(|mut c| async move { c.heartbeat(request).await })
+            .await
+    }
+
+    pub async fn deregister(&self, kind: pb::MemberKind, id: u64) -> Result<(), Status> {
+        let request = pb::DeregisterRequest {
+            kind: kind as i32,
+            id,
+        };
+        self.call(|mut c| async move { c.deregister(request).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn update_interest(
+        &self,
+        edge_id: u64,
+        add_slots: Vec<u32>,
+        remove_slots: Vec<u32>,
+    ) -> Result<pb::UpdateInterestReply, Status> {
+        let request = pb::UpdateInterestRequest {
+            edge_id,
+            add_slots,
+            remove_slots,
+        };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.update_interest(r).await }
+        })
+        .await
+    }
+
+    pub async fn get_slot_map(&self, linearizable: bool) -> Result<pb::SlotMap, Status> {
+        self.call(|mut c| async move {
+            c.get_slot_map(pb::GetSlotMapRequest { linearizable }).await
+        })
+        .await
+    }
+
+    pub async fn set_hot_topic(&self, topic: String, shards: u32) -> Result<u64, Status> {
+        self.call(|mut c| {
+            let topic = topic.clone();
+            async move { c.set_hot_topic(pb::SetHotTopicRequest { topic, shards }).await }
+        })
+        .await
+        .map(|r| r.revision)
+    }
+
+    pub async fn clear_hot_topic(&self, topic: String) -> Result<u64, Status> {
+        self.call(|mut c| {
+            let topic = topic.clone();
+            async move { c.clear_hot_topic(pb::ClearHotTopicRequest { topic }).await }
+        })
+        .await
+        .map(|r| r.revision)
+    }
+
+    /// Opens a watch stream from `from_revision` on the first node that accepts it.
+    async fn open_watch(
+        &self,
+        from_revision: u64,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, Status> {
+        self.call(|mut c| async move { c.watch(pb::WatchRequest { from_revision }).await })
+            .await
+    }
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+/// How long to wait before trying the metastore again after a failure.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Follows the watch stream from revision 0 (a snapshot first) until `stop` turns true or
+/// the receiver is dropped. Events go to `events` in order; the channel's bound (the
+/// caller's) is the backlog this task holds, and it waits for room rather than skipping.
+pub fn spawn_watch<C: Connector>(
+    client: MetaClient<C>,
+    events: mpsc::Sender<pb::WatchEvent>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut revision = 0u64;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let stream = tokio::select! {
+                s = client.open_watch(revision) => s,
+                _ = stop.changed() => return,
+            };
+            match stream {
+                Ok(mut stream) => loop {
+                    let next = tokio::select! {
+                        n = stream.message() => n,
+                        _ = stop.changed() => return,
+                    };
+                    match next {
+                        Ok(Some(event)) => {
+                            let rev = match &event.event {
+                                Some(pb::watch_event::Event::Snapshot(m)) => m.revision,
+                                Some(pb::watch_event::Event::Delta(d)) => d.revision,
+                                None => continue,
+                            };
+                            // A delta we already passed on (after a resume) is skipped.
+                            if matches!(event.event, Some(pb::watch_event::Event::Delta(_)))
+                                && rev <= revision
+                            {
+                                continue;
+                            }
+                            revision = rev;
+                            if events.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                },
+                Err(status) => {
+                    tracing::debug!(%status, "metastore watch failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_DELAY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+/// A member's identity for [`spawn_membership`].
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub kind: pb::MemberKind,
+    pub id: u64,
+    pub addrs: BTreeMap<String, String>,
+    pub lease_ttl: Duration,
+}
+
+/// Keeps `registration` registered until `stop` turns true, then deregisters (best effort).
+/// `incarnations` receives each incarnation the member is registered under: a new value
+/// means the metastore forgot the member's earlier state (an edge re-sends its interest).
+pub fn spawn_membership<C: Connector>(
+    client: MetaClient<C>,
+    registration: Registration,
+    incarnations: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let beat = registration.lease_ttl / 3;
+        let mut incarnation = 0u64;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if incarnation == 0 {
+                match client
+                    .register(
+                        registration.kind,
+                        registration.id,
+                        registration.addrs.clone(),
+                        registration.lease_ttl,
+                    )
+                    .await
+                {
+                    Ok(reply) => {
+                        incarnation = reply.incarnation;
+                        let _ = incarnations.send(incarnation);
+                        continue;
+                    }
+                    Err(status) => {
+                        tracing::warn!(%status, "registering with the metastore failed; retrying");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => {}
+                _ = stop.changed() => continue,
+            }
+            match client
+                .heartbeat(registration.kind, registration.id, incarnation)
+                .await
+            {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {
+                    tracing::warn!("the metastore lost this member's lease; registering again");
+                    incarnation = 0;
+                }
+                Err(status) => tracing::debug!(%status, "heartbeat failed; retrying"),
+            }
+        }
+        if incarnation != 0 {
+            let _ = client.deregister(registration.kind, registration.id).await;
+        }
+    })
+}
