@@ -1,0 +1,186 @@
+use super::*;
+use firetower_proto::SLOT_COUNT;
+
+fn snapshot(owner: u64, epoch: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
+            revision: epoch,
+            members: vec![pb::Member {
+                kind: pb::MemberKind::Distributor as i32,
+                id: owner,
+                addrs: Default::default(),
+                lease_ttl_ms: 1000,
+                incarnation: 1,
+            }],
+            slot_owner: vec![owner; SLOT_COUNT as usize],
+            slot_epoch: vec![epoch; SLOT_COUNT as usize],
+            slot_edges: vec![],
+            hot_topics: vec![],
+        })),
+    }
+}
+
+fn drain(core: &mut EdgeCore) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+fn interest(topic: &str, subscribers: u64, epoch: u64) -> Output {
+    Output::Relay {
+        distributor: 1,
+        frame: RelayFrame {
+            frame: Some(Frame::Interest(Interest {
+                topic: topic.into(),
+                subscribers,
+                epoch,
+            })),
+        },
+    }
+}
+
+fn linked_core() -> EdgeCore {
+    let mut core = EdgeCore::new(7, 3, Duration::from_secs(5));
+    core.handle_watch(snapshot(1, 4));
+    assert_eq!(drain(&mut core), vec![Output::Connect { distributor: 1 }]);
+    core.handle_link_up(1);
+    let out = drain(&mut core);
+    assert!(out.iter().all(|o| matches!(
+        o,
+        Output::Relay { frame: RelayFrame { frame: Some(Frame::SlotsSynced(_)) }, .. }
+    )));
+    core
+}
+
+#[test]
+fn subscribe_is_acked_after_the_owner_acks_interest() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["chat".into()]);
+    assert_eq!(drain(&mut core), vec![interest("chat", 1, 4)]);
+    assert!(core.handle_deliver("chat", 4, 1, b"1").is_none(), "not acked yet");
+    core.handle_interest_ack(1, "chat", 4);
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::Subscribed { conn: 10, topics: vec!["chat".into()] }]
+    );
+    // A second subscriber is acked at once; the count goes out on the next tick.
+    core.handle_subscribe(now, 11, vec!["chat".into()]);
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::Subscribed { conn: 11, topics: vec!["chat".into()] }]
+    );
+    core.handle_tick(now);
+    assert_eq!(drain(&mut core), vec![interest("chat", 2, 4)]);
+    let fan = core.handle_deliver("chat", 4, 2, br#"{"a":1}"#).unwrap();
+    assert_eq!(fan.conns, vec![10, 11]);
+    assert_eq!(
+        &fan.frame[..],
+        br#"{"type":"publish","topic":"chat","data":{"a":1},"epoch":4,"seq":2}"#
+    );
+    // Stale and duplicate deliveries are dropped.
+    assert!(core.handle_deliver("chat", 4, 2, b"1").is_none());
+    assert!(core.handle_deliver("chat", 3, 9, b"1").is_none());
+    assert_eq!(core.counters().stale_deliveries, 2);
+    // A newer epoch restarts seq.
+    assert!(core.handle_deliver("chat", 5, 1, b"1").is_some());
+}
+
+#[test]
+fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["a".into(), "b".into()]);
+    drain(&mut core);
+    core.handle_interest_ack(1, "a", 4);
+    core.handle_interest_ack(1, "b", 4);
+    drain(&mut core);
+    assert_eq!(core.interest_slots().count(), 2);
+    assert_eq!(core.handle_unsubscribe(10, &["a".into(), "zzz".into()]), vec!["a".to_string()]);
+    assert_eq!(drain(&mut core), vec![interest("a", 0, 4)]);
+    assert_eq!(core.handle_disconnect(10), vec!["b".to_string()]);
+    assert_eq!(drain(&mut core), vec![interest("b", 0, 4)]);
+    assert_eq!(core.interest_slots().count(), 0);
+    assert!(core.handle_deliver("b", 4, 1, b"1").is_none());
+}
+
+#[test]
+fn per_connection_topic_limit_and_subscribe_timeout() {
+    let now = Instant::now();
+    let mut core = EdgeCore::new(7, 3, Duration::from_secs(5));
+    // No distributor at all: the subscribe waits, then fails.
+    core.handle_subscribe(now, 10, vec!["a".into(), "b".into(), "c".into(), "d".into()]);
+    let out = drain(&mut core);
+    assert!(matches!(
+        &out[..],
+        [Output::SubscribeFailed { conn: 10, error }] if error.code == ErrorCode::TooManyTopics
+    ));
+    core.handle_tick(now + Duration::from_secs(6));
+    let out = drain(&mut core);
+    assert!(matches!(
+        &out[..],
+        [Output::SubscribeFailed { conn: 10, error }] if error.code == ErrorCode::Unavailable
+    ));
+    assert_eq!(core.conn_topics(10), 0);
+    assert_eq!(core.interest_slots().count(), 0);
+}
+
+#[test]
+fn an_owner_change_re_announces_to_the_new_owner() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["chat".into()]);
+    core.handle_interest_ack(1, "chat", 4);
+    drain(&mut core);
+    core.handle_link_up(2);
+    drain(&mut core);
+    let slot = slot_of("chat");
+    core.handle_watch(pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision: 9,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                    slot: slot.into(),
+                    distributor_id: 2,
+                    epoch: 9,
+                })),
+            }],
+        })),
+    });
+    assert_eq!(
+        drain(&mut core),
+        vec![
+            Output::Relay {
+                distributor: 2,
+                frame: RelayFrame {
+                    frame: Some(Frame::Interest(Interest {
+                        topic: "chat".into(),
+                        subscribers: 1,
+                        epoch: 9
+                    }))
+                }
+            },
+            Output::Relay {
+                distributor: 2,
+                frame: RelayFrame {
+                    frame: Some(Frame::SlotsSynced(SlotsSynced {
+                        slots: vec![slot.into()],
+                        epochs: vec![9]
+                    }))
+                }
+            }
+        ]
+    );
+    // The subscriber stays effective across the move.
+    assert_eq!(core.handle_deliver("chat", 9, 1, b"1").unwrap().conns, vec![10]);
+}
+
+#[test]
+fn slot_sync_diffs_and_resets() {
+    let mut sync = SlotSync::default();
+    assert_eq!(sync.next_batch([1u16, 2].into_iter()), Some((vec![1, 2], vec![])));
+    sync.confirm(&[1, 2], &[]);
+    assert_eq!(sync.next_batch([2u16, 3].into_iter()), Some((vec![3], vec![1])));
+    sync.confirm(&[3], &[1]);
+    assert_eq!(sync.next_batch([2u16, 3].into_iter()), None);
+    sync.reset();
+    assert_eq!(sync.next_batch([2u16, 3].into_iter()), Some((vec![2, 3], vec![])));
+}
