@@ -1,0 +1,490 @@
+//! One client connection: the HTTP request, then (for `/ws`) the WebSocket session.
+//!
+//! Routes: `GET /` the chat demo page, `GET /ws` the WebSocket, `GET /api/topic?topic=T`
+//! the topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /metrics`.
+//!
+//! A WebSocket session is one task. It reads client frames, answers them, and drains the
+//! connection's send queue: every frame pending at that moment goes into tungstenite's
+//! buffer and out in one flush (one write syscall for the batch).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use firetower_metastore::network::Connector;
+use firetower_proto::client::{parse_client_frame, ClientError, ClientFrame, ErrorCode, validate_json_data, encode_ack, AckKind, LEGACY_HEARTBEAT};
+use firetower_proto::distributor::v1 as dpb;
+use firetower_proto::distributor::v1::distributor_client::DistributorClient;
+use firetower_proto::topic::validate_topic;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::server::create_response;
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::hooks::{Identity, ReadDecision};
+use crate::node::{Closer, Shared, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
+
+/// The largest HTTP request head accepted.
+const MAX_HEAD: usize = 8 << 10;
+/// The most frames one write takes from the send queue (bounds one batch's memory).
+const MAX_FRAMES_PER_WRITE: usize = 1024;
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve_conn<C, IO>(shared: Arc<Shared<C>>, mut io: IO)
+where
+    C: Connector,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let (request, leftover) = match tokio::time::timeout(timeout, read_head(&mut io)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((status, reason))) => {
+            let _ = respond(&mut io, status, "text/plain", reason.as_bytes()).await;
+            return;
+        }
+        Err(_) => {
+            let _ = respond(&mut io, 408, "text/plain", b"request head timed out").await;
+            return;
+        }
+    };
+    if request.method() != http::Method::GET {
+        let _ = respond(&mut io, 405, "text/plain", b"only GET is served").await;
+        return;
+    }
+    match request.uri().path() {
+        "/ws" => upgrade(shared, io, request, leftover).await,
+        "/" | "/index.html" => {
+            let _ = respond(&mut io, 200, "text/html; charset=utf-8", DEMO_PAGE.as_bytes()).await;
+        }
+        "/healthz" => {
+            let _ = respond(&mut io, 200, "text/plain", b"ok").await;
+        }
+        "/metrics" => {
+            let body = metrics(&shared);
+            let _ = respond(&mut io, 200, "text/plain; version=0.0.4", body.as_bytes()).await;
+        }
+        "/api/topic" => {
+            let (status, body) = topic_status(&shared, request.uri().query().unwrap_or("")).await;
+            let _ = respond(&mut io, status, "application/json", body.as_bytes()).await;
+        }
+        _ => {
+            let _ = respond(&mut io, 404, "text/plain", b"not found").await;
+        }
+    }
+}
+
+type HeadError = (u16, String);
+
+/// Reads and parses the request head; returns the request and any bytes after it.
+async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+) -> Result<(http::Request<()>, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = io
+            .read(&mut chunk)
+            .await
+            .map_err(|e| (400, format!("read failed: {e}")))?;
+        if n == 0 {
+            return Err((400, "connection closed inside the request head".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let mut builder = http::Request::builder()
+                    .method(parsed.method.unwrap_or("GET"))
+                    .uri(parsed.path.unwrap_or("/"))
+                    .version(http::Version::HTTP_11);
+                for h in parsed.headers.iter() {
+                    builder = builder.header(h.name, h.value);
+                }
+                let request = builder
+                    .body(())
+                    .map_err(|e| (400, format!("bad request: {e}")))?;
+                return Ok((request, buf[len..].to_vec()));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err((431, format!("request head exceeds {MAX_HEAD} bytes")))
+            }
+            Err(e) => return Err((400, format!("bad request: {e}"))),
+        }
+    }
+}
+
+async fn respond<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    io.write_all(head.as_bytes()).await?;
+    io.write_all(body).await?;
+    io.flush().await?;
+    io.shutdown().await
+}
+
+fn metrics<C: Connector>(shared: &Shared<C>) -> String {
+    let c = &shared.counters;
+    let mut out = String::new();
+    for (name, value) in [
+        ("connections_open", &c.connections_open),
+        ("connections_total", &c.connections_total),
+        ("connections_refused", &c.connections_refused),
+        ("frames_queued", &c.frames_queued),
+        ("frames_dropped", &c.frames_dropped),
+        ("closed_slow", &c.closed_slow),
+        ("closed_heartbeat", &c.closed_heartbeat),
+        ("closed_too_large", &c.closed_too_large),
+        ("client_errors", &c.client_errors),
+        ("writes", &c.writes),
+        ("client_publishes", &c.client_publishes),
+        ("relay_links_up", &c.relay_links_up),
+    ] {
+        out.push_str(&format!(
+            "firetower_edge_{name}{{edge=\"{}\"}} {}\n",
+            shared.config.id,
+            value.load(Ordering::Relaxed)
+        ));
+    }
+    out
+}
+
+/// `/api/topic?topic=T`: TopicStatus from the distributors, as JSON.
+async fn topic_status<C: Connector>(shared: &Shared<C>, query: &str) -> (u16, String) {
+    let topic = query.split('&').find_map(|kv| kv.strip_prefix("topic="));
+    let Some(topic) = topic.map(percent_decode) else {
+        return (400, r#"{"error":"missing query parameter topic"}"#.into());
+    };
+    if let Err(e) = validate_topic(&topic) {
+        return (400, serde_json::json!({ "error": format!("topic: {e}") }).to_string());
+    }
+    let Some(addr) = shared.any_distributor_grpc(&topic) else {
+        return (503, r#"{"error":"no distributor is known"}"#.into());
+    };
+    let Ok(channel) = shared.distributors.get(&addr) else {
+        return (503, r#"{"error":"bad distributor address"}"#.into());
+    };
+    let mut client = DistributorClient::new(channel);
+    let mut request = tonic::Request::new(dpb::TopicStatusRequest {
+        topic: topic.clone(),
+    });
+    request.set_timeout(Duration::from_millis(shared.config.rpc_timeout_ms));
+    match client.topic_status(request).await {
+        Ok(reply) => {
+            let r = reply.into_inner();
+            (
+                200,
+                serde_json::json!({
+                    "topic": r.topic,
+                    "subscribers": r.subscribers,
+                    "edges": r.edge_ids,
+                })
+                .to_string(),
+            )
+        }
+        Err(status) => (
+            502,
+            serde_json::json!({ "error": status.message() }).to_string(),
+        ),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn upgrade<C, IO>(shared: Arc<Shared<C>>, mut io: IO, request: http::Request<()>, leftover: Vec<u8>)
+where
+    C: Connector,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let counters = shared.counters.clone();
+    if counters.connections_open.load(Ordering::Relaxed) as usize >= shared.config.max_connections {
+        counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+        let _ = respond(&mut io, 503, "text/plain", b"connection limit reached").await;
+        return;
+    }
+    let response = match create_response(&request) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = respond(&mut io, 400, "text/plain", format!("not a WebSocket upgrade: {e}").as_bytes()).await;
+            return;
+        }
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let identity = match shared.hooks.on_connect(conn, &request) {
+        Ok(id) => Arc::new(id),
+        Err(rejection) => {
+            counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+            let _ = respond(&mut io, rejection.status, "text/plain", rejection.reason.as_bytes()).await;
+            return;
+        }
+    };
+    let mut head = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in response.headers() {
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(value.to_str().unwrap_or(""));
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    if io.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(shared.config.read_buffer_bytes)
+        // Frames collect in the write buffer until the flush that ends each batch.
+        .write_buffer_size(256 << 10)
+        .max_write_buffer_size(16 << 20)
+        .max_message_size(Some(shared.config.max_frame_bytes))
+        .max_frame_size(Some(shared.config.max_frame_bytes));
+    let ws = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(config)).await;
+    counters.connections_open.fetch_add(1, Ordering::Relaxed);
+    counters.connections_total.fetch_add(1, Ordering::Relaxed);
+    let closer = Arc::new(Closer::default());
+    let queue = shared.add_conn(conn, identity.clone(), closer.clone());
+    session(&shared, conn, &identity, ws, queue, &closer).await;
+    let topics = shared.remove_conn(conn);
+    if !topics.is_empty() {
+        shared.hooks.on_unsubscribe(&identity, &topics);
+    }
+    shared.hooks.on_offline(&identity);
+    counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Why a session ended.
+enum End {
+    Close(u16, String),
+    Gone,
+}
+
+async fn session<C, IO>(
+    shared: &Arc<Shared<C>>,
+    conn: u64,
+    identity: &Identity,
+    mut ws: WebSocketStream<IO>,
+    mut queue: tokio::sync::mpsc::Receiver<Utf8Bytes>,
+    closer: &Closer,
+) where
+    C: Connector,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
+    let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
+    let write_timeout = Duration::from_millis(config.write_timeout_ms);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = closer.notify.notified() => {
+                let (code, reason) = closer.reason().unwrap_or((1000, String::new()));
+                break End::Close(code, reason);
+            }
+            first = queue.recv() => {
+                let Some(first) = first else { break End::Gone };
+                batch.push(first);
+                while batch.len() < MAX_FRAMES_PER_WRITE {
+                    match queue.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+                let write = async {
+                    for frame in batch.drain(..) {
+                        ws.feed(Message::Text(frame)).await?;
+                    }
+                    ws.flush().await
+                };
+                match tokio::time::timeout(write_timeout, write).await {
+                    Ok(Ok(())) => {
+                        shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) => break End::Gone,
+                    Err(_) => {
+                        shared.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
+                        break End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: write timed out".into());
+                    }
+                }
+                batch.clear();
+            }
+            incoming = ws.next() => {
+                last_heard = tokio::time::Instant::now();
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        handle_text(shared, conn, identity, text.as_str());
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let mut state = shared.lock();
+                        shared.push_error(&mut state, conn, &ClientError::new(
+                            ErrorCode::BinaryUnsupported,
+                            "binary frames are not part of the protocol; send JSON text frames",
+                        ));
+                    }
+                    Some(Ok(Message::Close(_))) | None => break End::Gone,
+                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                    Some(Err(WsError::Capacity(e))) => {
+                        shared.counters.closed_too_large.fetch_add(1, Ordering::Relaxed);
+                        break End::Close(1009, format!("frame too large: {e}; the limit is {} bytes", config.max_frame_bytes));
+                    }
+                    Some(Err(_)) => break End::Gone,
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= pong_timeout {
+                    shared.counters.closed_heartbeat.fetch_add(1, Ordering::Relaxed);
+                    shared.hooks.on_read_timeout(identity);
+                    break End::Close(CLOSE_HEARTBEAT_TIMEOUT, format!("no pong within {} ms", config.pong_timeout_ms));
+                }
+                let mut result = ws.feed(Message::Ping(Default::default())).await;
+                if config.legacy_heartbeat && result.is_ok() {
+                    result = ws.feed(Message::Text(Utf8Bytes::from_static(LEGACY_HEARTBEAT))).await;
+                }
+                if result.is_err() || tokio::time::timeout(write_timeout, ws.flush()).await.map_or(true, |r| r.is_err()) {
+                    break End::Gone;
+                }
+            }
+        }
+    };
+    if let End::Close(code, reason) = end {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
+}
+
+/// Handles one client text frame.
+fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Identity, text: &str) {
+    let frame = match parse_client_frame(text, shared.config.max_topics_per_conn) {
+        Ok(f) => f,
+        Err(error) => {
+            let mut state = shared.lock();
+            shared.push_error(&mut state, conn, &error);
+            return;
+        }
+    };
+    match frame {
+        ClientFrame::Heartbeat => {}
+        ClientFrame::Subscribe { topics } => {
+            let asked: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
+            let allowed = shared.hooks.before_subscribe(identity, asked.clone());
+            let denied: Vec<&String> = asked.iter().filter(|t| !allowed.contains(t)).collect();
+            let allowed: Vec<String> = allowed
+                .into_iter()
+                .filter(|t| asked.contains(t))
+                .collect();
+            let mut state = shared.lock();
+            for topic in denied {
+                shared.push_error(
+                    &mut state,
+                    conn,
+                    &ClientError::new(ErrorCode::Denied, "subscribe refused by the server")
+                        .with_topic(topic.as_str()),
+                );
+            }
+            if !allowed.is_empty() {
+                state
+                    .core
+                    .handle_subscribe(tokio::time::Instant::now(), conn, allowed);
+            }
+            let calls = shared.drain(&mut state);
+            drop(state);
+            shared.run_hooks(calls);
+        }
+        ClientFrame::Unsubscribe { topics } => {
+            let topics: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
+            let mut state = shared.lock();
+            let removed = state.core.handle_unsubscribe(conn, &topics);
+            shared.push_bytes(&mut state, conn, encode_ack(AckKind::Unsubscribed, &topics));
+            let calls = shared.drain(&mut state);
+            drop(state);
+            shared.run_hooks(calls);
+            if !removed.is_empty() {
+                shared.hooks.on_unsubscribe(identity, &removed);
+            }
+        }
+        ClientFrame::Publish { topic, data } => {
+            let (topic, data) = match shared.hooks.on_read(identity, &topic, data) {
+                ReadDecision::Allow => (topic.into_owned(), data.to_string()),
+                ReadDecision::Deny(reason) => {
+                    let mut state = shared.lock();
+                    shared.push_error(
+                        &mut state,
+                        conn,
+                        &ClientError::new(ErrorCode::Denied, reason).with_topic(topic.as_ref()),
+                    );
+                    return;
+                }
+                ReadDecision::Rewrite { topic, data } => {
+                    if validate_topic(&topic).is_err() || validate_json_data(data.as_bytes()).is_err() {
+                        let mut state = shared.lock();
+                        shared.push_error(
+                            &mut state,
+                            conn,
+                            &ClientError::new(ErrorCode::Denied, "the server's rewrite of this publish is invalid")
+                                .with_topic(topic.as_str()),
+                        );
+                        return;
+                    }
+                    (topic, data)
+                }
+            };
+            if !shared.client_publish(&topic, &data) {
+                let mut state = shared.lock();
+                shared.push_error(
+                    &mut state,
+                    conn,
+                    &ClientError::new(
+                        ErrorCode::Unavailable,
+                        "the topic's distributor cannot be reached right now; retry",
+                    )
+                    .with_topic(topic),
+                );
+            }
+        }
+    }
+}
