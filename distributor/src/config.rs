@@ -70,14 +70,20 @@ impl Config {
             return Err(ConfigError::new("cluster", "must not be empty"));
         }
         if self.metastore.is_empty() {
-            return Err(ConfigError::new("metastore", "name at least one metastore address"));
+            return Err(ConfigError::new(
+                "metastore",
+                "name at least one metastore address",
+            ));
         }
         for (field, addr) in [
             ("grpc_advertise", &self.grpc_advertise),
             ("quic_advertise", &self.quic_advertise),
         ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::new(field, format!("{addr:?} is not host:port")));
+                return Err(ConfigError::new(
+                    field,
+                    format!("{addr:?} is not host:port"),
+                ));
             }
         }
         if self.lease_ttl_ms < 300 {
@@ -120,7 +126,10 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(ok.validate(), Ok(()));
-        let bad = Config { id: 0, ..ok.clone() };
+        let bad = Config {
+            id: 0,
+            ..ok.clone()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "id");
         let bad = Config {
             quic_advertise: "nope".into(),

@@ -215,9 +215,9 @@ impl DistributorCore {
             self.topics.insert(topic.to_string(), TopicState::default());
         }
         // Present: inserted above if it was missing.
-        self.topics
-            .get_mut(topic)
-            .ok_or(CoreError::TooManyTopics { max: self.max_topics })
+        self.topics.get_mut(topic).ok_or(CoreError::TooManyTopics {
+            max: self.max_topics,
+        })
     }
 
     /// Sequences a publish if this distributor owns the topic, and picks its edges: those
@@ -287,7 +287,11 @@ mod tests {
     use super::*;
     use firetower_proto::SLOT_COUNT;
 
-    fn snapshot(owner_of: impl Fn(usize) -> u64, epoch: u64, edges: Vec<(u32, u64)>) -> pb::WatchEvent {
+    fn snapshot(
+        owner_of: impl Fn(usize) -> u64,
+        epoch: u64,
+        edges: Vec<(u32, u64)>,
+    ) -> pb::WatchEvent {
         pb::WatchEvent {
             event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
                 revision: epoch,

@@ -35,12 +35,12 @@ pub enum TlsError {
 /// Why a distributor stopped.
 #[derive(Debug, Error)]
 pub enum NodeError {
-    #[error("configuration: {0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("tls: {0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("gRPC server: {0}")]
     Grpc(String),
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -134,7 +134,15 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    run_with_counters(config, grpc_incoming, endpoint, connector, shutdown, Arc::default()).await
+    run_with_counters(
+        config,
+        grpc_incoming,
+        endpoint,
+        connector,
+        shutdown,
+        Arc::default(),
+    )
+    .await
 }
 
 /// [`run`], with counters the caller can read.
@@ -296,7 +304,8 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                 lanes,
             },
         ) {
-            old.conn.close(close_code::REPLACED.into(), b"replaced by a newer link");
+            old.conn
+                .close(close_code::REPLACED.into(), b"replaced by a newer link");
             state.core.handle_edge_down(edge);
         }
         state.core.handle_edge_up(edge);
@@ -393,9 +402,7 @@ async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, da
         Ok(PublishOutcome::NotOwner { .. }) => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(status) =
-                    crate::service::publish(&shared, &topic, data, false).await
-                {
+                if let Err(status) = crate::service::publish(&shared, &topic, data, false).await {
                     tracing::warn!(%status, topic, "a client publish could not be delivered");
                 }
             });

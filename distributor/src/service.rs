@@ -80,10 +80,17 @@ fn check_message(
     Ok(())
 }
 
-fn peer<C: Connector>(shared: &Shared<C>, owner: u64) -> Option<DistributorClient<tonic::transport::Channel>> {
+fn peer<C: Connector>(
+    shared: &Shared<C>,
+    owner: u64,
+) -> Option<DistributorClient<tonic::transport::Channel>> {
     let addr = {
         let state = shared.lock();
-        state.core.routing().distributor_addr(owner, "grpc")?.to_string()
+        state
+            .core
+            .routing()
+            .distributor_addr(owner, "grpc")?
+            .to_string()
     };
     let channel = shared.peers.get(&addr).ok()?;
     Some(DistributorClient::new(channel).max_encoding_message_size(64 << 20))

@@ -65,12 +65,11 @@ impl TlsMaterial {
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
         let certs = certs_from(&read(&files.cert)?, &files.cert)?;
         let ca = certs_from(&read(&files.ca)?, &files.ca)?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| {
-            TlsError::Invalid {
+        let key =
+            PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| TlsError::Invalid {
                 path: files.key.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(TlsMaterial {
             certs,
             key: Arc::new(key),
@@ -92,10 +91,12 @@ impl TlsMaterial {
     /// signed by the CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -161,8 +162,8 @@ impl DevPki {
     /// A new CA.
     pub fn new() -> Result<Self, TlsError> {
         let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut params =
-            rcgen::CertificateParams::new(Vec::new()).map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(Vec::new())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
@@ -217,10 +218,15 @@ impl DevPki {
             (&files.key, &cert.key_pem),
             (&files.ca, &self.ca_pem),
         ] {
-            std::fs::write(path, text).map_err(|e| TlsError::Read {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            // Write then rename, so a node reading the shared CA file never sees it half
+            // written.
+            let temp = path.with_extension(format!("tmp-{name}"));
+            std::fs::write(&temp, text)
+                .and_then(|()| std::fs::rename(&temp, path))
+                .map_err(|e| TlsError::Read {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         Ok(files)
     }

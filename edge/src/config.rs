@@ -119,7 +119,10 @@ impl Config {
             return Err(ConfigError::new("cluster", "must not be empty"));
         }
         if self.metastore.is_empty() {
-            return Err(ConfigError::new("metastore", "name at least one metastore address"));
+            return Err(ConfigError::new(
+                "metastore",
+                "name at least one metastore address",
+            ));
         }
         if self.pong_timeout_ms <= self.heartbeat_interval_ms {
             return Err(ConfigError::new(
@@ -128,10 +131,16 @@ impl Config {
             ));
         }
         if self.read_buffer_bytes < 512 {
-            return Err(ConfigError::new("read_buffer_bytes", "must be at least 512"));
+            return Err(ConfigError::new(
+                "read_buffer_bytes",
+                "must be at least 512",
+            ));
         }
         if self.max_frame_bytes > 16 << 20 {
-            return Err(ConfigError::new("max_frame_bytes", "must be at most 16 MiB"));
+            return Err(ConfigError::new(
+                "max_frame_bytes",
+                "must be at most 16 MiB",
+            ));
         }
         Ok(())
     }

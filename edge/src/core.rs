@@ -283,7 +283,13 @@ impl EdgeCore {
 
     /// A delivery from a distributor: the frame to send and who gets it, unless it is stale
     /// or nobody here wants it.
-    pub fn handle_deliver(&mut self, topic: &str, epoch: u64, seq: u64, data: &[u8]) -> Option<Fanout> {
+    pub fn handle_deliver(
+        &mut self,
+        topic: &str,
+        epoch: u64,
+        seq: u64,
+        data: &[u8],
+    ) -> Option<Fanout> {
         let Some(entry) = self.topics.get_mut(topic) else {
             self.counters.unwanted_deliveries += 1;
             return None;
@@ -333,7 +339,8 @@ impl EdgeCore {
         let changes = self.routing.apply(event);
         for d in changes.distributors_down {
             if !self.routing.distributors().contains_key(&d) {
-                self.outputs.push_back(Output::Disconnect { distributor: d });
+                self.outputs
+                    .push_back(Output::Disconnect { distributor: d });
             }
         }
         for d in changes.distributors_up {
@@ -462,10 +469,7 @@ pub struct SlotSync {
 
 impl SlotSync {
     /// The changes that would make the metastore match `wanted`, or `None` if it does.
-    pub fn next_batch(
-        &self,
-        wanted: impl Iterator<Item = Slot>,
-    ) -> Option<(Vec<u32>, Vec<u32>)> {
+    pub fn next_batch(&self, wanted: impl Iterator<Item = Slot>) -> Option<(Vec<u32>, Vec<u32>)> {
         let wanted: BTreeSet<Slot> = wanted.collect();
         let add: Vec<u32> = wanted
             .difference(&self.registered)

@@ -22,10 +22,10 @@ impl ConfigError {
 /// Why an edge stopped.
 #[derive(Debug, Error)]
 pub enum NodeError {
-    #[error("configuration: {0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("tls: {0}")]
+    #[error(transparent)]
     Tls(#[from] firetower_distributor::TlsError),
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }

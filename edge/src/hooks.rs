@@ -27,7 +27,10 @@ pub enum ReadDecision {
     /// Refuse it; the client gets an error frame `denied` with this message.
     Deny(String),
     /// Publish this instead. `data` must be one JSON value.
-    Rewrite { topic: String, data: String },
+    Rewrite {
+        topic: String,
+        data: String,
+    },
 }
 
 /// The per-connection callbacks.

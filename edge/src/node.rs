@@ -75,7 +75,10 @@ impl Closer {
     }
 
     pub(crate) fn reason(&self) -> Option<(u16, String)> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -176,8 +179,10 @@ impl<C: Connector> Shared<C> {
         while let Some(output) = state.core.poll_output() {
             match output {
                 Output::Relay { distributor, frame } => {
-                    if let Some((_, control)) =
-                        state.links.get(&distributor).and_then(|l| l.control.as_ref())
+                    if let Some((_, control)) = state
+                        .links
+                        .get(&distributor)
+                        .and_then(|l| l.control.as_ref())
                     {
                         if control.try_send(encode(&frame)).is_err() {
                             tracing::warn!(distributor, "relay control queue full; frame dropped");
@@ -262,7 +267,9 @@ impl<C: Connector> Shared<C> {
         let Some((_, control)) = state.links.get(&owner).and_then(|l| l.control.as_ref()) else {
             return false;
         };
-        self.counters.client_publishes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .client_publishes
+            .fetch_add(1, Ordering::Relaxed);
         control
             .try_send(encode(&RelayFrame {
                 frame: Some(Frame::ClientPublish(ClientPublish {
@@ -317,7 +324,9 @@ async fn link_task<C: Connector>(
                             backoff = Duration::from_millis(100);
                             serve_link(&shared, distributor, conn, &mut stop).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(distributor, error = %e, "relay connect failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(distributor, error = %e, "relay connect failed")
+                        }
                         Err(_) => tracing::debug!(distributor, "relay connect timed out"),
                     }
                 }
@@ -365,7 +374,10 @@ async fn serve_link<C: Connector>(
         drop(state);
         shared.run_hooks(calls);
     }
-    shared.counters.relay_links_up.fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .relay_links_up
+        .fetch_add(1, Ordering::Relaxed);
     tracing::info!(distributor, "relay link up");
 
     let control_shared = shared.clone();
@@ -399,7 +411,10 @@ async fn serve_link<C: Connector>(
     }
     control_reader.abort();
     conn.close(close_code::SHUTDOWN.into(), b"edge link closed");
-    shared.counters.relay_links_up.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .counters
+        .relay_links_up
+        .fetch_sub(1, Ordering::Relaxed);
     let mut state = shared.lock();
     if let Some(slot) = state.links.get_mut(&distributor) {
         if slot.control.as_ref().is_some_and(|(g, _)| *g == generation) {
@@ -521,7 +536,10 @@ where
                 sync.next_batch(state.core.interest_slots())
             };
             if let Some((add, remove)) = batch {
-                match meta.update_interest(sync_shared.config.id, add.clone(), remove.clone()).await {
+                match meta
+                    .update_interest(sync_shared.config.id, add.clone(), remove.clone())
+                    .await
+                {
                     Ok(_) => sync.confirm(&add, &remove),
                     Err(status) => tracing::debug!(%status, "interest update failed; retrying"),
                 }
@@ -531,9 +549,8 @@ where
     let tick_shared = shared.clone();
     let mut tick_stop = stop_rx.clone();
     let tick_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(
-            tick_shared.config.interest_flush_ms,
-        ));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(tick_shared.config.interest_flush_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firetower_metastore::network::Connector;
-use firetower_proto::client::{parse_client_frame, ClientError, ClientFrame, ErrorCode, validate_json_data, encode_ack, AckKind, LEGACY_HEARTBEAT};
+use firetower_proto::client::{
+    encode_ack, parse_client_frame, validate_json_data, AckKind, ClientError, ClientFrame,
+    ErrorCode, LEGACY_HEARTBEAT,
+};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::topic::validate_topic;
@@ -60,7 +63,13 @@ where
     match request.uri().path() {
         "/ws" => upgrade(shared, io, request, leftover).await,
         "/" | "/index.html" => {
-            let _ = respond(&mut io, 200, "text/html; charset=utf-8", DEMO_PAGE.as_bytes()).await;
+            let _ = respond(
+                &mut io,
+                200,
+                "text/html; charset=utf-8",
+                DEMO_PAGE.as_bytes(),
+            )
+            .await;
         }
         "/healthz" => {
             let _ = respond(&mut io, 200, "text/plain", b"ok").await;
@@ -174,7 +183,10 @@ async fn topic_status<C: Connector>(shared: &Shared<C>, query: &str) -> (u16, St
         return (400, r#"{"error":"missing query parameter topic"}"#.into());
     };
     if let Err(e) = validate_topic(&topic) {
-        return (400, serde_json::json!({ "error": format!("topic: {e}") }).to_string());
+        return (
+            400,
+            serde_json::json!({ "error": format!("topic: {e}") }).to_string(),
+        );
     }
     let Some(addr) = shared.any_distributor_grpc(&topic) else {
         return (503, r#"{"error":"no distributor is known"}"#.into());
@@ -232,8 +244,12 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn upgrade<C, IO>(shared: Arc<Shared<C>>, mut io: IO, request: http::Request<()>, leftover: Vec<u8>)
-where
+async fn upgrade<C, IO>(
+    shared: Arc<Shared<C>>,
+    mut io: IO,
+    request: http::Request<()>,
+    leftover: Vec<u8>,
+) where
     C: Connector,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -246,7 +262,13 @@ where
     let response = match create_response(&request) {
         Ok(r) => r,
         Err(e) => {
-            let _ = respond(&mut io, 400, "text/plain", format!("not a WebSocket upgrade: {e}").as_bytes()).await;
+            let _ = respond(
+                &mut io,
+                400,
+                "text/plain",
+                format!("not a WebSocket upgrade: {e}").as_bytes(),
+            )
+            .await;
             return;
         }
     };
@@ -255,7 +277,13 @@ where
         Ok(id) => Arc::new(id),
         Err(rejection) => {
             counters.connections_refused.fetch_add(1, Ordering::Relaxed);
-            let _ = respond(&mut io, rejection.status, "text/plain", rejection.reason.as_bytes()).await;
+            let _ = respond(
+                &mut io,
+                rejection.status,
+                "text/plain",
+                rejection.reason.as_bytes(),
+            )
+            .await;
             return;
         }
     };
@@ -413,10 +441,7 @@ fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Iden
             let asked: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
             let allowed = shared.hooks.before_subscribe(identity, asked.clone());
             let denied: Vec<&String> = asked.iter().filter(|t| !allowed.contains(t)).collect();
-            let allowed: Vec<String> = allowed
-                .into_iter()
-                .filter(|t| asked.contains(t))
-                .collect();
+            let allowed: Vec<String> = allowed.into_iter().filter(|t| asked.contains(t)).collect();
             let mut state = shared.lock();
             for topic in denied {
                 shared.push_error(
@@ -460,13 +485,18 @@ fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Iden
                     return;
                 }
                 ReadDecision::Rewrite { topic, data } => {
-                    if validate_topic(&topic).is_err() || validate_json_data(data.as_bytes()).is_err() {
+                    if validate_topic(&topic).is_err()
+                        || validate_json_data(data.as_bytes()).is_err()
+                    {
                         let mut state = shared.lock();
                         shared.push_error(
                             &mut state,
                             conn,
-                            &ClientError::new(ErrorCode::Denied, "the server's rewrite of this publish is invalid")
-                                .with_topic(topic.as_str()),
+                            &ClientError::new(
+                                ErrorCode::Denied,
+                                "the server's rewrite of this publish is invalid",
+                            )
+                            .with_topic(topic.as_str()),
                         );
                         return;
                     }

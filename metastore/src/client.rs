@@ -61,7 +61,9 @@ impl<C: Connector> MetaClient<C> {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         if self.addrs.is_empty() {
-            return Err(Status::failed_precondition("no metastore address configured"));
+            return Err(Status::failed_precondition(
+                "no metastore address configured",
+            ));
         }
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = Status::unavailable("no metastore node answered");
@@ -145,16 +147,19 @@ impl<C: Connector> MetaClient<C> {
     }
 
     pub async fn get_slot_map(&self, linearizable: bool) -> Result<pb::SlotMap, Status> {
-        self.call(|mut c| async move {
-            c.get_slot_map(pb::GetSlotMapRequest { linearizable }).await
-        })
+        self.call(
+            |mut c| async move { c.get_slot_map(pb::GetSlotMapRequest { linearizable }).await },
+        )
         .await
     }
 
     pub async fn set_hot_topic(&self, topic: String, shards: u32) -> Result<u64, Status> {
         self.call(|mut c| {
             let topic = topic.clone();
-            async move { c.set_hot_topic(pb::SetHotTopicRequest { topic, shards }).await }
+            async move {
+                c.set_hot_topic(pb::SetHotTopicRequest { topic, shards })
+                    .await
+            }
         })
         .await
         .map(|r| r.revision)

@@ -25,10 +25,17 @@ pub const LEGACY_HEARTBEAT: &str = "heartbeat";
 /// A parsed client frame. Topics are validated and deduplicated, in the order given.
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame<'a> {
-    Subscribe { topics: Vec<Cow<'a, str>> },
-    Unsubscribe { topics: Vec<Cow<'a, str>> },
+    Subscribe {
+        topics: Vec<Cow<'a, str>>,
+    },
+    Unsubscribe {
+        topics: Vec<Cow<'a, str>>,
+    },
     /// `data` is the raw JSON text of the value, passed on byte for byte.
-    Publish { topic: Cow<'a, str>, data: &'a str },
+    Publish {
+        topic: Cow<'a, str>,
+        data: &'a str,
+    },
     /// The legacy `heartbeat` text frame: no answer, it only proves liveness.
     Heartbeat,
 }
@@ -208,7 +215,8 @@ pub enum AckKind {
 
 /// Encodes `{"type":"subscribed"|"unSubscribed","topic":[…]}`.
 pub fn encode_ack<S: AsRef<str>>(kind: AckKind, topics: &[S]) -> Bytes {
-    let mut out = String::with_capacity(40 + topics.iter().map(|t| t.as_ref().len() + 3).sum::<usize>());
+    let mut out =
+        String::with_capacity(40 + topics.iter().map(|t| t.as_ref().len() + 3).sum::<usize>());
     out.push_str(match kind {
         AckKind::Subscribed => r#"{"type":"subscribed","topic":["#,
         AckKind::Unsubscribed => r#"{"type":"unSubscribed","topic":["#,
@@ -336,9 +344,14 @@ mod tests {
             }
         );
         let f = parse_client_frame(r#"{"type":"unSubscribe","topic":"a"}"#, 8).unwrap();
-        assert_eq!(f, ClientFrame::Unsubscribe { topics: vec!["a".into()] });
-        let f = parse_client_frame(r#"{"type":"publish","topic":"t","data":{"x":[1, 2]}}"#, 8)
-            .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Unsubscribe {
+                topics: vec!["a".into()]
+            }
+        );
+        let f =
+            parse_client_frame(r#"{"type":"publish","topic":"t","data":{"x":[1, 2]}}"#, 8).unwrap();
         assert_eq!(
             f,
             ClientFrame::Publish {
@@ -347,8 +360,17 @@ mod tests {
             }
         );
         let f = parse_client_frame(r#"{"type":"publish","topic":"t"}"#, 8).unwrap();
-        assert_eq!(f, ClientFrame::Publish { topic: "t".into(), data: "null" });
-        assert_eq!(parse_client_frame("heartbeat", 8).unwrap(), ClientFrame::Heartbeat);
+        assert_eq!(
+            f,
+            ClientFrame::Publish {
+                topic: "t".into(),
+                data: "null"
+            }
+        );
+        assert_eq!(
+            parse_client_frame("heartbeat", 8).unwrap(),
+            ClientFrame::Heartbeat
+        );
         // Escaped topics are unescaped (and then owned).
         let f = parse_client_frame(r#"{"type":"subscribe","topic":"\u0061,b"}"#, 8).unwrap();
         assert_eq!(
@@ -365,16 +387,37 @@ mod tests {
         assert_eq!(code("{not json"), ErrorCode::BadJson);
         assert_eq!(code(r#"{"topic":"a"}"#), ErrorCode::BadJson);
         assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::BadJson);
-        assert_eq!(code(r#"{"type":"subscribe","topic":7}"#), ErrorCode::BadJson);
-        assert_eq!(code(r#"{"type":"jump","topic":"a"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"subscribe","topic":""}"#), ErrorCode::BadTopic);
-        assert_eq!(code(r#"{"type":"subscribe","topic":"a,,b"}"#), ErrorCode::BadTopic);
-        assert_eq!(code(r#"{"type":"subscribe","topic":"a#1"}"#), ErrorCode::BadTopic);
-        let long = format!(r#"{{"type":"publish","topic":"{}","data":1}}"#, "x".repeat(300));
+        assert_eq!(
+            code(r#"{"type":"subscribe","topic":7}"#),
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            code(r#"{"type":"jump","topic":"a"}"#),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","topic":""}"#),
+            ErrorCode::BadTopic
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","topic":"a,,b"}"#),
+            ErrorCode::BadTopic
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","topic":"a#1"}"#),
+            ErrorCode::BadTopic
+        );
+        let long = format!(
+            r#"{{"type":"publish","topic":"{}","data":1}}"#,
+            "x".repeat(300)
+        );
         let err = parse_client_frame(&long, 2).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadTopic);
         assert!(err.message.contains("300 bytes"), "{}", err.message);
-        assert_eq!(code(r#"{"type":"subscribe","topic":"a,b,c"}"#), ErrorCode::TooManyTopics);
+        assert_eq!(
+            code(r#"{"type":"subscribe","topic":"a,b,c"}"#),
+            ErrorCode::TooManyTopics
+        );
     }
 
     #[test]

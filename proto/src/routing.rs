@@ -70,10 +70,7 @@ impl RoutingTable {
 
     /// The owner of `slot`.
     pub fn route(&self, slot: Slot) -> SlotRoute {
-        self.routes
-            .get(slot as usize)
-            .copied()
-            .unwrap_or_default()
+        self.routes.get(slot as usize).copied().unwrap_or_default()
     }
 
     /// Every slot owned by `distributor`.
@@ -188,7 +185,9 @@ impl RoutingTable {
     fn apply_delta(&mut self, delta: pb::Delta) -> RoutingChanges {
         let mut changes = RoutingChanges::default();
         for change in delta.changes {
-            let Some(change) = change.change else { continue };
+            let Some(change) = change.change else {
+                continue;
+            };
             match change {
                 pb::change::Change::MemberUp(m) => match pb::MemberKind::try_from(m.kind) {
                     Ok(pb::MemberKind::Distributor) => {
@@ -212,8 +211,12 @@ impl RoutingTable {
                     _ => {}
                 },
                 pb::change::Change::SlotOwner(o) => {
-                    let Ok(slot) = Slot::try_from(o.slot) else { continue };
-                    let Some(route) = self.routes.get_mut(slot as usize) else { continue };
+                    let Ok(slot) = Slot::try_from(o.slot) else {
+                        continue;
+                    };
+                    let Some(route) = self.routes.get_mut(slot as usize) else {
+                        continue;
+                    };
                     let from = route.distributor;
                     *route = SlotRoute {
                         distributor: o.distributor_id,
@@ -227,7 +230,9 @@ impl RoutingTable {
                     });
                 }
                 pb::change::Change::SlotEdge(e) => {
-                    let Ok(slot) = Slot::try_from(e.slot) else { continue };
+                    let Ok(slot) = Slot::try_from(e.slot) else {
+                        continue;
+                    };
                     if e.present {
                         self.slot_edges.entry(slot).or_default().insert(e.edge_id);
                     } else if let Some(set) = self.slot_edges.get_mut(&slot) {
@@ -289,7 +294,13 @@ mod tests {
         assert!(changes.snapshot);
         assert_eq!(changes.owners.len(), SLOT_COUNT as usize);
         assert_eq!(changes.distributors_up, vec![1, 2]);
-        assert_eq!(table.route(7), SlotRoute { distributor: 2, epoch: 3 });
+        assert_eq!(
+            table.route(7),
+            SlotRoute {
+                distributor: 2,
+                epoch: 3
+            }
+        );
         assert_eq!(table.edges_of(7).collect::<Vec<_>>(), vec![5]);
         assert_eq!(table.slots_of(2).count(), 1);
         assert_eq!(table.distributor_addr(2, "grpc"), Some("127.0.0.1:2"));

@@ -45,7 +45,12 @@ fn linked_core() -> EdgeCore {
     let out = drain(&mut core);
     assert!(out.iter().all(|o| matches!(
         o,
-        Output::Relay { frame: RelayFrame { frame: Some(Frame::SlotsSynced(_)) }, .. }
+        Output::Relay {
+            frame: RelayFrame {
+                frame: Some(Frame::SlotsSynced(_))
+            },
+            ..
+        }
     )));
     core
 }
@@ -56,17 +61,26 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     let mut core = linked_core();
     core.handle_subscribe(now, 10, vec!["chat".into()]);
     assert_eq!(drain(&mut core), vec![interest("chat", 1, 4)]);
-    assert!(core.handle_deliver("chat", 4, 1, b"1").is_none(), "not acked yet");
+    assert!(
+        core.handle_deliver("chat", 4, 1, b"1").is_none(),
+        "not acked yet"
+    );
     core.handle_interest_ack(1, "chat", 4);
     assert_eq!(
         drain(&mut core),
-        vec![Output::Subscribed { conn: 10, topics: vec!["chat".into()] }]
+        vec![Output::Subscribed {
+            conn: 10,
+            topics: vec!["chat".into()]
+        }]
     );
     // A second subscriber is acked at once; the count goes out on the next tick.
     core.handle_subscribe(now, 11, vec!["chat".into()]);
     assert_eq!(
         drain(&mut core),
-        vec![Output::Subscribed { conn: 11, topics: vec!["chat".into()] }]
+        vec![Output::Subscribed {
+            conn: 11,
+            topics: vec!["chat".into()]
+        }]
     );
     core.handle_tick(now);
     assert_eq!(drain(&mut core), vec![interest("chat", 2, 4)]);
@@ -94,7 +108,10 @@ fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
     core.handle_interest_ack(1, "b", 4);
     drain(&mut core);
     assert_eq!(core.interest_slots().count(), 2);
-    assert_eq!(core.handle_unsubscribe(10, &["a".into(), "zzz".into()]), vec!["a".to_string()]);
+    assert_eq!(
+        core.handle_unsubscribe(10, &["a".into(), "zzz".into()]),
+        vec!["a".to_string()]
+    );
     assert_eq!(drain(&mut core), vec![interest("a", 0, 4)]);
     assert_eq!(core.handle_disconnect(10), vec!["b".to_string()]);
     assert_eq!(drain(&mut core), vec![interest("b", 0, 4)]);
@@ -107,7 +124,11 @@ fn per_connection_topic_limit_and_subscribe_timeout() {
     let now = Instant::now();
     let mut core = EdgeCore::new(7, 3, Duration::from_secs(5));
     // No distributor at all: the subscribe waits, then fails.
-    core.handle_subscribe(now, 10, vec!["a".into(), "b".into(), "c".into(), "d".into()]);
+    core.handle_subscribe(
+        now,
+        10,
+        vec!["a".into(), "b".into(), "c".into(), "d".into()],
+    );
     let out = drain(&mut core);
     assert!(matches!(
         &out[..],
@@ -170,17 +191,29 @@ fn an_owner_change_re_announces_to_the_new_owner() {
         ]
     );
     // The subscriber stays effective across the move.
-    assert_eq!(core.handle_deliver("chat", 9, 1, b"1").unwrap().conns, vec![10]);
+    assert_eq!(
+        core.handle_deliver("chat", 9, 1, b"1").unwrap().conns,
+        vec![10]
+    );
 }
 
 #[test]
 fn slot_sync_diffs_and_resets() {
     let mut sync = SlotSync::default();
-    assert_eq!(sync.next_batch([1u16, 2].into_iter()), Some((vec![1, 2], vec![])));
+    assert_eq!(
+        sync.next_batch([1u16, 2].into_iter()),
+        Some((vec![1, 2], vec![]))
+    );
     sync.confirm(&[1, 2], &[]);
-    assert_eq!(sync.next_batch([2u16, 3].into_iter()), Some((vec![3], vec![1])));
+    assert_eq!(
+        sync.next_batch([2u16, 3].into_iter()),
+        Some((vec![3], vec![1]))
+    );
     sync.confirm(&[3], &[1]);
     assert_eq!(sync.next_batch([2u16, 3].into_iter()), None);
     sync.reset();
-    assert_eq!(sync.next_batch([2u16, 3].into_iter()), Some((vec![2, 3], vec![])));
+    assert_eq!(
+        sync.next_batch([2u16, 3].into_iter()),
+        Some((vec![2, 3], vec![]))
+    );
 }

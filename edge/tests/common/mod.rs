@@ -1,0 +1,461 @@
+//! An in-process cluster on loopback with real sockets: 3 metastore nodes (Raft over
+//! gRPC, sled on disk), distributors (gRPC + QUIC with TLS) and edges (WebSocket + QUIC).
+//! Each distributor and edge runs in its own runtime, so `kill` drops every task and
+//! socket of that node at once, like a crashed process.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use firetower_distributor::tls::{DevPki, TlsFiles};
+use firetower_proto::client::{parse_server_frame, ServerFrame};
+use firetower_proto::distributor::v1 as dpb;
+use firetower_proto::distributor::v1::distributor_client::DistributorClient;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct Node {
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+    pub addr: String,
+}
+
+impl Node {
+    /// Stops the node cleanly (it deregisters).
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Drops the node's runtime: every task and socket goes at once, nothing is said.
+    pub fn kill(&mut self) {
+        self.stop.take();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub metastore: Vec<String>,
+    metas: Vec<Node>,
+    pub distributors: BTreeMap<u64, Node>,
+    pub edges: BTreeMap<u64, Node>,
+    pub edge_counters: HashMap<u64, Arc<firetower_edge::Counters>>,
+    pki: DevPki,
+}
+
+pub struct EdgeTuning {
+    pub send_queue_frames: usize,
+    pub slow_close_after_drops: u32,
+    pub max_topics_per_conn: usize,
+}
+
+impl Default for EdgeTuning {
+    fn default() -> Self {
+        EdgeTuning {
+            send_queue_frames: 1024,
+            slow_close_after_drops: 256,
+            max_topics_per_conn: 256,
+        }
+    }
+}
+
+impl Cluster {
+    /// 3 metastore nodes, then `distributors` distributors and `edges` edges.
+    pub async fn start(distributors: u64, edges: u64) -> Result<Cluster> {
+        Self::start_with(distributors, edges, EdgeTuning::default()).await
+    }
+
+    pub async fn start_with(distributors: u64, edges: u64, tuning: EdgeTuning) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            peers.insert(id, l.local_addr()?.to_string());
+            listeners.push((id, l));
+        }
+        let mut metas = Vec::new();
+        for (id, l) in listeners {
+            let config = firetower_metastore::Config {
+                id,
+                peers: peers.clone(),
+                data_dir: dir.path().join(format!("meta-{id}")),
+                ..firetower_metastore::Config::default()
+            };
+            let addr = peers[&id].clone();
+            metas.push(spawn_node(addr, move |stop| async move {
+                l.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(l)?;
+                firetower_metastore::run_tcp(config, listener, async move {
+                    let _ = stop.await;
+                })
+                .await?;
+                Ok(())
+            })?);
+        }
+        let metastore: Vec<String> = peers.values().cloned().collect();
+        let mut cluster = Cluster {
+            dir,
+            metastore,
+            metas,
+            distributors: BTreeMap::new(),
+            edges: BTreeMap::new(),
+            edge_counters: HashMap::new(),
+            pki: DevPki::new()?,
+        };
+        for id in 1..=distributors {
+            cluster.start_distributor(id)?;
+        }
+        for id in 1..=edges {
+            cluster.start_edge(id, &tuning)?;
+        }
+        Ok(cluster)
+    }
+
+    fn tls(&self, name: &str) -> Result<TlsFiles> {
+        Ok(self.pki.write_node(&self.dir.path().join("tls"), name)?)
+    }
+
+    pub fn start_distributor(&mut self, id: u64) -> Result<()> {
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let config = firetower_distributor::Config {
+            id,
+            metastore: self.metastore.clone(),
+            grpc_advertise: grpc.local_addr()?.to_string(),
+            quic_advertise: udp.local_addr()?.to_string(),
+            tls: self.tls(&format!("distributor-{id}"))?,
+            lease_ttl_ms: 1500,
+            ..firetower_distributor::Config::default()
+        };
+        let addr = config.grpc_advertise.clone();
+        let node = spawn_node(addr, move |stop| async move {
+            grpc.set_nonblocking(true)?;
+            let grpc = tokio::net::TcpListener::from_std(grpc)?;
+            firetower_distributor::run_udp(config, grpc, udp, async move {
+                let _ = stop.await;
+            })
+            .await?;
+            Ok(())
+        })?;
+        self.distributors.insert(id, node);
+        Ok(())
+    }
+
+    pub fn start_edge(&mut self, id: u64, tuning: &EdgeTuning) -> Result<()> {
+        let ws = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let config = firetower_edge::Config {
+            id,
+            metastore: self.metastore.clone(),
+            ws_advertise: ws.local_addr()?.to_string(),
+            tls: self.tls(&format!("edge-{id}"))?,
+            lease_ttl_ms: 1500,
+            send_queue_frames: tuning.send_queue_frames,
+            slow_close_after_drops: tuning.slow_close_after_drops,
+            max_topics_per_conn: tuning.max_topics_per_conn,
+            ..firetower_edge::Config::default()
+        };
+        let counters = Arc::new(firetower_edge::Counters::default());
+        self.edge_counters.insert(id, counters.clone());
+        let addr = config.ws_advertise.clone();
+        let node = spawn_node(addr, move |stop| async move {
+            ws.set_nonblocking(true)?;
+            let ws = tokio::net::TcpListener::from_std(ws)?;
+            firetower_edge::run_tcp(
+                config,
+                ws,
+                udp,
+                Arc::new(firetower_edge::AllowAll),
+                counters,
+                async move {
+                    let _ = stop.await;
+                },
+            )
+            .await?;
+            Ok(())
+        })?;
+        self.edges.insert(id, node);
+        Ok(())
+    }
+
+    pub fn edge_addr(&self, id: u64) -> &str {
+        &self.edges[&id].addr
+    }
+
+    pub async fn distributor(
+        &self,
+        id: u64,
+    ) -> Result<DistributorClient<tonic::transport::Channel>> {
+        let addr = &self.distributors[&id].addr;
+        Ok(DistributorClient::connect(format!("http://{addr}")).await?)
+    }
+
+    /// Waits until a publish to a probe topic on `edge` reaches a subscriber there, through
+    /// every distributor: the cluster routes end to end.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for &edge in self.edges.keys() {
+            for &dist in self.distributors.keys() {
+                let topic = format!("probe-{edge}-{dist}");
+                let mut client = loop {
+                    match Client::connect(self.edge_addr(edge)).await {
+                        Ok(c) => break c,
+                        Err(_) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                loop {
+                    client
+                        .send(&format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#))
+                        .await?;
+                    match client.next_frame(Duration::from_secs(6)).await? {
+                        Some(Frame::Subscribed(_)) => break,
+                        _ if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        other => bail!("probe subscribe failed: {other:?}"),
+                    }
+                }
+                let mut d = loop {
+                    match self.distributor(dist).await {
+                        Ok(d) => break d,
+                        Err(_) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                d.publish(dpb::PublishRequest {
+                    topic: topic.clone(),
+                    data: "\"ping\"".into(),
+                })
+                .await
+                .context("probe publish")?;
+                match client.next_frame(Duration::from_secs(10)).await? {
+                    Some(Frame::Publish { topic: t, .. }) if t == topic => {}
+                    other => bail!("probe delivery missing: {other:?}"),
+                }
+                client.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) {
+        for (_, mut e) in std::mem::take(&mut self.edges) {
+            e.stop().await;
+        }
+        for (_, mut d) in std::mem::take(&mut self.distributors) {
+            d.stop().await;
+        }
+        for mut m in std::mem::take(&mut self.metas) {
+            m.stop().await;
+        }
+    }
+}
+
+fn spawn_node<F, Fut>(addr: String, f: F) -> Result<Node>
+where
+    F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let runtime = node_runtime()?;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let name = addr.clone();
+    runtime.spawn(async move {
+        if let Err(e) = f(stop_rx).await {
+            eprintln!("node {name} failed: {e:#}");
+        }
+        let _ = done_tx.send(());
+    });
+    Ok(Node {
+        runtime: Some(runtime),
+        stop: Some(stop_tx),
+        done: Some(done_rx),
+        addr,
+    })
+}
+
+/// A server frame, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Publish {
+        topic: String,
+        data: String,
+        epoch: u64,
+        seq: u64,
+    },
+    Subscribed(Vec<String>),
+    Unsubscribed(Vec<String>),
+    Error {
+        code: String,
+        message: String,
+        topic: Option<String>,
+    },
+    Heartbeat,
+    /// The server closed the connection with this code and reason.
+    Closed(u16, String),
+}
+
+pub fn to_frame(text: &str) -> Result<Frame> {
+    Ok(
+        match parse_server_frame(text).map_err(anyhow::Error::msg)? {
+            ServerFrame::Publish {
+                topic,
+                data,
+                epoch,
+                seq,
+            } => Frame::Publish {
+                topic: topic.into_owned(),
+                data: data.to_string(),
+                epoch,
+                seq,
+            },
+            ServerFrame::Subscribed(t) => Frame::Subscribed(t),
+            ServerFrame::Unsubscribed(t) => Frame::Unsubscribed(t),
+            ServerFrame::Error {
+                code,
+                message,
+                topic,
+            } => Frame::Error {
+                code,
+                message,
+                topic,
+            },
+            ServerFrame::Heartbeat => Frame::Heartbeat,
+        },
+    )
+}
+
+/// A WebSocket client of the Firetower protocol.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+        Ok(Client { ws })
+    }
+
+    pub async fn send(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    pub async fn send_message(&mut self, m: Message) -> Result<()> {
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    /// The next protocol frame (pings and pongs skipped), or None on timeout.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Result<Option<Frame>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(n) => n,
+                Err(_) => return Ok(None),
+            };
+            match next {
+                Some(Ok(Message::Text(t))) => return to_frame(t.as_str()).map(Some),
+                Some(Ok(Message::Close(c))) => {
+                    return Ok(Some(match c {
+                        Some(c) => Frame::Closed(c.code.into(), c.reason.to_string()),
+                        None => Frame::Closed(1005, String::new()),
+                    }))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("websocket error: {e}"),
+                None => return Ok(Some(Frame::Closed(1006, "eof".into()))),
+            }
+        }
+    }
+
+    /// Subscribes and waits for the ack of exactly these topics.
+    pub async fn subscribe(&mut self, topics: &[String]) -> Result<()> {
+        self.send(&format!(
+            r#"{{"type":"subscribe","topic":"{}","data":""}}"#,
+            topics.join(",")
+        ))
+        .await?;
+        let mut waiting: Vec<String> = topics.to_vec();
+        while !waiting.is_empty() {
+            match self.next_frame(Duration::from_secs(15)).await? {
+                Some(Frame::Subscribed(t)) => waiting.retain(|w| !t.contains(w)),
+                other => bail!("expected subscribed, got {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Reads frames in the background into a channel (for many concurrent clients).
+    pub fn spawn_reader(
+        mut self,
+    ) -> (
+        mpsc::UnboundedReceiver<Frame>,
+        tokio::task::JoinHandle<Client>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(async move {
+            while let Some(Ok(m)) = self.ws.next().await {
+                match m {
+                    Message::Text(t) => {
+                        if let Ok(f) = to_frame(t.as_str()) {
+                            if tx.send(f).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Message::Close(c) => {
+                        let (code, reason) = c
+                            .map(|c| (c.code.into(), c.reason.to_string()))
+                            .unwrap_or((1005, String::new()));
+                        let _ = tx.send(Frame::Closed(code, reason));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            self
+        });
+        (rx, handle)
+    }
+}

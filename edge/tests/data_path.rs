@@ -1,0 +1,480 @@
+//! End to end with real sockets: gRPC publish → distributor → QUIC (TLS) → edge →
+//! WebSocket, on an in-process cluster of 3 metastore nodes, 2 distributors and 2 edges.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use common::{Client, Cluster, EdgeTuning, Frame};
+use firetower_proto::distributor::v1 as dpb;
+use tokio_tungstenite::tungstenite::Message;
+
+const READY: Duration = Duration::from_secs(30);
+
+/// 200 clients over both edges, 20 topics, 2,000 messages over gRPC to either distributor:
+/// each client gets exactly its topics' messages, once each, in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_is_exactly_once_and_in_order() -> Result<()> {
+    let cluster = Cluster::start(2, 2).await?;
+    cluster.wait_ready(READY).await?;
+    let topics: Vec<String> = (0..20).map(|i| format!("room-{i}")).collect();
+    // Client c subscribes to 3 topics.
+    let picks = |c: usize| -> Vec<String> {
+        let mut t = vec![
+            topics[c % 20].clone(),
+            topics[(c * 7 + 3) % 20].clone(),
+            topics[(c * 13 + 11) % 20].clone(),
+        ];
+        t.sort();
+        t.dedup();
+        t
+    };
+    let mut readers = Vec::new();
+    for c in 0..200usize {
+        let edge = if c % 2 == 0 { 1 } else { 2 };
+        let mut client = Client::connect(cluster.edge_addr(edge)).await?;
+        client.subscribe(&picks(c)).await?;
+        readers.push(client.spawn_reader());
+    }
+    // Publish: message n goes to topic n % 20 (scrambled), alternately via each distributor.
+    let mut d1 = cluster.distributor(1).await?;
+    let mut d2 = cluster.distributor(2).await?;
+    let mut published: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for n in 0..2000u64 {
+        let topic = &topics[((n * 7) % 20) as usize];
+        let request = dpb::PublishRequest {
+            topic: topic.clone(),
+            data: format!(r#"{{"n":{n}}}"#).into(),
+        };
+        let reply = if n % 2 == 0 {
+            d1.publish(request).await?
+        } else {
+            d2.publish(request).await?
+        };
+        ensure!(reply.get_ref().seq > 0);
+        published.entry(topic.clone()).or_default().push(n);
+    }
+    for (c, (mut rx, handle)) in readers.into_iter().enumerate() {
+        let mine = picks(c);
+        let expected: usize = mine.iter().map(|t| published[t].len()).sum();
+        let mut got: BTreeMap<String, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        let mut count = 0;
+        while count < expected {
+            let frame = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+            match frame {
+                Ok(Some(Frame::Publish {
+                    topic,
+                    data,
+                    epoch,
+                    seq,
+                })) => {
+                    let v: serde_json::Value = serde_json::from_str(&data)?;
+                    let n = v["n"].as_u64().unwrap_or(u64::MAX);
+                    got.entry(topic).or_default().push((epoch, seq, n));
+                    count += 1;
+                }
+                Ok(Some(other)) => bail!("client {c}: unexpected frame {other:?}"),
+                Ok(None) => bail!("client {c}: connection ended after {count} of {expected}"),
+                Err(_) => bail!("client {c}: only {count} of {expected} deliveries arrived"),
+            }
+        }
+        ensure!(
+            got.keys().cloned().collect::<Vec<_>>() == mine,
+            "client {c} got topics {:?}",
+            got.keys()
+        );
+        for (topic, list) in &got {
+            let ns: Vec<u64> = list.iter().map(|(_, _, n)| *n).collect();
+            ensure!(
+                ns == published[topic],
+                "client {c} topic {topic}: wrong messages or order"
+            );
+            ensure!(
+                list.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)),
+                "client {c} topic {topic}: (epoch, seq) not increasing"
+            );
+        }
+        handle.abort();
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn topic_status(cluster: &Cluster, topic: &str) -> Result<dpb::TopicStatusReply> {
+    let mut d = cluster.distributor(1).await?;
+    Ok(d.topic_status(dpb::TopicStatusRequest {
+        topic: topic.into(),
+    })
+    .await?
+    .into_inner())
+}
+
+async fn wait_subscribers(
+    cluster: &Cluster,
+    topic: &str,
+    want: u64,
+) -> Result<dpb::TopicStatusReply> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = topic_status(cluster, topic).await?;
+        if status.subscribers == want {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "{topic}: {} subscribers, expected {want}",
+                status.subscribers
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Unsubscribe stops deliveries; TopicStatus counts follow subscribes and disconnects;
+/// bad client input gets error frames or close codes and the connection (and server)
+/// keeps serving; bad gRPC input gets INVALID_ARGUMENT naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_status_and_bad_input() -> Result<()> {
+    let cluster = Cluster::start_with(
+        2,
+        2,
+        EdgeTuning {
+            max_topics_per_conn: 4,
+            ..EdgeTuning::default()
+        },
+    )
+    .await?;
+    cluster.wait_ready(READY).await?;
+    let mut d = cluster.distributor(2).await?;
+    let mut a = Client::connect(cluster.edge_addr(1)).await?;
+    let mut b = Client::connect(cluster.edge_addr(2)).await?;
+    let mut c = Client::connect(cluster.edge_addr(2)).await?;
+    for x in [&mut a, &mut b, &mut c] {
+        x.subscribe(&["news".to_string()]).await?;
+    }
+    let status = wait_subscribers(&cluster, "news", 3).await?;
+    ensure!(status.edge_ids == vec![1, 2], "edges {:?}", status.edge_ids);
+
+    // Unsubscribe: b gets the ack and then nothing more.
+    b.send(r#"{"type":"unSubscribe","topic":"news"}"#).await?;
+    ensure!(
+        b.next_frame(Duration::from_secs(5)).await?
+            == Some(Frame::Unsubscribed(vec!["news".into()]))
+    );
+    wait_subscribers(&cluster, "news", 2).await?;
+    d.publish(dpb::PublishRequest {
+        topic: "news".into(),
+        data: "1".into(),
+    })
+    .await?;
+    for x in [&mut a, &mut c] {
+        match x.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Publish { data, .. }) if data == "1" => {}
+            other => bail!("expected the delivery, got {other:?}"),
+        }
+    }
+    // The next frame b sees must be its own error, not the delivery.
+    b.send("{oops").await?;
+    match b.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Error { code, .. }) if code == "bad_json" => {}
+        other => bail!("b: expected bad_json, got {other:?}"),
+    }
+
+    // A disconnect lowers the count.
+    c.close().await;
+    let status = wait_subscribers(&cluster, "news", 1).await?;
+    ensure!(status.edge_ids == vec![1]);
+
+    // Bad input on one connection, each answered, the connection still usable after.
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "bad_json"),
+        (r#"{"type":"fly","topic":"x"}"#.into(), "unknown_type"),
+        (r#"{"type":"subscribe","topic":""}"#.into(), "bad_topic"),
+        (
+            r#"{"type":"subscribe","topic":"a\u0001b"}"#.into(),
+            "bad_topic",
+        ),
+        (r#"{"type":"subscribe","topic":"a#b"}"#.into(), "bad_topic"),
+        (
+            format!(r#"{{"type":"subscribe","topic":"{}"}}"#, "t".repeat(300)),
+            "bad_topic",
+        ),
+        (
+            r#"{"type":"subscribe","topic":"a,b,c,d,e"}"#.into(),
+            "too_many_topics",
+        ),
+    ];
+    for (frame, code) in &cases {
+        a.send(frame).await?;
+        match a.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Error {
+                code: got, message, ..
+            }) if got == *code => {
+                ensure!(!message.is_empty());
+            }
+            other => bail!("{frame:.40}: expected {code}, got {other:?}"),
+        }
+    }
+    a.send_message(Message::binary(vec![1, 2, 3])).await?;
+    match a.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Error { code, .. }) if code == "binary_unsupported" => {}
+        other => bail!("binary: got {other:?}"),
+    }
+    // The connection-wide topic bound: a holds "news"; 3 more fit, the 5th does not.
+    a.subscribe(&["t1".into(), "t2".into(), "t3".into()])
+        .await?;
+    a.send(r#"{"type":"subscribe","topic":"t4"}"#).await?;
+    match a.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Error { code, .. }) if code == "too_many_topics" => {}
+        other => bail!("connection bound: got {other:?}"),
+    }
+    // Still subscribed and served.
+    d.publish(dpb::PublishRequest {
+        topic: "news".into(),
+        data: "2".into(),
+    })
+    .await?;
+    match a.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { data, .. }) if data == "2" => {}
+        other => bail!("after bad input: got {other:?}"),
+    }
+    // A client publish goes through the owner to subscribers (a sees its own message).
+    a.send(r#"{"type":"publish","topic":"news","data":{"from":"a"}}"#)
+        .await?;
+    match a.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { data, .. }) if data == r#"{"from":"a"}"# => {}
+        other => bail!("client publish: got {other:?}"),
+    }
+    // A frame over 64 KiB closes with 1009; everyone else is unaffected.
+    let mut big = Client::connect(cluster.edge_addr(1)).await?;
+    big.send(&format!(
+        r#"{{"type":"publish","topic":"news","data":"{}"}}"#,
+        "x".repeat(70 << 10)
+    ))
+    .await?;
+    match big.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Closed(1009, reason)) => ensure!(reason.contains("65536"), "reason {reason}"),
+        other => bail!("oversize frame: got {other:?}"),
+    }
+    d.publish(dpb::PublishRequest {
+        topic: "news".into(),
+        data: "3".into(),
+    })
+    .await?;
+    match a.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { data, .. }) if data == "3" => {}
+        other => bail!("after an oversize frame elsewhere: got {other:?}"),
+    }
+
+    // Bad gRPC input names the field.
+    let bad = [
+        (
+            dpb::PublishRequest {
+                topic: "".into(),
+                data: "1".into(),
+            },
+            "topic",
+        ),
+        (
+            dpb::PublishRequest {
+                topic: "a,b".into(),
+                data: "1".into(),
+            },
+            "topic",
+        ),
+        (
+            dpb::PublishRequest {
+                topic: "ok".into(),
+                data: "not json".into(),
+            },
+            "data",
+        ),
+        (
+            dpb::PublishRequest {
+                topic: "ok".into(),
+                data: vec![b'1'; 70 << 10].into(),
+            },
+            "data",
+        ),
+    ];
+    for (request, field) in bad {
+        let status = d
+            .publish(request)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        ensure!(status.code() == tonic::Code::InvalidArgument, "{status:?}");
+        ensure!(status.message().starts_with(field), "{}", status.message());
+    }
+    let status = d
+        .publish_batch(dpb::PublishBatchRequest {
+            messages: vec![
+                dpb::PublishRequest {
+                    topic: "ok".into(),
+                    data: "1".into(),
+                },
+                dpb::PublishRequest {
+                    topic: "".into(),
+                    data: "1".into(),
+                },
+            ],
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    ensure!(
+        status.message().starts_with("messages[1].topic"),
+        "{}",
+        status.message()
+    );
+    let status = d
+        .topic_status(dpb::TopicStatusRequest { topic: "".into() })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    ensure!(status.code() == tonic::Code::InvalidArgument && status.message().starts_with("topic"));
+    // A batch is sequenced in order.
+    let replies = d
+        .publish_batch(dpb::PublishBatchRequest {
+            messages: (0..3)
+                .map(|i| dpb::PublishRequest {
+                    topic: "news".into(),
+                    data: format!("{}", 10 + i).into(),
+                })
+                .collect(),
+        })
+        .await?
+        .into_inner();
+    ensure!(replies.results.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    for want in ["10", "11", "12"] {
+        match a.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Publish { data, .. }) if data == want => {}
+            other => bail!("batch: got {other:?}"),
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A client that never reads is dropped by policy (close 4001) and does not hold up the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_dropped_and_others_keep_up() -> Result<()> {
+    let cluster = Cluster::start_with(
+        1,
+        1,
+        EdgeTuning {
+            send_queue_frames: 16,
+            slow_close_after_drops: 8,
+            ..EdgeTuning::default()
+        },
+    )
+    .await?;
+    cluster.wait_ready(READY).await?;
+    let mut fast = Client::connect(cluster.edge_addr(1)).await?;
+    fast.subscribe(&["firehose".into()]).await?;
+    let mut slow = Client::connect(cluster.edge_addr(1)).await?;
+    slow.subscribe(&["firehose".into()]).await?;
+    // `slow` stops reading now. 64 KiB messages fill its socket buffers quickly.
+    let (mut fast_rx, _fast) = fast.spawn_reader();
+    let mut d = cluster.distributor(1).await?;
+    let payload = format!("\"{}\"", "y".repeat(60 << 10));
+    let total = 400u64;
+    for _ in 0..total {
+        d.publish(dpb::PublishRequest {
+            topic: "firehose".into(),
+            data: payload.clone().into(),
+        })
+        .await?;
+    }
+    let mut got = 0;
+    while got < total {
+        match tokio::time::timeout(Duration::from_secs(20), fast_rx.recv()).await {
+            Ok(Some(Frame::Publish { .. })) => got += 1,
+            other => bail!("fast client after {got}: {other:?}"),
+        }
+    }
+    let counters = &cluster.edge_counters[&1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counters
+        .closed_slow
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the slow client was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        counters
+            .frames_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 8
+    );
+    // The slow client, reading at last, finds the 4001 close after what was queued.
+    let (mut slow_rx, _slow) = slow.spawn_reader();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow_rx.recv()).await {
+            Ok(Some(Frame::Publish { .. })) => continue,
+            Ok(Some(Frame::Closed(code, reason))) => {
+                ensure!(
+                    code == firetower_edge::CLOSE_SLOW_CONSUMER,
+                    "code {code} {reason}"
+                );
+                break;
+            }
+            Ok(None) => break, // The socket was reset after the close; the counter proved it.
+            other => bail!("slow client: {other:?}"),
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Killing a distributor moves its slots to the other; messages published afterwards are
+/// delivered, in order, to clients that stayed connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_distributor_moves_its_slots() -> Result<()> {
+    let mut cluster = Cluster::start(2, 2).await?;
+    cluster.wait_ready(READY).await?;
+    let topics: Vec<String> = (0..10).map(|i| format!("k-{i}")).collect();
+    let mut clients = Vec::new();
+    for edge in [1, 2] {
+        let mut c = Client::connect(cluster.edge_addr(edge)).await?;
+        c.subscribe(&topics).await?;
+        clients.push(c);
+    }
+    cluster.distributors.get_mut(&1).map(|d| d.kill());
+    let mut d2 = cluster.distributor(2).await?;
+    // Publishes retry until the survivor owns every slot (lease 1.5 s).
+    for (i, topic) in topics.iter().enumerate() {
+        d2.publish(dpb::PublishRequest {
+            topic: topic.clone(),
+            data: format!("{i}").into(),
+        })
+        .await?;
+    }
+    for c in &mut clients {
+        let mut seen = BTreeMap::new();
+        while seen.len() < topics.len() {
+            match c.next_frame(Duration::from_secs(15)).await? {
+                Some(Frame::Publish { topic, data, .. }) => {
+                    ensure!(
+                        seen.insert(topic.clone(), data).is_none(),
+                        "duplicate on {topic}"
+                    );
+                }
+                other => bail!("after the kill: {other:?} (got {})", seen.len()),
+            }
+        }
+        for (i, topic) in topics.iter().enumerate() {
+            ensure!(seen[topic] == format!("{i}"));
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
