@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start a whole local cluster on loopback (today: the three metastore nodes).
+    /// Start a whole local cluster on loopback: 3 metastore nodes, 2 distributors, 2 edges.
     Dev {
         /// Keep data here instead of a fresh temporary directory.
         #[arg(long)]
@@ -47,6 +47,55 @@ pub enum Command {
         #[arg(long, default_value = "firetower")]
         cluster: String,
     },
+    /// Run one distributor (gRPC publish API + QUIC relay to the edges).
+    Distributor {
+        /// Non-zero, unique among distributors.
+        #[arg(long)]
+        id: u64,
+        /// Metastore addresses, comma-separated.
+        #[arg(long)]
+        metastore: String,
+        /// gRPC address to listen on (and advertise).
+        #[arg(long, default_value = "127.0.0.1:6667")]
+        grpc: String,
+        /// QUIC (UDP) address to listen on (and advertise).
+        #[arg(long, default_value = "127.0.0.1:6666")]
+        quic: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[arg(long, default_value = "firetower")]
+        cluster: String,
+    },
+    /// Run one edge (WebSocket gateway at /ws, demo page at /).
+    Edge {
+        /// Non-zero, unique among edges.
+        #[arg(long)]
+        id: u64,
+        /// Metastore addresses, comma-separated.
+        #[arg(long)]
+        metastore: String,
+        /// HTTP/WebSocket address to listen on (and advertise).
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        listen: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[arg(long, default_value = "firetower")]
+        cluster: String,
+        /// Also send the legacy `heartbeat` text frame with each ping.
+        #[arg(long)]
+        legacy_heartbeat: bool,
+    },
+    /// Publish one message through a distributor.
+    Publish {
+        /// A distributor's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:6667")]
+        distributor: String,
+        #[arg(long)]
+        topic: String,
+        /// The message: one JSON value.
+        #[arg(long)]
+        data: String,
+    },
     /// Show the metastore cluster: leader, voters, each node's applied index, members, slots.
     Status {
         /// Metastore addresses, comma-separated.
@@ -61,6 +110,27 @@ pub enum Command {
         #[command(subcommand)]
         action: HotAction,
     },
+}
+
+/// The relay's TLS files (PEM): this node's certificate and key, and the cluster CA.
+#[derive(clap::Args, Debug)]
+pub struct TlsArgs {
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    #[arg(long)]
+    pub tls_ca: PathBuf,
+}
+
+impl TlsArgs {
+    fn files(self) -> firetower_distributor::tls::TlsFiles {
+        firetower_distributor::tls::TlsFiles {
+            cert: self.tls_cert,
+            key: self.tls_key,
+            ca: self.tls_ca,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,8 +231,128 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 Err(e) => Err(Failure::Other(e.into())),
             }
         }
+        Command::Distributor {
+            id,
+            metastore,
+            grpc,
+            quic,
+            tls,
+            cluster,
+        } => {
+            let config = firetower_distributor::Config {
+                id,
+                cluster,
+                metastore: parse_addrs(&metastore)?,
+                grpc_advertise: grpc.clone(),
+                quic_advertise: quic.clone(),
+                tls: tls.files(),
+                ..firetower_distributor::Config::default()
+            };
+            config
+                .validate()
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(&grpc)
+                .await
+                .with_context(|| format!("cannot listen on {grpc}"))?;
+            let udp = std::net::UdpSocket::bind(&quic)
+                .with_context(|| format!("cannot bind UDP {quic}"))?;
+            eprintln!("distributor {id}: grpc {grpc}, quic {quic}");
+            firetower_distributor::run_udp(config, listener, udp, shutdown_signal())
+                .await
+                .map_err(|e| match e {
+                    firetower_distributor::NodeError::Config(_)
+                    | firetower_distributor::NodeError::Tls(_) => Failure::Usage(e.to_string()),
+                    e => Failure::Other(e.into()),
+                })
+        }
+        Command::Edge {
+            id,
+            metastore,
+            listen,
+            tls,
+            cluster,
+            legacy_heartbeat,
+        } => {
+            let config = firetower_edge::Config {
+                id,
+                cluster,
+                metastore: parse_addrs(&metastore)?,
+                ws_advertise: listen.clone(),
+                tls: tls.files(),
+                legacy_heartbeat,
+                ..firetower_edge::Config::default()
+            };
+            config
+                .validate()
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot bind UDP")?;
+            eprintln!("edge {id}: http://{listen}/ (WebSocket at /ws)");
+            firetower_edge::run_tcp(
+                config,
+                listener,
+                udp,
+                std::sync::Arc::new(firetower_edge::AllowAll),
+                std::sync::Arc::default(),
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| match e {
+                firetower_edge::NodeError::Config(_) | firetower_edge::NodeError::Tls(_) => {
+                    Failure::Usage(e.to_string())
+                }
+                e => Failure::Other(e.into()),
+            })
+        }
+        Command::Publish {
+            distributor,
+            topic,
+            data,
+        } => publish(&distributor, topic, data).await,
         Command::Status { metastore, json } => status::run(&parse_addrs(&metastore)?, json).await,
         Command::Hot { action } => hot(action).await,
+    }
+}
+
+async fn publish(distributor: &str, topic: String, data: String) -> Result<(), Failure> {
+    use firetower_proto::distributor::v1 as dpb;
+    firetower_proto::topic::validate_topic(&topic)
+        .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
+    firetower_proto::client::validate_json_data(data.as_bytes())
+        .map_err(|e| Failure::Usage(format!("--data: {e}")))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{distributor}"))
+        .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Unavailable(format!("{distributor}: {e}")))?;
+    let mut client = dpb::distributor_client::DistributorClient::new(channel);
+    match client
+        .publish(dpb::PublishRequest {
+            topic,
+            data: data.into(),
+        })
+        .await
+    {
+        Ok(reply) => {
+            let r = reply.into_inner();
+            println!("epoch={} seq={}", r.epoch, r.seq);
+            Ok(())
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            Err(Failure::Usage(status.message().to_string()))
+        }
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(Failure::Unavailable(status.message().to_string()))
+        }
+        Err(status) => Err(Failure::Other(anyhow::anyhow!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        ))),
     }
 }
 

@@ -1,23 +1,34 @@
 //! `firetower dev`: a whole local cluster in one process, on loopback.
 //!
-//! Today this starts the three metastore nodes only (ports 7101–7103): distributors, edges
-//! and the demo page come with the data path. It prints every endpoint, waits for a leader
-//! and prints `ready`.
+//! 3 metastore nodes (7101–7103), 2 distributors (gRPC 6667 and 6677, QUIC 6666 and 6676)
+//! and 2 edges (9999 and 9998, WebSocket at `/ws`, chat demo at `/`), with a throwaway CA
+//! for the relay's TLS. It prints every endpoint, then `ready` once a publish through each
+//! distributor has reached a WebSocket subscriber on each edge.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use firetower_distributor::tls::DevPki;
 use firetower_metastore::Config as MetastoreConfig;
-use firetower_proto::metastore::v1 as pb;
+use firetower_proto::client::{parse_server_frame, ServerFrame};
+use firetower_proto::distributor::v1 as dpb;
+use futures::{SinkExt, StreamExt};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::{shutdown_signal, Failure};
-use crate::status::connect;
 
-/// The metastore ports of `dev`.
 const METASTORE_PORTS: [u16; 3] = [7101, 7102, 7103];
+/// (id, gRPC port, QUIC port) — 6667/6666 are the original Firetower's numbers.
+const DISTRIBUTORS: [(u64, u16, u16); 2] = [(1, 6667, 6666), (2, 6677, 6676)];
+const EDGES: [(u64, u16); 2] = [(1, 9999), (2, 9998)];
+const HOST: &str = "127.0.0.1";
+
+type Task = JoinHandle<anyhow::Result<()>>;
 
 pub async fn run(data_dir: Option<PathBuf>) -> Result<(), Failure> {
     let (_temp, root) = match data_dir {
@@ -31,13 +42,21 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<(), Failure> {
             (Some(temp), root)
         }
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|&s| s).await;
+        }
+    };
+    let mut tasks: Vec<(String, Task)> = Vec::new();
+
     let peers: BTreeMap<u64, String> = METASTORE_PORTS
         .iter()
         .enumerate()
-        .map(|(i, port)| (i as u64 + 1, format!("127.0.0.1:{port}")))
+        .map(|(i, port)| (i as u64 + 1, format!("{HOST}:{port}")))
         .collect();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut nodes = Vec::new();
+    let metastore: Vec<String> = peers.values().cloned().collect();
     for (&id, addr) in &peers {
         let config = MetastoreConfig {
             id,
@@ -48,54 +67,175 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<(), Failure> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let mut stop = stop_rx.clone();
-        nodes.push(tokio::spawn(firetower_metastore::run_tcp(
-            config,
-            listener,
-            async move {
-                let _ = stop.wait_for(|&s| s).await;
-            },
-        )));
+        let stop = stopped();
+        tasks.push((
+            format!("metastore {id}"),
+            tokio::spawn(async move {
+                firetower_metastore::run_tcp(config, listener, stop).await?;
+                Ok(())
+            }),
+        ));
         println!("metastore {id}: grpc://{addr}");
     }
-    println!("data: {}", root.display());
 
-    let leader = tokio::select! {
-        leader = wait_for_leader(&peers) => leader,
+    let pki = DevPki::new().context("making the dev CA")?;
+    let tls_dir = root.join("tls");
+    for (id, grpc_port, quic_port) in DISTRIBUTORS {
+        let grpc = format!("{HOST}:{grpc_port}");
+        let quic = format!("{HOST}:{quic_port}");
+        let config = firetower_distributor::Config {
+            id,
+            metastore: metastore.clone(),
+            grpc_advertise: grpc.clone(),
+            quic_advertise: quic.clone(),
+            tls: pki
+                .write_node(&tls_dir, &format!("distributor-{id}"))
+                .context("writing certificates")?,
+            ..firetower_distributor::Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind(&grpc)
+            .await
+            .with_context(|| format!("cannot listen on {grpc}"))?;
+        let udp =
+            std::net::UdpSocket::bind(&quic).with_context(|| format!("cannot bind UDP {quic}"))?;
+        let stop = stopped();
+        tasks.push((
+            format!("distributor {id}"),
+            tokio::spawn(async move {
+                firetower_distributor::run_udp(config, listener, udp, stop).await?;
+                Ok(())
+            }),
+        ));
+        println!("distributor {id}: grpc://{grpc} quic://{quic}");
+    }
+    for (id, port) in EDGES {
+        let listen = format!("{HOST}:{port}");
+        let config = firetower_edge::Config {
+            id,
+            metastore: metastore.clone(),
+            ws_advertise: listen.clone(),
+            tls: pki
+                .write_node(&tls_dir, &format!("edge-{id}"))
+                .context("writing certificates")?,
+            ..firetower_edge::Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let udp = std::net::UdpSocket::bind(format!("{HOST}:0")).context("cannot bind UDP")?;
+        let stop = stopped();
+        tasks.push((
+            format!("edge {id}"),
+            tokio::spawn(async move {
+                firetower_edge::run_tcp(
+                    config,
+                    listener,
+                    udp,
+                    Arc::new(firetower_edge::AllowAll),
+                    Arc::default(),
+                    stop,
+                )
+                .await?;
+                Ok(())
+            }),
+        ));
+        println!("edge {id}: http://{listen}/ (chat demo), ws://{listen}/ws");
+    }
+    println!("data: {}", root.display());
+    println!(
+        "try: cargo run --release -- publish --distributor {HOST}:6667 --topic chat/lobby --data '{{\"user\":\"cli\",\"text\":\"hello\"}}'"
+    );
+    println!(
+        "status: cargo run --release -- status --metastore {}",
+        metastore.join(",")
+    );
+
+    let ready = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(60), wait_ready()) => Some(r),
         _ = shutdown_signal() => None,
     };
-    if let Some(leader) = leader {
-        println!("note: this build starts the metastore only; distributors, edges and the demo page are not built yet");
-        println!(
-            "status: cargo run --release -- status --metastore {}",
-            peers.values().cloned().collect::<Vec<_>>().join(",")
-        );
-        println!("ready (metastore leader: node {leader})");
-        shutdown_signal().await;
+    let mut result = Ok(());
+    match ready {
+        Some(Ok(Ok(()))) => {
+            println!("ready");
+            shutdown_signal().await;
+        }
+        Some(Ok(Err(e))) => {
+            result = Err(Failure::Other(
+                e.context("the cluster did not become ready"),
+            ))
+        }
+        Some(Err(_)) => {
+            result = Err(Failure::Other(anyhow::anyhow!(
+                "the cluster did not become ready within 60 s"
+            )))
+        }
+        None => {}
     }
     println!("stopping");
     let _ = stop_tx.send(true);
-    for node in nodes {
-        match node.await {
+    for (name, task) in tasks.into_iter().rev() {
+        match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("metastore node stopped with an error: {e}"),
-            Err(e) => eprintln!("metastore node task failed: {e}"),
+            Ok(Err(e)) => eprintln!("{name} stopped with an error: {e:#}"),
+            Err(e) => eprintln!("{name} task failed: {e}"),
+        }
+    }
+    result
+}
+
+/// Subscribes on each edge and publishes through each distributor until every pair has
+/// delivered once.
+async fn wait_ready() -> anyhow::Result<()> {
+    for (edge, port) in EDGES {
+        for (dist, grpc_port, _) in DISTRIBUTORS {
+            let topic = format!("dev-ready-{edge}-{dist}");
+            loop {
+                match probe(port, grpc_port, &topic).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!("not ready yet: {e:#}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
         }
     }
     Ok(())
 }
 
-async fn wait_for_leader(peers: &BTreeMap<u64, String>) -> Option<u64> {
+async fn probe(edge_port: u16, grpc_port: u16, topic: &str) -> anyhow::Result<()> {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{HOST}:{edge_port}/ws")).await?;
+    ws.send(Message::text(format!(
+        r#"{{"type":"subscribe","topic":"{topic}","data":""}}"#
+    )))
+    .await?;
+    let mut subscribed = false;
+    let mut client =
+        dpb::distributor_client::DistributorClient::connect(format!("http://{HOST}:{grpc_port}"))
+            .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     loop {
-        for addr in peers.values() {
-            if let Ok(mut client) = connect(addr).await {
-                if let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await {
-                    if let Some(leader) = status.into_inner().leader {
-                        return Some(leader);
-                    }
-                }
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
+        let Ok(Some(Ok(Message::Text(text)))) = next else {
+            bail!("no answer on {topic}");
+        };
+        match parse_server_frame(text.as_str()) {
+            Ok(ServerFrame::Subscribed(_)) if !subscribed => {
+                subscribed = true;
+                client
+                    .publish(dpb::PublishRequest {
+                        topic: topic.to_string(),
+                        data: "\"ready?\"".into(),
+                    })
+                    .await?;
             }
+            Ok(ServerFrame::Publish { .. }) => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            other => bail!("unexpected frame on {topic}: {other:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

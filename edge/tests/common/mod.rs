@@ -258,15 +258,20 @@ impl Cluster {
                         Err(e) => return Err(e),
                     }
                 };
-                d.publish(dpb::PublishRequest {
-                    topic: topic.clone(),
-                    data: "\"ping\"".into(),
-                })
-                .await
-                .context("probe publish")?;
-                match client.next_frame(Duration::from_secs(10)).await? {
-                    Some(Frame::Publish { topic: t, .. }) if t == topic => {}
-                    other => bail!("probe delivery missing: {other:?}"),
+                // While slots are still moving, an owner that has not yet seen the move
+                // can accept a publish and send it nowhere; publish again until one lands.
+                loop {
+                    d.publish(dpb::PublishRequest {
+                        topic: topic.clone(),
+                        data: "\"ping\"".into(),
+                    })
+                    .await
+                    .context("probe publish")?;
+                    match client.next_frame(Duration::from_secs(1)).await? {
+                        Some(Frame::Publish { topic: t, .. }) if t == topic => break,
+                        None if tokio::time::Instant::now() < deadline => {}
+                        other => bail!("probe delivery missing: {other:?}"),
+                    }
                 }
                 client.close().await;
             }
