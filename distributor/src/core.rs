@@ -296,8 +296,8 @@ mod tests {
             event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
                 revision: epoch,
                 members: vec![],
-                slot_owner: (0..SLOT_COUNT as usize).map(owner_of).collect(),
-                slot_epoch: vec![epoch; SLOT_COUNT as usize],
+                slot_owner: (0..SLOT_COUNT).map(owner_of).collect(),
+                slot_epoch: vec![epoch; SLOT_COUNT],
                 slot_edges: edges
                     .into_iter()
                     .map(|(slot, edge)| pb::SlotEdges {

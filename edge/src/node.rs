@@ -197,15 +197,14 @@ impl<C: Connector> Shared<C> {
                 }
                 Output::SubscribeFailed { conn, error } => self.push_error(state, conn, &error),
                 Output::Connect { distributor } => {
-                    if !state.links.contains_key(&distributor) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        state.links.entry(distributor)
+                    {
                         let (stop, stop_rx) = watch::channel(false);
-                        state.links.insert(
-                            distributor,
-                            LinkSlot {
-                                stop,
-                                control: None,
-                            },
-                        );
+                        slot.insert(LinkSlot {
+                            stop,
+                            control: None,
+                        });
                         tokio::spawn(link_task(self.clone(), distributor, stop_rx));
                     }
                 }

@@ -448,7 +448,9 @@ async fn killing_a_distributor_moves_its_slots() -> Result<()> {
         c.subscribe(&topics).await?;
         clients.push(c);
     }
-    cluster.distributors.get_mut(&1).map(|d| d.kill());
+    if let Some(d) = cluster.distributors.get_mut(&1) {
+        d.kill();
+    }
     let mut d2 = cluster.distributor(2).await?;
     // Publishes retry until the survivor owns every slot (lease 1.5 s).
     for (i, topic) in topics.iter().enumerate() {

@@ -53,7 +53,7 @@ impl Default for RoutingTable {
     fn default() -> Self {
         RoutingTable {
             revision: 0,
-            routes: vec![SlotRoute::default(); SLOT_COUNT as usize],
+            routes: vec![SlotRoute::default(); SLOT_COUNT],
             slot_edges: BTreeMap::new(),
             distributors: BTreeMap::new(),
             edges: BTreeMap::new(),
@@ -124,7 +124,7 @@ impl RoutingTable {
             snapshot: true,
             ..RoutingChanges::default()
         };
-        for slot in 0..SLOT_COUNT as usize {
+        for slot in 0..SLOT_COUNT {
             let new = SlotRoute {
                 distributor: map.slot_owner.get(slot).copied().unwrap_or(0),
                 epoch: map.slot_epoch.get(slot).copied().unwrap_or(0),
@@ -200,10 +200,10 @@ impl RoutingTable {
                     _ => {}
                 },
                 pb::change::Change::MemberDown(r) => match pb::MemberKind::try_from(r.kind) {
-                    Ok(pb::MemberKind::Distributor) => {
-                        if self.distributors.remove(&r.id).is_some() {
-                            changes.distributors_down.push(r.id);
-                        }
+                    Ok(pb::MemberKind::Distributor)
+                        if self.distributors.remove(&r.id).is_some() =>
+                    {
+                        changes.distributors_down.push(r.id);
                     }
                     Ok(pb::MemberKind::Edge) => {
                         self.edges.remove(&r.id);
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn snapshot_then_deltas() {
         let mut table = RoutingTable::default();
-        let mut owners = vec![1u64; SLOT_COUNT as usize];
+        let mut owners = vec![1u64; SLOT_COUNT];
         owners[7] = 2;
         let changes = table.apply(pb::WatchEvent {
             event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
@@ -283,7 +283,7 @@ mod tests {
                     member(pb::MemberKind::Edge, 5),
                 ],
                 slot_owner: owners,
-                slot_epoch: vec![3; SLOT_COUNT as usize],
+                slot_epoch: vec![3; SLOT_COUNT],
                 slot_edges: vec![pb::SlotEdges {
                     slot: 7,
                     edge_ids: vec![5],
@@ -292,7 +292,7 @@ mod tests {
             })),
         });
         assert!(changes.snapshot);
-        assert_eq!(changes.owners.len(), SLOT_COUNT as usize);
+        assert_eq!(changes.owners.len(), SLOT_COUNT);
         assert_eq!(changes.distributors_up, vec![1, 2]);
         assert_eq!(
             table.route(7),
@@ -344,6 +344,6 @@ mod tests {
             }]
         );
         assert_eq!(table.edges_of(7).count(), 0);
-        assert_eq!(table.slots_of(1).count(), SLOT_COUNT as usize);
+        assert_eq!(table.slots_of(1).count(), SLOT_COUNT);
     }
 }
