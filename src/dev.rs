@@ -187,6 +187,26 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<(), Failure> {
 /// Subscribes on each edge and publishes through each distributor until every pair has
 /// delivered once.
 async fn wait_ready() -> anyhow::Result<()> {
+    // Every node registered and the slots spread: from here slots move only on failures.
+    loop {
+        if let Ok(mut client) =
+            crate::status::connect(&format!("{HOST}:{}", METASTORE_PORTS[0])).await
+        {
+            if let Ok(status) = client
+                .cluster_status(firetower_proto::metastore::v1::ClusterStatusRequest {})
+                .await
+            {
+                let status = status.into_inner();
+                if status.members.len() == DISTRIBUTORS.len() + EDGES.len()
+                    && status.slots_per_distributor.len() == DISTRIBUTORS.len()
+                    && status.unowned_slots == 0
+                {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (edge, port) in EDGES {
         for (dist, grpc_port, _) in DISTRIBUTORS {
             let topic = format!("dev-ready-{edge}-{dist}");

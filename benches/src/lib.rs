@@ -1,6 +1,12 @@
 //! Benchmarks and the `firetower-bench` load generator.
 //!
-//! **Not built yet** (the benchmarks issue).
-//!
 //! # Layout
-//! - (planned) criterion benches under `benches/`, the load generator binary, scenarios.
+//! - `benches/core.rs`: criterion benches of the pure hot paths (`cargo bench -p firetower-benches`).
+//! - [`scan`]: in-place parsing of delivery frames (no allocation per delivery).
+//! - [`stats`]: per-subscriber counters and latency histograms, merged into a [`stats::Report`].
+//! - [`svg`]: the latency-percentile plot.
+//! - `src/main.rs`: the `firetower-bench` binary (scenarios, subscribers, publishers).
+
+pub mod scan;
+pub mod stats;
+pub mod svg;

@@ -89,8 +89,13 @@ impl Config {
         if self.lease_ttl_ms < 300 {
             return Err(ConfigError::new("lease_ttl_ms", "must be at least 300"));
         }
-        if self.max_data_bytes == 0 || self.max_data_bytes > 16 << 20 {
-            return Err(ConfigError::new("max_data_bytes", "must be 1 ..= 16 MiB"));
+        // A relay frame carries the data plus the topic and a few varints, and the relay
+        // accepts frames up to 1 MiB.
+        if self.max_data_bytes == 0 || self.max_data_bytes > (1 << 20) - 1024 {
+            return Err(ConfigError::new(
+                "max_data_bytes",
+                "must be 1 ..= 1047552 (the relay's 1 MiB frame limit less room for the topic)",
+            ));
         }
         if self.max_batch == 0 {
             return Err(ConfigError::new("max_batch", "must be positive"));

@@ -29,8 +29,8 @@ use crate::core::{ConnId, EdgeCore, Fanout, Output, SlotSync};
 use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
 
-/// Control frames queued to one distributor before they are dropped (the link is then
-/// reset and everything re-announced).
+/// Control frames queued to one distributor; beyond this, frames are dropped (and logged).
+/// Interest lost this way is sent again on the next change, link or owner change.
 const CONTROL_QUEUE: usize = 1 << 16;
 /// Close code: no pong (or any frame) within the pong timeout.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
@@ -56,6 +56,8 @@ pub struct Counters {
     pub writes: AtomicU64,
     pub client_publishes: AtomicU64,
     pub relay_links_up: AtomicU64,
+    /// Relay links established since start (more than the distributors means reconnects).
+    pub relay_links_total: AtomicU64,
 }
 
 /// Tells a connection task to close with a code and reason.

@@ -166,6 +166,7 @@ fn metrics<C: Connector>(shared: &Shared<C>) -> String {
         ("writes", &c.writes),
         ("client_publishes", &c.client_publishes),
         ("relay_links_up", &c.relay_links_up),
+        ("relay_links_total", &c.relay_links_total),
     ] {
         out.push_str(&format!(
             "firetower_edge_{name}{{edge=\"{}\"}} {}\n",

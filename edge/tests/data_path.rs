@@ -77,7 +77,17 @@ async fn fanout_is_exactly_once_and_in_order() -> Result<()> {
                 }
                 Ok(Some(other)) => bail!("client {c}: unexpected frame {other:?}"),
                 Ok(None) => bail!("client {c}: connection ended after {count} of {expected}"),
-                Err(_) => bail!("client {c}: only {count} of {expected} deliveries arrived"),
+                Err(_) => {
+                    let links: Vec<u64> = cluster
+                        .edge_counters
+                        .values()
+                        .map(|c| {
+                            c.relay_links_total
+                                .load(std::sync::atomic::Ordering::Relaxed)
+                        })
+                        .collect();
+                    bail!("client {c}: only {count} of {expected} deliveries arrived; relay links made per edge: {links:?}; got {got:?}")
+                }
             }
         }
         ensure!(

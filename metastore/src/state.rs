@@ -197,7 +197,10 @@ impl MetaState {
                     // A re-registered edge starts from no interest and announces it again.
                     MemberKind::Edge => self.drop_edge_interest(*id, &mut changes),
                     MemberKind::Distributor if !existed => self.rebalance(next, &mut changes),
-                    MemberKind::Distributor => {}
+                    // A re-registered distributor is a new process with no sequence state:
+                    // its slots are granted again at a new epoch, so its sequence numbers
+                    // restart under an epoch edges have not seen (and its old self is fenced).
+                    MemberKind::Distributor => self.regrant(*id, next, &mut changes),
                 }
             }
             Command::Deregister { kind, id } => {
@@ -341,6 +344,19 @@ impl MetaState {
     }
 
     /// How many slots each distributor owns (distributors with none included).
+    fn regrant(&mut self, distributor: u64, epoch: u64, changes: &mut Vec<pb::Change>) {
+        for (slot, owner) in self.slot_owner.iter_mut().enumerate() {
+            if owner.distributor == distributor {
+                owner.epoch = epoch;
+                changes.push(change(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                    slot: slot as u32,
+                    distributor_id: distributor,
+                    epoch,
+                })));
+            }
+        }
+    }
+
     pub fn slots_per_distributor(&self) -> BTreeMap<u64, u32> {
         let mut counts: BTreeMap<u64, u32> = self.distributors.keys().map(|&id| (id, 0)).collect();
         for owner in &self.slot_owner {

@@ -140,14 +140,12 @@ impl RoutingTable {
                 });
             }
         }
-        self.slot_edges = map
-            .slot_edges
-            .into_iter()
-            .filter_map(|se| {
-                let slot = Slot::try_from(se.slot).ok()?;
-                Some((slot, se.edge_ids.into_iter().collect()))
-            })
-            .collect();
+        self.slot_edges.clear();
+        for se in map.slot_edges {
+            if let Ok(slot) = Slot::try_from(se.slot) {
+                self.slot_edges.entry(slot).or_default().extend(se.edge_ids);
+            }
+        }
         let mut distributors = BTreeMap::new();
         let mut edges = BTreeMap::new();
         for m in map.members {

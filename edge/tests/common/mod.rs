@@ -225,6 +225,7 @@ impl Cluster {
     /// every distributor: the cluster routes end to end.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
+        self.wait_members(deadline).await?;
         for &edge in self.edges.keys() {
             for &dist in self.distributors.keys() {
                 let topic = format!("probe-{edge}-{dist}");
@@ -277,6 +278,43 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Waits until every distributor and edge is registered and the slots are spread over
+    /// all distributors: after this, slots only move on a failure.
+    pub async fn wait_members(&self, deadline: tokio::time::Instant) -> Result<()> {
+        use firetower_proto::metastore::v1 as pb;
+        loop {
+            let mut settled = false;
+            if let Ok(mut client) = pb::metastore_client::MetastoreClient::connect(format!(
+                "http://{}",
+                self.metastore[0]
+            ))
+            .await
+            {
+                if let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await {
+                    let status = status.into_inner();
+                    let count = |kind: pb::MemberKind| {
+                        status
+                            .members
+                            .iter()
+                            .filter(|m| m.kind == kind as i32)
+                            .count()
+                    };
+                    settled = count(pb::MemberKind::Distributor) == self.distributors.len()
+                        && count(pb::MemberKind::Edge) == self.edges.len()
+                        && status.slots_per_distributor.len() == self.distributors.len()
+                        && status.unowned_slots == 0;
+                }
+            }
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("members did not all register in time");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn shutdown(mut self) {

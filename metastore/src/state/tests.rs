@@ -62,15 +62,27 @@ fn second_distributor_takes_half_with_new_epochs() {
 }
 
 #[test]
-fn re_registering_a_distributor_moves_nothing() {
+fn re_registering_a_distributor_keeps_its_slots_at_a_new_epoch() {
     let mut state = MetaState::default();
     state.apply(&register(MemberKind::Distributor, 1));
     state.apply(&register(MemberKind::Distributor, 2));
     let before = state.slot_owner.clone();
     let (response, changes) = state.apply(&register(MemberKind::Distributor, 1));
     assert_eq!(response.incarnation, 3);
-    assert_eq!(changes.len(), 1, "only the member record changes");
-    assert_eq!(state.slot_owner, before);
+    let mine = before.iter().filter(|o| o.distributor == 1).count();
+    assert_eq!(
+        changes.len(),
+        1 + mine,
+        "the member record and each of its slots"
+    );
+    for (old, new) in before.iter().zip(&state.slot_owner) {
+        assert_eq!(old.distributor, new.distributor, "nothing moves");
+        if new.distributor == 1 {
+            assert_eq!(new.epoch, 3, "re-granted at the new incarnation's revision");
+        } else {
+            assert_eq!(new.epoch, old.epoch);
+        }
+    }
 }
 
 #[test]

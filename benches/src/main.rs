@@ -1,0 +1,543 @@
+//! `firetower-bench`: the load generator.
+//!
+//! Connects N WebSocket subscribers spread over the edges, publishes to T topics over gRPC
+//! (single or batched) or over WebSocket, at a fixed rate or as fast as accepted, and
+//! reports deliveries/s, publishes/s, latency percentiles (publish → delivery, from a
+//! timestamp in the payload), lost / duplicate / out-of-order counts, connections per
+//! second, the server's RSS per connection (given its PID) and frames per write (from the
+//! edges' /metrics). `--scenario` picks the standard settings; `--start-dev` starts
+//! `firetower dev` itself.
+
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use firetower_benches::scan::{payload, scan_delivery};
+use firetower_benches::stats::{Percentiles, Report, SubscriberStats};
+use firetower_benches::svg::latency_plot;
+use firetower_proto::distributor::v1 as dpb;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::Barrier;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    /// 1,000 subscribers on one edge, 10 topics, 128 B, as fast as accepted.
+    Fanout,
+    /// 25,000 deliveries/s paced, 1,000 subscribers over both edges, 10 topics.
+    Paced,
+    /// 10,000 idle connections: RSS per connection.
+    IdleConns,
+    /// One topic, every subscriber on it (hot topics are not split yet).
+    HotTopic,
+    /// Only the flags given.
+    Custom,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum PublishMode {
+    Grpc,
+    GrpcBatch,
+    Ws,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "firetower-bench", about = "Firetower load generator")]
+struct Args {
+    #[arg(long, value_enum, default_value = "custom")]
+    scenario: Scenario,
+    /// Edge HTTP addresses, comma-separated.
+    #[arg(long, default_value = "127.0.0.1:9999,127.0.0.1:9998")]
+    edges: String,
+    /// Distributor gRPC addresses, comma-separated.
+    #[arg(long, default_value = "127.0.0.1:6667,127.0.0.1:6677")]
+    distributors: String,
+    /// Start `firetower dev` (this binary path) and measure against it.
+    #[arg(long)]
+    start_dev: Option<String>,
+    #[arg(long)]
+    subscribers: Option<usize>,
+    #[arg(long)]
+    topics: Option<usize>,
+    /// Payload bytes per message.
+    #[arg(long)]
+    payload: Option<usize>,
+    #[arg(long, value_enum)]
+    publish: Option<PublishMode>,
+    /// Messages per PublishBatch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Messages per second in total; 0 = as fast as accepted.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Run for this many seconds of publishing.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Or stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Only use the first N edges.
+    #[arg(long)]
+    use_edges: Option<usize>,
+    /// The server's PID, for RSS (set automatically with --start-dev).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N as source addresses.
+    #[arg(long, default_value_t = 1)]
+    source_ips: u8,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<String>,
+    /// Write a latency plot (SVG) here.
+    #[arg(long)]
+    svg: Option<String>,
+    /// Seconds to hold idle connections before measuring RSS.
+    #[arg(long, default_value_t = 3.0)]
+    settle: f64,
+}
+
+struct Plan {
+    subscribers: usize,
+    topics: usize,
+    payload: usize,
+    publish: PublishMode,
+    rate: u64,
+    duration: f64,
+    count: Option<u64>,
+    edges: Vec<String>,
+    idle: bool,
+}
+
+fn plan(args: &Args) -> Plan {
+    let mut edges: Vec<String> = args.edges.split(',').map(str::to_string).collect();
+    let (subs, topics, payload, publish, rate, duration, use_edges, idle) = match args.scenario {
+        Scenario::Fanout => (
+            1000,
+            10,
+            128,
+            PublishMode::GrpcBatch,
+            0,
+            10.0,
+            Some(1),
+            false,
+        ),
+        Scenario::Paced => (1000, 10, 128, PublishMode::Grpc, 250, 10.0, None, false),
+        Scenario::IdleConns => (10_000, 1, 128, PublishMode::Grpc, 0, 0.0, None, true),
+        Scenario::HotTopic => (2000, 1, 128, PublishMode::GrpcBatch, 0, 10.0, None, false),
+        Scenario::Custom => (100, 10, 128, PublishMode::Grpc, 0, 5.0, None, false),
+    };
+    if let Some(n) = args.use_edges.or(use_edges) {
+        edges.truncate(n.max(1));
+    }
+    Plan {
+        subscribers: args.subscribers.unwrap_or(subs),
+        topics: args.topics.unwrap_or(topics).max(1),
+        payload: args.payload.unwrap_or(payload),
+        publish: args.publish.unwrap_or(publish),
+        rate: args.rate.unwrap_or(rate),
+        duration: args.duration.unwrap_or(duration),
+        count: args.count,
+        edges,
+        idle,
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Sum of a counter over the edges' /metrics.
+async fn edge_metric(edges: &[String], name: &str) -> Option<u64> {
+    let mut total = 0;
+    for edge in edges {
+        let mut stream = tokio::net::TcpStream::connect(edge).await.ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        let key = format!("firetower_edge_{name}{{");
+        let line = body.lines().find(|l| l.starts_with(&key))?;
+        total += line.rsplit(' ').next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+async fn connect_ws(
+    edge: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(edge)
+        .await?
+        .next()
+        .context("edge address")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{edge}/ws"), stream).await?;
+    Ok(ws)
+}
+
+fn now_ns(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+struct Shared {
+    base: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+    received: AtomicU64,
+}
+
+/// One subscriber: connect, subscribe, wait at the barrier, then record deliveries.
+async fn subscriber(
+    i: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    ready: Arc<Barrier>,
+    source: Option<std::net::IpAddr>,
+) -> Result<SubscriberStats> {
+    let edge = &plan.edges[i % plan.edges.len()];
+    let mut ws = connect_ws(edge, source).await?;
+    let topic = format!("bench-{}", i % plan.topics);
+    ws.send(Message::text(format!(
+        r#"{{"type":"subscribe","topic":"{topic}","data":""}}"#
+    )))
+    .await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"subscribed\"") => break,
+            Ok(Some(Ok(Message::Text(t)))) => bail!("subscriber {i}: {t}"),
+            Ok(Some(Ok(_))) => {}
+            other => bail!("subscriber {i}: no ack: {other:?}"),
+        }
+    }
+    ready.wait().await;
+    let mut stats = SubscriberStats::new(plan.topics);
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(d) = scan_delivery(t.as_bytes()) {
+                        stats.record(d, now_ns(shared.base));
+                        shared.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    Ok(stats)
+}
+
+/// One publisher: owns topics `j, j+P, …` so per-topic numbering is sequential.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    j: usize,
+    publishers: usize,
+    plan: Arc<Plan>,
+    args_batch: usize,
+    distributors: Vec<String>,
+    shared: Arc<Shared>,
+    published: Arc<Vec<AtomicU64>>,
+    per_publisher_rate: f64,
+    deadline: Instant,
+    quota: Option<u64>,
+) -> Result<u64> {
+    let my_topics: Vec<usize> = (j..plan.topics).step_by(publishers).collect();
+    if my_topics.is_empty() {
+        return Ok(0);
+    }
+    let addr = &distributors[j % distributors.len()];
+    let mut grpc = dpb::distributor_client::DistributorClient::connect(format!("http://{addr}"))
+        .await?
+        .max_decoding_message_size(64 << 20);
+    let mut ws = if plan.publish == PublishMode::Ws {
+        Some(connect_ws(&plan.edges[j % plan.edges.len()], None).await?)
+    } else {
+        None
+    };
+    let mut next_n = vec![0u64; plan.topics];
+    let mut sent = 0u64;
+    let mut k = 0usize;
+    let start = Instant::now();
+    let batch = if plan.publish == PublishMode::GrpcBatch {
+        args_batch.max(1)
+    } else {
+        1
+    };
+    loop {
+        if Instant::now() >= deadline || quota.is_some_and(|q| sent >= q) || *shared.stop.borrow() {
+            break;
+        }
+        if per_publisher_rate > 0.0 {
+            let due = (start.elapsed().as_secs_f64() * per_publisher_rate) as u64;
+            if sent >= due {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+                continue;
+            }
+        }
+        let mut messages = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let t = my_topics[k % my_topics.len()];
+            k += 1;
+            next_n[t] += 1;
+            messages.push(dpb::PublishRequest {
+                topic: format!("bench-{t}"),
+                data: payload(now_ns(shared.base), next_n[t], plan.payload).into(),
+            });
+            published[t].fetch_add(1, Ordering::Relaxed);
+        }
+        sent += messages.len() as u64;
+        match (plan.publish, ws.as_mut()) {
+            (PublishMode::Ws, Some(ws)) => {
+                for m in messages {
+                    let data = String::from_utf8_lossy(&m.data).into_owned();
+                    ws.feed(Message::text(format!(
+                        r#"{{"type":"publish","topic":"{}","data":{data}}}"#,
+                        m.topic
+                    )))
+                    .await?;
+                }
+                ws.flush().await?;
+            }
+            (PublishMode::GrpcBatch, _) => {
+                grpc.publish_batch(dpb::PublishBatchRequest { messages })
+                    .await?;
+            }
+            _ => {
+                for m in messages {
+                    grpc.publish(m).await?;
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+struct DevServer {
+    child: std::process::Child,
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev(binary: &str) -> Result<DevServer> {
+    let mut child = std::process::Command::new(binary)
+        .arg("dev")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {binary} dev"))?;
+    let stdout = child.stdout.take().context("dev stdout")?;
+    let server = DevServer { child };
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if line == "ready" {
+            return Ok(server);
+        }
+    }
+    bail!("firetower dev exited before it was ready")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = Arc::new(plan(&args));
+    let _dev = match &args.start_dev {
+        Some(binary) => Some(start_dev(binary)?),
+        None => None,
+    };
+    let server_pid = args.server_pid.or(_dev.as_ref().map(|d| d.child.id()));
+    let distributors: Vec<String> = args.distributors.split(',').map(str::to_string).collect();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        stop: stop_rx,
+        received: AtomicU64::new(0),
+    });
+    let rss_before = server_pid.and_then(rss_bytes);
+    let writes_before = edge_metric(&plan.edges, "writes").await;
+    let queued_before = edge_metric(&plan.edges, "frames_queued").await;
+
+    // Connect the subscribers.
+    let ready = Arc::new(Barrier::new(plan.subscribers + 1));
+    let connect_start = Instant::now();
+    let mut subs = Vec::with_capacity(plan.subscribers);
+    for i in 0..plan.subscribers {
+        let source = (args.source_ips > 1).then(|| {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (i % args.source_ips as usize) as u8,
+            ))
+        });
+        subs.push(tokio::spawn(subscriber(
+            i,
+            plan.clone(),
+            shared.clone(),
+            ready.clone(),
+            source,
+        )));
+        // Keep the handshake backlog bounded.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    ready.wait().await;
+    let connect_seconds = connect_start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} subscribers connected and subscribed in {connect_seconds:.2} s",
+        plan.subscribers
+    );
+
+    let mut rss_after = None;
+    let mut published_total = 0u64;
+    let published: Arc<Vec<AtomicU64>> =
+        Arc::new((0..plan.topics).map(|_| AtomicU64::new(0)).collect());
+    let mut seconds = 0.0;
+    if plan.idle {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        rss_after = server_pid.and_then(rss_bytes);
+    } else {
+        let publishers = args.publishers.clamp(1, plan.topics);
+        let start = Instant::now();
+        let deadline = if plan.count.is_some() {
+            start + Duration::from_secs(3600)
+        } else {
+            start + Duration::from_secs_f64(plan.duration)
+        };
+        let per_rate = plan.rate as f64 / publishers as f64;
+        let quota = plan.count.map(|c| c.div_ceil(publishers as u64));
+        let mut pubs = Vec::new();
+        for j in 0..publishers {
+            pubs.push(tokio::spawn(publisher(
+                j,
+                publishers,
+                plan.clone(),
+                args.batch,
+                distributors.clone(),
+                shared.clone(),
+                published.clone(),
+                per_rate,
+                deadline,
+                quota,
+            )));
+        }
+        for p in pubs {
+            published_total += p.await??;
+        }
+        seconds = start.elapsed().as_secs_f64();
+        // Let the deliveries drain: stop when nothing arrived for 1 s.
+        let mut last = shared.received.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = shared.received.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        rss_after = server_pid.and_then(rss_bytes).or(rss_after);
+    }
+    let _ = stop_tx.send(true);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)?;
+    let (mut delivered, mut duplicates, mut out_of_order) = (0u64, 0u64, 0u64);
+    for s in subs {
+        let stats = s.await??;
+        delivered += stats.received;
+        duplicates += stats.duplicates;
+        out_of_order += stats.out_of_order;
+        latency.add(&stats.latency_us)?;
+    }
+    let subscribers_per_topic = |t: usize| {
+        (0..plan.subscribers)
+            .filter(|i| i % plan.topics == t)
+            .count() as u64
+    };
+    let expected: u64 = (0..plan.topics)
+        .map(|t| published[t].load(Ordering::Relaxed) * subscribers_per_topic(t))
+        .sum();
+    let writes_after = edge_metric(&plan.edges, "writes").await;
+    let queued_after = edge_metric(&plan.edges, "frames_queued").await;
+    let edge_writes = writes_after.zip(writes_before).map(|(a, b)| a - b);
+    let edge_frames = queued_after.zip(queued_before).map(|(a, b)| a - b);
+    let report = Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        subscribers: plan.subscribers,
+        topics: plan.topics,
+        payload_bytes: plan.payload,
+        publish_mode: format!("{:?}", plan.publish).to_lowercase(),
+        seconds,
+        published: published_total,
+        publishes_per_sec: if seconds > 0.0 {
+            published_total as f64 / seconds
+        } else {
+            0.0
+        },
+        expected_deliveries: expected,
+        delivered,
+        deliveries_per_sec: if seconds > 0.0 {
+            delivered as f64 / seconds
+        } else {
+            0.0
+        },
+        lost: expected.saturating_sub(delivered),
+        duplicates,
+        out_of_order,
+        latency_us: Percentiles::of(&latency),
+        connect_seconds,
+        connections_per_sec: plan.subscribers as f64 / connect_seconds.max(1e-9),
+        server_rss_bytes_before: rss_before,
+        server_rss_bytes_after: rss_after,
+        rss_bytes_per_connection: rss_before
+            .zip(rss_after)
+            .map(|(b, a)| (a as f64 - b as f64) / plan.subscribers.max(1) as f64),
+        edge_writes,
+        edge_frames_queued: edge_frames,
+        frames_per_write: edge_writes
+            .zip(edge_frames)
+            .map(|(w, f)| f as f64 / (w.max(1)) as f64),
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "{} — {} subscribers, {} topics, {} B, {:.0} deliveries/s",
+            report.scenario,
+            report.subscribers,
+            report.topics,
+            report.payload_bytes,
+            report.deliveries_per_sec
+        );
+        std::fs::write(path, latency_plot(&latency, &title))?;
+    }
+    Ok(())
+}
