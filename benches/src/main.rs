@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use firetower_benches::scan::{payload, scan_delivery};
-use firetower_benches::stats::{Percentiles, Report, SubscriberStats};
+use firetower_benches::stats::{cpu_seconds, Percentiles, Report, SubscriberStats};
 use firetower_benches::svg::latency_plot;
 use firetower_proto::distributor::v1 as dpb;
 use futures::{SinkExt, StreamExt};
@@ -382,6 +382,8 @@ async fn main() -> Result<()> {
     });
     let rss_before = server_pid.and_then(rss_bytes);
     let writes_before = edge_metric(&plan.edges, "writes").await;
+    let server_cpu_before = server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let self_cpu_before = cpu_seconds("self");
     let queued_before = edge_metric(&plan.edges, "frames_queued").await;
 
     // Connect the subscribers.
@@ -483,6 +485,11 @@ async fn main() -> Result<()> {
     let expected: u64 = (0..plan.topics)
         .map(|t| published[t].load(Ordering::Relaxed) * subscribers_per_topic(t))
         .sum();
+    let server_cpu = server_pid
+        .and_then(|p| cpu_seconds(&p.to_string()))
+        .zip(server_cpu_before)
+        .map(|(a, b)| a - b);
+    let generator_cpu = cpu_seconds("self").zip(self_cpu_before).map(|(a, b)| a - b);
     let writes_after = edge_metric(&plan.edges, "writes").await;
     let queued_after = edge_metric(&plan.edges, "frames_queued").await;
     let edge_writes = writes_after.zip(writes_before).map(|(a, b)| a - b);
@@ -520,6 +527,8 @@ async fn main() -> Result<()> {
             .map(|(b, a)| (a as f64 - b as f64) / plan.subscribers.max(1) as f64),
         edge_writes,
         edge_frames_queued: edge_frames,
+        server_cpu_seconds: server_cpu,
+        generator_cpu_seconds: generator_cpu,
         frames_per_write: edge_writes
             .zip(edge_frames)
             .map(|(w, f)| f as f64 / (w.max(1)) as f64),

@@ -68,6 +68,26 @@ impl FrameReader {
         }
     }
 
+    /// Every frame that is complete after one read (at least one); `Ok(false)` at a clean
+    /// end of stream. Lets a reader handle a burst under one lock.
+    pub async fn next_batch(&mut self, out: &mut Vec<RelayFrame>) -> Result<bool, ReadError> {
+        match self.next().await? {
+            Some(frame) => out.push(frame),
+            None => return Ok(false),
+        }
+        while !self.buf.is_empty() {
+            match decode_frame(&self.buf, DEFAULT_MAX_FRAME_LEN) {
+                Ok((frame, used)) => {
+                    let _ = self.buf.split_to(used);
+                    out.push(frame);
+                }
+                Err(FrameError::Incomplete) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// The next frame; `Ok(None)` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<RelayFrame>, ReadError> {
         loop {

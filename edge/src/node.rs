@@ -426,14 +426,19 @@ async fn serve_link<C: Connector>(
     tracing::info!(distributor, "relay link down");
 }
 
-/// Reads one lane of deliveries and fans each out.
+/// Reads one lane of deliveries and fans each out; a burst of frames is handled under one
+/// lock.
 async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvStream) {
     let mut reader = FrameReader::new(stream);
-    while let Ok(Some(frame)) = reader.next().await {
-        if let Some(Frame::Deliver(d)) = frame.frame {
-            let mut state = shared.lock();
-            if let Some(fanout) = state.core.handle_deliver(&d.topic, d.epoch, d.seq, &d.data) {
-                shared.fanout(&mut state, fanout);
+    let mut frames = Vec::with_capacity(64);
+    while let Ok(true) = reader.next_batch(&mut frames).await {
+        let mut state = shared.lock();
+        for frame in frames.drain(..) {
+            if let Some(Frame::Deliver(d)) = frame.frame {
+                if let Some(fanout) = state.core.handle_deliver(&d.topic, d.epoch, d.seq, &d.data)
+                {
+                    shared.fanout(&mut state, fanout);
+                }
             }
         }
     }

@@ -355,6 +355,9 @@ async fn session<C, IO>(
             first = queue.recv() => {
                 let Some(first) = first else { break End::Gone };
                 batch.push(first);
+                // Let the fan-out that woke us finish queueing its burst, so one write
+                // carries it all.
+                tokio::task::yield_now().await;
                 while batch.len() < MAX_FRAMES_PER_WRITE {
                     match queue.try_recv() {
                         Ok(f) => batch.push(f),
