@@ -81,7 +81,7 @@ impl Default for Config {
             pong_timeout_ms: 25_000,
             legacy_heartbeat: false,
             write_timeout_ms: 10_000,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             handshake_timeout_ms: 10_000,
             interest_flush_ms: 50,
             metastore_debounce_ms: 100,
