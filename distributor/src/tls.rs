@@ -77,6 +77,20 @@ impl TlsMaterial {
         })
     }
 
+    /// Material from PEM text (the simulator keeps it in memory).
+    pub fn from_pem(cert: &str, key: &str, ca: &str) -> Result<Self, TlsError> {
+        let what = Path::new("<memory>");
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| TlsError::Invalid {
+            path: what.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(TlsMaterial {
+            certs: certs_from(cert.as_bytes(), what)?,
+            key: Arc::new(key),
+            ca: certs_from(ca.as_bytes(), what)?,
+        })
+    }
+
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in &self.ca {

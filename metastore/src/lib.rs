@@ -15,6 +15,7 @@
 //! - [`node`]: [`run`], which wires it all to a listener, a connector, storage and shutdown.
 //! - [`client`]: the client side (used by distributors, edges, the CLI): node failover,
 //!   membership upkeep and a resuming watch.
+//! - [`runtime`]: openraft's runtime (tokio) with a seedable random-number generator.
 //! - [`config`], [`error`], [`types`].
 
 pub mod client;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod lease;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod service;
 pub mod state;
 pub mod store;

@@ -13,6 +13,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = crate::runtime::SeededRuntime,
 );
 
 /// A log id of this configuration.

@@ -1,10 +1,17 @@
-//! Deterministic simulation of a whole Firetower cluster under seeded faults.
-//!
-//! **Not built yet** (the simulation issue). What is ready for it: the metastore's
-//! [`firetower_metastore::run`] takes its incoming connections, connector, storage
-//! ([`firetower_metastore::MemBackend`]) and shutdown as arguments, and its decision logic
-//! (`state::MetaState::apply`, `lease::LeaseTracker`) is sans-IO.
+//! Deterministic simulation of a whole Firetower cluster: the real metastore, distributors
+//! and edges inside turmoil, under seeded faults, checked against an oracle of what the
+//! clients were told.
 //!
 //! # Layout
-//! - (planned) cluster boot through each crate's `run`, the simulated network with faults,
-//!   the workload, the oracle, `invariants/`, and a `sim` binary with `--seed`.
+//! - [`net`]: gRPC over turmoil TCP, QUIC over turmoil UDP.
+//! - [`world`]: one run: hosts, fault schedule, workload driver, checks.
+//! - [`oracle`]: the record of events, the trace hash, per-delivery checks.
+//! - [`invariants`]: one file per invariant.
+//! - `main.rs`: `--seed N` / `--seeds A..B`.
+
+pub mod invariants;
+pub mod net;
+pub mod oracle;
+pub mod world;
+
+pub use world::{run_seed, Outcome};
