@@ -435,8 +435,7 @@ async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvSt
         let mut state = shared.lock();
         for frame in frames.drain(..) {
             if let Some(Frame::Deliver(d)) = frame.frame {
-                if let Some(fanout) = state.core.handle_deliver(&d.topic, d.epoch, d.seq, &d.data)
-                {
+                if let Some(fanout) = state.core.handle_deliver(&d.topic, d.epoch, d.seq, &d.data) {
                     shared.fanout(&mut state, fanout);
                 }
             }

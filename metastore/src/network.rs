@@ -54,6 +54,12 @@ impl Connector for TcpConnector {
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            // A connection that silently stopped carrying bytes (a peer that vanished, a
+            // network that dropped state) is found by HTTP/2 pings and replaced, so calls
+            // and watch streams do not hang on it forever.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect_lazy())
     }
 }

@@ -18,14 +18,25 @@ fn reexec_with_tokio_unstable() -> ExitCode {
     let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
     flags.push_str(" --cfg tokio_unstable");
     let status = std::process::Command::new(cargo)
-        .args(["run", "--quiet", "--release", "-p", "firetower-sim", "--target-dir", "target-sim", "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "firetower-sim",
+            "--target-dir",
+            "target-sim",
+            "--",
+        ])
         .args(std::env::args().skip(1))
         .env("RUSTFLAGS", flags.trim())
         .status();
     match status {
         Ok(s) => ExitCode::from(s.code().unwrap_or(1) as u8),
         Err(e) => {
-            eprintln!("error: cannot run cargo to build the simulator with --cfg tokio_unstable: {e}");
+            eprintln!(
+                "error: cannot run cargo to build the simulator with --cfg tokio_unstable: {e}"
+            );
             ExitCode::FAILURE
         }
     }
@@ -34,6 +45,13 @@ fn reexec_with_tokio_unstable() -> ExitCode {
 fn main() -> ExitCode {
     if !cfg!(tokio_unstable) {
         return reexec_with_tokio_unstable();
+    }
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let check = args.iter().any(|a| a == "--check-determinism");
@@ -98,7 +116,11 @@ fn main() -> ExitCode {
             }
             Some((v, step)) => {
                 failed += 1;
-                println!("seed {seed}: FAILED invariant \"{}\" at step {step}, simulated time {:.3}s", v.invariant, v.at.as_secs_f64());
+                println!(
+                    "seed {seed}: FAILED invariant \"{}\" at step {step}, simulated time {:.3}s",
+                    v.invariant,
+                    v.at.as_secs_f64()
+                );
                 println!("  {}", v.detail);
                 println!("  faults: {}", outcome.faults.join("; "));
                 println!("  trace {:016x}", outcome.trace_hash);

@@ -22,7 +22,12 @@ impl firetower_metastore::Connector for SimConnector {
         let target: SocketAddr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("{addr:?}: {e}"))?
-            .connect_timeout(std::time::Duration::from_millis(500));
+            .connect_timeout(std::time::Duration::from_millis(500))
+            // turmoil's TCP drops segments during a partition and never retransmits, so a
+            // connection that crossed a partition is dead: HTTP/2 pings find it.
+            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+            .keep_alive_timeout(std::time::Duration::from_secs(1))
+            .keep_alive_while_idle(true);
         Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
             move |_: tonic::transport::Uri| async move {
                 let stream = turmoil::net::TcpStream::connect(target).await?;

@@ -74,6 +74,9 @@ impl Default for Oracle {
 impl Oracle {
     /// Adds an event to the trace hash.
     pub fn trace(&mut self, at: Duration, event: &str) {
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("{:>9.3}s {event}", at.as_secs_f64());
+        }
         self.events += 1;
         self.hash.update(&(at.as_micros() as u64).to_le_bytes());
         self.hash.update(event.as_bytes());

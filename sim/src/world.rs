@@ -159,7 +159,8 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
             let config = config.clone();
             async move {
                 let listener =
-                    turmoil::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), META_PORT)).await?;
+                    turmoil::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), META_PORT))
+                        .await?;
                 firetower_metastore::run(
                     config,
                     incoming(listener),
@@ -199,7 +200,14 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
     }
 
     // Faults between steps.
-    let mut faults = Faults::new(seed, shape.clone(), dist_names, edge_names, meta_names);
+    let mut faults = Faults::new(
+        seed,
+        shape.clone(),
+        dist_names,
+        edge_names,
+        meta_names,
+        pki.clone(),
+    );
     let mut steps = 0u64;
     let mut violation = None;
     loop {
@@ -243,7 +251,11 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
 
 fn tls_for(pki: &DevPki, name: &str) -> anyhow::Result<TlsMaterial> {
     let cert = pki.issue(name)?;
-    Ok(TlsMaterial::from_pem(&cert.cert_pem, &cert.key_pem, &pki.ca_pem)?)
+    Ok(TlsMaterial::from_pem(
+        &cert.cert_pem,
+        &cert.key_pem,
+        &pki.ca_pem,
+    )?)
 }
 
 fn endpoint_config(seed: u64, salt: u64) -> quinn::EndpointConfig {
@@ -278,16 +290,24 @@ fn add_distributor(
         let config = config.clone();
         let server = server.clone();
         async move {
-            let grpc = turmoil::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), GRPC_PORT)).await?;
-            let udp = turmoil::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), QUIC_PORT)).await?;
+            let grpc =
+                turmoil::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), GRPC_PORT)).await?;
+            let udp =
+                turmoil::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), QUIC_PORT)).await?;
             let endpoint = quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config(seed, d as u64),
                 Some(server),
                 Arc::new(SimUdp::new(udp)),
                 Arc::new(quinn::TokioRuntime),
             )?;
-            firetower_distributor::run(config, incoming(grpc), endpoint, SimConnector, std::future::pending())
-                .await?;
+            firetower_distributor::run(
+                config,
+                incoming(grpc),
+                endpoint,
+                SimConnector,
+                std::future::pending(),
+            )
+            .await?;
             Ok(())
         }
     });
@@ -317,7 +337,8 @@ fn add_edge(
         let config = config.clone();
         let client = client.clone();
         async move {
-            let listener = turmoil::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), WS_PORT)).await?;
+            let listener =
+                turmoil::net::TcpListener::bind((IpAddr::from([0, 0, 0, 0]), WS_PORT)).await?;
             let udp = turmoil::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 7000)).await?;
             let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config(seed, 100 + e as u64),
@@ -356,12 +377,20 @@ struct Faults {
     partitions: BTreeSet<(String, String)>,
     next_at: Duration,
     in_faults: bool,
-    pki: Option<Rc<DevPki>>,
+    /// The cluster CA: a distributor that joins later gets its certificate from it too.
+    pki: Rc<DevPki>,
     log: Vec<String>,
 }
 
 impl Faults {
-    fn new(seed: u64, shape: Shape, dists: Vec<String>, edges: Vec<String>, metas: Vec<String>) -> Self {
+    fn new(
+        seed: u64,
+        shape: Shape,
+        dists: Vec<String>,
+        edges: Vec<String>,
+        metas: Vec<String>,
+        pki: Rc<DevPki>,
+    ) -> Self {
         Faults {
             rng: StdRng::seed_from_u64(seed ^ 0xFA17),
             started: shape.distributors,
@@ -374,7 +403,7 @@ impl Faults {
             partitions: BTreeSet::new(),
             next_at: Duration::ZERO,
             in_faults: false,
-            pki: None,
+            pki,
             log: Vec::new(),
         }
     }
@@ -385,7 +414,11 @@ impl Faults {
 
     fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.metas.clone();
-        hosts.extend((1..=self.started).filter(|d| !self.left.contains(d)).map(|d| self.dists[d - 1].clone()));
+        hosts.extend(
+            (1..=self.started)
+                .filter(|d| !self.left.contains(d))
+                .map(|d| self.dists[d - 1].clone()),
+        );
         hosts.extend(self.edges.iter().take(self.shape.edges).cloned());
         hosts
     }
@@ -469,8 +502,7 @@ impl Faults {
                 if self.started < MAX_DISTRIBUTORS {
                     self.started += 1;
                     let d = self.started;
-                    let pki = self.pki.get_or_insert_with(|| Rc::new(DevPki::new().unwrap_or_else(|_| std::process::abort()))).clone();
-                    if add_distributor(sim, &pki, d, &ctx.metas, ctx.seed).is_ok() {
+                    if add_distributor(sim, &self.pki, d, &ctx.metas, ctx.seed).is_ok() {
                         self.note(t, format!("join dist{d}"));
                     }
                 }
@@ -478,7 +510,9 @@ impl Faults {
             6 => {
                 // A distributor leaves for good (crash; its lease expires).
                 let live: Vec<usize> = (1..=self.started)
-                    .filter(|d| !self.left.contains(d) && !self.crashed.contains(&self.dists[*d - 1]))
+                    .filter(|d| {
+                        !self.left.contains(d) && !self.crashed.contains(&self.dists[*d - 1])
+                    })
                     .collect();
                 if live.len() > 1 {
                     let d = live[self.rng.gen_range(0..live.len())];
@@ -527,7 +561,12 @@ async fn driver(ctx: Rc<Ctx>) {
                         let c = ctx.oracle.borrow_mut().new_client(edge + 1);
                         let (tx, rx) = mpsc::unbounded_channel();
                         clients.push(tx);
-                        tokio::task::spawn_local(client_task(ctx.clone(), c, ctx.edges[edge].clone(), rx));
+                        tokio::task::spawn_local(client_task(
+                            ctx.clone(),
+                            c,
+                            ctx.edges[edge].clone(),
+                            rx,
+                        ));
                     }
                     8..=11 if !clients.is_empty() => {
                         let c = rng.gen_range(0..clients.len());
@@ -556,7 +595,9 @@ async fn driver(ctx: Rc<Ctx>) {
             }
             Phase::Drain => {
                 let end_at = Duration::from_secs(end);
-                let wait = end_at.saturating_sub(now()).saturating_sub(Duration::from_millis(2500));
+                let wait = end_at
+                    .saturating_sub(now())
+                    .saturating_sub(Duration::from_millis(2500));
                 tokio::time::sleep(wait).await;
                 if checked.insert(start) {
                     // The window is the phase before this drain.
@@ -575,10 +616,15 @@ async fn driver(ctx: Rc<Ctx>) {
 
 async fn track_leader(ctx: &Ctx) {
     for addr in &ctx.metas {
-        let Ok(channel) = SimConnector.channel(addr) else { continue };
+        let Ok(channel) = SimConnector.channel(addr) else {
+            continue;
+        };
         let mut client = pb::metastore_client::MetastoreClient::new(channel);
-        if let Ok(Ok(status)) =
-            tokio::time::timeout(Duration::from_millis(300), client.cluster_status(pb::ClusterStatusRequest {})).await
+        if let Ok(Ok(status)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            client.cluster_status(pb::ClusterStatusRequest {}),
+        )
+        .await
         {
             if let Some(leader) = status.into_inner().leader {
                 ctx.leader.set(Some(leader));
@@ -607,7 +653,9 @@ fn publish(ctx: &Rc<Ctx>, rng: &mut StdRng, next_id: &mut u64) {
     };
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
-        let Ok(channel) = SimConnector.channel(&dist) else { return };
+        let Ok(channel) = SimConnector.channel(&dist) else {
+            return;
+        };
         let mut client = dpb::distributor_client::DistributorClient::new(channel);
         let request = dpb::PublishRequest {
             topic: topic.clone(),
@@ -619,7 +667,10 @@ fn publish(ctx: &Rc<Ctx>, rng: &mut StdRng, next_id: &mut u64) {
         match result {
             Ok(Ok(reply)) => {
                 let r = reply.into_inner();
-                o.trace(at, &format!("published #{id} {topic} {}.{}", r.epoch, r.seq));
+                o.trace(
+                    at,
+                    &format!("published #{id} {topic} {}.{}", r.epoch, r.seq),
+                );
                 if let Some(p) = o.publishes.get_mut(index) {
                     p.acked = Some(at);
                 }
@@ -641,8 +692,15 @@ async fn client_task(ctx: Rc<Ctx>, c: usize, edge: String, mut cmds: mpsc::Unbou
             r.slow = code == Some(firetower_edge::CLOSE_SLOW_CONSUMER);
         }
     };
-    let Ok(addr) = edge.parse::<SocketAddr>() else { return };
-    let stream = match tokio::time::timeout(Duration::from_secs(2), turmoil::net::TcpStream::connect(addr)).await {
+    let Ok(addr) = edge.parse::<SocketAddr>() else {
+        return;
+    };
+    let stream = match tokio::time::timeout(
+        Duration::from_secs(2),
+        turmoil::net::TcpStream::connect(addr),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         _ => return closed(&ctx, None, "connect failed"),
     };
@@ -655,7 +713,9 @@ async fn client_task(ctx: Rc<Ctx>, c: usize, edge: String, mut cmds: mpsc::Unbou
         Ok(Ok((ws, _))) => ws,
         _ => return closed(&ctx, None, "handshake failed"),
     };
-    ctx.oracle.borrow_mut().trace(now(), &format!("client {c} connected to {edge}"));
+    ctx.oracle
+        .borrow_mut()
+        .trace(now(), &format!("client {c} connected to {edge}"));
     loop {
         tokio::select! {
             biased;
@@ -695,7 +755,12 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
     let mut o = ctx.oracle.borrow_mut();
     let at = now();
     match parse_server_frame(text) {
-        Ok(ServerFrame::Publish { topic, data, epoch, seq }) => {
+        Ok(ServerFrame::Publish {
+            topic,
+            data,
+            epoch,
+            seq,
+        }) => {
             let id = serde_json::from_str::<serde_json::Value>(data)
                 .ok()
                 .and_then(|v| v["id"].as_u64())
@@ -723,7 +788,11 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
             o.trace(at, &format!("client {c} error {code} {topic:?}"));
         }
         Ok(ServerFrame::Heartbeat) => {}
-        Err(e) => o.violate(at, "well-formed server frames", format!("client {c}: {e}: {text}")),
+        Err(e) => o.violate(
+            at,
+            "well-formed server frames",
+            format!("client {c}: {e}: {text}"),
+        ),
     }
 }
 
@@ -753,7 +822,13 @@ async fn check_quiet(ctx: &Ctx, window: Option<(Duration, Duration)>) {
         if let Some((a, b)) = window {
             invariants::completeness::check(&mut o, a, b, at);
         }
-        o.trace(at, &format!("checked quiet phase (revision {:?})", maps.first().and_then(|m| m.as_ref().map(|m| m.revision))));
+        o.trace(
+            at,
+            &format!(
+                "checked quiet phase (revision {:?})",
+                maps.first().and_then(|m| m.as_ref().map(|m| m.revision))
+            ),
+        );
     }
     // TopicStatus converges to what the clients were told.
     let truth = invariants::topic_status::truth(&ctx.oracle.borrow(), &ctx.topics);
@@ -774,20 +849,32 @@ async fn check_quiet(ctx: &Ctx, window: Option<(Duration, Duration)>) {
 
 async fn slot_map(addr: &str) -> Option<pb::SlotMap> {
     let channel = SimConnector.channel(addr).ok()?;
-    let mut client = pb::metastore_client::MetastoreClient::new(channel).max_decoding_message_size(64 << 20);
-    tokio::time::timeout(Duration::from_millis(500), client.get_slot_map(pb::GetSlotMapRequest { linearizable: false }))
-        .await
-        .ok()?
-        .ok()
-        .map(|r| r.into_inner())
+    let mut client =
+        pb::metastore_client::MetastoreClient::new(channel).max_decoding_message_size(64 << 20);
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        client.get_slot_map(pb::GetSlotMapRequest {
+            linearizable: false,
+        }),
+    )
+    .await
+    .ok()?
+    .ok()
+    .map(|r| r.into_inner())
 }
 
 async fn topic_status(ctx: &Ctx, topic: &str) -> Option<u64> {
     for addr in &ctx.dists {
-        let Ok(channel) = SimConnector.channel(addr) else { continue };
+        let Ok(channel) = SimConnector.channel(addr) else {
+            continue;
+        };
         let mut client = dpb::distributor_client::DistributorClient::new(channel);
-        let request = dpb::TopicStatusRequest { topic: topic.to_string() };
-        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(300), client.topic_status(request)).await {
+        let request = dpb::TopicStatusRequest {
+            topic: topic.to_string(),
+        };
+        if let Ok(Ok(reply)) =
+            tokio::time::timeout(Duration::from_millis(300), client.topic_status(request)).await
+        {
             return Some(reply.into_inner().subscribers);
         }
     }

@@ -42,6 +42,10 @@ pub fn check(oracle: &mut Oracle, window_start: Duration, window_end: Duration, 
     }
     let total = missing.len();
     if let Some(first) = missing.into_iter().next() {
-        oracle.violate(now, NAME, format!("{total} deliveries missing; first: {first}"));
+        oracle.violate(
+            now,
+            NAME,
+            format!("{total} deliveries missing; first: {first}"),
+        );
     }
 }

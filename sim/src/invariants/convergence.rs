@@ -19,7 +19,11 @@ pub fn check(oracle: &mut Oracle, now: Duration, maps: &[Option<pb::SlotMap>]) {
         .filter_map(|(i, m)| m.as_ref().map(|m| (i + 1, m)))
         .collect();
     if answered.len() != maps.len() {
-        oracle.violate(now, NAME, format!("only {} of {} nodes answered", answered.len(), maps.len()));
+        oracle.violate(
+            now,
+            NAME,
+            format!("only {} of {} nodes answered", answered.len(), maps.len()),
+        );
         return;
     }
     let (first_node, first) = answered[0];

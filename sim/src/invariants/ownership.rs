@@ -41,7 +41,9 @@ pub fn check(oracle: &mut Oracle, now: Duration, node: usize, map: &pb::SlotMap)
         oracle.violate(
             now,
             NAME,
-            format!("node {node}: {unowned} slots unowned with {distributors} distributors registered"),
+            format!(
+                "node {node}: {unowned} slots unowned with {distributors} distributors registered"
+            ),
         );
     }
 }

@@ -19,14 +19,22 @@ pub fn truth(oracle: &Oracle, topics: &[String]) -> BTreeMap<String, u64> {
             let n = oracle
                 .clients
                 .iter()
-                .filter(|c| c.connected && c.subscribed.contains_key(t) && !c.unsubscribing.contains_key(t))
+                .filter(|c| {
+                    c.connected && c.subscribed.contains_key(t) && !c.unsubscribing.contains_key(t)
+                })
                 .count() as u64;
             (t.clone(), n)
         })
         .collect()
 }
 
-pub fn check(oracle: &mut Oracle, now: Duration, topic: &str, expected: u64, reported: Option<u64>) {
+pub fn check(
+    oracle: &mut Oracle,
+    now: Duration,
+    topic: &str,
+    expected: u64,
+    reported: Option<u64>,
+) {
     if reported != Some(expected) {
         oracle.violate(
             now,
