@@ -66,7 +66,20 @@ pub struct DistributorCore {
     connected: BTreeSet<u64>,
     max_topics: usize,
     relayed: u64,
+    /// Forwarded publishes already sequenced here, by the forwarder's key, so a retried
+    /// forward (the first attempt's reply was lost) is answered without sequencing twice.
+    /// FIFO-bounded by [`RECENT_FORWARDS`].
+    recent: HashMap<ForwardKey, (u64, u64)>,
+    recent_order: std::collections::VecDeque<ForwardKey>,
 }
+
+/// A forwarded publish's key: (forwarder id, forwarder's registration incarnation, number).
+/// The incarnation makes keys unique across restarts of the forwarder.
+pub type ForwardKey = (u64, u64, u64);
+
+/// How many forwarded publishes are remembered for retries (a few seconds of forwards at
+/// high rates; a retry comes within the forwarder's retry budget).
+pub const RECENT_FORWARDS: usize = 100_000;
 
 impl DistributorCore {
     pub fn new(id: u64, max_topics: usize) -> Self {
@@ -79,6 +92,8 @@ impl DistributorCore {
             connected: BTreeSet::new(),
             max_topics,
             relayed: 0,
+            recent: HashMap::new(),
+            recent_order: std::collections::VecDeque::new(),
         }
     }
 
@@ -223,6 +238,33 @@ impl DistributorCore {
     /// Sequences a publish if this distributor owns the topic, and picks its edges: those
     /// that announced the topic at the current epoch, plus (until they have synced the
     /// slot) the connected edges the metastore lists for the slot.
+    /// [`Self::handle_publish`] for a forwarded publish with the forwarder's key: a key seen
+    /// before gets the earlier `(epoch, seq)` back and goes to no edge again.
+    pub fn handle_forwarded_publish(
+        &mut self,
+        topic: &str,
+        key: ForwardKey,
+    ) -> Result<PublishOutcome, CoreError> {
+        if let Some(&(epoch, seq)) = self.recent.get(&key) {
+            return Ok(PublishOutcome::Sequenced {
+                epoch,
+                seq,
+                edges: Vec::new(),
+            });
+        }
+        let outcome = self.handle_publish(topic)?;
+        if let PublishOutcome::Sequenced { epoch, seq, .. } = &outcome {
+            if self.recent_order.len() >= RECENT_FORWARDS {
+                if let Some(old) = self.recent_order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+            self.recent.insert(key, (*epoch, *seq));
+            self.recent_order.push_back(key);
+        }
+        Ok(outcome)
+    }
+
     pub fn handle_publish(&mut self, topic: &str) -> Result<PublishOutcome, CoreError> {
         let slot = slot_of(topic);
         let route = self.routing.route(slot);
@@ -399,6 +441,39 @@ mod tests {
             panic!("owned")
         };
         assert!(edges.is_empty(), "edge 4 synced without interest in chat");
+    }
+
+    #[test]
+    fn a_retried_forward_is_sequenced_once() {
+        let mut core = DistributorCore::new(1, 100);
+        core.handle_watch(snapshot(|_| 1, 5, vec![]));
+        core.handle_edge_up(9);
+        core.handle_interest(9, "chat", 1, 5).unwrap();
+        let first = core.handle_forwarded_publish("chat", (2, 1, 77)).unwrap();
+        assert_eq!(
+            first,
+            PublishOutcome::Sequenced {
+                epoch: 5,
+                seq: 1,
+                edges: vec![9]
+            }
+        );
+        assert_eq!(
+            core.handle_forwarded_publish("chat", (2, 1, 77)).unwrap(),
+            PublishOutcome::Sequenced {
+                epoch: 5,
+                seq: 1,
+                edges: vec![]
+            }
+        );
+        assert_eq!(
+            core.handle_forwarded_publish("chat", (2, 1, 78)).unwrap(),
+            PublishOutcome::Sequenced {
+                epoch: 5,
+                seq: 2,
+                edges: vec![9]
+            }
+        );
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub(crate) struct Shared<C: Connector> {
     pub(crate) routing_revision: watch::Receiver<u64>,
     pub(crate) counters: Arc<Counters>,
     next_generation: AtomicU64,
+    /// Numbers this node's forwarded publishes (the owner deduplicates retries by it).
+    pub(crate) next_forward: AtomicU64,
+    /// This node's current registration incarnation (0 before the first); part of every
+    /// forward key, so keys never repeat across restarts.
+    pub(crate) incarnation: AtomicU64,
 }
 
 impl<C: Connector> Shared<C> {
@@ -76,9 +81,13 @@ impl<C: Connector> Shared<C> {
         &self,
         topic: &str,
         data: &Bytes,
+        forward_key: Option<crate::core::ForwardKey>,
     ) -> Result<PublishOutcome, crate::core::CoreError> {
         let mut state = self.lock();
-        let outcome = state.core.handle_publish(topic)?;
+        let outcome = match forward_key {
+            Some(key) => state.core.handle_forwarded_publish(topic, key)?,
+            None => state.core.handle_publish(topic)?,
+        };
         if let PublishOutcome::Sequenced { epoch, seq, edges } = &outcome {
             self.counters.published.fetch_add(1, Ordering::Relaxed);
             if !edges.is_empty() {
@@ -172,6 +181,8 @@ where
         routing_revision: revision_rx,
         counters,
         next_generation: AtomicU64::new(1),
+        next_forward: AtomicU64::new(1),
+        incarnation: AtomicU64::new(0),
         config: config.clone(),
     });
 
@@ -190,7 +201,16 @@ where
             revision_tx.send_replace(revision);
         }
     });
-    let (incarnation_tx, _incarnations) = watch::channel(0u64);
+    let (incarnation_tx, mut incarnations) = watch::channel(0u64);
+    let incarnation_shared = shared.clone();
+    tokio::spawn(async move {
+        while incarnations.changed().await.is_ok() {
+            let current = *incarnations.borrow_and_update();
+            incarnation_shared
+                .incarnation
+                .store(current, Ordering::Relaxed);
+        }
+    });
     let membership = spawn_membership(
         meta,
         Registration {
@@ -397,12 +417,12 @@ async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, da
         shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    match shared.publish_local(&topic, &data) {
+    match shared.publish_local(&topic, &data, None) {
         Ok(PublishOutcome::Sequenced { .. }) => {}
         Ok(PublishOutcome::NotOwner { .. }) => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(status) = crate::service::publish(&shared, &topic, data, false).await {
+                if let Err(status) = crate::service::publish(&shared, &topic, data, None).await {
                     tracing::warn!(%status, topic, "a client publish could not be delivered");
                 }
             });

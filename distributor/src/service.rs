@@ -20,10 +20,11 @@ use firetower_proto::slot_of;
 use firetower_proto::topic::validate_topic;
 use tonic::{Code, Request, Response, Status};
 
-use crate::core::PublishOutcome;
+use crate::core::{ForwardKey, PublishOutcome};
 use crate::node::Shared;
 
-/// Metadata on a request one distributor forwards to another.
+/// Metadata on a request one distributor forwards to another: `<origin id>-<number>`, the
+/// key the owner deduplicates retried forwards by.
 const FORWARDED: &str = "firetower-forwarded";
 /// How long to wait for a routing change before trying an owner again.
 const RETRY_POLL: Duration = Duration::from_millis(50);
@@ -51,11 +52,28 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().get(FORWARDED).is_some()
 }
 
-fn forwarded<T>(message: T, timeout: Duration) -> Request<T> {
+/// The forwarder's key of a forwarded request (`origin-incarnation-number`), if it has a
+/// valid one.
+fn forward_key<T>(request: &Request<T>) -> Option<ForwardKey> {
+    let value = request.metadata().get(FORWARDED)?.to_str().ok()?;
+    let mut parts = value.split('-').map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(origin)), Some(Ok(incarnation)), Some(Ok(n)), None) => {
+            Some((origin, incarnation, n))
+        }
+        _ => None,
+    }
+}
+
+fn forwarded<T>(message: T, timeout: Duration, key: Option<ForwardKey>) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let value = match key {
+        Some((origin, incarnation, n)) => format!("{origin}-{incarnation}-{n}"),
+        None => "1".to_string(),
+    };
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(value) {
+        request.metadata_mut().insert(FORWARDED, value);
+    }
     request.set_timeout(timeout);
     request
 }
@@ -104,12 +122,26 @@ fn retryable(status: &Status) -> bool {
 }
 
 /// Publishes one checked message: locally when owned, else through the owner.
+/// `received_key` is set when another distributor forwarded it here (with its key).
 pub(crate) async fn publish<C: Connector>(
     shared: &Arc<Shared<C>>,
     topic: &str,
     data: Bytes,
-    is_forwarded: bool,
+    received_key: Option<Option<ForwardKey>>,
 ) -> Result<dpb::PublishReply, Status> {
+    let is_forwarded = received_key.is_some();
+    // One key for every forward of this publish, so the owner sequences it once however
+    // often a lost reply makes us retry.
+    // Before the first registration there is no incarnation to make the key unique:
+    // forward without one (no deduplication).
+    let incarnation = shared.incarnation.load(Ordering::Relaxed);
+    let my_key = (incarnation != 0).then(|| {
+        (
+            shared.config.id,
+            incarnation,
+            shared.next_forward.fetch_add(1, Ordering::Relaxed),
+        )
+    });
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
     let mut revision = shared.routing_revision.clone();
@@ -117,7 +149,7 @@ pub(crate) async fn publish<C: Connector>(
     loop {
         revision.borrow_and_update();
         let outcome = shared
-            .publish_local(topic, &data)
+            .publish_local(topic, &data, received_key.flatten())
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         match outcome {
             PublishOutcome::Sequenced { epoch, seq, .. } => {
@@ -140,6 +172,7 @@ pub(crate) async fn publish<C: Connector>(
                             data: data.clone(),
                         },
                         shared.config.rpc_timeout(),
+                        my_key,
                     );
                     match client.publish(request).await {
                         Ok(reply) => return Ok(reply.into_inner()),
@@ -172,10 +205,10 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::PublishRequest>,
     ) -> Result<Response<dpb::PublishReply>, Status> {
-        let is_forwarded = is_forwarded(&request);
+        let received = is_forwarded(&request).then(|| forward_key(&request));
         let m = request.into_inner();
         check_message(&self.shared, "", &m)?;
-        publish(&self.shared, &m.topic, m.data, is_forwarded)
+        publish(&self.shared, &m.topic, m.data, received)
             .await
             .map(Response::new)
     }
@@ -184,7 +217,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::PublishBatchRequest>,
     ) -> Result<Response<dpb::PublishBatchReply>, Status> {
-        let is_forwarded = is_forwarded(&request);
+        let received = is_forwarded(&request).then(|| forward_key(&request));
         let batch = request.into_inner();
         let max = self.shared.config.max_batch;
         if batch.messages.len() > max {
@@ -198,7 +231,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         }
         let mut results = Vec::with_capacity(batch.messages.len());
         for (i, m) in batch.messages.into_iter().enumerate() {
-            match publish(&self.shared, &m.topic, m.data, is_forwarded).await {
+            match publish(&self.shared, &m.topic, m.data, received.map(|_| None)).await {
                 Ok(r) => results.push(r),
                 Err(status) => {
                     return Err(Status::new(
@@ -248,6 +281,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
                     .topic_status(forwarded(
                         dpb::TopicStatusRequest { topic },
                         self.shared.config.rpc_timeout(),
+                        None,
                     ))
                     .await
             }

@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: firetower-sim --seed N | --seeds A..B [--check-determinism]");
+    eprintln!("usage: firetower-sim --seed N | --seeds A..B [--check-determinism] [--jobs J]");
     ExitCode::from(64)
 }
 
@@ -55,76 +55,133 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let check = args.iter().any(|a| a == "--check-determinism");
-    let (from, to) = match args.first().map(String::as_str) {
+    let jobs = args
+        .iter()
+        .position(|a| a == "--jobs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|j| j.parse::<usize>().ok())
+        .unwrap_or(2)
+        .max(1);
+    match args.first().map(String::as_str) {
         Some("--seed") => match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) => (n, n + 1),
-            None => return usage(),
+            Some(seed) => run_one(seed),
+            None => usage(),
         },
         Some("--seeds") => {
             let Some((a, b)) = args.get(1).and_then(|r| r.split_once("..")) else {
                 return usage();
             };
             match (a.parse::<u64>(), b.parse::<u64>()) {
-                (Ok(a), Ok(b)) if a < b => (a, b),
-                _ => return usage(),
+                (Ok(a), Ok(b)) if a < b => run_range(a, b, check, jobs),
+                _ => usage(),
             }
         }
-        _ => return usage(),
+        _ => usage(),
+    }
+}
+
+/// Runs one seed in this process and prints its result line (and the failure report).
+fn run_one(seed: u64) -> ExitCode {
+    let outcome = match firetower_sim::run_seed(seed) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("seed {seed}: FAILED to run: {e:#}");
+            return ExitCode::FAILURE;
+        }
     };
-    let (mut passed, mut failed) = (0u64, 0u64);
-    for seed in from..to {
-        let outcome = match firetower_sim::run_seed(seed) {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!("seed {seed}: could not run: {e:#}");
-                failed += 1;
-                continue;
-            }
-        };
-        if check {
-            match firetower_sim::run_seed(seed) {
-                Ok(again) if again.trace_hash == outcome.trace_hash => {}
-                Ok(again) => {
-                    println!(
-                        "seed {seed}: NOT DETERMINISTIC: trace hash {:016x} then {:016x}",
-                        outcome.trace_hash, again.trace_hash
-                    );
-                    failed += 1;
-                    continue;
-                }
-                Err(e) => {
-                    eprintln!("seed {seed}: second run failed: {e:#}");
-                    failed += 1;
-                    continue;
-                }
-            }
+    match &outcome.violation {
+        None => {
+            println!(
+                "seed {seed}: ok trace {:016x} ({} distributors, {} edges, {} publishes, {} deliveries, {} events, {} steps, {:.1}s simulated)",
+                outcome.trace_hash,
+                outcome.distributors,
+                outcome.edges,
+                outcome.publishes,
+                outcome.deliveries,
+                outcome.events,
+                outcome.steps,
+                outcome.sim_time.as_secs_f64()
+            );
+            ExitCode::SUCCESS
         }
-        match &outcome.violation {
-            None => {
-                passed += 1;
-                println!(
-                    "seed {seed}: ok trace {:016x} ({} distributors, {} edges, {} publishes, {} deliveries, {} events, {} steps, {:.1}s simulated)",
-                    outcome.trace_hash,
-                    outcome.distributors,
-                    outcome.edges,
-                    outcome.publishes,
-                    outcome.deliveries,
-                    outcome.events,
-                    outcome.steps,
-                    outcome.sim_time.as_secs_f64()
-                );
+        Some((v, step)) => {
+            println!(
+                "seed {seed}: FAILED invariant \"{}\" at step {step}, simulated time {:.3}s trace {:016x}",
+                v.invariant,
+                v.at.as_secs_f64(),
+                outcome.trace_hash
+            );
+            println!("  {}", v.detail);
+            println!("  faults: {}", outcome.faults.join("; "));
+            println!("  REPRODUCE WITH: cargo run -p firetower-sim --release -- --seed {seed}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one seed in a fresh process (tokio numbers tasks process-wide, and the order in
+/// which a crashed host's tasks are dropped follows those numbers: a fresh process per seed
+/// keeps every seed's run independent of what ran before it).
+fn spawn_seed(seed: u64) -> std::io::Result<std::process::Child> {
+    std::process::Command::new(std::env::current_exe()?)
+        .args(["--seed", &seed.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+}
+
+fn collect(child: std::process::Child) -> (bool, String) {
+    match child.wait_with_output() {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        Err(e) => (false, format!("could not run: {e}\n")),
+    }
+}
+
+fn trace_of(output: &str) -> Option<&str> {
+    output
+        .split_whitespace()
+        .skip_while(|w| *w != "trace")
+        .nth(1)
+}
+
+fn run_range(from: u64, to: u64, check: bool, jobs: usize) -> ExitCode {
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let seeds: Vec<u64> = (from..to).collect();
+    for chunk in seeds.chunks(jobs) {
+        let mut children = Vec::new();
+        for &seed in chunk {
+            let first = spawn_seed(seed);
+            let second = if check { Some(spawn_seed(seed)) } else { None };
+            children.push((seed, first, second));
+        }
+        for (seed, first, second) in children {
+            let (ok, output) = match first {
+                Ok(child) => collect(child),
+                Err(e) => (false, format!("seed {seed}: could not start: {e}\n")),
+            };
+            print!("{output}");
+            let mut good = ok;
+            if let Some(second) = second {
+                let (_, again) = match second {
+                    Ok(child) => collect(child),
+                    Err(e) => (false, format!("could not start: {e}")),
+                };
+                if trace_of(&output) != trace_of(&again) || trace_of(&output).is_none() {
+                    println!(
+                        "seed {seed}: NOT DETERMINISTIC: trace {:?} then {:?}",
+                        trace_of(&output),
+                        trace_of(&again)
+                    );
+                    good = false;
+                }
             }
-            Some((v, step)) => {
+            if good {
+                passed += 1;
+            } else {
                 failed += 1;
-                println!(
-                    "seed {seed}: FAILED invariant \"{}\" at step {step}, simulated time {:.3}s",
-                    v.invariant,
-                    v.at.as_secs_f64()
-                );
-                println!("  {}", v.detail);
-                println!("  faults: {}", outcome.faults.join("; "));
-                println!("  trace {:016x}", outcome.trace_hash);
-                println!("  REPRODUCE WITH: cargo run -p firetower-sim --release -- --seed {seed}");
             }
         }
     }

@@ -375,6 +375,7 @@ struct Faults {
     left: BTreeSet<usize>,
     crashed: BTreeSet<String>,
     partitions: BTreeSet<(String, String)>,
+    lossy: BTreeSet<(String, String)>,
     next_at: Duration,
     in_faults: bool,
     /// The cluster CA: a distributor that joins later gets its certificate from it too.
@@ -401,6 +402,7 @@ impl Faults {
             left: BTreeSet::new(),
             crashed: BTreeSet::new(),
             partitions: BTreeSet::new(),
+            lossy: BTreeSet::new(),
             next_at: Duration::ZERO,
             in_faults: false,
             pki,
@@ -440,6 +442,9 @@ impl Faults {
                 sim.bounce(host.as_str());
             }
             sim.set_max_message_latency(Duration::from_millis(5));
+            for (a, b) in std::mem::take(&mut self.lossy) {
+                sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0);
+            }
             self.note(t, "heal".into());
             return;
         }
@@ -455,7 +460,7 @@ impl Faults {
         }
         self.next_at = t + Duration::from_millis(self.rng.gen_range(500..2500));
         let hosts = self.hosts();
-        match self.rng.gen_range(0..8) {
+        match self.rng.gen_range(0..9) {
             0 | 1 => {
                 let a = hosts[self.rng.gen_range(0..hosts.len())].clone();
                 let b = hosts[self.rng.gen_range(0..hosts.len())].clone();
@@ -520,6 +525,19 @@ impl Faults {
                     self.left.insert(d);
                     self.note(t, format!("leave dist{d}"));
                 }
+            }
+            7 => {
+                // Lossy links between servers: each fails now and then (and repairs). The
+                // clients' own links stay clean: turmoil's TCP never retransmits, so a
+                // lost segment would silently cut a WebSocket, which real TCP does not do.
+                let rate = self.rng.gen_range(1..20) as f64 / 1000.0;
+                for (i, a) in hosts.iter().enumerate() {
+                    for b in &hosts[i + 1..] {
+                        sim.set_link_fail_rate(a.as_str(), b.as_str(), rate);
+                        self.lossy.insert((a.clone(), b.clone()));
+                    }
+                }
+                self.note(t, format!("server links fail at rate {rate}"));
             }
             _ => {
                 let ms = self.rng.gen_range(5..200);
