@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: firetower-sim --seed N | --seeds A..B [--check-determinism] [--jobs J]");
+    eprintln!("usage: firetower-sim --seed N | --seeds A..B [--check-determinism] [--jobs J] | --regressions");
     ExitCode::from(64)
 }
 
@@ -67,6 +67,16 @@ fn main() -> ExitCode {
             Some(seed) => run_one(seed),
             None => usage(),
         },
+        Some("--regressions") => {
+            let mut code = ExitCode::SUCCESS;
+            for (seed, what) in firetower_sim::regressions::SEEDS {
+                println!("regression seed {seed}: {what}");
+                if run_range(*seed, seed + 1, false, 1) != ExitCode::SUCCESS {
+                    code = ExitCode::FAILURE;
+                }
+            }
+            code
+        }
         Some("--seeds") => {
             let Some((a, b)) = args.get(1).and_then(|r| r.split_once("..")) else {
                 return usage();

@@ -1,0 +1,36 @@
+//! Every seed that found a bug, kept as a regression test (`firetower-sim --regressions`,
+//! run by CI). A seed replays exactly against the simulator version that found it; when the
+//! workload or fault generator changes, the same seed draws a different run, so the list
+//! keeps the seed and says what it found, and the 200-seed sweep keeps covering the class.
+
+/// (seed, what it found and what fixed it).
+pub const SEEDS: &[(u64, &str)] = &[
+    (
+        1,
+        "a distributor that joined mid-run got a certificate from a second CA, edges could not \
+         link to it, and its slots' publishes were acknowledged but reached nobody (a simulator \
+         bug: one CA per cluster)",
+    ),
+    (
+        4,
+        "after a partition between metastore nodes healed, a follower stayed behind for good: \
+         turmoil's TCP had dropped bytes, the HTTP/2 connection was wedged and every Raft RPC on \
+         it timed out (fix: HTTP/2 keep-alive on every gRPC channel)",
+    ),
+    (
+        15,
+        "the same wedged-connection bug, seen by the metastore replicas-converge invariant \
+         after two partitions",
+    ),
+    (
+        18,
+        "a forwarded publish whose reply was lost was retried and sequenced twice: a client got \
+         the message twice under two seq numbers (fix: forward keys, deduplicated by the owner)",
+    ),
+    (
+        48,
+        "the same duplicate after a retried forward, and then (with the first fix) missing \
+         deliveries because a restarted distributor reused its forward keys (fix: the key \
+         includes the registration incarnation)",
+    ),
+];
