@@ -93,6 +93,9 @@ struct Shape {
 
 struct Ctx {
     seed: u64,
+    /// True while the driver runs a quiet phase's checks: no fault may start then (a check
+    /// that runs long would otherwise be judged against a faulty cluster).
+    checking: Cell<bool>,
     oracle: RefCell<Oracle>,
     leader: Cell<Option<u64>>,
     metas: Vec<String>,
@@ -184,6 +187,7 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
 
     let ctx = Rc::new(Ctx {
         seed,
+        checking: Cell::new(false),
         oracle: RefCell::new(Oracle::default()),
         leader: Cell::new(None),
         metas,
@@ -448,7 +452,7 @@ impl Faults {
             self.note(t, "heal".into());
             return;
         }
-        if !faults_now {
+        if !faults_now || ctx.checking.get() {
             return;
         }
         if !self.in_faults {
@@ -623,7 +627,9 @@ async fn driver(ctx: Rc<Ctx>) {
                         .iter()
                         .find(|(_, b, p)| *b == start && *p == Phase::Window)
                         .map(|(a, b, _)| (Duration::from_secs(*a), Duration::from_secs(*b)));
+                    ctx.checking.set(true);
                     check_quiet(&ctx, window).await;
+                    ctx.checking.set(false);
                 }
                 let rest = end_at.saturating_sub(now());
                 tokio::time::sleep(rest).await;
