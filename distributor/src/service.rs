@@ -146,8 +146,26 @@ pub(crate) async fn publish<C: Connector>(
         tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
     let mut revision = shared.routing_revision.clone();
     let mut last = String::from("no distributor owns the topic's slot yet");
+    // The owner a forward went to without a clear answer.
+    let mut uncertain: Option<u64> = None;
     loop {
         revision.borrow_and_update();
+        if let Some(earlier) = uncertain {
+            let owner = {
+                let state = shared.lock();
+                state.core.routing().route(slot_of(topic)).distributor
+            };
+            if owner != earlier {
+                // A forward to `earlier` may have been sequenced (its reply was lost). That
+                // owner would recognise a retry by its key; another (this node included)
+                // would not, and sequencing again could deliver the message twice.
+                return Err(Status::unavailable(format!(
+                    "the publish may already have been sequenced by distributor {earlier} before \
+                     slot {} moved; not retried, to avoid a duplicate",
+                    slot_of(topic)
+                )));
+            }
+        }
         let outcome = shared
             .publish_local(topic, &data, received_key.flatten())
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
@@ -176,7 +194,13 @@ pub(crate) async fn publish<C: Connector>(
                     );
                     match client.publish(request).await {
                         Ok(reply) => return Ok(reply.into_inner()),
+                        // "Not the owner": certainly not sequenced there.
+                        Err(status) if status.code() == Code::FailedPrecondition => {
+                            last = format!("owner {owner}: {}", status.message());
+                        }
                         Err(status) if retryable(&status) => {
+                            // Maybe sequenced, maybe not: only this owner may be retried.
+                            uncertain = Some(owner);
                             last = format!("owner {owner}: {}", status.message());
                         }
                         Err(status) => return Err(status),

@@ -33,4 +33,15 @@ pub const SEEDS: &[(u64, &str)] = &[
          deliveries because a restarted distributor reused its forward keys (fix: the key \
          includes the registration incarnation)",
     ),
+    (
+        11,
+        "a forward whose reply was lost was retried after the slot moved to another owner, which \
+         could not recognise the key and sequenced the message a second time (fix: after an \
+         unclear forward, only that owner is retried; otherwise UNAVAILABLE)",
+    ),
+    (
+        84,
+        "the same, with the slot moving to the forwarding distributor itself, which sequenced \
+         the message locally a second time",
+    ),
 ];

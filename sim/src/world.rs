@@ -554,6 +554,8 @@ impl Faults {
 
 enum Cmd {
     Subscribe(Vec<String>),
+    /// A client publish (over the WebSocket, through the edge's on_read and the owner).
+    Publish(String, u64),
     Unsubscribe(String),
     Close,
 }
@@ -602,6 +604,16 @@ async fn driver(ctx: Rc<Ctx>) {
                         let c = rng.gen_range(0..clients.len());
                         let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
                         let _ = clients[c].send(Cmd::Unsubscribe(topic));
+                    }
+                    15..=16 if !clients.is_empty() => {
+                        let c = rng.gen_range(0..clients.len());
+                        let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
+                        let id = next_id;
+                        next_id += 1;
+                        ctx.oracle
+                            .borrow_mut()
+                            .trace(now(), &format!("client {c} publishes #{id} {topic}"));
+                        let _ = clients[c].send(Cmd::Publish(topic, id));
                     }
                     14 if !clients.is_empty() && phase == Phase::Faults => {
                         let c = rng.gen_range(0..clients.len());
@@ -746,6 +758,9 @@ async fn client_task(ctx: Rc<Ctx>, c: usize, edge: String, mut cmds: mpsc::Unbou
             cmd = cmds.recv() => {
                 let frame = match cmd {
                     Some(Cmd::Subscribe(topics)) => format!(r#"{{"type":"subscribe","topic":"{}","data":""}}"#, topics.join(",")),
+                    Some(Cmd::Publish(topic, id)) => {
+                        format!(r#"{{"type":"publish","topic":"{topic}","data":{{"id":{id}}}}}"#)
+                    }
                     Some(Cmd::Unsubscribe(topic)) => {
                         let mut o = ctx.oracle.borrow_mut();
                         let at = now();
