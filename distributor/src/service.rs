@@ -114,6 +114,11 @@ fn peer<C: Connector>(
     Some(DistributorClient::new(channel).max_encoding_message_size(64 << 20))
 }
 
+/// A transport failure before the request went out (the connection could not be made).
+fn never_sent(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.message().to_ascii_lowercase().contains("connect")
+}
+
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -194,8 +199,10 @@ pub(crate) async fn publish<C: Connector>(
                     );
                     match client.publish(request).await {
                         Ok(reply) => return Ok(reply.into_inner()),
-                        // "Not the owner": certainly not sequenced there.
-                        Err(status) if status.code() == Code::FailedPrecondition => {
+                        // "Not the owner", or no connection at all: certainly not sequenced.
+                        Err(status)
+                            if status.code() == Code::FailedPrecondition || never_sent(&status) =>
+                        {
                             last = format!("owner {owner}: {}", status.message());
                         }
                         Err(status) if retryable(&status) => {
