@@ -2,22 +2,8 @@
 
 use thiserror::Error;
 
-/// A configuration value that cannot work. The message names the field.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("{field}: {reason}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+/// A configuration value that cannot work (the same type as the distributor's).
+pub use firetower_distributor::ConfigError;
 
 /// Why an edge stopped.
 #[derive(Debug, Error)]
