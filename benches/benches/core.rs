@@ -118,6 +118,7 @@ fn bench_fanout(c: &mut Criterion) {
 
 fn bench_sequencing(c: &mut Criterion) {
     let mut core = DistributorCore::new(1, 1 << 20);
+    core.handle_registered(1);
     core.handle_watch(snapshot(1));
     for edge in 1..=4 {
         core.handle_edge_up(edge);

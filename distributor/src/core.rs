@@ -70,6 +70,11 @@ pub struct DistributorCore {
     /// forward (the first attempt's reply was lost) is answered without sequencing twice.
     /// FIFO-bounded by [`RECENT_FORWARDS`].
     recent: HashMap<ForwardKey, (u64, u64)>,
+    /// This process's registration incarnation (0 before it registered). It owns a slot
+    /// only at an epoch at least this: every slot a new registration gets (or keeps) is
+    /// granted at that revision, so an older epoch in the view is stale routing (a lagging
+    /// view, or a previous incarnation's).
+    incarnation: u64,
     recent_order: std::collections::VecDeque<ForwardKey>,
 }
 
@@ -94,6 +99,7 @@ impl DistributorCore {
             relayed: 0,
             recent: HashMap::new(),
             recent_order: std::collections::VecDeque::new(),
+            incarnation: 0,
         }
     }
 
@@ -153,6 +159,11 @@ impl DistributorCore {
             }
         }
         changes
+    }
+
+    /// This process registered with the metastore under `incarnation`.
+    pub fn handle_registered(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
     }
 
     /// A relay link from `edge` is up.
@@ -273,6 +284,10 @@ impl DistributorCore {
                 owner: route.distributor,
             });
         }
+        if self.incarnation == 0 || route.epoch < self.incarnation {
+            // Not registered yet, or the view is older than this registration: wait.
+            return Ok(PublishOutcome::NotOwner { owner: 0 });
+        }
         let state = self.topic_entry(topic)?;
         if state.epoch != route.epoch {
             state.epoch = route.epoch;
@@ -370,6 +385,7 @@ mod tests {
     #[test]
     fn sequences_owned_topics_and_forwards_others() {
         let mut core = DistributorCore::new(1, 100);
+        core.handle_registered(1);
         let chat = slot_of("chat") as usize;
         core.handle_watch(snapshot(|s| if s == chat { 1 } else { 2 }, 5, vec![]));
         core.handle_edge_up(9);
@@ -402,6 +418,7 @@ mod tests {
     #[test]
     fn a_new_reign_restarts_seq_and_ignores_stale_interest() {
         let mut core = DistributorCore::new(1, 100);
+        core.handle_registered(1);
         let s = slot_of("chat");
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
@@ -428,6 +445,7 @@ mod tests {
     #[test]
     fn falls_back_to_metastore_edges_until_synced() {
         let mut core = DistributorCore::new(1, 100);
+        core.handle_registered(1);
         let s = slot_of("chat");
         core.handle_watch(snapshot(|_| 1, 5, vec![(s as u32, 4), (s as u32, 6)]));
         core.handle_edge_up(4);
@@ -446,6 +464,7 @@ mod tests {
     #[test]
     fn a_retried_forward_is_sequenced_once() {
         let mut core = DistributorCore::new(1, 100);
+        core.handle_registered(1);
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
         core.handle_interest(9, "chat", 1, 5).unwrap();
@@ -477,8 +496,34 @@ mod tests {
     }
 
     #[test]
+    fn no_sequencing_before_registration_or_on_a_view_older_than_it() {
+        let mut core = DistributorCore::new(1, 100);
+        core.handle_watch(snapshot(|_| 1, 5, vec![]));
+        assert_eq!(
+            core.handle_publish("chat").unwrap(),
+            PublishOutcome::NotOwner { owner: 0 }
+        );
+        // Registered at revision 9, but the view still shows the slot at epoch 5.
+        core.handle_registered(9);
+        assert_eq!(
+            core.handle_publish("chat").unwrap(),
+            PublishOutcome::NotOwner { owner: 0 }
+        );
+        core.handle_watch(snapshot(|_| 1, 9, vec![]));
+        assert!(matches!(
+            core.handle_publish("chat").unwrap(),
+            PublishOutcome::Sequenced {
+                epoch: 9,
+                seq: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn edge_down_drops_its_interest_and_the_topic_table_is_bounded() {
         let mut core = DistributorCore::new(1, 2);
+        core.handle_registered(1);
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
         core.handle_interest(9, "a", 1, 5).unwrap();

@@ -209,6 +209,7 @@ where
             incarnation_shared
                 .incarnation
                 .store(current, Ordering::Relaxed);
+            incarnation_shared.lock().core.handle_registered(current);
         }
     });
     let membership = spawn_membership(

@@ -194,7 +194,7 @@ fn retryable(status: &Status) -> bool {
 /// How long to wait before trying the metastore again after a failure.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
-/// Follows the watch stream from revision 0 (a snapshot first) until `stop` turns true or
+/// Follows the metastore from a linearizable snapshot, then the watch stream, until `stop` turns true or
 /// the receiver is dropped. Events go to `events` in order; the channel's bound (the
 /// caller's) is the backlog this task holds, and it waits for room rather than skipping.
 pub fn spawn_watch<C: Connector>(
@@ -207,6 +207,34 @@ pub fn spawn_watch<C: Connector>(
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if revision == 0 {
+                // Start from a linearizable read (through the leader): a node that is behind
+                // (just restarted, or cut off) would hand out an old snapshot, and a follower
+                // of it would act on routing that is no longer true.
+                let map = tokio::select! {
+                    m = client.get_slot_map(true) => m,
+                    _ = stop.changed() => return,
+                };
+                match map {
+                    Ok(map) => {
+                        revision = map.revision;
+                        let event = pb::WatchEvent {
+                            event: Some(pb::watch_event::Event::Snapshot(map)),
+                        };
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::debug!(%status, "linearizable slot map failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(RETRY_DELAY) => {}
+                            _ = stop.changed() => return,
+                        }
+                        continue;
+                    }
+                }
             }
             let stream = tokio::select! {
                 s = client.open_watch(revision) => s,
@@ -225,10 +253,10 @@ pub fn spawn_watch<C: Connector>(
                                 Some(pb::watch_event::Event::Delta(d)) => d.revision,
                                 None => continue,
                             };
-                            // A delta we already passed on (after a resume) is skipped.
-                            if matches!(event.event, Some(pb::watch_event::Event::Delta(_)))
-                                && rev <= revision
-                            {
+                            // Anything we already passed on (after a resume) is skipped; a
+                            // node never sends a snapshot older than what was asked for, but
+                            // the routing must never go back in time.
+                            if rev <= revision {
                                 continue;
                             }
                             revision = rev;

@@ -482,10 +482,12 @@ impl Faults {
                 }
             }
             3 => {
-                // Crash a distributor or an edge (restarted when the phase ends).
+                // Crash any node (restarted when the phase ends); at most one metastore
+                // node is down at a time, so the metastore keeps its quorum.
+                let meta_down = self.crashed.iter().any(|h| h.starts_with("meta"));
                 let candidates: Vec<String> = hosts
                     .iter()
-                    .filter(|h| !h.starts_with("meta") && !self.crashed.contains(*h))
+                    .filter(|h| !self.crashed.contains(*h) && !(meta_down && h.starts_with("meta")))
                     .cloned()
                     .collect();
                 if !candidates.is_empty() {
@@ -562,6 +564,7 @@ enum Cmd {
 
 /// The workload and the checks.
 async fn driver(ctx: Rc<Ctx>) {
+    tokio::task::spawn_local(watch_ownership(ctx.clone()));
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0xD21E);
     let mut clients: Vec<mpsc::UnboundedSender<Cmd>> = Vec::new();
     let mut next_id = 1u64;
@@ -647,6 +650,26 @@ async fn driver(ctx: Rc<Ctx>) {
                 tokio::time::sleep(rest).await;
             }
         }
+    }
+}
+
+/// Follows the metastore's watch stream (as distributors and edges do) and checks the
+/// ownership invariant after every event, not only at the end of quiet phases.
+async fn watch_ownership(ctx: Rc<Ctx>) {
+    let client = firetower_metastore::MetaClient::new(
+        ctx.metas.clone(),
+        SimConnector,
+        Duration::from_millis(500),
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let _task = firetower_metastore::spawn_watch(client, tx, stop_rx);
+    let mut table = firetower_proto::routing::RoutingTable::default();
+    while let Some(event) = rx.recv().await {
+        table.apply(event);
+        let mut o = ctx.oracle.borrow_mut();
+        let at = now();
+        invariants::ownership::check_table(&mut o, at, &table);
     }
 }
 

@@ -1,14 +1,56 @@
 //! At most one owner per slot per epoch, and every slot owned whenever a distributor is
-//! registered.
+//! registered: checked on every revision a watcher sees, and on every node's slot map at the
+//! end of each quiet phase.
 //!
 //! Guards the metastore's rebalancing and epochs (the fence between an old and a new owner).
 
 use firetower_proto::metastore::v1 as pb;
+use firetower_proto::routing::RoutingTable;
+use firetower_proto::SLOT_COUNT;
 use std::time::Duration;
 
 use crate::oracle::Oracle;
 
 pub const NAME: &str = "one owner per slot and epoch; every slot owned";
+
+/// Checks the routing state a watcher has after one event (every revision it sees).
+pub fn check_table(oracle: &mut Oracle, now: Duration, table: &RoutingTable) {
+    let distributors = table.distributors().len();
+    let mut unowned = 0;
+    let mut conflict = None;
+    for slot in 0..SLOT_COUNT {
+        let route = table.route(slot as u16);
+        if route.distributor == 0 {
+            unowned += 1;
+            continue;
+        }
+        let seen = oracle
+            .owners_seen
+            .entry((slot as u32, route.epoch))
+            .or_insert(route.distributor);
+        if *seen != route.distributor && conflict.is_none() {
+            conflict = Some(format!(
+                "slot {slot} epoch {}: owner {seen} and owner {} (watch, revision {})",
+                route.epoch,
+                route.distributor,
+                table.revision()
+            ));
+        }
+    }
+    if let Some(c) = conflict {
+        oracle.violate(now, NAME, c);
+    }
+    if distributors > 0 && unowned > 0 {
+        oracle.violate(
+            now,
+            NAME,
+            format!(
+                "revision {}: {unowned} slots unowned with {distributors} distributors registered",
+                table.revision()
+            ),
+        );
+    }
+}
 
 /// Records a slot map fetched from any metastore node and checks it.
 pub fn check(oracle: &mut Oracle, now: Duration, node: usize, map: &pb::SlotMap) {
