@@ -44,4 +44,13 @@ pub const SEEDS: &[(u64, &str)] = &[
         "the same, with the slot moving to the forwarding distributor itself, which sequenced \
          the message locally a second time",
     ),
+    (
+        357,
+        "a restarted distributor took its first routing snapshot from a metastore node that was \
+         still catching up, believed it owned slots at old epochs, and sequenced messages under \
+         (epoch, seq) pairs already used: a client saw seq go backwards (fix: the watch starts \
+         from a linearizable read and never goes back; a distributor sequences a slot only at \
+         an epoch at least its registration incarnation)",
+    ),
+    (485, "the same stale-snapshot bug, on another topic"),
 ];
