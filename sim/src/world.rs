@@ -487,7 +487,7 @@ impl Faults {
                 let meta_down = self.crashed.iter().any(|h| h.starts_with("meta"));
                 let candidates: Vec<String> = hosts
                     .iter()
-                    .filter(|h| !self.crashed.contains(*h) && !(meta_down && h.starts_with("meta")))
+                    .filter(|h| !(self.crashed.contains(*h) || meta_down && h.starts_with("meta")))
                     .cloned()
                     .collect();
                 if !candidates.is_empty() {
