@@ -90,7 +90,8 @@ struct Args {
     /// The server's PID, for RSS (set automatically with --start-dev).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Spread connections over 127.0.0.1 .. 127.0.0.N as source addresses.
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N as source addresses (automatic past
+    /// 20,000 connections).
     #[arg(long, default_value_t = 1)]
     source_ips: u8,
     /// Write the report as JSON here.
@@ -386,6 +387,13 @@ async fn main() -> Result<()> {
     let self_cpu_before = cpu_seconds("self");
     let queued_before = edge_metric(&plan.edges, "frames_queued").await;
 
+    // One source address has about 28k ephemeral ports toward one edge address: past 20k
+    // connections, spread them over more loopback addresses unless told otherwise.
+    let source_ips = if args.source_ips <= 1 && plan.subscribers > 20_000 {
+        (plan.subscribers / 20_000 + 1).min(250) as u8
+    } else {
+        args.source_ips
+    };
     // Connect the subscribers.
     let ready = Arc::new(Barrier::new(plan.subscribers + 1));
     let connect_start = Instant::now();

@@ -461,8 +461,11 @@ async fn killing_a_distributor_moves_its_slots() -> Result<()> {
     if let Some(d) = cluster.distributors.get_mut(&1) {
         d.kill();
     }
+    // The metastore moves distributor 1's slots once its lease (1.5 s) runs out.
+    cluster
+        .wait_slots_only_on(2, Duration::from_secs(15))
+        .await?;
     let mut d2 = cluster.distributor(2).await?;
-    // Publishes retry until the survivor owns every slot (lease 1.5 s).
     for (i, topic) in topics.iter().enumerate() {
         d2.publish(dpb::PublishRequest {
             topic: topic.clone(),

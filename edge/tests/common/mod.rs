@@ -317,6 +317,34 @@ impl Cluster {
         }
     }
 
+    /// Waits until distributor `id` owns every slot.
+    pub async fn wait_slots_only_on(&self, id: u64, timeout: Duration) -> Result<()> {
+        use firetower_proto::metastore::v1 as pb;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(mut client) = pb::metastore_client::MetastoreClient::connect(format!(
+                "http://{}",
+                self.metastore[0]
+            ))
+            .await
+            {
+                if let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await {
+                    let status = status.into_inner();
+                    if status.unowned_slots == 0
+                        && status.slots_per_distributor.len() == 1
+                        && status.slots_per_distributor[0].distributor_id == id
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the slots did not all move to distributor {id}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         for (_, mut e) in std::mem::take(&mut self.edges) {
             e.stop().await;
