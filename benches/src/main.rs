@@ -399,12 +399,12 @@ async fn main() -> Result<()> {
     let connect_start = Instant::now();
     let mut subs = Vec::with_capacity(plan.subscribers);
     for i in 0..plan.subscribers {
-        let source = (args.source_ips > 1).then(|| {
+        let source = (source_ips > 1).then(|| {
             std::net::IpAddr::V4(std::net::Ipv4Addr::new(
                 127,
                 0,
                 0,
-                1 + (i % args.source_ips as usize) as u8,
+                1 + (i % source_ips as usize) as u8,
             ))
         });
         subs.push(tokio::spawn(subscriber(
