@@ -38,6 +38,7 @@ pub(crate) struct EdgeLink {
     generation: u64,
     conn: quinn::Connection,
     lanes: Vec<mpsc::Sender<Bytes>>,
+    control: mpsc::Sender<Bytes>,
 }
 
 pub(crate) struct State {
@@ -66,6 +67,10 @@ pub(crate) struct Shared<C: Connector> {
     next_generation: AtomicU64,
     /// Numbers this node's forwarded publishes (the owner deduplicates retries by it).
     pub(crate) next_forward: AtomicU64,
+    /// Kicks waiting for their edges' answers: request id → where each edge's count goes.
+    /// Bounded by the concurrent KickUser calls (each removes its entry when it returns).
+    pub(crate) kicks: Mutex<HashMap<u64, mpsc::UnboundedSender<u64>>>,
+    pub(crate) next_kick: AtomicU64,
     /// This node's current registration incarnation (0 before the first); part of every
     /// forward key, so keys never repeat across restarts.
     pub(crate) incarnation: AtomicU64,
@@ -74,6 +79,22 @@ pub(crate) struct Shared<C: Connector> {
 impl<C: Connector> Shared<C> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a Kick to every linked edge; returns how many edges it went to.
+    pub(crate) fn broadcast_kick(&self, user_id: &str, request_id: u64) -> usize {
+        let frame = encode(&RelayFrame {
+            frame: Some(Frame::Kick(firetower_proto::relay::v1::Kick {
+                user_id: user_id.to_string(),
+                request_id,
+            })),
+        });
+        let state = self.lock();
+        state
+            .links
+            .values()
+            .filter(|link| link.control.try_send(frame.clone()).is_ok())
+            .count()
     }
 
     /// Sequences and queues a message if this node owns its topic.
@@ -183,6 +204,8 @@ where
         next_generation: AtomicU64::new(1),
         next_forward: AtomicU64::new(1),
         incarnation: AtomicU64::new(0),
+        kicks: Mutex::new(HashMap::new()),
+        next_kick: AtomicU64::new(1),
         config: config.clone(),
     });
 
@@ -323,6 +346,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                 generation,
                 conn: conn.clone(),
                 lanes,
+                control: control.clone(),
             },
         ) {
             old.conn
@@ -382,6 +406,12 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                 state
                     .core
                     .handle_slots_synced(edge, &synced.slots, &synced.epochs);
+            }
+            Some(Frame::KickDone(done)) => {
+                let kicks = shared.kicks.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(waiting) = kicks.get(&done.request_id) {
+                    let _ = waiting.send(done.closed);
+                }
             }
             Some(Frame::ClientPublish(publish)) => {
                 shared

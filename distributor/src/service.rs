@@ -319,12 +319,41 @@ impl<C: Connector> Distributor for DistributorService<C> {
         }
     }
 
+    /// Closes every connection of a user on every edge linked to this distributor (every
+    /// edge links to every distributor) and sums the edges' counts. Edges that do not
+    /// answer within `rpc_timeout_ms` are left out of the count.
     async fn kick_user(
         &self,
-        _request: Request<dpb::KickUserRequest>,
+        request: Request<dpb::KickUserRequest>,
     ) -> Result<Response<dpb::KickUserReply>, Status> {
-        Err(Status::unimplemented(
-            "KickUser is not implemented yet: edges do not track user ids across the relay",
-        ))
+        let user_id = request.into_inner().user_id;
+        if user_id.is_empty() || user_id.len() > 256 {
+            return Err(Status::invalid_argument("user_id: must be 1 to 256 bytes"));
+        }
+        let shared = &self.shared;
+        let request_id = shared.next_kick.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        shared
+            .kicks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id, tx);
+        let edges = shared.broadcast_kick(&user_id, request_id);
+        let deadline = tokio::time::Instant::now() + shared.config.rpc_timeout();
+        let mut closed = 0u64;
+        for _ in 0..edges {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(n)) => closed += n,
+                _ => break,
+            }
+        }
+        shared
+            .kicks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+        Ok(Response::new(dpb::KickUserReply {
+            connections_closed: closed,
+        }))
     }
 }

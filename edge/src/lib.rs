@@ -23,4 +23,6 @@ mod ws;
 pub use config::{Config, SlowPolicy};
 pub use error::{ConfigError, NodeError};
 pub use hooks::{AllowAll, Hooks, Identity, ReadDecision, Rejection};
-pub use node::{run, run_tcp, Counters, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
+pub use node::{
+    run, run_tcp, Counters, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_KICKED, CLOSE_SLOW_CONSUMER,
+};

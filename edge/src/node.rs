@@ -36,6 +36,8 @@ const CONTROL_QUEUE: usize = 1 << 16;
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
 /// Close code: the client could not keep up with its deliveries.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+/// Close code: an administrator kicked the connection's user (KickUser).
+pub const CLOSE_KICKED: u16 = 4002;
 
 /// Edge counters, readable from outside (tests, metrics, the load generator).
 #[derive(Debug, Default)]
@@ -281,6 +283,24 @@ impl<C: Connector> Shared<C> {
             .is_ok()
     }
 
+    /// Closes every connection of `user_id`; returns how many.
+    pub(crate) fn kick(&self, user_id: &str) -> u64 {
+        if user_id.is_empty() {
+            return 0;
+        }
+        let state = self.lock();
+        let mut closed = 0;
+        for handle in state.conns.values() {
+            if handle.identity.user_id == user_id {
+                handle
+                    .closer
+                    .close(CLOSE_KICKED, "kicked by the server".into());
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// The gRPC address of some distributor (for TopicStatus, which any of them forwards).
     pub(crate) fn any_distributor_grpc(&self, topic: &str) -> Option<String> {
         let state = self.lock();
@@ -385,14 +405,34 @@ async fn serve_link<C: Connector>(
     let mut control_reader = tokio::spawn(async move {
         let mut reader = FrameReader::new(recv);
         while let Ok(Some(frame)) = reader.next().await {
-            if let Some(Frame::InterestAck(ack)) = frame.frame {
-                let mut state = control_shared.lock();
-                state
-                    .core
-                    .handle_interest_ack(distributor, &ack.topic, ack.epoch);
-                let calls = control_shared.drain(&mut state);
-                drop(state);
-                control_shared.run_hooks(calls);
+            match frame.frame {
+                Some(Frame::InterestAck(ack)) => {
+                    let mut state = control_shared.lock();
+                    state
+                        .core
+                        .handle_interest_ack(distributor, &ack.topic, ack.epoch);
+                    let calls = control_shared.drain(&mut state);
+                    drop(state);
+                    control_shared.run_hooks(calls);
+                }
+                Some(Frame::Kick(kick)) => {
+                    let closed = control_shared.kick(&kick.user_id);
+                    let done = encode(&RelayFrame {
+                        frame: Some(Frame::KickDone(firetower_proto::relay::v1::KickDone {
+                            request_id: kick.request_id,
+                            closed,
+                        })),
+                    });
+                    let state = control_shared.lock();
+                    if let Some((_, control)) = state
+                        .links
+                        .get(&distributor)
+                        .and_then(|l| l.control.as_ref())
+                    {
+                        let _ = control.try_send(done);
+                    }
+                }
+                _ => {}
             }
         }
     });

@@ -364,6 +364,48 @@ async fn unsubscribe_status_and_bad_input() -> Result<()> {
             other => bail!("batch: got {other:?}"),
         }
     }
+
+    // KickUser closes the user's connections on every edge (4002), and nobody else's.
+    let mut kicked = Vec::new();
+    for edge in [1, 2] {
+        let mut k = Client::connect_path(cluster.edge_addr(edge), "/ws?user=u42").await?;
+        k.subscribe(&["news".to_string()]).await?;
+        kicked.push(k);
+    }
+    let reply = d
+        .kick_user(dpb::KickUserRequest {
+            user_id: "u42".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        reply.connections_closed == 2,
+        "closed {}",
+        reply.connections_closed
+    );
+    for k in &mut kicked {
+        match k.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Closed(code, _)) => ensure!(code == firetower_edge::CLOSE_KICKED),
+            other => bail!("kicked client: {other:?}"),
+        }
+    }
+    d.publish(dpb::PublishRequest {
+        topic: "news".into(),
+        data: "13".into(),
+    })
+    .await?;
+    match a.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { data, .. }) if data == "13" => {}
+        other => bail!("after the kick: got {other:?}"),
+    }
+    let status = d
+        .kick_user(dpb::KickUserRequest { user_id: "".into() })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+    ensure!(
+        status.code() == tonic::Code::InvalidArgument && status.message().starts_with("user_id")
+    );
     cluster.shutdown().await;
     Ok(())
 }

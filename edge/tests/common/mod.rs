@@ -439,7 +439,13 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: &str) -> Result<Client> {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+        Self::connect_path(addr, "/ws").await
+    }
+
+    /// Connects to a path of its own (for example `/ws?user=u1`, which the default hooks
+    /// take as the user id).
+    pub async fn connect_path(addr: &str, path: &str) -> Result<Client> {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await?;
         Ok(Client { ws })
     }
 
