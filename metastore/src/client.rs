@@ -83,18 +83,22 @@ impl<C: Connector> MetaClient<C> {
         Err(last)
     }
 
+    /// Registers; `instance` names this process (see `RegisterRequest.instance`), so that a
+    /// retry after a lost reply does not register twice.
     pub async fn register(
         &self,
         kind: pb::MemberKind,
         id: u64,
         addrs: BTreeMap<String, String>,
         lease_ttl: Duration,
+        instance: u64,
     ) -> Result<pb::RegisterReply, Status> {
         let request = pb::RegisterRequest {
             kind: kind as i32,
             id,
             addrs,
             lease_ttl_ms: lease_ttl.as_millis() as u64,
+            instance,
         };
         self.call(|mut c| {
             let r = request.clone();
@@ -297,6 +301,8 @@ pub fn spawn_membership<C: Connector>(
     incarnations: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    // One instance per membership (per process): seeded in the simulator, random otherwise.
+    let instance = rand::RngCore::next_u64(&mut crate::runtime::ThreadRng) | 1;
     tokio::spawn(async move {
         let beat = registration.lease_ttl / 3;
         let mut incarnation = 0u64;
@@ -311,6 +317,7 @@ pub fn spawn_membership<C: Connector>(
                         registration.id,
                         registration.addrs.clone(),
                         registration.lease_ttl,
+                        instance,
                     )
                     .await
                 {

@@ -225,6 +225,7 @@ fn check_register(config: &Config, req: &pb::RegisterRequest) -> Result<Command,
         id,
         addrs,
         lease_ttl_ms: req.lease_ttl_ms,
+        instance: req.instance,
     })
 }
 

@@ -54,6 +54,10 @@ pub struct MemberRecord {
     /// The revision that applied this registration; it names the registration in heartbeats
     /// and expiries.
     pub incarnation: u64,
+    /// The process that registered (0: unknown). A Register from the same process while
+    /// this registration stands is a retry and changes nothing.
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// The owner of one slot.
@@ -75,6 +79,9 @@ pub enum Command {
         id: u64,
         addrs: BTreeMap<String, String>,
         lease_ttl_ms: u64,
+        /// The registering process (0: unknown); see [`MemberRecord::instance`].
+        #[serde(default)]
+        instance: u64,
     },
     /// A member leaves on purpose.
     Deregister { kind: MemberKind, id: u64 },
@@ -179,11 +186,22 @@ impl MetaState {
                 id,
                 addrs,
                 lease_ttl_ms,
+                instance,
             } => {
+                if let Some(current) = self
+                    .members(*kind)
+                    .get(id)
+                    .filter(|m| *instance != 0 && m.instance == *instance)
+                {
+                    // A retried Register of the same process: keep the registration.
+                    response.incarnation = current.incarnation;
+                    return (response, changes);
+                }
                 let record = MemberRecord {
                     addrs: addrs.clone(),
                     lease_ttl_ms: *lease_ttl_ms,
                     incarnation: next,
+                    instance: *instance,
                 };
                 let existed = self
                     .members_mut(*kind)

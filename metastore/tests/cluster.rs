@@ -145,6 +145,7 @@ fn register(kind: pb::MemberKind, id: u64, lease_ttl_ms: u64) -> pb::RegisterReq
         id,
         addrs: BTreeMap::from([("grpc".to_string(), format!("127.0.0.1:{}", 6000 + id))]),
         lease_ttl_ms,
+        instance: 0,
     }
 }
 

@@ -7,7 +7,30 @@ fn register(kind: MemberKind, id: u64) -> Command {
         id,
         addrs: BTreeMap::new(),
         lease_ttl_ms: 3000,
+        instance: 0,
     }
+}
+
+#[test]
+fn a_retried_register_of_the_same_process_changes_nothing() {
+    let mut state = MetaState::default();
+    let with_instance = |instance| Command::Register {
+        kind: MemberKind::Distributor,
+        id: 1,
+        addrs: BTreeMap::new(),
+        lease_ttl_ms: 3000,
+        instance,
+    };
+    let (first, _) = state.apply(&with_instance(7));
+    let revision = state.revision;
+    let (again, changes) = state.apply(&with_instance(7));
+    assert_eq!(again.incarnation, first.incarnation);
+    assert!(changes.is_empty());
+    assert_eq!(state.revision, revision);
+    // Another process with the same id registers anew.
+    let (other, changes) = state.apply(&with_instance(8));
+    assert!(other.incarnation > first.incarnation);
+    assert!(!changes.is_empty());
 }
 
 fn owners(state: &MetaState) -> Vec<u64> {
