@@ -161,6 +161,11 @@ impl DistributorCore {
         changes
     }
 
+    /// The registration incarnation (0 before the first registration).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// This process registered with the metastore under `incarnation`.
     pub fn handle_registered(&mut self, incarnation: u64) {
         self.incarnation = incarnation;

@@ -71,9 +71,6 @@ pub(crate) struct Shared<C: Connector> {
     /// Bounded by the concurrent KickUser calls (each removes its entry when it returns).
     pub(crate) kicks: Mutex<HashMap<u64, mpsc::UnboundedSender<u64>>>,
     pub(crate) next_kick: AtomicU64,
-    /// This node's current registration incarnation (0 before the first); part of every
-    /// forward key, so keys never repeat across restarts.
-    pub(crate) incarnation: AtomicU64,
 }
 
 impl<C: Connector> Shared<C> {
@@ -203,7 +200,6 @@ where
         counters,
         next_generation: AtomicU64::new(1),
         next_forward: AtomicU64::new(1),
-        incarnation: AtomicU64::new(0),
         kicks: Mutex::new(HashMap::new()),
         next_kick: AtomicU64::new(1),
         config: config.clone(),
@@ -229,9 +225,6 @@ where
     tokio::spawn(async move {
         while incarnations.changed().await.is_ok() {
             let current = *incarnations.borrow_and_update();
-            incarnation_shared
-                .incarnation
-                .store(current, Ordering::Relaxed);
             incarnation_shared.lock().core.handle_registered(current);
         }
     });
@@ -370,6 +363,12 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
             Err(_) => break,
         };
         match frame.frame {
+            Some(Frame::Interest(interest))
+                if firetower_proto::topic::validate_topic(&interest.topic).is_err() =>
+            {
+                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(edge, "interest in an invalid topic; ignored");
+            }
             Some(Frame::Interest(interest)) => {
                 let recorded = {
                     let mut state = shared.lock();

@@ -114,6 +114,19 @@ fn peer<C: Connector>(
     Some(DistributorClient::new(channel).max_encoding_message_size(64 << 20))
 }
 
+/// A new forward key, or none before the first registration (there is no incarnation yet
+/// to keep keys unique across restarts, so such a forward is not deduplicated).
+fn forward_key_of<C: Connector>(shared: &Shared<C>) -> Option<ForwardKey> {
+    let incarnation = shared.lock().core.incarnation();
+    (incarnation != 0).then(|| {
+        (
+            shared.config.id,
+            incarnation,
+            shared.next_forward.fetch_add(1, Ordering::Relaxed),
+        )
+    })
+}
+
 /// A transport failure before the request went out (the connection could not be made).
 fn never_sent(status: &Status) -> bool {
     status.code() == Code::Unavailable && status.message().to_ascii_lowercase().contains("connect")
@@ -136,17 +149,9 @@ pub(crate) async fn publish<C: Connector>(
 ) -> Result<dpb::PublishReply, Status> {
     let is_forwarded = received_key.is_some();
     // One key for every forward of this publish, so the owner sequences it once however
-    // often a lost reply makes us retry.
-    // Before the first registration there is no incarnation to make the key unique:
-    // forward without one (no deduplication).
-    let incarnation = shared.incarnation.load(Ordering::Relaxed);
-    let my_key = (incarnation != 0).then(|| {
-        (
-            shared.config.id,
-            incarnation,
-            shared.next_forward.fetch_add(1, Ordering::Relaxed),
-        )
-    });
+    // often a lost reply makes us retry; made at the first forward (a publish sequenced
+    // here needs none).
+    let mut my_key: Option<Option<ForwardKey>> = None;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
     let mut revision = shared.routing_revision.clone();
@@ -195,7 +200,7 @@ pub(crate) async fn publish<C: Connector>(
                             data: data.clone(),
                         },
                         shared.config.rpc_timeout(),
-                        my_key,
+                        *my_key.get_or_insert_with(|| forward_key_of(shared)),
                     );
                     match client.publish(request).await {
                         Ok(reply) => return Ok(reply.into_inner()),
