@@ -133,11 +133,6 @@ impl EdgeCore {
         self.slot_topics.keys().copied()
     }
 
-    /// Local subscribers of `topic` (acknowledged ones).
-    pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.topics.get(topic).map_or(0, |t| t.subscribers.len())
-    }
-
     /// Topics the connection is subscribed to (or waiting for).
     pub fn conn_topics(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, BTreeSet::len)

@@ -14,6 +14,7 @@ use firetower_distributor::tls::{DevPki, TlsFiles};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
+use firetower_proto::metastore::v1 as pb;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -280,47 +281,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Waits until every distributor and edge is registered and the slots are spread over
-    /// all distributors: after this, slots only move on a failure.
-    pub async fn wait_members(&self, deadline: tokio::time::Instant) -> Result<()> {
-        use firetower_proto::metastore::v1 as pb;
-        loop {
-            let mut settled = false;
-            if let Ok(mut client) = pb::metastore_client::MetastoreClient::connect(format!(
-                "http://{}",
-                self.metastore[0]
-            ))
-            .await
-            {
-                if let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await {
-                    let status = status.into_inner();
-                    let count = |kind: pb::MemberKind| {
-                        status
-                            .members
-                            .iter()
-                            .filter(|m| m.kind == kind as i32)
-                            .count()
-                    };
-                    settled = count(pb::MemberKind::Distributor) == self.distributors.len()
-                        && count(pb::MemberKind::Edge) == self.edges.len()
-                        && status.slots_per_distributor.len() == self.distributors.len()
-                        && status.unowned_slots == 0;
-                }
-            }
-            if settled {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("members did not all register in time");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until distributor `id` owns every slot.
-    pub async fn wait_slots_only_on(&self, id: u64, timeout: Duration) -> Result<()> {
-        use firetower_proto::metastore::v1 as pb;
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Polls the metastore's ClusterStatus until `settled` holds for it, or fails with
+    /// `what` at `deadline`.
+    async fn wait_status(
+        &self,
+        deadline: tokio::time::Instant,
+        what: &str,
+        settled: impl Fn(&pb::ClusterStatusReply) -> bool,
+    ) -> Result<()> {
         loop {
             if let Ok(mut client) = pb::metastore_client::MetastoreClient::connect(format!(
                 "http://{}",
@@ -329,20 +297,47 @@ impl Cluster {
             .await
             {
                 if let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await {
-                    let status = status.into_inner();
-                    if status.unowned_slots == 0
-                        && status.slots_per_distributor.len() == 1
-                        && status.slots_per_distributor[0].distributor_id == id
-                    {
+                    if settled(status.get_ref()) {
                         return Ok(());
                     }
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("the slots did not all move to distributor {id}");
+                bail!("{what} did not happen in time");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until every distributor and edge is registered and the slots are spread over
+    /// all distributors: after this, slots only move on a failure.
+    pub async fn wait_members(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let (distributors, edges) = (self.distributors.len(), self.edges.len());
+        self.wait_status(deadline, "registration of every member", |status| {
+            let count = |kind: pb::MemberKind| {
+                status
+                    .members
+                    .iter()
+                    .filter(|m| m.kind == kind as i32)
+                    .count()
+            };
+            count(pb::MemberKind::Distributor) == distributors
+                && count(pb::MemberKind::Edge) == edges
+                && status.slots_per_distributor.len() == distributors
+                && status.unowned_slots == 0
+        })
+        .await
+    }
+
+    /// Waits until distributor `id` owns every slot.
+    pub async fn wait_slots_only_on(&self, id: u64, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.wait_status(deadline, "the move of every slot", |status| {
+            status.unowned_slots == 0
+                && status.slots_per_distributor.len() == 1
+                && status.slots_per_distributor[0].distributor_id == id
+        })
+        .await
     }
 
     pub async fn shutdown(mut self) {
