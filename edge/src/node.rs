@@ -130,14 +130,19 @@ impl<C: Connector> Shared<C> {
     }
 
     /// Queues a frame to a connection under the slow-client policy.
-    fn push(&self, conns: &mut HashMap<ConnId, ConnHandle>, conn: ConnId, frame: Utf8Bytes) {
+    /// Returns whether the frame was queued; the caller counts queued frames (once per
+    /// fan-out, not once per recipient).
+    fn push(
+        &self,
+        conns: &mut HashMap<ConnId, ConnHandle>,
+        conn: ConnId,
+        frame: Utf8Bytes,
+    ) -> bool {
         let Some(handle) = conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         match handle.queue.try_send(frame) {
-            Ok(()) => {
-                self.counters.frames_queued.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => return true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 handle.drops += 1;
@@ -155,11 +160,14 @@ impl<C: Connector> Shared<C> {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+        false
     }
 
     pub(crate) fn push_bytes(&self, state: &mut State, conn: ConnId, frame: Bytes) {
         if let Ok(text) = Utf8Bytes::try_from(frame) {
-            self.push(&mut state.conns, conn, text);
+            if self.push(&mut state.conns, conn, text) {
+                self.counters.frames_queued.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -172,9 +180,13 @@ impl<C: Connector> Shared<C> {
         let Ok(frame) = Utf8Bytes::try_from(fanout.frame) else {
             return;
         };
+        let mut queued = 0;
         for conn in fanout.conns {
-            self.push(&mut state.conns, conn, frame.clone());
+            queued += u64::from(self.push(&mut state.conns, conn, frame.clone()));
         }
+        self.counters
+            .frames_queued
+            .fetch_add(queued, Ordering::Relaxed);
     }
 
     /// Carries out the core's outputs. Returns the hook calls to make after unlocking.
