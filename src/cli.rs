@@ -135,7 +135,8 @@ impl TlsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum HotAction {
-    /// Split TOPIC into SHARDS sub-topics.
+    /// Split TOPIC into SHARDS sub-topics (or change its count). The change is prepared
+    /// and commits once every edge has joined the new route (see `status`).
     Set {
         #[arg(long)]
         metastore: String,
@@ -144,7 +145,7 @@ pub enum HotAction {
         #[arg(long)]
         shards: u32,
     },
-    /// Merge TOPIC back into one.
+    /// Merge TOPIC back into one, in the same two phases.
     Clear {
         #[arg(long)]
         metastore: String,
@@ -391,6 +392,22 @@ async fn hot(action: HotAction) -> Result<(), Failure> {
         match result {
             Ok(reply) => {
                 println!("ok: revision {}", reply.into_inner().revision);
+                // The reply cannot say whether the change committed at once (no edge to
+                // wait for) or is prepared until every edge joins; a read through the
+                // leader can. Best effort: the change itself was made.
+                if let Ok(map) = client
+                    .get_slot_map(pb::GetSlotMapRequest { linearizable: true })
+                    .await
+                {
+                    if let Some(h) = map
+                        .into_inner()
+                        .hot_topics
+                        .iter()
+                        .find(|h| &h.topic == topic)
+                    {
+                        println!("{}", status::describe_hot_topic(h));
+                    }
+                }
                 return Ok(());
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {

@@ -21,6 +21,32 @@ pub async fn connect(addr: &str) -> Result<MetastoreClient<Channel>, tonic::tran
     Ok(MetastoreClient::new(endpoint.connect().await?).max_decoding_message_size(64 << 20))
 }
 
+/// The hot-topic table as `addr` has applied it (`None`: the node did not answer). Not a
+/// linearizable read: status shows one node's view, the same node as the rest.
+async fn hot_topics(addr: &str) -> Option<Vec<pb::HotTopic>> {
+    let mut client = connect(addr).await.ok()?;
+    client
+        .get_slot_map(pb::GetSlotMapRequest {
+            linearizable: false,
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().hot_topics)
+}
+
+/// One line for a hot topic: its route and where its last change stands.
+pub fn describe_hot_topic(h: &pb::HotTopic) -> String {
+    let state = match (h.committed, h.shards) {
+        (false, _) => "prepared (publishers use both routes until every edge acks)",
+        (true, 0) => "committed (merged: plain topic)",
+        (true, _) => "committed",
+    };
+    format!(
+        "{}  shards {}  prev {}  since {}  {state}",
+        h.topic, h.shards, h.prev_shards, h.since
+    )
+}
+
 async fn query(addr: &str) -> Option<pb::ClusterStatusReply> {
     let mut client = connect(addr).await.ok()?;
     client
@@ -44,15 +70,20 @@ pub async fn run(addrs: &[String], as_json: bool) -> Result<(), Failure> {
         replies.insert(addr.clone(), query(addr).await);
     }
     // Prefer the leader's own view; otherwise any node's.
-    let view = replies
-        .values()
-        .flatten()
-        .find(|r| r.leader == Some(r.node_id))
-        .or_else(|| replies.values().flatten().next())
-        .cloned()
+    let answered = || {
+        replies
+            .iter()
+            .filter_map(|(addr, reply)| reply.as_ref().map(|r| (addr, r)))
+    };
+    let (view_addr, view) = answered()
+        .find(|(_, r)| r.leader == Some(r.node_id))
+        .or_else(|| answered().next())
+        .map(|(addr, r)| (addr.clone(), r.clone()))
         .ok_or_else(|| {
             Failure::Unavailable(format!("no metastore node answered at {}", addrs.join(",")))
         })?;
+    // Empty when the node stopped answering in between: the rest is still worth showing.
+    let hot = hot_topics(&view_addr).await.unwrap_or_default();
     let mut nodes = Vec::new();
     for voter in &view.voters {
         let reply = match replies.get(&voter.addr) {
@@ -83,6 +114,13 @@ pub async fn run(addrs: &[String], as_json: bool) -> Result<(), Failure> {
             "slots_per_distributor": view.slots_per_distributor.iter()
                 .map(|d| (d.distributor_id.to_string(), d.slots)).collect::<BTreeMap<_, _>>(),
             "unowned_slots": view.unowned_slots,
+            "hot_topics": hot.iter().map(|h| json!({
+                "topic": h.topic,
+                "shards": h.shards,
+                "prev_shards": h.prev_shards,
+                "since": h.since,
+                "committed": h.committed,
+            })).collect::<Vec<_>>(),
         });
         println!("{out:#}");
         return Ok(());
@@ -118,5 +156,9 @@ pub async fn run(addrs: &[String], as_json: bool) -> Result<(), Failure> {
         println!("  {}  {}", d.distributor_id, d.slots);
     }
     println!("  unowned  {}", view.unowned_slots);
+    println!("hot topics:");
+    for h in &hot {
+        println!("  {}", describe_hot_topic(h));
+    }
     Ok(())
 }

@@ -277,6 +277,21 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
         (applied.len() == 3 && applied.iter().all(|a| *a == applied[0]) && s["revision"] == 2)
             .then_some(())
     })?;
+    // No edge is registered, so both splits committed at once.
+    let s = status_json(&all).ok_or_else(|| anyhow!("status failed"))?;
+    let hot: Vec<(&str, u64, bool)> = s["hot_topics"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no hot_topics in {s}"))?
+        .iter()
+        .filter_map(|h| {
+            Some((
+                h["topic"].as_str()?,
+                h["shards"].as_u64()?,
+                h["committed"].as_bool()?,
+            ))
+        })
+        .collect();
+    assert_eq!(hot, vec![("after", 4, true), ("before", 4, true)]);
 
     // The same data dir under another cluster name is refused with a reason.
     let mut stopped = procs[id - 1]

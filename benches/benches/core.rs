@@ -57,6 +57,7 @@ fn bench_relay(c: &mut Criterion) {
             epoch: 7,
             seq: 123456,
             data: Bytes::from(vec![b'x'; 128]),
+            msg_id: 1,
         })),
     };
     c.bench_function("relay/encode_deliver_128B", |b| {
@@ -82,7 +83,7 @@ fn bench_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("edge/fanout");
     for n in [1_000u64, 10_000] {
         let mut core = EdgeCore::new(1, 16, Duration::from_secs(5));
-        core.handle_watch(snapshot(1));
+        core.handle_watch(tokio::time::Instant::now(), snapshot(1));
         core.handle_link_up(1);
         let now = Instant::now();
         let mut queues = Vec::new();
@@ -101,7 +102,7 @@ fn bench_fanout(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 seq += 1;
-                if let Some(f) = core.handle_deliver("room", 1, seq, data.as_bytes()) {
+                if let Some(f) = core.handle_deliver("room", 1, seq, data.as_bytes(), seq) {
                     for conn in f.conns {
                         let _ = queues[conn as usize].try_send(f.frame.clone());
                     }
@@ -133,7 +134,7 @@ fn bench_sequencing(c: &mut Criterion) {
     c.bench_function("distributor/sequence_1k_topics_4_edges", |b| {
         b.iter(|| {
             i = (i + 1) % topics.len();
-            core.handle_publish(black_box(&topics[i])).map(|_| ())
+            core.handle_publish(black_box(&topics[i]), 0).map(|_| ())
         })
     });
 }

@@ -38,6 +38,42 @@ pub struct Config {
     pub publish_retry_ms: u64,
     /// Bound on each call to the metastore or another distributor.
     pub rpc_timeout_ms: u64,
+    /// When this distributor proposes splitting or merging a hot topic on its own.
+    pub hot: HotPolicy,
+}
+
+/// Automatic hot-topic splits and merges, decided by the owner of a topic's slot from its
+/// relay load: messages per second times the edges a message goes to. A split is proposed
+/// when the load stays above `split_load` for `windows` consecutive windows; a merge when a
+/// split topic's load (estimated with every registered edge, an upper bound) stays below
+/// `merge_load` as long. `merge_load` below `split_load` is the hysteresis that keeps a
+/// topic from flapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotPolicy {
+    pub enabled: bool,
+    /// Relay deliveries per second.
+    pub split_load: u64,
+    /// Relay deliveries per second.
+    pub merge_load: u64,
+    pub window_ms: u64,
+    pub windows: u32,
+    /// The most shards a split proposes (2 ..= 256). A split aims at `split_load / 2` per
+    /// shard, rounded up to a power of two shards.
+    pub max_shards: u32,
+}
+
+impl Default for HotPolicy {
+    fn default() -> Self {
+        HotPolicy {
+            enabled: true,
+            split_load: 500_000,
+            merge_load: 50_000,
+            window_ms: 1000,
+            windows: 10,
+            max_shards: 64,
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +93,7 @@ impl Default for Config {
             lane_queue_frames: 1 << 16,
             publish_retry_ms: 5000,
             rpc_timeout_ms: 2000,
+            hot: HotPolicy::default(),
         }
     }
 }
@@ -108,6 +145,24 @@ impl Config {
         }
         if self.lane_queue_frames < 16 {
             return Err(ConfigError::new("lane_queue_frames", "must be at least 16"));
+        }
+        let hot = &self.hot;
+        if hot.merge_load >= hot.split_load {
+            return Err(ConfigError::new(
+                "hot.merge_load",
+                "must be below hot.split_load (the hysteresis)",
+            ));
+        }
+        if hot.window_ms < 100 || hot.windows == 0 {
+            return Err(ConfigError::new(
+                "hot.window_ms",
+                "windows must be at least 100 ms and hot.windows positive",
+            ));
+        }
+        if !(firetower_proto::topic::MIN_SHARDS..=firetower_proto::topic::MAX_SHARDS)
+            .contains(&hot.max_shards)
+        {
+            return Err(ConfigError::new("hot.max_shards", "must be 2 ..= 256"));
         }
         Ok(())
     }

@@ -8,11 +8,23 @@
 //! Interest is tagged with the owner epoch the edge saw when it sent it. An entry counts
 //! only while its tag is at least the slot's current epoch: interest an edge gave an
 //! earlier reign of the slot is stale (the edge re-announces to each new owner).
+//!
+//! Hot topics: every publish carries the route tag its publisher routed it by (the `since`
+//! of the topic's hot entry). The owner of a topic or sub-topic refuses a tag older than
+//! its own view ([`PublishOutcome::StaleRoute`]); when its view moves on it fences the
+//! topic towards its edges ([`DistributorCore::take_fences`]), after every delivery of the
+//! old route. The owner also watches each topic's relay load and proposes splits and merges
+//! ([`DistributorCore::handle_tick`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use tokio::time::{Duration, Instant};
+
+use crate::config::HotPolicy;
+
 use firetower_proto::metastore::v1 as pb;
-use firetower_proto::routing::{RoutingChanges, RoutingTable};
+use firetower_proto::routing::{HotRoute, RoutingChanges, RoutingTable};
+use firetower_proto::topic::{base_topic, parse_sub_topic, MIN_SHARDS};
 use firetower_proto::{slot_of, Slot};
 
 /// Per-topic state: its sequence and which edges want it.
@@ -23,6 +35,14 @@ struct TopicState {
     seq: u64,
     /// edge → (local subscribers, epoch tag).
     interest: BTreeMap<u64, (u64, u64)>,
+    /// Messages sequenced and deliveries sent, since this state was made.
+    sequenced: u64,
+    relayed: u64,
+    /// Messages sequenced in the current load window.
+    window_messages: u64,
+    /// Consecutive windows above the split load / below the merge load.
+    windows_over: u32,
+    windows_under: u32,
 }
 
 /// What to do with a publish.
@@ -36,6 +56,31 @@ pub enum PublishOutcome {
     },
     /// Another distributor owns it (0: nobody does right now).
     NotOwner { owner: u64 },
+    /// The publisher routed it by a hot-topic view older than this owner's (`since` is the
+    /// owner's): it must wait for its view to catch up and route again.
+    StaleRoute { since: u64 },
+}
+
+/// A fence to send: `topic`'s owner refuses route tags below `since` from now on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceOut {
+    pub topic: String,
+    pub since: u64,
+    pub edges: Vec<u64>,
+}
+
+/// A split or merge this owner proposes to the metastore (`shards` 0: merge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotProposal {
+    pub topic: String,
+    pub shards: u32,
+}
+
+/// One (sub-)topic's counters at its owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    pub sequenced: u64,
+    pub relayed: u64,
 }
 
 /// Why a publish could not be sequenced here.
@@ -50,6 +95,9 @@ pub enum CoreError {
 pub struct TopicCount {
     pub subscribers: u64,
     pub edges: Vec<u64>,
+    /// Parallel to `edges`.
+    pub edge_subscribers: Vec<u64>,
+    pub stats: TopicStats,
 }
 
 /// The distributor state machine.
@@ -76,6 +124,11 @@ pub struct DistributorCore {
     /// view, or a previous incarnation's).
     incarnation: u64,
     recent_order: std::collections::VecDeque<ForwardKey>,
+    /// Fences made by watch events, until the shell takes them.
+    fences: Vec<FenceOut>,
+    hot_policy: HotPolicy,
+    /// When the current load window started (None: before the first tick).
+    window_start: Option<Instant>,
 }
 
 /// A forwarded publish's key: (forwarder id, forwarder's registration incarnation, number).
@@ -88,6 +141,18 @@ pub const RECENT_FORWARDS: usize = 100_000;
 
 impl DistributorCore {
     pub fn new(id: u64, max_topics: usize) -> Self {
+        Self::with_hot_policy(
+            id,
+            max_topics,
+            HotPolicy {
+                enabled: false,
+                ..HotPolicy::default()
+            },
+        )
+    }
+
+    /// A core that proposes hot-topic splits and merges by `hot_policy`.
+    pub fn with_hot_policy(id: u64, max_topics: usize, hot_policy: HotPolicy) -> Self {
         DistributorCore {
             id,
             routing: RoutingTable::default(),
@@ -100,6 +165,9 @@ impl DistributorCore {
             recent: HashMap::new(),
             recent_order: std::collections::VecDeque::new(),
             incarnation: 0,
+            fences: Vec::new(),
+            hot_policy,
+            window_start: None,
         }
     }
 
@@ -125,7 +193,45 @@ impl DistributorCore {
     /// Applies a metastore watch event. Slots this distributor lost drop their interest
     /// and sequencing state (except entries already tagged for a later reign).
     pub fn handle_watch(&mut self, event: pb::WatchEvent) -> RoutingChanges {
+        let before: BTreeMap<String, u64> = self
+            .routing
+            .hot_routes()
+            .iter()
+            .map(|(t, h)| (t.clone(), h.since))
+            .collect();
         let changes = self.routing.apply(event);
+        let advanced: BTreeMap<String, u64> = self
+            .routing
+            .hot_routes()
+            .iter()
+            .filter(|(t, h)| before.get(*t).is_none_or(|s| *s < h.since))
+            .map(|(t, h)| (t.clone(), h.since))
+            .collect();
+        if !advanced.is_empty() {
+            let mut names: Vec<&String> = self
+                .topics
+                .keys()
+                .filter(|name| advanced.contains_key(base_topic(name)))
+                .collect();
+            names.sort();
+            let mut fences = Vec::new();
+            for name in names {
+                let slot = slot_of(name);
+                let route = self.routing.route(slot);
+                if route.distributor != self.id {
+                    continue;
+                }
+                let edges = self.targets(name, slot, route.epoch);
+                if !edges.is_empty() {
+                    fences.push(FenceOut {
+                        topic: name.clone(),
+                        since: advanced[base_topic(name)],
+                        edges,
+                    });
+                }
+            }
+            self.fences.extend(fences);
+        }
         let lost: HashMap<Slot, u64> = changes
             .owners
             .iter()
@@ -159,6 +265,19 @@ impl DistributorCore {
             }
         }
         changes
+    }
+
+    /// Fences made by the last watch events: send each on its topic's lane.
+    pub fn take_fences(&mut self) -> Vec<FenceOut> {
+        std::mem::take(&mut self.fences)
+    }
+
+    /// The fence an edge that just announced `topic` needs, if the topic was ever split and
+    /// this node owns it: the route tag below which it refuses publishes.
+    pub fn fence_for(&self, topic: &str) -> Option<u64> {
+        let hot = self.routing.hot_route(base_topic(topic))?;
+        let route = self.routing.route(slot_of(topic));
+        (route.distributor == self.id && hot.since > 0).then_some(hot.since)
     }
 
     /// The registration incarnation (0 before the first registration).
@@ -259,6 +378,7 @@ impl DistributorCore {
     pub fn handle_forwarded_publish(
         &mut self,
         topic: &str,
+        route_tag: u64,
         key: ForwardKey,
     ) -> Result<PublishOutcome, CoreError> {
         if let Some(&(epoch, seq)) = self.recent.get(&key) {
@@ -268,7 +388,7 @@ impl DistributorCore {
                 edges: Vec::new(),
             });
         }
-        let outcome = self.handle_publish(topic)?;
+        let outcome = self.handle_publish(topic, route_tag)?;
         if let PublishOutcome::Sequenced { epoch, seq, .. } = &outcome {
             if self.recent_order.len() >= RECENT_FORWARDS {
                 if let Some(old) = self.recent_order.pop_front() {
@@ -281,7 +401,14 @@ impl DistributorCore {
         Ok(outcome)
     }
 
-    pub fn handle_publish(&mut self, topic: &str) -> Result<PublishOutcome, CoreError> {
+    ///
+    /// `route_tag` is the `since` of the hot-topic entry the publisher routed by (0 for a
+    /// topic it knew no entry of).
+    pub fn handle_publish(
+        &mut self,
+        topic: &str,
+        route_tag: u64,
+    ) -> Result<PublishOutcome, CoreError> {
         let slot = slot_of(topic);
         let route = self.routing.route(slot);
         if route.distributor != self.id {
@@ -293,35 +420,158 @@ impl DistributorCore {
             // Not registered yet, or the view is older than this registration: wait.
             return Ok(PublishOutcome::NotOwner { owner: 0 });
         }
+        if let Some(hot) = self.routing.hot_route(base_topic(topic)) {
+            if route_tag < hot.since {
+                return Ok(PublishOutcome::StaleRoute { since: hot.since });
+            }
+        }
+        let edges = self.targets(topic, slot, route.epoch);
         let state = self.topic_entry(topic)?;
         if state.epoch != route.epoch {
             state.epoch = route.epoch;
             state.seq = 0;
         }
         state.seq += 1;
+        state.sequenced += 1;
+        state.window_messages += 1;
+        state.relayed += edges.len() as u64;
         let seq = state.seq;
-        let mut edges: Vec<u64> = state
-            .interest
-            .iter()
-            .filter(|(_, (n, tag))| *n > 0 && *tag >= route.epoch)
-            .map(|(e, _)| *e)
-            .collect();
-        let synced = self.synced.get(&slot);
-        for edge in self.routing.edges_of(slot) {
-            let has_synced = synced
-                .and_then(|s| s.get(&edge))
-                .is_some_and(|e| *e >= route.epoch);
-            if !has_synced && self.connected.contains(&edge) && !edges.contains(&edge) {
-                edges.push(edge);
-            }
-        }
-        edges.retain(|e| self.connected.contains(e));
         self.relayed += edges.len() as u64;
         Ok(PublishOutcome::Sequenced {
             epoch: route.epoch,
             seq,
             edges,
         })
+    }
+
+    /// The edges a message of `topic` goes to: those that announced it at the current
+    /// epoch, plus (until they have synced the slot) the connected edges the metastore lists
+    /// for the slot.
+    fn targets(&self, topic: &str, slot: Slot, epoch: u64) -> Vec<u64> {
+        let mut edges: Vec<u64> = self.topics.get(topic).map_or_else(Vec::new, |state| {
+            state
+                .interest
+                .iter()
+                .filter(|(_, (n, tag))| *n > 0 && *tag >= epoch)
+                .map(|(e, _)| *e)
+                .collect()
+        });
+        let synced = self.synced.get(&slot);
+        for edge in self.routing.edges_of(slot) {
+            let has_synced = synced
+                .and_then(|s| s.get(&edge))
+                .is_some_and(|e| *e >= epoch);
+            if !has_synced && self.connected.contains(&edge) && !edges.contains(&edge) {
+                edges.push(edge);
+            }
+        }
+        edges.retain(|e| self.connected.contains(e));
+        edges
+    }
+
+    /// Closes a load window when it is due and returns the splits and merges to propose.
+    /// A topic's load is its messages per second times the edges that announced it; a
+    /// split topic is judged by its sub-topic 0 (every message goes to every sub-topic)
+    /// times every registered edge.
+    pub fn handle_tick(&mut self, now: Instant) -> Vec<HotProposal> {
+        let window = Duration::from_millis(self.hot_policy.window_ms);
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
+            return Vec::new();
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < window {
+            return Vec::new();
+        }
+        self.window_start = Some(now);
+        let policy = self.hot_policy.clone();
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let all_edges = self.routing.edges().len() as f64;
+        let mut proposals = Vec::new();
+        let mut names: Vec<&String> = self.topics.keys().collect();
+        names.sort();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in names {
+            let route = self.routing.route(slot_of(&name));
+            let owned = route.distributor == self.id;
+            let hot = self.routing.hot_route(base_topic(&name));
+            let Some(state) = self.topics.get_mut(&name) else {
+                continue;
+            };
+            let rate = state.window_messages as f64 / secs;
+            state.window_messages = 0;
+            if !policy.enabled || !owned {
+                continue;
+            }
+            match (parse_sub_topic(&name), hot) {
+                // A plain topic (never split, or merged and settled).
+                (None, None)
+                | (
+                    None,
+                    Some(HotRoute {
+                        shards: 0,
+                        committed: true,
+                        ..
+                    }),
+                ) => {
+                    let edges = state
+                        .interest
+                        .values()
+                        .filter(|(n, tag)| *n > 0 && *tag >= route.epoch)
+                        .count() as f64;
+                    let load = rate * edges;
+                    if load > policy.split_load as f64 {
+                        state.windows_over += 1;
+                    } else {
+                        state.windows_over = 0;
+                    }
+                    if state.windows_over >= policy.windows {
+                        state.windows_over = 0;
+                        let wanted = (2.0 * load / policy.split_load as f64).ceil() as u32;
+                        let shards = wanted
+                            .max(MIN_SHARDS)
+                            .checked_next_power_of_two()
+                            .unwrap_or(u32::MAX)
+                            .min(policy.max_shards);
+                        proposals.push(HotProposal {
+                            topic: name.clone(),
+                            shards,
+                        });
+                    }
+                }
+                // Sub-topic 0 of a settled split topic.
+                (Some((base, 0)), Some(h)) if h.committed && h.shards > 0 => {
+                    let load = rate * all_edges;
+                    if load < policy.merge_load as f64 {
+                        state.windows_under += 1;
+                    } else {
+                        state.windows_under = 0;
+                    }
+                    if state.windows_under >= policy.windows {
+                        state.windows_under = 0;
+                        proposals.push(HotProposal {
+                            topic: base.to_string(),
+                            shards: 0,
+                        });
+                    }
+                }
+                _ => {
+                    state.windows_over = 0;
+                    state.windows_under = 0;
+                }
+            }
+        }
+        proposals
+    }
+
+    /// One topic's counters here, if it has state.
+    pub fn topic_stats(&self, topic: &str) -> TopicStats {
+        self.topics
+            .get(topic)
+            .map_or_else(TopicStats::default, |s| TopicStats {
+                sequenced: s.sequenced,
+                relayed: s.relayed,
+            })
     }
 
     /// The owner's view of a topic's subscribers, or `Err(owner)` when another
@@ -337,8 +587,13 @@ impl DistributorCore {
                 if *n > 0 && *tag >= route.epoch && self.connected.contains(edge) {
                     count.subscribers += n;
                     count.edges.push(*edge);
+                    count.edge_subscribers.push(*n);
                 }
             }
+            count.stats = TopicStats {
+                sequenced: state.sequenced,
+                relayed: state.relayed,
+            };
         }
         Ok(count)
     }
@@ -397,7 +652,7 @@ mod tests {
         core.handle_interest(9, "chat", 3, 5).unwrap();
         for seq in 1..=3 {
             assert_eq!(
-                core.handle_publish("chat").unwrap(),
+                core.handle_publish("chat", 0).unwrap(),
                 PublishOutcome::Sequenced {
                     epoch: 5,
                     seq,
@@ -406,14 +661,19 @@ mod tests {
             );
         }
         assert_eq!(
-            core.handle_publish("room-1").unwrap(),
+            core.handle_publish("room-1", 0).unwrap(),
             PublishOutcome::NotOwner { owner: 2 }
         );
         assert_eq!(
             core.topic_count("chat"),
             Ok(TopicCount {
                 subscribers: 3,
-                edges: vec![9]
+                edges: vec![9],
+                edge_subscribers: vec![3],
+                stats: TopicStats {
+                    sequenced: 3,
+                    relayed: 3
+                },
             })
         );
         assert_eq!(core.topic_count("room-1"), Err(2));
@@ -428,13 +688,13 @@ mod tests {
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
         core.handle_interest(9, "chat", 1, 5).unwrap();
-        core.handle_publish("chat").unwrap();
+        core.handle_publish("chat", 0).unwrap();
         core.handle_watch(move_slot(s, 2, 8));
         // The edge already announced for the reign at epoch 10 before we saw it.
         core.handle_interest(9, "chat", 2, 10).unwrap();
         core.handle_watch(move_slot(s, 1, 10));
         assert_eq!(
-            core.handle_publish("chat").unwrap(),
+            core.handle_publish("chat", 0).unwrap(),
             PublishOutcome::Sequenced {
                 epoch: 10,
                 seq: 1,
@@ -455,12 +715,14 @@ mod tests {
         core.handle_watch(snapshot(|_| 1, 5, vec![(s as u32, 4), (s as u32, 6)]));
         core.handle_edge_up(4);
         // Edge 6 is listed but not connected: nothing can go to it.
-        let PublishOutcome::Sequenced { edges, .. } = core.handle_publish("chat").unwrap() else {
+        let PublishOutcome::Sequenced { edges, .. } = core.handle_publish("chat", 0).unwrap()
+        else {
             panic!("owned")
         };
         assert_eq!(edges, vec![4]);
         core.handle_slots_synced(4, &[s as u32], &[5]);
-        let PublishOutcome::Sequenced { edges, .. } = core.handle_publish("chat").unwrap() else {
+        let PublishOutcome::Sequenced { edges, .. } = core.handle_publish("chat", 0).unwrap()
+        else {
             panic!("owned")
         };
         assert!(edges.is_empty(), "edge 4 synced without interest in chat");
@@ -473,7 +735,9 @@ mod tests {
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
         core.handle_interest(9, "chat", 1, 5).unwrap();
-        let first = core.handle_forwarded_publish("chat", (2, 1, 77)).unwrap();
+        let first = core
+            .handle_forwarded_publish("chat", 0, (2, 1, 77))
+            .unwrap();
         assert_eq!(
             first,
             PublishOutcome::Sequenced {
@@ -483,7 +747,8 @@ mod tests {
             }
         );
         assert_eq!(
-            core.handle_forwarded_publish("chat", (2, 1, 77)).unwrap(),
+            core.handle_forwarded_publish("chat", 0, (2, 1, 77))
+                .unwrap(),
             PublishOutcome::Sequenced {
                 epoch: 5,
                 seq: 1,
@@ -491,7 +756,8 @@ mod tests {
             }
         );
         assert_eq!(
-            core.handle_forwarded_publish("chat", (2, 1, 78)).unwrap(),
+            core.handle_forwarded_publish("chat", 0, (2, 1, 78))
+                .unwrap(),
             PublishOutcome::Sequenced {
                 epoch: 5,
                 seq: 2,
@@ -505,18 +771,18 @@ mod tests {
         let mut core = DistributorCore::new(1, 100);
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         assert_eq!(
-            core.handle_publish("chat").unwrap(),
+            core.handle_publish("chat", 0).unwrap(),
             PublishOutcome::NotOwner { owner: 0 }
         );
         // Registered at revision 9, but the view still shows the slot at epoch 5.
         core.handle_registered(9);
         assert_eq!(
-            core.handle_publish("chat").unwrap(),
+            core.handle_publish("chat", 0).unwrap(),
             PublishOutcome::NotOwner { owner: 0 }
         );
         core.handle_watch(snapshot(|_| 1, 9, vec![]));
         assert!(matches!(
-            core.handle_publish("chat").unwrap(),
+            core.handle_publish("chat", 0).unwrap(),
             PublishOutcome::Sequenced {
                 epoch: 9,
                 seq: 1,

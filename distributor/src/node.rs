@@ -15,7 +15,7 @@ use bytes::Bytes;
 use firetower_metastore::network::{Channels, Connector};
 use firetower_metastore::{spawn_membership, spawn_watch, MetaClient, Registration};
 use firetower_proto::metastore::v1 as pb;
-use firetower_proto::relay::v1::{relay_frame::Frame, Deliver, InterestAck, RelayFrame};
+use firetower_proto::relay::v1::{relay_frame::Frame, Deliver, Fence, InterestAck, RelayFrame};
 use firetower_proto::slot_of;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -23,7 +23,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::config::Config;
-use crate::core::{DistributorCore, PublishOutcome};
+use crate::core::{DistributorCore, FenceOut, PublishOutcome};
 use crate::error::NodeError;
 use crate::relay::{close_code, encode, write_frames, FrameReader};
 use crate::service::DistributorService;
@@ -54,6 +54,12 @@ pub struct Counters {
     pub client_publishes: AtomicU64,
     pub links_overloaded: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Publishes refused because their hot-topic route was older than this owner's.
+    pub stale_routes: AtomicU64,
+    /// Hot-topic fences sent to edges.
+    pub fences: AtomicU64,
+    /// Splits and merges this node proposed to the metastore.
+    pub hot_proposals: AtomicU64,
 }
 
 /// What the gRPC service and the relay share.
@@ -94,52 +100,96 @@ impl<C: Connector> Shared<C> {
             .count()
     }
 
-    /// Sequences and queues a message if this node owns its topic.
+    /// Sequences and queues a message if this node owns its topic. `route_tag` is the
+    /// hot-topic route tag the publisher routed by; `msg_id` travels with the delivery.
     pub(crate) fn publish_local(
         &self,
         topic: &str,
         data: &Bytes,
         forward_key: Option<crate::core::ForwardKey>,
+        route_tag: u64,
+        msg_id: u64,
     ) -> Result<PublishOutcome, crate::core::CoreError> {
         let mut state = self.lock();
         let outcome = match forward_key {
-            Some(key) => state.core.handle_forwarded_publish(topic, key)?,
-            None => state.core.handle_publish(topic)?,
+            Some(key) => state.core.handle_forwarded_publish(topic, route_tag, key)?,
+            None => state.core.handle_publish(topic, route_tag)?,
         };
-        if let PublishOutcome::Sequenced { epoch, seq, edges } = &outcome {
-            self.counters.published.fetch_add(1, Ordering::Relaxed);
-            if !edges.is_empty() {
-                let frame = encode(&RelayFrame {
-                    frame: Some(Frame::Deliver(Deliver {
-                        topic: topic.to_string(),
-                        epoch: *epoch,
-                        seq: *seq,
-                        data: data.clone(),
-                    })),
-                });
-                let lane = slot_of(topic) as usize % self.config.relay_lanes;
-                let mut stuck = Vec::new();
-                for edge in edges {
-                    if let Some(link) = state.links.get(edge) {
-                        if link.lanes[lane].try_send(frame.clone()).is_err() {
-                            stuck.push(*edge);
-                        }
-                    }
-                }
-                for edge in stuck {
-                    self.counters
-                        .links_overloaded
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(edge, "relay lane full; closing the edge's link");
-                    if let Some(link) = state.links.remove(&edge) {
-                        link.conn
-                            .close(close_code::OVERLOADED.into(), b"relay lane overflow");
-                    }
-                    state.core.handle_edge_down(edge);
+        match &outcome {
+            PublishOutcome::Sequenced { epoch, seq, edges } => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                if !edges.is_empty() {
+                    let frame = encode(&RelayFrame {
+                        frame: Some(Frame::Deliver(Deliver {
+                            topic: topic.to_string(),
+                            epoch: *epoch,
+                            seq: *seq,
+                            data: data.clone(),
+                            msg_id,
+                        })),
+                    });
+                    queue_on_lanes(
+                        &self.config,
+                        &self.counters,
+                        &mut state,
+                        topic,
+                        &frame,
+                        edges,
+                    );
                 }
             }
+            PublishOutcome::StaleRoute { .. } => {
+                self.counters.stale_routes.fetch_add(1, Ordering::Relaxed);
+            }
+            PublishOutcome::NotOwner { .. } => {}
         }
         Ok(outcome)
+    }
+}
+
+/// Queues `frame` on `topic`'s lane to each of `edges`. An edge whose lane is full has its
+/// link closed (it reconnects and re-announces) rather than stalling everyone else.
+fn queue_on_lanes(
+    config: &Config,
+    counters: &Counters,
+    state: &mut State,
+    topic: &str,
+    frame: &Bytes,
+    edges: &[u64],
+) {
+    let lane = slot_of(topic) as usize % config.relay_lanes;
+    let mut stuck = Vec::new();
+    for edge in edges {
+        if let Some(link) = state.links.get(edge) {
+            if link.lanes[lane].try_send(frame.clone()).is_err() {
+                stuck.push(*edge);
+            }
+        }
+    }
+    for edge in stuck {
+        counters.links_overloaded.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(edge, "relay lane full; closing the edge's link");
+        if let Some(link) = state.links.remove(&edge) {
+            link.conn
+                .close(close_code::OVERLOADED.into(), b"relay lane overflow");
+        }
+        state.core.handle_edge_down(edge);
+    }
+}
+
+/// Queues hot-topic fences on their topics' lanes, behind every delivery already queued.
+fn send_fences(config: &Config, counters: &Counters, state: &mut State, fences: Vec<FenceOut>) {
+    for fence in fences {
+        let frame = encode(&RelayFrame {
+            frame: Some(Frame::Fence(Fence {
+                topic: fence.topic.clone(),
+                since: fence.since,
+            })),
+        });
+        counters
+            .fences
+            .fetch_add(fence.edges.len() as u64, Ordering::Relaxed);
+        queue_on_lanes(config, counters, state, &fence.topic, &frame, &fence.edges);
     }
 }
 
@@ -192,7 +242,11 @@ where
     let (revision_tx, revision_rx) = watch::channel(0u64);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            core: DistributorCore::new(config.id, config.max_topics),
+            core: DistributorCore::with_hot_policy(
+                config.id,
+                config.max_topics,
+                config.hot.clone(),
+            ),
             links: HashMap::new(),
         }),
         peers: Channels::new(connector.clone()),
@@ -213,8 +267,11 @@ where
     let apply_task = tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
             let revision = {
-                let mut state = apply_shared.lock();
+                let mut guard = apply_shared.lock();
+                let state = &mut *guard;
                 state.core.handle_watch(event);
+                let fences = state.core.take_fences();
+                send_fences(&apply_shared.config, &apply_shared.counters, state, fences);
                 state.core.routing().revision()
             };
             revision_tx.send_replace(revision);
@@ -226,6 +283,43 @@ where
         while incarnations.changed().await.is_ok() {
             let current = *incarnations.borrow_and_update();
             incarnation_shared.lock().core.handle_registered(current);
+        }
+    });
+    // Hot-topic load windows: the core decides, this task proposes.
+    let hot_shared = shared.clone();
+    let hot_meta = meta.clone();
+    let mut hot_stop = stop_rx.clone();
+    let hot_task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(
+            hot_shared.config.hot.window_ms.clamp(100, 1000),
+        ));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = hot_stop.wait_for(|s| *s) => break,
+            }
+            let proposals = hot_shared
+                .lock()
+                .core
+                .handle_tick(tokio::time::Instant::now());
+            for proposal in proposals {
+                hot_shared
+                    .counters
+                    .hot_proposals
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(topic = %proposal.topic, shards = proposal.shards, "proposing a hot-topic change");
+                let result = if proposal.shards == 0 {
+                    hot_meta.clear_hot_topic(proposal.topic.clone()).await
+                } else {
+                    hot_meta
+                        .set_hot_topic(proposal.topic.clone(), proposal.shards)
+                        .await
+                };
+                if let Err(status) = result {
+                    tracing::warn!(topic = %proposal.topic, %status, "hot-topic proposal failed");
+                }
+            }
         }
     });
     let membership = spawn_membership(
@@ -270,6 +364,7 @@ where
     let _ = membership.await;
     let _ = watch_task.await;
     let _ = relay_task.await;
+    let _ = hot_task.await;
     apply_task.abort();
     {
         let mut state = shared.lock();
@@ -364,20 +459,34 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         };
         match frame.frame {
             Some(Frame::Interest(interest))
-                if firetower_proto::topic::validate_topic(&interest.topic).is_err() =>
+                if firetower_proto::topic::validate_route_topic(&interest.topic).is_err() =>
             {
                 shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(edge, "interest in an invalid topic; ignored");
             }
             Some(Frame::Interest(interest)) => {
                 let recorded = {
-                    let mut state = shared.lock();
-                    state.core.handle_interest(
+                    let mut guard = shared.lock();
+                    let state = &mut *guard;
+                    let recorded = state.core.handle_interest(
                         edge,
                         &interest.topic,
                         interest.subscribers,
                         interest.epoch,
-                    )
+                    );
+                    // An edge that (re)announces a topic of a split topic learns the
+                    // owner's fence on the topic's lane, behind any delivery already queued.
+                    if recorded.is_ok() && interest.subscribers > 0 {
+                        if let Some(since) = state.core.fence_for(&interest.topic) {
+                            let fence = FenceOut {
+                                topic: interest.topic.clone(),
+                                since,
+                                edges: vec![edge],
+                            };
+                            send_fences(&shared.config, &shared.counters, state, vec![fence]);
+                        }
+                    }
+                    recorded
                 };
                 match recorded {
                     Ok(()) if interest.subscribers > 0 => {
@@ -447,9 +556,22 @@ async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, da
         shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    match shared.publish_local(&topic, &data, None) {
+    let hot = shared.lock().core.routing().hot_route(&topic).is_some();
+    if hot {
+        // A split (or once split) topic goes through the routed path, which fans out to the
+        // sub-topics and tags the route.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(status) = crate::service::publish(&shared, &topic, data, None).await {
+                tracing::warn!(%status, topic, "a client publish could not be delivered");
+            }
+        });
+        return;
+    }
+    let msg_id = crate::service::new_msg_id(shared);
+    match shared.publish_local(&topic, &data, None, 0, msg_id) {
         Ok(PublishOutcome::Sequenced { .. }) => {}
-        Ok(PublishOutcome::NotOwner { .. }) => {
+        Ok(PublishOutcome::NotOwner { .. } | PublishOutcome::StaleRoute { .. }) => {
             let shared = shared.clone();
             tokio::spawn(async move {
                 if let Err(status) = crate::service::publish(&shared, &topic, data, None).await {

@@ -6,6 +6,7 @@
 //! change and tries again, for up to `publish_retry_ms`; then it fails with UNAVAILABLE.
 //! A publish is never dropped without an error reaching the caller.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,9 @@ use firetower_proto::client::validate_json_data;
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::distributor::v1::distributor_server::{Distributor, DistributorServer};
+use firetower_proto::routing::route_topics;
 use firetower_proto::slot_of;
-use firetower_proto::topic::validate_topic;
+use firetower_proto::topic::{validate_route_topic, validate_topic};
 use tonic::{Code, Request, Response, Status};
 
 use crate::core::{ForwardKey, PublishOutcome};
@@ -26,6 +28,8 @@ use crate::node::Shared;
 /// Metadata on a request one distributor forwards to another: `<origin id>-<number>`, the
 /// key the owner deduplicates retried forwards by.
 const FORWARDED: &str = "firetower-forwarded";
+/// Metadata on a forwarded publish: `<route tag>-<message id>`.
+const ROUTE: &str = "firetower-route";
 /// How long to wait for a routing change before trying an owner again.
 const RETRY_POLL: Duration = Duration::from_millis(50);
 
@@ -83,9 +87,15 @@ fn check_message(
     shared: &Shared<impl Connector>,
     prefix: &str,
     m: &dpb::PublishRequest,
+    forwarded: bool,
 ) -> Result<(), Status> {
-    validate_topic(&m.topic)
-        .map_err(|e| Status::invalid_argument(format!("{prefix}topic: {e}")))?;
+    // Sub-topic names (`T#k`) only travel between distributors.
+    let valid = if forwarded {
+        validate_route_topic(&m.topic)
+    } else {
+        validate_topic(&m.topic)
+    };
+    valid.map_err(|e| Status::invalid_argument(format!("{prefix}topic: {e}")))?;
     let max = shared.config.max_data_bytes;
     if m.data.len() > max {
         return Err(Status::invalid_argument(format!(
@@ -139,21 +149,141 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
-/// Publishes one checked message: locally when owned, else through the owner.
-/// `received_key` is set when another distributor forwarded it here (with its key).
+/// A new message id: unique per accepting distributor process (its id, registration
+/// incarnation and a counter, hashed). Every copy of a hot topic's fan-out carries it.
+pub(crate) fn new_msg_id<C: Connector>(shared: &Shared<C>) -> u64 {
+    let incarnation = shared.lock().core.incarnation();
+    let n = shared.next_forward.fetch_add(1, Ordering::Relaxed);
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&shared.config.id.to_le_bytes());
+    bytes[8..16].copy_from_slice(&incarnation.to_le_bytes());
+    bytes[16..].copy_from_slice(&n.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// What a forwarded publish carries besides the message: the forwarder's key, the route
+/// tag it routed by and the message id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    key: Option<ForwardKey>,
+    route_tag: u64,
+    msg_id: u64,
+}
+
+fn received<T>(request: &Request<T>) -> Option<Received> {
+    if !is_forwarded(request) {
+        return None;
+    }
+    let key = forward_key(request);
+    let (route_tag, msg_id) = request
+        .metadata()
+        .get(ROUTE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (tag, id) = v.split_once('-')?;
+            Some((tag.parse().ok()?, id.parse().ok()?))
+        })
+        .unwrap_or((
+            0,
+            key.map_or(0, |(o, i, n)| o ^ i.rotate_left(21) ^ n.rotate_left(42)),
+        ));
+    Some(Received {
+        key,
+        route_tag,
+        msg_id,
+    })
+}
+
+/// Publishes one checked message of a client topic. A topic that was never split is
+/// sequenced by its owner; a split one goes to every sub-topic of its route (and, while a
+/// change is prepared, of the previous route too) with one message id. An owner that
+/// refuses the route as stale makes it wait for this node's view to move on and route the
+/// remaining names again.
 pub(crate) async fn publish<C: Connector>(
     shared: &Arc<Shared<C>>,
     topic: &str,
     data: Bytes,
+    received: Option<Received>,
+) -> Result<dpb::PublishReply, Status> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
+    if let Some(r) = received {
+        // Another distributor routed it: sequence it here or say why not.
+        return publish_one(
+            shared,
+            topic,
+            &data,
+            r.route_tag,
+            r.msg_id,
+            Some(r.key),
+            deadline,
+        )
+        .await;
+    }
+    let msg_id = new_msg_id(shared);
+    let mut revision = shared.routing_revision.clone();
+    let mut done: BTreeMap<String, dpb::PublishReply> = BTreeMap::new();
+    loop {
+        revision.borrow_and_update();
+        let (tag, names) = shared.lock().core.routing().publish_route(topic);
+        let todo: Vec<&String> = names.iter().filter(|n| !done.contains_key(*n)).collect();
+        let results = futures::future::join_all(
+            todo.iter()
+                .map(|name| publish_one(shared, name, &data, tag, msg_id, None, deadline)),
+        )
+        .await;
+        let mut stale = None;
+        for (name, result) in todo.into_iter().zip(results) {
+            match result {
+                Ok(reply) => {
+                    done.insert(name.clone(), reply);
+                }
+                Err(status) if status.code() == Code::Aborted => stale = Some(status),
+                Err(status) => return Err(status),
+            }
+        }
+        match stale {
+            None => {
+                let first = names.first().and_then(|n| done.get(n)).cloned();
+                let mut reply = first.unwrap_or_default();
+                if names.len() != 1 || names[0] != topic {
+                    reply.shards = names.len() as u32;
+                }
+                return Ok(reply);
+            }
+            Some(status) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(Status::unavailable(format!(
+                        "the hot-topic route of {topic:?} kept changing for {} ms: {}",
+                        shared.config.publish_retry_ms,
+                        status.message()
+                    )));
+                }
+                let wait = (deadline - now).min(RETRY_POLL);
+                let _ = tokio::time::timeout(wait, revision.changed()).await;
+            }
+        }
+    }
+}
+
+/// Publishes a message under one name (a topic or sub-topic): locally when owned, else
+/// through the owner. `received_key` is set when another distributor forwarded it here
+/// (with its key). ABORTED means the route tag was stale.
+async fn publish_one<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    topic: &str,
+    data: &Bytes,
+    route_tag: u64,
+    msg_id: u64,
     received_key: Option<Option<ForwardKey>>,
+    deadline: tokio::time::Instant,
 ) -> Result<dpb::PublishReply, Status> {
     let is_forwarded = received_key.is_some();
     // One key for every forward of this publish, so the owner sequences it once however
     // often a lost reply makes us retry; made at the first forward (a publish sequenced
     // here needs none).
     let mut my_key: Option<Option<ForwardKey>> = None;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
     let mut revision = shared.routing_revision.clone();
     let mut last = String::from("no distributor owns the topic's slot yet");
     // The owner a forward went to without a clear answer.
@@ -177,11 +307,20 @@ pub(crate) async fn publish<C: Connector>(
             }
         }
         let outcome = shared
-            .publish_local(topic, &data, received_key.flatten())
+            .publish_local(topic, data, received_key.flatten(), route_tag, msg_id)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         match outcome {
             PublishOutcome::Sequenced { epoch, seq, .. } => {
-                return Ok(dpb::PublishReply { epoch, seq })
+                return Ok(dpb::PublishReply {
+                    epoch,
+                    seq,
+                    shards: 0,
+                })
+            }
+            PublishOutcome::StaleRoute { since } => {
+                return Err(Status::aborted(format!(
+                    "stale hot-topic route for {topic:?}: tag {route_tag} is older than {since}"
+                )));
             }
             PublishOutcome::NotOwner { owner } if is_forwarded => {
                 return Err(Status::failed_precondition(format!(
@@ -194,7 +333,7 @@ pub(crate) async fn publish<C: Connector>(
             PublishOutcome::NotOwner { owner } => match peer(shared, owner) {
                 Some(mut client) => {
                     shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                    let request = forwarded(
+                    let mut request = forwarded(
                         dpb::PublishRequest {
                             topic: topic.to_string(),
                             data: data.clone(),
@@ -202,8 +341,14 @@ pub(crate) async fn publish<C: Connector>(
                         shared.config.rpc_timeout(),
                         *my_key.get_or_insert_with(|| forward_key_of(shared)),
                     );
+                    if let Ok(value) =
+                        tonic::metadata::MetadataValue::try_from(format!("{route_tag}-{msg_id}"))
+                    {
+                        request.metadata_mut().insert(ROUTE, value);
+                    }
                     match client.publish(request).await {
                         Ok(reply) => return Ok(reply.into_inner()),
+                        Err(status) if status.code() == Code::Aborted => return Err(status),
                         // "Not the owner", or no connection at all: certainly not sequenced.
                         Err(status)
                             if status.code() == Code::FailedPrecondition || never_sent(&status) =>
@@ -235,15 +380,69 @@ pub(crate) async fn publish<C: Connector>(
     }
 }
 
+/// One name's subscriber count and counters, from its owner (here or forwarded).
+async fn status_one<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    name: &str,
+    is_forwarded: bool,
+) -> Result<(dpb::TopicStatusReply, u64), Status> {
+    let local = {
+        let state = shared.lock();
+        state
+            .core
+            .topic_count(name)
+            .map(|c| (c, state.core.relayed()))
+    };
+    match local {
+        Ok((count, relayed)) => Ok((
+            dpb::TopicStatusReply {
+                topic: name.to_string(),
+                subscribers: count.subscribers,
+                edge_ids: count.edges,
+                relayed_messages: relayed,
+                edge_subscribers: count.edge_subscribers,
+                shards: vec![dpb::ShardStatus {
+                    topic: name.to_string(),
+                    owner: shared.config.id,
+                    subscribers: count.subscribers,
+                    sequenced: count.stats.sequenced,
+                    relayed: count.stats.relayed,
+                }],
+            },
+            shared.config.id,
+        )),
+        Err(owner) if owner == 0 || is_forwarded => Err(Status::unavailable(format!(
+            "distributor {} does not own slot {} (owner: {owner})",
+            shared.config.id,
+            slot_of(name)
+        ))),
+        Err(owner) => {
+            let mut client = peer(shared, owner).ok_or_else(|| {
+                Status::unavailable(format!("owner {owner} has no known gRPC address"))
+            })?;
+            let reply = client
+                .topic_status(forwarded(
+                    dpb::TopicStatusRequest {
+                        topic: name.to_string(),
+                    },
+                    shared.config.rpc_timeout(),
+                    None,
+                ))
+                .await?;
+            Ok((reply.into_inner(), owner))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<C: Connector> Distributor for DistributorService<C> {
     async fn publish(
         &self,
         request: Request<dpb::PublishRequest>,
     ) -> Result<Response<dpb::PublishReply>, Status> {
-        let received = is_forwarded(&request).then(|| forward_key(&request));
+        let received = received(&request);
         let m = request.into_inner();
-        check_message(&self.shared, "", &m)?;
+        check_message(&self.shared, "", &m, received.is_some())?;
         publish(&self.shared, &m.topic, m.data, received)
             .await
             .map(Response::new)
@@ -253,7 +452,11 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::PublishBatchRequest>,
     ) -> Result<Response<dpb::PublishBatchReply>, Status> {
-        let received = is_forwarded(&request).then(|| forward_key(&request));
+        if is_forwarded(&request) {
+            return Err(Status::invalid_argument(
+                "PublishBatch is not forwarded between distributors",
+            ));
+        }
         let batch = request.into_inner();
         let max = self.shared.config.max_batch;
         if batch.messages.len() > max {
@@ -263,11 +466,11 @@ impl<C: Connector> Distributor for DistributorService<C> {
             )));
         }
         for (i, m) in batch.messages.iter().enumerate() {
-            check_message(&self.shared, &format!("messages[{i}]."), m)?;
+            check_message(&self.shared, &format!("messages[{i}]."), m, false)?;
         }
         let mut results = Vec::with_capacity(batch.messages.len());
         for (i, m) in batch.messages.into_iter().enumerate() {
-            match publish(&self.shared, &m.topic, m.data, received.map(|_| None)).await {
+            match publish(&self.shared, &m.topic, m.data, None).await {
                 Ok(r) => results.push(r),
                 Err(status) => {
                     return Err(Status::new(
@@ -289,39 +492,59 @@ impl<C: Connector> Distributor for DistributorService<C> {
     ) -> Result<Response<dpb::TopicStatusReply>, Status> {
         let is_forwarded = is_forwarded(&request);
         let topic = request.into_inner().topic;
-        validate_topic(&topic).map_err(|e| Status::invalid_argument(format!("topic: {e}")))?;
-        let local = {
-            let state = self.shared.lock();
-            state
-                .core
-                .topic_count(&topic)
-                .map(|c| (c, state.core.relayed()))
+        let valid = if is_forwarded {
+            validate_route_topic(&topic)
+        } else {
+            validate_topic(&topic)
         };
-        match local {
-            Ok((count, relayed)) => Ok(Response::new(dpb::TopicStatusReply {
-                topic,
-                subscribers: count.subscribers,
-                edge_ids: count.edges,
-                relayed_messages: relayed,
-            })),
-            Err(owner) if owner == 0 || is_forwarded => Err(Status::unavailable(format!(
-                "distributor {} does not own slot {} (owner: {owner})",
-                self.shared.config.id,
-                slot_of(&topic)
-            ))),
-            Err(owner) => {
-                let mut client = peer(&self.shared, owner).ok_or_else(|| {
-                    Status::unavailable(format!("owner {owner} has no known gRPC address"))
-                })?;
-                client
-                    .topic_status(forwarded(
-                        dpb::TopicStatusRequest { topic },
-                        self.shared.config.rpc_timeout(),
-                        None,
-                    ))
-                    .await
+        valid.map_err(|e| Status::invalid_argument(format!("topic: {e}")))?;
+        let hot = self.shared.lock().core.routing().hot_route(&topic);
+        let names = match hot {
+            Some(h) if !is_forwarded && (h.shards > 0 || !h.committed) => {
+                let mut names = route_topics(&topic, h.shards);
+                if !h.committed {
+                    for name in route_topics(&topic, h.prev_shards) {
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+                names
             }
+            _ => {
+                let (reply, _) = status_one(&self.shared, &topic, is_forwarded).await?;
+                return Ok(Response::new(reply));
+            }
+        };
+        // A split topic: every edge subscribes to one sub-topic (two while it changes route,
+        // with the same count), so the total is the sum over edges of each edge's largest
+        // count.
+        let replies = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| status_one(&self.shared, name, false)),
+        )
+        .await;
+        let mut per_edge: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut shards = Vec::new();
+        let mut relayed = 0;
+        for reply in replies {
+            let (reply, _) = reply?;
+            for (edge, n) in reply.edge_ids.iter().zip(&reply.edge_subscribers) {
+                let e = per_edge.entry(*edge).or_default();
+                *e = (*e).max(*n);
+            }
+            relayed += reply.shards.iter().map(|s| s.relayed).sum::<u64>();
+            shards.extend(reply.shards);
         }
+        Ok(Response::new(dpb::TopicStatusReply {
+            topic,
+            subscribers: per_edge.values().sum(),
+            edge_ids: per_edge.keys().copied().collect(),
+            edge_subscribers: per_edge.values().copied().collect(),
+            relayed_messages: relayed,
+            shards,
+        }))
     }
 
     /// Closes every connection of a user on every edge linked to this distributor (every

@@ -11,18 +11,31 @@
 //! one passed on for its topic is dropped, so clients see each message once and in order
 //! even when an old and a new owner both send during a slot move.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use firetower_proto::client::{encode_delivery, ClientError, ErrorCode};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, Interest, RelayFrame, SlotsSynced};
-use firetower_proto::routing::RoutingTable;
+use firetower_proto::routing::{edge_route_topic, RoutingTable};
 use firetower_proto::{slot_of, Slot};
 use tokio::time::{Duration, Instant};
 
 /// A client connection, numbered by the shell.
 pub type ConnId = u64;
+
+/// Deliveries held per waiting route of a split topic while the route before it drains.
+/// Beyond it the oldest are dropped (counted): they are the most likely to have come
+/// through the older route already.
+pub const ROUTE_BUFFER: usize = 8192;
+/// Message ids remembered per split topic to drop the second copy of a message that came
+/// through two routes (a few seconds of a hot topic's messages).
+pub const RECENT_IDS: usize = 4096;
+/// How long a route change may wait for the old route's fence before the edge moves on
+/// anyway (counted in `forced_switches`): the old owner is gone or cut off.
+pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an unanswered hot-topic ack is sent again.
+const HOT_ACK_RESEND: Duration = Duration::from_secs(2);
 
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,31 +51,83 @@ pub enum Output {
     Connect { distributor: u64 },
     /// Close the relay link to this distributor.
     Disconnect { distributor: u64 },
+    /// Deliveries held back while a split topic changed route, now due.
+    Deliver(Fanout),
+    /// Tell the metastore that this edge receives the route of `topic` prepared at `since`.
+    AckHot { topic: String, since: u64 },
 }
 
 /// A message to pass to local subscribers: one encoded frame, many connections.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fanout {
     pub frame: Bytes,
     pub conns: Vec<ConnId>,
+}
+
+/// One route of a client topic: the name this edge receives it under. A never-split topic
+/// has one route, its own name. While a split topic changes route, the first route
+/// delivers and the later ones hold their deliveries until the one before has drained.
+#[derive(Debug)]
+struct Route {
+    name: String,
+    /// The hot-entry revision this route was prepared at (0: the topic's first route).
+    since: u64,
+    /// Held deliveries: (data, message id).
+    held: VecDeque<(Bytes, u64)>,
+    /// When this route was added (for [`SWITCH_TIMEOUT`]).
+    added: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
 struct LocalTopic {
     /// Acknowledged subscribers: they receive deliveries.
     subscribers: BTreeSet<ConnId>,
-    /// Waiting for the owner's InterestAck, with the time they asked.
+    /// Waiting for every route's InterestAck, with the time they asked.
     pending: BTreeMap<ConnId, Instant>,
-    /// The owner epoch at which the owner acknowledged our interest; 0 = not yet.
-    acked_epoch: u64,
-    /// The last `(epoch, seq)` passed on.
-    last: (u64, u64),
+    routes: VecDeque<Route>,
+    /// Set once the topic has changed route (or was split when it became local): clients
+    /// then get this edge's numbering, `(epoch, seq)` with a new epoch per route change,
+    /// because the owners' sequences of different routes are unrelated. Otherwise the
+    /// owner's `(epoch, seq)` passes through.
+    renumber: bool,
+    /// The last `(epoch, seq)` given to clients.
+    client_last: (u64, u64),
+    /// Recent message ids (split topics only), oldest first.
+    recent: VecDeque<u64>,
+    recent_set: HashSet<u64>,
 }
 
 impl LocalTopic {
     fn count(&self) -> u64 {
         (self.subscribers.len() + self.pending.len()) as u64
     }
+
+    /// Remembers `id`; false when it was seen already.
+    fn first_sight(&mut self, id: u64) -> bool {
+        if !self.recent_set.insert(id) {
+            return false;
+        }
+        self.recent.push_back(id);
+        if self.recent.len() > RECENT_IDS {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// One name this edge receives deliveries under (a topic or a sub-topic `T#k`).
+#[derive(Debug)]
+struct RouteName {
+    /// The client topic it serves.
+    base: String,
+    /// The owner epoch at which the owner acknowledged our interest; 0 = not yet.
+    acked_epoch: u64,
+    /// The last `(epoch, seq)` received.
+    last: (u64, u64),
+    /// The highest fence the owner sent: no more publishes routed below it will come.
+    fence: u64,
 }
 
 /// Edge counters that the core keeps.
@@ -74,6 +139,13 @@ pub struct CoreCounters {
     pub unwanted_deliveries: u64,
     /// Deliveries whose data was not UTF-8.
     pub bad_deliveries: u64,
+    /// Second copies of a split topic's message (same message id), dropped.
+    pub duplicate_deliveries: u64,
+    /// Held deliveries dropped because a waiting route's buffer was full.
+    pub held_dropped: u64,
+    /// Split-topic route changes completed, and those forced by [`SWITCH_TIMEOUT`].
+    pub route_switches: u64,
+    pub forced_switches: u64,
 }
 
 /// The edge state machine.
@@ -84,12 +156,15 @@ pub struct EdgeCore {
     subscribe_timeout: Duration,
     routing: RoutingTable,
     topics: HashMap<String, LocalTopic>,
+    names: HashMap<String, RouteName>,
     conns: HashMap<ConnId, BTreeSet<String>>,
-    /// slot → how many local topics live there (the slots registered with the metastore).
+    /// slot → how many route names live there (the slots registered with the metastore).
     slot_topics: BTreeMap<Slot, usize>,
-    /// Topics whose subscriber count changed since the last flush.
+    /// Route names whose subscriber count changed since the last flush.
     dirty: BTreeSet<String>,
     links: BTreeSet<u64>,
+    /// Hot topic → (the `since` acked, when the ack was last sent).
+    hot_acks: BTreeMap<String, (u64, Instant)>,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
 }
@@ -102,10 +177,12 @@ impl EdgeCore {
             subscribe_timeout,
             routing: RoutingTable::default(),
             topics: HashMap::new(),
+            names: HashMap::new(),
             conns: HashMap::new(),
             slot_topics: BTreeMap::new(),
             dirty: BTreeSet::new(),
             links: BTreeSet::new(),
+            hot_acks: BTreeMap::new(),
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
         }
@@ -138,27 +215,105 @@ impl EdgeCore {
         self.conns.get(&conn).map_or(0, BTreeSet::len)
     }
 
-    fn owner_link(&self, topic: &str) -> Option<(u64, u64)> {
-        let route = self.routing.route(slot_of(topic));
+    /// The route names a client topic is received under, for a topic becoming local now:
+    /// its own name for a never-split topic; the current route of a split one (both routes
+    /// while a change is prepared and not yet committed).
+    fn initial_routes(&self, topic: &str, now: Instant) -> (Vec<Route>, bool) {
+        let route = |name: String, since: u64| Route {
+            name,
+            since,
+            held: VecDeque::new(),
+            added: Some(now),
+        };
+        let Some(hot) = self.routing.hot_route(topic) else {
+            return (vec![route(topic.to_string(), 0)], false);
+        };
+        let new = edge_route_topic(self.id, topic, hot.shards);
+        if hot.committed {
+            return (vec![route(new, hot.since)], true);
+        }
+        let old = edge_route_topic(self.id, topic, hot.prev_shards);
+        if old == new {
+            (vec![route(new, hot.since)], true)
+        } else {
+            (vec![route(old, 0), route(new, hot.since)], true)
+        }
+    }
+
+    fn owner_link(&self, name: &str) -> Option<(u64, u64)> {
+        let route = self.routing.route(slot_of(name));
         (route.distributor != 0 && self.links.contains(&route.distributor))
             .then_some((route.distributor, route.epoch))
     }
 
-    fn send_interest(&mut self, topic: &str) {
-        let Some((owner, epoch)) = self.owner_link(topic) else {
+    /// Announces the local subscriber count of a route name (0 when it is not used).
+    fn send_interest(&mut self, name: &str) {
+        let Some((owner, epoch)) = self.owner_link(name) else {
             return;
         };
-        let subscribers = self.topics.get(topic).map_or(0, LocalTopic::count);
+        let subscribers = self
+            .names
+            .get(name)
+            .and_then(|n| self.topics.get(&n.base))
+            .map_or(0, LocalTopic::count);
         self.outputs.push_back(Output::Relay {
             distributor: owner,
             frame: RelayFrame {
                 frame: Some(Frame::Interest(Interest {
-                    topic: topic.to_string(),
+                    topic: name.to_string(),
                     subscribers,
                     epoch,
                 })),
             },
         });
+    }
+
+    /// Starts receiving a route name for `base` (if it is not already).
+    fn add_name(&mut self, name: &str, base: &str) {
+        if self.names.contains_key(name) {
+            return;
+        }
+        self.names.insert(
+            name.to_string(),
+            RouteName {
+                base: base.to_string(),
+                acked_epoch: 0,
+                last: (0, 0),
+                fence: 0,
+            },
+        );
+        *self.slot_topics.entry(slot_of(name)).or_default() += 1;
+        self.send_interest(name);
+    }
+
+    /// Stops receiving a route name and tells its owner.
+    fn remove_name(&mut self, name: &str) {
+        if self.names.remove(name).is_none() {
+            return;
+        }
+        self.dirty.remove(name);
+        let slot = slot_of(name);
+        if let Some(n) = self.slot_topics.get_mut(&slot) {
+            *n -= 1;
+            if *n == 0 {
+                self.slot_topics.remove(&slot);
+            }
+        }
+        self.send_interest(name);
+    }
+
+    fn name_acked(&self, name: &str) -> bool {
+        let route = self.routing.route(slot_of(name));
+        self.names
+            .get(name)
+            .is_some_and(|n| n.acked_epoch != 0 && n.acked_epoch == route.epoch)
+    }
+
+    /// Every route of the topic has its owner's ack: a subscriber now gets every message.
+    fn topic_ready(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| t.routes.iter().all(|r| self.name_acked(&r.name)))
     }
 
     /// A connection subscribes to `topics` (already validated and passed by the hooks).
@@ -183,22 +338,40 @@ impl EdgeCore {
                 continue;
             }
             mine.insert(topic.clone());
-            let slot = slot_of(&topic);
-            let route = self.routing.route(slot);
-            let is_new = !self.topics.contains_key(&topic);
-            let entry = self.topics.entry(topic.clone()).or_default();
-            if entry.acked_epoch != 0 && entry.acked_epoch == route.epoch {
+            if !self.topics.contains_key(&topic) {
+                let (routes, renumber) = self.initial_routes(&topic, now);
+                let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+                self.topics.insert(
+                    topic.clone(),
+                    LocalTopic {
+                        routes: routes.into(),
+                        renumber,
+                        // A fresh numbering starts above every epoch of this view.
+                        client_last: (self.routing.revision(), 0),
+                        pending: BTreeMap::from([(conn, now)]),
+                        ..LocalTopic::default()
+                    },
+                );
+                for name in names {
+                    self.add_name(&name, &topic);
+                }
+                if self.topic_ready(&topic) {
+                    self.make_ready(&topic);
+                }
+                continue;
+            }
+            let is_ready = self.topic_ready(&topic);
+            let Some(entry) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            if is_ready {
                 entry.subscribers.insert(conn);
                 ready.push(topic.clone());
             } else {
                 entry.pending.insert(conn, now);
             }
-            if is_new {
-                *self.slot_topics.entry(slot).or_default() += 1;
-                self.send_interest(&topic);
-            } else {
-                self.dirty.insert(topic);
-            }
+            let names: Vec<String> = entry.routes.iter().map(|r| r.name.clone()).collect();
+            self.dirty.extend(names);
         }
         if !ready.is_empty() {
             self.outputs.push_back(Output::Subscribed {
@@ -246,20 +419,15 @@ impl EdgeCore {
         };
         entry.subscribers.remove(&conn);
         entry.pending.remove(&conn);
+        let names: Vec<String> = entry.routes.iter().map(|r| r.name.clone()).collect();
         if entry.count() == 0 {
+            // Tell the owners at once that we no longer need it.
             self.topics.remove(topic);
-            self.dirty.remove(topic);
-            let slot = slot_of(topic);
-            if let Some(n) = self.slot_topics.get_mut(&slot) {
-                *n -= 1;
-                if *n == 0 {
-                    self.slot_topics.remove(&slot);
-                }
+            for name in names {
+                self.remove_name(&name);
             }
-            // Tell the owner at once that we no longer need it.
-            self.send_interest(topic);
         } else {
-            self.dirty.insert(topic.to_string());
+            self.dirty.extend(names);
         }
     }
 
@@ -276,48 +444,90 @@ impl EdgeCore {
         topics
     }
 
-    /// A delivery from a distributor: the frame to send and who gets it, unless it is stale
-    /// or nobody here wants it.
+    /// A delivery from a distributor under route name `name`: the frame to send and who
+    /// gets it, unless it is stale, a second copy, held for a later route, or unwanted.
     pub fn handle_deliver(
         &mut self,
-        topic: &str,
+        name: &str,
         epoch: u64,
         seq: u64,
         data: &[u8],
+        msg_id: u64,
     ) -> Option<Fanout> {
-        let Some(entry) = self.topics.get_mut(topic) else {
+        let Some(route_name) = self.names.get_mut(name) else {
             self.counters.unwanted_deliveries += 1;
             return None;
         };
-        if (epoch, seq) <= entry.last {
+        if (epoch, seq) <= route_name.last {
             self.counters.stale_deliveries += 1;
             return None;
         }
-        let Ok(data) = std::str::from_utf8(data) else {
+        if std::str::from_utf8(data).is_err() {
             self.counters.bad_deliveries += 1;
             return None;
+        }
+        route_name.last = (epoch, seq);
+        let Some(entry) = self.topics.get_mut(&route_name.base) else {
+            self.counters.unwanted_deliveries += 1;
+            return None;
         };
-        entry.last = (epoch, seq);
-        if entry.subscribers.is_empty() {
+        let Some(at) = entry.routes.iter().position(|r| r.name == name) else {
+            self.counters.unwanted_deliveries += 1;
+            return None;
+        };
+        if at > 0 {
+            // A later route: hold it until the routes before it have drained.
+            let held = &mut entry.routes[at].held;
+            if held.len() >= ROUTE_BUFFER {
+                held.pop_front();
+                self.counters.held_dropped += 1;
+            }
+            held.push_back((Bytes::copy_from_slice(data), msg_id));
             return None;
         }
-        Some(Fanout {
-            frame: encode_delivery(topic, data, epoch, seq),
-            conns: entry.subscribers.iter().copied().collect(),
-        })
+        if !entry.renumber {
+            // While a new route is being joined the same message may also come through it
+            // (publishers send to both): remember what passed.
+            if entry.routes.len() > 1 && !entry.first_sight(msg_id) {
+                self.counters.duplicate_deliveries += 1;
+                return None;
+            }
+            entry.client_last = (epoch, seq);
+            if entry.subscribers.is_empty() {
+                return None;
+            }
+            let text = std::str::from_utf8(data).ok()?;
+            return Some(Fanout {
+                frame: encode_delivery(name, text, epoch, seq),
+                conns: entry.subscribers.iter().copied().collect(),
+            });
+        }
+        let base = route_name.base.clone();
+        deliver_renumbered(entry, &base, data, msg_id, &mut self.counters)
     }
 
-    /// The owner acknowledged our interest in `topic` at `epoch`: waiting subscribers are
-    /// now effective.
-    pub fn handle_interest_ack(&mut self, distributor: u64, topic: &str, epoch: u64) {
-        let route = self.routing.route(slot_of(topic));
+    /// The owner acknowledged our interest in route name `name` at `epoch`: subscribers
+    /// waiting for it are effective once every route of their topic is acknowledged.
+    pub fn handle_interest_ack(&mut self, distributor: u64, name: &str, epoch: u64) {
+        let route = self.routing.route(slot_of(name));
         if route.distributor != distributor || route.epoch != epoch {
             return; // An ack from an owner that is no longer current.
         }
-        let Some(entry) = self.topics.get_mut(topic) else {
+        let Some(entry) = self.names.get_mut(name) else {
             return;
         };
         entry.acked_epoch = epoch;
+        let base = entry.base.clone();
+        if self.topic_ready(&base) {
+            self.make_ready(&base);
+        }
+        self.try_switch(&base, None);
+    }
+
+    fn make_ready(&mut self, topic: &str) {
+        let Some(entry) = self.topics.get_mut(topic) else {
+            return;
+        };
         let pending = std::mem::take(&mut entry.pending);
         for conn in pending.into_keys() {
             entry.subscribers.insert(conn);
@@ -328,9 +538,80 @@ impl EdgeCore {
         }
     }
 
-    /// Applies a metastore watch event: links follow the distributors, and the topics of
-    /// every slot that changed owner are announced to the new owner.
-    pub fn handle_watch(&mut self, event: pb::WatchEvent) {
+    /// The owner of route name `name` refuses publishes routed below `since` from now on,
+    /// and every delivery before this fence has arrived.
+    pub fn handle_fence(&mut self, name: &str, since: u64) {
+        let Some(entry) = self.names.get_mut(name) else {
+            return;
+        };
+        entry.fence = entry.fence.max(since);
+        let base = entry.base.clone();
+        self.try_switch(&base, None);
+    }
+
+    /// Moves a split topic to its next route while the first route has drained: its owner
+    /// fenced it at or above the next route's `since` (so everything published by a view
+    /// that knew only the old route has arrived) and the next route's owner acked us.
+    /// With `now`, a change that waited longer than [`SWITCH_TIMEOUT`] moves on anyway.
+    fn try_switch(&mut self, topic: &str, now: Option<Instant>) {
+        loop {
+            let Some(entry) = self.topics.get(topic) else {
+                return;
+            };
+            let (Some(head), Some(next)) = (entry.routes.front(), entry.routes.get(1)) else {
+                return;
+            };
+            let fenced = self
+                .names
+                .get(&head.name)
+                .is_some_and(|n| n.fence >= next.since);
+            let timed_out = now.is_some_and(|now| {
+                next.added
+                    .is_some_and(|t| now.saturating_duration_since(t) >= SWITCH_TIMEOUT)
+            });
+            if !(fenced && self.name_acked(&next.name)) && !timed_out {
+                return;
+            }
+            if !fenced {
+                self.counters.forced_switches += 1;
+            }
+            self.counters.route_switches += 1;
+            let Some(entry) = self.topics.get_mut(topic) else {
+                return;
+            };
+            let Some(old) = entry.routes.pop_front() else {
+                return;
+            };
+            // A new epoch for the clients: the next route's owners number differently.
+            let epoch = entry
+                .client_last
+                .0
+                .saturating_add(1)
+                .max(self.routing.revision());
+            entry.renumber = true;
+            entry.client_last = (epoch, 0);
+            let held: Vec<(Bytes, u64)> = entry
+                .routes
+                .front_mut()
+                .map(|r| r.held.drain(..).collect())
+                .unwrap_or_default();
+            for (data, id) in held {
+                if let Some(fanout) =
+                    deliver_renumbered(entry, topic, &data, id, &mut self.counters)
+                {
+                    self.outputs.push_back(Output::Deliver(fanout));
+                }
+            }
+            if !entry.routes.iter().any(|r| r.name == old.name) {
+                self.remove_name(&old.name);
+            }
+        }
+    }
+
+    /// Applies a metastore watch event: links follow the distributors, the topics of every
+    /// slot that changed owner are announced to the new owner, and split topics join their
+    /// new routes.
+    pub fn handle_watch(&mut self, now: Instant, event: pb::WatchEvent) {
         let changes = self.routing.apply(event);
         for d in changes.distributors_down {
             if !self.routing.distributors().contains_key(&d) {
@@ -341,6 +622,7 @@ impl EdgeCore {
         for d in changes.distributors_up {
             self.outputs.push_back(Output::Connect { distributor: d });
         }
+        self.follow_hot_routes(now);
         let mut by_owner: BTreeMap<u64, Vec<(Slot, u64)>> = BTreeMap::new();
         for change in &changes.owners {
             if change.to != 0 && self.links.contains(&change.to) {
@@ -354,18 +636,56 @@ impl EdgeCore {
             return;
         }
         let moved: BTreeSet<Slot> = by_owner.values().flatten().map(|(s, _)| *s).collect();
-        let mut topics: Vec<String> = self
-            .topics
+        let mut names: Vec<String> = self
+            .names
             .keys()
             .filter(|t| moved.contains(&slot_of(t)))
             .cloned()
             .collect();
-        topics.sort();
-        for topic in &topics {
-            self.send_interest(topic);
+        names.sort();
+        for name in &names {
+            self.send_interest(name);
         }
         for (owner, slots) in by_owner {
             self.push_synced(owner, slots);
+        }
+    }
+
+    /// Adds the new route of every local split topic whose hot entry moved on.
+    fn follow_hot_routes(&mut self, now: Instant) {
+        let mut added: Vec<(String, String)> = Vec::new();
+        for (topic, entry) in self.topics.iter_mut() {
+            let Some(hot) = self.routing.hot_route(topic) else {
+                continue;
+            };
+            let Some(last) = entry.routes.back() else {
+                continue;
+            };
+            if hot.since <= last.since {
+                continue;
+            }
+            let name = edge_route_topic(self.id, topic, hot.shards);
+            if last.name == name {
+                continue; // The same sub-topic under the new shard count: nothing moves.
+            }
+            entry.routes.push_back(Route {
+                name: name.clone(),
+                since: hot.since,
+                held: VecDeque::new(),
+                added: Some(now),
+            });
+            added.push((name, topic.clone()));
+        }
+        added.sort();
+        for (name, topic) in added {
+            self.add_name(&name, &topic);
+            // Subscribers wait for the new route too (see topic_ready), so a subscriber
+            // acked from now on is owed nothing the old route misses.
+            let names: Vec<String> = self.topics.get(&topic).map_or_else(Vec::new, |t| {
+                t.routes.iter().map(|r| r.name.clone()).collect()
+            });
+            self.dirty.extend(names);
+            self.try_switch(&topic, None);
         }
     }
 
@@ -384,19 +704,19 @@ impl EdgeCore {
         }
     }
 
-    /// The relay link to `distributor` is up: announce every local topic it owns, then
-    /// say that every slot it owns is synced.
+    /// The relay link to `distributor` is up: announce every local route name it owns,
+    /// then say that every slot it owns is synced.
     pub fn handle_link_up(&mut self, distributor: u64) {
         self.links.insert(distributor);
-        let mut topics: Vec<String> = self
-            .topics
+        let mut names: Vec<String> = self
+            .names
             .keys()
             .filter(|t| self.routing.route(slot_of(t)).distributor == distributor)
             .cloned()
             .collect();
-        topics.sort();
-        for topic in &topics {
-            self.send_interest(topic);
+        names.sort();
+        for name in &names {
+            self.send_interest(name);
         }
         let slots: Vec<(Slot, u64)> = self
             .routing
@@ -412,12 +732,13 @@ impl EdgeCore {
         self.links.remove(&distributor);
     }
 
-    /// Periodic work: send changed subscriber counts, and fail subscribes that waited
-    /// longer than the subscribe timeout for their owner.
+    /// Periodic work: send changed subscriber counts, fail subscribes that waited longer
+    /// than the subscribe timeout, move on from route changes stuck past
+    /// [`SWITCH_TIMEOUT`], and ack prepared hot-topic routes to the metastore.
     pub fn handle_tick(&mut self, now: Instant) {
         let dirty = std::mem::take(&mut self.dirty);
-        for topic in dirty {
-            self.send_interest(&topic);
+        for name in dirty {
+            self.send_interest(&name);
         }
         let timeout = self.subscribe_timeout;
         let mut failed: BTreeMap<ConnId, Vec<String>> = BTreeMap::new();
@@ -447,12 +768,82 @@ impl EdgeCore {
                 .with_topic(topics.join(",")),
             });
         }
+        let changing: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| t.routes.len() > 1)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for topic in changing {
+            self.try_switch(&topic, Some(now));
+        }
+        self.ack_hot_routes(now);
     }
 
-    /// Where a client publish of `topic` goes: the owner, if its link is up.
+    /// Acks every prepared (uncommitted) hot route this edge now receives: at once for a
+    /// topic without local subscribers, else once the new route's owner acked our
+    /// interest. Unanswered acks are sent again every [`HOT_ACK_RESEND`].
+    fn ack_hot_routes(&mut self, now: Instant) {
+        let mut acks = Vec::new();
+        for (topic, hot) in self.routing.hot_routes() {
+            if hot.committed {
+                continue;
+            }
+            if let Some((since, sent)) = self.hot_acks.get(topic) {
+                if *since == hot.since && now.saturating_duration_since(*sent) < HOT_ACK_RESEND {
+                    continue;
+                }
+            }
+            let ready = match self.topics.get(topic) {
+                None => true,
+                Some(_) => {
+                    let name = edge_route_topic(self.id, topic, hot.shards);
+                    self.name_acked(&name)
+                }
+            };
+            if ready {
+                acks.push((topic.clone(), hot.since));
+            }
+        }
+        for (topic, since) in acks {
+            self.hot_acks.insert(topic.clone(), (since, now));
+            self.outputs.push_back(Output::AckHot { topic, since });
+        }
+        // Bounded by the metastore's hot table: forget acks of entries no longer pending.
+        let routing = &self.routing;
+        self.hot_acks
+            .retain(|topic, _| routing.hot_route(topic).is_some_and(|h| !h.committed));
+    }
+
+    /// Where a client publish of `topic` goes: the owner of the topic's own slot, if its
+    /// link is up (it fans a split topic out).
     pub fn publish_route(&self, topic: &str) -> Option<u64> {
         self.owner_link(topic).map(|(owner, _)| owner)
     }
+}
+
+/// Passes a message of a renumbered (split) topic to its subscribers, once per message id.
+fn deliver_renumbered(
+    entry: &mut LocalTopic,
+    topic: &str,
+    data: &[u8],
+    msg_id: u64,
+    counters: &mut CoreCounters,
+) -> Option<Fanout> {
+    if !entry.first_sight(msg_id) {
+        counters.duplicate_deliveries += 1;
+        return None;
+    }
+    let (epoch, seq) = entry.client_last;
+    entry.client_last = (epoch, seq + 1);
+    if entry.subscribers.is_empty() {
+        return None;
+    }
+    let text = std::str::from_utf8(data).ok()?;
+    Some(Fanout {
+        frame: encode_delivery(topic, text, epoch, seq + 1),
+        conns: entry.subscribers.iter().copied().collect(),
+    })
 }
 
 /// Keeps the metastore's list of this edge's slots in step with the local subscriptions:

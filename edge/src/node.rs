@@ -122,7 +122,13 @@ pub(crate) struct Shared<C: Connector> {
     /// gRPC channels to distributors (TopicStatus for the demo page's online count).
     pub(crate) distributors: Channels<C>,
     pub(crate) stop: watch::Receiver<bool>,
+    /// Hot-topic acks for the metastore task. Bounded (HOT_ACK_QUEUE); a full queue drops
+    /// the ack, which the core sends again.
+    hot_acks: mpsc::Sender<(String, u64)>,
 }
+
+/// Hot-topic acks waiting for the metastore.
+const HOT_ACK_QUEUE: usize = 256;
 
 impl<C: Connector> Shared<C> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -228,6 +234,10 @@ impl<C: Connector> Shared<C> {
                     if let Some(link) = state.links.remove(&distributor) {
                         let _ = link.stop.send(true);
                     }
+                }
+                Output::Deliver(fanout) => self.fanout(state, fanout),
+                Output::AckHot { topic, since } => {
+                    let _ = self.hot_acks.try_send((topic, since));
                 }
             }
         }
@@ -485,12 +495,28 @@ async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvSt
     let mut frames = Vec::with_capacity(64);
     while let Ok(true) = reader.next_batch(&mut frames).await {
         let mut state = shared.lock();
+        let mut fenced = false;
         for frame in frames.drain(..) {
-            if let Some(Frame::Deliver(d)) = frame.frame {
-                if let Some(fanout) = state.core.handle_deliver(&d.topic, d.epoch, d.seq, &d.data) {
-                    shared.fanout(&mut state, fanout);
+            match frame.frame {
+                Some(Frame::Deliver(d)) => {
+                    if let Some(fanout) = state
+                        .core
+                        .handle_deliver(&d.topic, d.epoch, d.seq, &d.data, d.msg_id)
+                    {
+                        shared.fanout(&mut state, fanout);
+                    }
                 }
+                Some(Frame::Fence(f)) => {
+                    state.core.handle_fence(&f.topic, f.since);
+                    fenced = true;
+                }
+                _ => {}
             }
+        }
+        if fenced {
+            let calls = shared.drain(&mut state);
+            drop(state);
+            shared.run_hooks(calls);
         }
     }
 }
@@ -517,6 +543,7 @@ where
 {
     config.validate()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (hot_ack_tx, mut hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
     let shared = Arc::new(Shared {
         hooks,
         state: Mutex::new(State {
@@ -534,10 +561,20 @@ where
         next_generation: AtomicU64::new(1),
         distributors: Channels::new(connector.clone()),
         stop: stop_rx.clone(),
+        hot_acks: hot_ack_tx,
         config: config.clone(),
     });
     let rpc_timeout = Duration::from_millis(config.rpc_timeout_ms);
     let meta = MetaClient::new(config.metastore.clone(), connector, rpc_timeout);
+    let ack_meta = meta.clone();
+    let edge_id = config.id;
+    let ack_task = tokio::spawn(async move {
+        while let Some((topic, since)) = hot_ack_rx.recv().await {
+            if let Err(status) = ack_meta.ack_hot_topic(edge_id, topic.clone(), since).await {
+                tracing::debug!(%status, topic, since, "hot-topic ack failed; the core resends");
+            }
+        }
+    });
 
     // Routing: the watch feeds the core.
     let (events_tx, mut events_rx) = mpsc::channel::<pb::WatchEvent>(64);
@@ -546,7 +583,7 @@ where
     let apply_task = tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
             let mut state = apply_shared.lock();
-            state.core.handle_watch(event);
+            state.core.handle_watch(tokio::time::Instant::now(), event);
             let calls = apply_shared.drain(&mut state);
             drop(state);
             apply_shared.run_hooks(calls);
@@ -653,6 +690,7 @@ where
     let _ = sync_task.await;
     let _ = tick_task.await;
     apply_task.abort();
+    ack_task.abort();
     {
         let mut state = shared.lock();
         for (_, link) in state.links.drain() {

@@ -157,6 +157,8 @@ impl<C: Connector> MetaClient<C> {
         .await
     }
 
+    /// Prepares a change of `topic`'s route to `shards` sub-topics (it commits once every
+    /// edge acked, see [`MetaClient::ack_hot_topic`]). Returns the revision after it.
     pub async fn set_hot_topic(&self, topic: String, shards: u32) -> Result<u64, Status> {
         self.call(|mut c| {
             let topic = topic.clone();
@@ -169,10 +171,30 @@ impl<C: Connector> MetaClient<C> {
         .map(|r| r.revision)
     }
 
+    /// Prepares the merge of `topic` back into one (a change to 0 shards).
     pub async fn clear_hot_topic(&self, topic: String) -> Result<u64, Status> {
         self.call(|mut c| {
             let topic = topic.clone();
             async move { c.clear_hot_topic(pb::ClearHotTopicRequest { topic }).await }
+        })
+        .await
+        .map(|r| r.revision)
+    }
+
+    /// Tells the metastore that edge `edge` receives the route of `topic` prepared at
+    /// `since` (see `AckHotTopicRequest`). Returns the revision after the ack: higher than
+    /// before when this ack committed the change. A stale `since` is not an error.
+    pub async fn ack_hot_topic(&self, edge: u64, topic: String, since: u64) -> Result<u64, Status> {
+        self.call(|mut c| {
+            let topic = topic.clone();
+            async move {
+                c.ack_hot_topic(pb::AckHotTopicRequest {
+                    edge_id: edge,
+                    topic,
+                    since,
+                })
+                .await
+            }
         })
         .await
         .map(|r| r.revision)

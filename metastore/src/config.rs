@@ -50,7 +50,8 @@ pub struct Config {
     /// The most registered members (distributors + edges). Far above any deployment we plan
     /// for; it stops a misbehaving client from growing the replicated state without end.
     pub max_members: usize,
-    /// The most hot topics, for the same reason.
+    /// The most hot topics, for the same reason. Merged topics keep their entry (a
+    /// tombstone, so their route tags only grow) and count too.
     pub max_hot_topics: usize,
     /// The most concurrent watch streams per node; each holds a task and a buffer.
     pub max_watchers: usize,

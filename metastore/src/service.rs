@@ -115,7 +115,8 @@ impl<C: Connector> NodeContext<C> {
         Ok(())
     }
 
-    /// Refuses a new hot topic past `max_hot_topics`.
+    /// Refuses a new hot topic past `max_hot_topics`. Tombstones of merged topics count:
+    /// they are entries of the replicated state like any other.
     fn check_hot_topic_room(&self, topic: &str) -> Result<(), ApiError> {
         let inner = self.sm.read();
         let max = self.config.max_hot_topics;
@@ -390,6 +391,30 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         if let Some(mut leader) = self.node.leader_route(&request)? {
             return leader
                 .clear_hot_topic(forwarded(request, self.node.config.rpc_timeout))
+                .await;
+        }
+        let reply = self.node.write(command).await?;
+        Ok(Response::new(pb::HotTopicReply {
+            revision: reply.revision,
+        }))
+    }
+
+    async fn ack_hot_topic(
+        &self,
+        request: Request<pb::AckHotTopicRequest>,
+    ) -> Result<Response<pb::HotTopicReply>, Status> {
+        let req = request.get_ref();
+        if req.edge_id == 0 {
+            return Err(ApiError::invalid("edge_id", "member ids start at 1").into());
+        }
+        let command = Command::AckHotTopic {
+            edge: req.edge_id,
+            topic: topic(&req.topic)?,
+            since: req.since,
+        };
+        if let Some(mut leader) = self.node.leader_route(&request)? {
+            return leader
+                .ack_hot_topic(forwarded(request, self.node.config.rpc_timeout))
                 .await;
         }
         let reply = self.node.write(command).await?;

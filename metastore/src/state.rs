@@ -11,6 +11,15 @@
 //! state from the same log. Leases are the leader's soft state (see [`crate::lease`]); what
 //! reaches the log is the leader's decision to expire a member, carrying the incarnation it
 //! expires so that a late expiry never removes a newer registration.
+//!
+//! A hot topic's route changes in two phases ([`HotEntry`]):
+//!
+//! ```text
+//!   SetHotTopic{shards} ──► prepared at `since` (old ∪ new route) ─┬─► committed (new route)
+//!                                                                 │
+//!   AckHotTopic{edge, since} ── every registered edge acked ──────┤
+//!   Deregister / Expire of an edge ── no un-acked edge is left ───┘
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,10 +106,101 @@ pub enum Command {
         add: Vec<Slot>,
         remove: Vec<Slot>,
     },
-    /// Splits `topic` into `shards` sub-topics.
+    /// Prepares a change of `topic`'s route to `shards` sub-topics (0: plain, which merges
+    /// a hot topic back into one). See [`HotEntry`].
     SetHotTopic { topic: String, shards: u32 },
-    /// Merges a hot topic back into one.
+    /// The same as `SetHotTopic { topic, shards: 0 }`. Kept as its own command because the
+    /// log (and the API) already names it.
     ClearHotTopic { topic: String },
+    /// Edge `edge` receives the route of `topic` prepared at revision `since`; the change
+    /// commits once every registered edge has said so.
+    AckHotTopic {
+        edge: u64,
+        topic: String,
+        since: u64,
+    },
+}
+
+/// One hot topic's route: the change in progress, or the last one once committed.
+///
+/// A change is prepared at revision `since`: publishers send to the old route
+/// (`prev_shards`) and the new one (`shards`) under the route tag `since`, edges join the
+/// new route and ack. When every registered edge has acked (or the ones that had not are
+/// gone) the entry is `committed` and publishers use the new route alone. `shards == 0`
+/// is a merged topic; the entry stays as a tombstone so that a later split gets a higher
+/// `since` than anything a publisher may still hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "HotEntryRepr")]
+pub struct HotEntry {
+    /// Sub-topics of the new route (0: plain).
+    pub shards: u32,
+    /// Sub-topics of the route being replaced (0: plain): the last committed route.
+    pub prev_shards: u32,
+    /// The revision that prepared this change; publishers tag their route with it.
+    pub since: u64,
+    /// Every registered edge has joined the new route; the old one is no longer used.
+    pub committed: bool,
+    /// The edges that acked this change. Only registered edges (an edge is dropped from
+    /// it when removed), so it is bounded by `max_members`. Not visible to watchers. A
+    /// re-registered edge keeps its ack: a new process of it starts from a snapshot that
+    /// shows this change prepared, so it joins both routes before serving anyone.
+    pub acked: BTreeSet<u64>,
+}
+
+impl HotEntry {
+    fn to_proto(&self, topic: &str) -> pb::HotTopic {
+        pb::HotTopic {
+            topic: topic.to_string(),
+            shards: self.shards,
+            prev_shards: self.prev_shards,
+            since: self.since,
+            committed: self.committed,
+        }
+    }
+}
+
+/// How a [`HotEntry`] is read from a snapshot. Snapshots written before the two-phase
+/// change held a bare shard count per topic; those read as a committed route, so a node
+/// upgraded in place still opens its data directory.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HotEntryRepr {
+    Current {
+        shards: u32,
+        prev_shards: u32,
+        since: u64,
+        committed: bool,
+        #[serde(default)]
+        acked: BTreeSet<u64>,
+    },
+    Legacy(u32),
+}
+
+impl From<HotEntryRepr> for HotEntry {
+    fn from(repr: HotEntryRepr) -> Self {
+        match repr {
+            HotEntryRepr::Current {
+                shards,
+                prev_shards,
+                since,
+                committed,
+                acked,
+            } => HotEntry {
+                shards,
+                prev_shards,
+                since,
+                committed,
+                acked,
+            },
+            HotEntryRepr::Legacy(shards) => HotEntry {
+                shards,
+                prev_shards: 0,
+                since: 0,
+                committed: true,
+                acked: BTreeSet::new(),
+            },
+        }
+    }
 }
 
 /// Why an applied command changed nothing. These are decided by the state, so every
@@ -141,8 +241,9 @@ pub struct MetaState {
     pub slot_owner: Vec<SlotOwner>,
     /// Slot → the edges that have subscribers in it. Only non-empty sets are kept.
     pub slot_edges: BTreeMap<Slot, BTreeSet<u64>>,
-    /// Hot topic → shard count.
-    pub hot_topics: BTreeMap<String, u32>,
+    /// Hot topic → its route, tombstones of merged topics included (see [`HotEntry`]).
+    /// Bounded by `max_hot_topics`, which the API checks before proposing a new topic.
+    pub hot_topics: BTreeMap<String, HotEntry>,
 }
 
 impl Default for MetaState {
@@ -271,17 +372,34 @@ impl MetaState {
                 }
             }
             Command::SetHotTopic { topic, shards } => {
-                if self.hot_topics.get(topic) != Some(shards) {
-                    self.hot_topics.insert(topic.clone(), *shards);
-                    changes.push(change(pb::change::Change::HotTopicSet(pb::HotTopic {
-                        topic: topic.clone(),
-                        shards: *shards,
-                    })));
-                }
+                self.set_hot_topic(topic, *shards, next, &mut changes);
             }
             Command::ClearHotTopic { topic } => {
-                if self.hot_topics.remove(topic).is_some() {
-                    changes.push(change(pb::change::Change::HotTopicCleared(topic.clone())));
+                self.set_hot_topic(topic, 0, next, &mut changes);
+            }
+            Command::AckHotTopic { edge, topic, since } => {
+                if !self.edges.contains_key(edge) {
+                    response.rejected = Some(Rejection::UnknownMember {
+                        kind: MemberKind::Edge,
+                        id: *edge,
+                    });
+                } else if let Some(entry) = self
+                    .hot_topics
+                    .get_mut(topic)
+                    .filter(|e| !e.committed && e.since == *since)
+                {
+                    // Only an ack of the change now prepared counts. One of an older (or
+                    // committed) change is stale, not an error: the edge sees the current
+                    // entry on its watch and acks that.
+                    entry.acked.insert(*edge);
+                    // Recording the ack alone changes nothing watchers see, so it does not
+                    // bump the revision; the snapshot carries it.
+                    if all_acked(&self.edges, entry) {
+                        entry.committed = true;
+                        changes.push(change(pb::change::Change::HotTopicSet(
+                            entry.to_proto(topic),
+                        )));
+                    }
                 }
             }
         }
@@ -308,9 +426,60 @@ impl MetaState {
         })));
         match kind {
             MemberKind::Distributor => self.rebalance(next, changes),
-            MemberKind::Edge => self.drop_edge_interest(id, changes),
+            MemberKind::Edge => {
+                self.drop_edge_interest(id, changes);
+                self.forget_edge_acks(id, changes);
+            }
         }
         true
+    }
+
+    /// Prepares `topic`'s route change to `shards` (see [`HotEntry`]). Setting the count
+    /// the entry already has is a no-op, committed or not, so a retried call is harmless.
+    fn set_hot_topic(
+        &mut self,
+        topic: &str,
+        shards: u32,
+        next: u64,
+        changes: &mut Vec<pb::Change>,
+    ) {
+        let prev = match self.hot_topics.get(topic) {
+            Some(entry) if entry.shards == shards => return,
+            // A change replacing an uncommitted one starts from the last committed route:
+            // that is the one every edge is known to receive.
+            Some(entry) if entry.committed => entry.shards,
+            Some(entry) => entry.prev_shards,
+            // Never split: nothing to merge.
+            None if shards == 0 => return,
+            None => 0,
+        };
+        let mut entry = HotEntry {
+            shards,
+            prev_shards: prev,
+            since: next,
+            committed: false,
+            acked: BTreeSet::new(),
+        };
+        // Back to the committed route, or no edge to wait for: nothing to prepare.
+        entry.committed = prev == shards || all_acked(&self.edges, &entry);
+        changes.push(change(pb::change::Change::HotTopicSet(
+            entry.to_proto(topic),
+        )));
+        self.hot_topics.insert(topic.to_string(), entry);
+    }
+
+    /// A removed edge no longer counts: its acks go (which keeps `acked` within the
+    /// registered edges) and every change only it held back commits now.
+    fn forget_edge_acks(&mut self, edge: u64, changes: &mut Vec<pb::Change>) {
+        for (topic, entry) in self.hot_topics.iter_mut().filter(|(_, e)| !e.committed) {
+            entry.acked.remove(&edge);
+            if all_acked(&self.edges, entry) {
+                entry.committed = true;
+                changes.push(change(pb::change::Change::HotTopicSet(
+                    entry.to_proto(topic),
+                )));
+            }
+        }
     }
 
     fn drop_edge_interest(&mut self, edge: u64, changes: &mut Vec<pb::Change>) {
@@ -411,10 +580,7 @@ impl MetaState {
             hot_topics: self
                 .hot_topics
                 .iter()
-                .map(|(topic, &shards)| pb::HotTopic {
-                    topic: topic.clone(),
-                    shards,
-                })
+                .map(|(topic, entry)| entry.to_proto(topic))
                 .collect(),
         }
     }
@@ -455,6 +621,11 @@ fn rebalance_targets(slot_owner: &[SlotOwner], live: &[u64]) -> BTreeMap<u64, us
         .enumerate()
         .map(|(i, &(id, _))| (id, base + usize::from(i < extra)))
         .collect()
+}
+
+/// Whether every registered edge has acked `entry` (true when there are no edges).
+fn all_acked(edges: &BTreeMap<u64, MemberRecord>, entry: &HotEntry) -> bool {
+    edges.keys().all(|id| entry.acked.contains(id))
 }
 
 fn change(change: pb::change::Change) -> pb::Change {

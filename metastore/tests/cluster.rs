@@ -349,13 +349,30 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         bail!("revision 2 adds interest");
     };
     assert_eq!((first.slot, first.edge_id, first.present), (0, 7, true));
-    assert!(
-        matches!(&seen[11].changes[0].change, Some(pb::change::Change::HotTopicSet(h)) if h.topic == "live" && h.shards == 8)
-    );
+    let prepared = |shards, prev_shards, since, committed| {
+        Some(pb::change::Change::HotTopicSet(pb::HotTopic {
+            topic: "live".into(),
+            shards,
+            prev_shards,
+            since,
+            committed,
+        }))
+    };
+    // Edge 7 is registered, so the split is only prepared.
+    assert_eq!(seen[11].changes[0].change, prepared(8, 0, 12, false));
     drop(stream);
 
     // Changes made while disconnected arrive after a reconnect from the last seen revision,
-    // here through another node.
+    // here through another node. The ack goes through a follower, which forwards it.
+    let acked = watcher
+        .ack_hot_topic(pb::AckHotTopicRequest {
+            edge_id: 7,
+            topic: "live".into(),
+            since: 12,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(acked.revision, 13, "the only edge acked: committed");
     writer
         .clear_hot_topic(pb::ClearHotTopicRequest {
             topic: "live".into(),
@@ -373,18 +390,38 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         .watch(pb::WatchRequest { from_revision: 12 })
         .await?
         .into_inner();
-    let pb::watch_event::Event::Delta(d13) = next_event(&mut again).await? else {
-        bail!("expected delta 13")
-    };
-    let pb::watch_event::Event::Delta(d14) = next_event(&mut again).await? else {
-        bail!("expected delta 14")
-    };
-    assert_eq!((d13.revision, d14.revision), (13, 14));
-    assert!(
-        matches!(&d13.changes[0].change, Some(pb::change::Change::HotTopicCleared(t)) if t == "live")
+    let mut deltas = Vec::new();
+    for expected in 13..=15 {
+        let pb::watch_event::Event::Delta(d) = next_event(&mut again).await? else {
+            bail!("expected delta {expected}")
+        };
+        assert_eq!(d.revision, expected);
+        deltas.push(d);
+    }
+    assert_eq!(deltas[0].changes.len(), 1);
+    assert_eq!(deltas[0].changes[0].change, prepared(8, 0, 12, true));
+    // A clear is a change to 0 shards that stays as a tombstone, prepared while edge 7
+    // has not joined the plain route.
+    assert_eq!(deltas[1].changes.len(), 1);
+    assert_eq!(deltas[1].changes[0].change, prepared(0, 8, 14, false));
+    // Deregistering the edge: member down, its 20 slots of interest go, and the clear it
+    // held back commits.
+    assert_eq!(deltas[2].changes.len(), 22);
+    assert_eq!(deltas[2].changes[21].change, prepared(0, 8, 14, true));
+    let map = writer
+        .get_slot_map(pb::GetSlotMapRequest { linearizable: true })
+        .await?
+        .into_inner();
+    assert_eq!(
+        map.hot_topics,
+        vec![pb::HotTopic {
+            topic: "live".into(),
+            shards: 0,
+            prev_shards: 8,
+            since: 14,
+            committed: true,
+        }]
     );
-    // Deregistering the edge: member down, then its 20 slots of interest go.
-    assert_eq!(d14.changes.len(), 21);
     cluster.shutdown().await
 }
 
@@ -504,6 +541,26 @@ async fn malformed_requests_name_the_field_and_the_node_keeps_serving() -> Resul
             .unwrap_err(),
         ),
         (
+            "edge_id",
+            c.ack_hot_topic(pb::AckHotTopicRequest {
+                edge_id: 0,
+                topic: "ok".into(),
+                since: 1,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "topic",
+            c.ack_hot_topic(pb::AckHotTopicRequest {
+                edge_id: 1,
+                topic: "a#1".into(),
+                since: 1,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
             "shards",
             c.set_hot_topic(pb::SetHotTopicRequest {
                 topic: "ok".into(),
@@ -536,6 +593,16 @@ async fn malformed_requests_name_the_field_and_the_node_keeps_serving() -> Resul
             edge_id: 9,
             add_slots: vec![1],
             remove_slots: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    // So is an ack of an edge that is not registered.
+    let err = c
+        .ack_hot_topic(pb::AckHotTopicRequest {
+            edge_id: 9,
+            topic: "t".into(),
+            since: 1,
         })
         .await
         .unwrap_err();

@@ -64,6 +64,7 @@ mod tests {
                 topic: "chat".into(),
                 epoch: 3,
                 seq,
+                msg_id: seq,
                 data: bytes::Bytes::from_static(br#"{"hello":"world"}"#),
             })),
         }

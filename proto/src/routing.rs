@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::metastore::v1 as pb;
 use crate::slot::{Slot, SLOT_COUNT};
+use crate::topic::{edge_shard, sub_topic};
 
 /// Who owns a slot. `distributor == 0` means nobody.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +39,48 @@ pub struct RoutingChanges {
     pub snapshot: bool,
 }
 
+/// A hot topic's route as the metastore last set it (see `HotTopic` in metastore.proto).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HotRoute {
+    /// Sub-topics now (0: plain).
+    pub shards: u32,
+    /// Sub-topics before the change (0: plain).
+    pub prev_shards: u32,
+    /// The revision the change was prepared at: the route tag publishers use.
+    pub since: u64,
+    /// Every edge has joined the new route: publishers use it alone.
+    pub committed: bool,
+}
+
+impl HotRoute {
+    fn from_proto(h: &pb::HotTopic) -> Self {
+        HotRoute {
+            shards: h.shards,
+            prev_shards: h.prev_shards,
+            since: h.since,
+            committed: h.committed,
+        }
+    }
+}
+
+/// The topic names a route of `topic` with `shards` sub-topics consists of.
+pub fn route_topics(topic: &str, shards: u32) -> Vec<String> {
+    if shards == 0 {
+        vec![topic.to_string()]
+    } else {
+        (0..shards).map(|k| sub_topic(topic, k)).collect()
+    }
+}
+
+/// The one name of a `shards`-way route of `topic` that edge `edge_id` subscribes to.
+pub fn edge_route_topic(edge_id: u64, topic: &str, shards: u32) -> String {
+    if shards == 0 {
+        topic.to_string()
+    } else {
+        sub_topic(topic, edge_shard(edge_id, topic, shards))
+    }
+}
+
 /// The routing state at one revision.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
@@ -46,7 +89,7 @@ pub struct RoutingTable {
     slot_edges: BTreeMap<Slot, BTreeSet<u64>>,
     distributors: BTreeMap<u64, pb::Member>,
     edges: BTreeMap<u64, pb::Member>,
-    hot_topics: BTreeMap<String, u32>,
+    hot_topics: BTreeMap<String, HotRoute>,
 }
 
 impl Default for RoutingTable {
@@ -105,9 +148,32 @@ impl RoutingTable {
         &self.edges
     }
 
-    /// The shard count of a hot topic, if it is hot.
-    pub fn hot_shards(&self, topic: &str) -> Option<u32> {
+    /// The hot-topic route of `topic`, if it was ever split.
+    pub fn hot_route(&self, topic: &str) -> Option<HotRoute> {
         self.hot_topics.get(topic).copied()
+    }
+
+    /// Every hot-topic entry (tombstones of merged topics included).
+    pub fn hot_routes(&self) -> &BTreeMap<String, HotRoute> {
+        &self.hot_topics
+    }
+
+    /// Where a publish of `topic` goes: the route tag (the `since` of the hot entry, 0 for
+    /// a never-split topic) and the topic names to sequence it under. While a change is
+    /// prepared it goes to both the old and the new route.
+    pub fn publish_route(&self, topic: &str) -> (u64, Vec<String>) {
+        let Some(hot) = self.hot_topics.get(topic) else {
+            return (0, vec![topic.to_string()]);
+        };
+        let mut names = route_topics(topic, hot.shards);
+        if !hot.committed {
+            for name in route_topics(topic, hot.prev_shards) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        (hot.since, names)
     }
 
     /// Applies one watch event. Events must come in the order the watch stream sends them.
@@ -174,7 +240,7 @@ impl RoutingTable {
         self.hot_topics = map
             .hot_topics
             .into_iter()
-            .map(|h| (h.topic, h.shards))
+            .map(|h| (h.topic.clone(), HotRoute::from_proto(&h)))
             .collect();
         self.revision = map.revision;
         changes
@@ -241,10 +307,8 @@ impl RoutingTable {
                     }
                 }
                 pb::change::Change::HotTopicSet(h) => {
-                    self.hot_topics.insert(h.topic, h.shards);
-                }
-                pb::change::Change::HotTopicCleared(t) => {
-                    self.hot_topics.remove(&t);
+                    self.hot_topics
+                        .insert(h.topic.clone(), HotRoute::from_proto(&h));
                 }
             }
         }

@@ -57,11 +57,31 @@ pub fn sub_topic(topic: &str, k: u32) -> String {
     format!("{topic}{SHARD_SEPARATOR}{k}")
 }
 
-/// Splits `topic#k` into `(topic, k)`; `None` for a plain topic.
+/// Splits `topic#k` into `(topic, k)`; `None` for a plain topic. `k` must be written the
+/// way [`sub_topic`] writes it (decimal, no sign, no leading zero), so each sub-topic has
+/// exactly one name.
 pub fn parse_sub_topic(name: &str) -> Option<(&str, u32)> {
     let (topic, k) = name.rsplit_once(SHARD_SEPARATOR)?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) || (k.len() > 1 && k.starts_with('0'))
+    {
+        return None;
+    }
     let k = k.parse().ok()?;
     Some((topic, k))
+}
+
+/// The client topic a route name belongs to: `T` for `T#k`, else the name itself.
+pub fn base_topic(name: &str) -> &str {
+    parse_sub_topic(name).map_or(name, |(topic, _)| topic)
+}
+
+/// Checks a name that travels between distributors and edges: a valid topic, or a
+/// sub-topic `T#k` of a valid topic with `k` below [`MAX_SHARDS`].
+pub fn validate_route_topic(name: &str) -> Result<(), TopicError> {
+    match parse_sub_topic(name) {
+        Some((topic, k)) if k < MAX_SHARDS => validate_topic(topic),
+        _ => validate_topic(name),
+    }
 }
 
 /// The one shard of a hot topic that edge `edge_id` subscribes to. Hashing the edge (not the
@@ -116,6 +136,15 @@ mod tests {
         assert_eq!(parse_sub_topic("chat#7"), Some(("chat", 7)));
         assert_eq!(parse_sub_topic("chat"), None);
         assert_eq!(parse_sub_topic("chat#x"), None);
+        assert_eq!(parse_sub_topic("chat#07"), None);
+        assert_eq!(parse_sub_topic("chat#+7"), None);
+        assert_eq!(parse_sub_topic("chat#"), None);
+        assert_eq!(parse_sub_topic("chat#0"), Some(("chat", 0)));
+        assert_eq!(base_topic("chat#3"), "chat");
+        assert_eq!(base_topic("chat"), "chat");
+        assert_eq!(validate_route_topic("chat#255"), Ok(()));
+        assert!(validate_route_topic("chat#256").is_err());
+        assert!(validate_route_topic("a,b#1").is_err());
     }
 
     proptest! {

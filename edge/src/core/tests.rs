@@ -39,7 +39,7 @@ fn interest(topic: &str, subscribers: u64, epoch: u64) -> Output {
 
 fn linked_core() -> EdgeCore {
     let mut core = EdgeCore::new(7, 3, Duration::from_secs(5));
-    core.handle_watch(snapshot(1, 4));
+    core.handle_watch(Instant::now(), snapshot(1, 4));
     assert_eq!(drain(&mut core), vec![Output::Connect { distributor: 1 }]);
     core.handle_link_up(1);
     let out = drain(&mut core);
@@ -62,7 +62,7 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     core.handle_subscribe(now, 10, vec!["chat".into()]);
     assert_eq!(drain(&mut core), vec![interest("chat", 1, 4)]);
     assert!(
-        core.handle_deliver("chat", 4, 1, b"1").is_none(),
+        core.handle_deliver("chat", 4, 1, b"1", 0).is_none(),
         "not acked yet"
     );
     core.handle_interest_ack(1, "chat", 4);
@@ -84,18 +84,18 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     );
     core.handle_tick(now);
     assert_eq!(drain(&mut core), vec![interest("chat", 2, 4)]);
-    let fan = core.handle_deliver("chat", 4, 2, br#"{"a":1}"#).unwrap();
+    let fan = core.handle_deliver("chat", 4, 2, br#"{"a":1}"#, 0).unwrap();
     assert_eq!(fan.conns, vec![10, 11]);
     assert_eq!(
         &fan.frame[..],
         br#"{"type":"publish","topic":"chat","data":{"a":1},"epoch":4,"seq":2}"#
     );
     // Stale and duplicate deliveries are dropped.
-    assert!(core.handle_deliver("chat", 4, 2, b"1").is_none());
-    assert!(core.handle_deliver("chat", 3, 9, b"1").is_none());
+    assert!(core.handle_deliver("chat", 4, 2, b"1", 0).is_none());
+    assert!(core.handle_deliver("chat", 3, 9, b"1", 0).is_none());
     assert_eq!(core.counters().stale_deliveries, 2);
     // A newer epoch restarts seq.
-    assert!(core.handle_deliver("chat", 5, 1, b"1").is_some());
+    assert!(core.handle_deliver("chat", 5, 1, b"1", 0).is_some());
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
     assert_eq!(core.handle_disconnect(10), vec!["b".to_string()]);
     assert_eq!(drain(&mut core), vec![interest("b", 0, 4)]);
     assert_eq!(core.interest_slots().count(), 0);
-    assert!(core.handle_deliver("b", 4, 1, b"1").is_none());
+    assert!(core.handle_deliver("b", 4, 1, b"1", 0).is_none());
 }
 
 #[test]
@@ -154,18 +154,21 @@ fn an_owner_change_re_announces_to_the_new_owner() {
     core.handle_link_up(2);
     drain(&mut core);
     let slot = slot_of("chat");
-    core.handle_watch(pb::WatchEvent {
-        event: Some(pb::watch_event::Event::Delta(pb::Delta {
-            revision: 9,
-            changes: vec![pb::Change {
-                change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
-                    slot: slot.into(),
-                    distributor_id: 2,
-                    epoch: 9,
-                })),
-            }],
-        })),
-    });
+    core.handle_watch(
+        Instant::now(),
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Delta(pb::Delta {
+                revision: 9,
+                changes: vec![pb::Change {
+                    change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                        slot: slot.into(),
+                        distributor_id: 2,
+                        epoch: 9,
+                    })),
+                }],
+            })),
+        },
+    );
     assert_eq!(
         drain(&mut core),
         vec![
@@ -192,7 +195,7 @@ fn an_owner_change_re_announces_to_the_new_owner() {
     );
     // The subscriber stays effective across the move.
     assert_eq!(
-        core.handle_deliver("chat", 9, 1, b"1").unwrap().conns,
+        core.handle_deliver("chat", 9, 1, b"1", 0).unwrap().conns,
         vec![10]
     );
 }

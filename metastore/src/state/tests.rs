@@ -202,26 +202,282 @@ fn interest_is_tracked_per_slot_and_dropped_with_the_edge() {
     );
 }
 
-#[test]
-fn hot_topics_set_and_clear_once() {
+fn set_hot(topic: &str, shards: u32) -> Command {
+    Command::SetHotTopic {
+        topic: topic.into(),
+        shards,
+    }
+}
+
+fn ack(edge: u64, topic: &str, since: u64) -> Command {
+    Command::AckHotTopic {
+        edge,
+        topic: topic.into(),
+        since,
+    }
+}
+
+fn hot_change(
+    topic: &str,
+    shards: u32,
+    prev_shards: u32,
+    since: u64,
+    committed: bool,
+) -> pb::Change {
+    change(pb::change::Change::HotTopicSet(pb::HotTopic {
+        topic: topic.into(),
+        shards,
+        prev_shards,
+        since,
+        committed,
+    }))
+}
+
+/// Two registered edges (revisions 1 and 2).
+fn two_edges() -> MetaState {
     let mut state = MetaState::default();
-    let (r, c) = state.apply(&Command::SetHotTopic {
-        topic: "t".into(),
-        shards: 8,
-    });
-    assert_eq!((r.revision, c.len()), (1, 1));
-    let (r, c) = state.apply(&Command::SetHotTopic {
-        topic: "t".into(),
-        shards: 8,
-    });
+    state.apply(&register(MemberKind::Edge, 1));
+    state.apply(&register(MemberKind::Edge, 2));
+    state
+}
+
+#[test]
+fn a_split_is_prepared_and_commits_when_every_edge_acked() {
+    let mut state = two_edges();
+    let (r, c) = state.apply(&set_hot("t", 8));
+    assert_eq!(r.revision, 3);
+    assert_eq!(c, vec![hot_change("t", 8, 0, 3, false)]);
+
+    let (r, c) = state.apply(&ack(1, "t", 3));
     assert_eq!(
-        (r.revision, c.len()),
-        (1, 0),
-        "setting the same value is not a change"
+        (r.revision, c),
+        (3, vec![]),
+        "one of two acks commits nothing"
     );
+    assert_eq!(state.hot_topics["t"].acked, BTreeSet::from([1]));
+    assert!(!state.hot_topics["t"].committed);
+
+    let (r, c) = state.apply(&ack(2, "t", 3));
+    assert_eq!(r.revision, 4);
+    assert_eq!(
+        c,
+        vec![hot_change("t", 8, 0, 3, true)],
+        "since stays the route tag"
+    );
+    assert_eq!(
+        state.to_proto().hot_topics,
+        vec![pb::HotTopic {
+            topic: "t".into(),
+            shards: 8,
+            prev_shards: 0,
+            since: 3,
+            committed: true,
+        }]
+    );
+
+    // Acks after the commit, and setting the same count again, change nothing.
+    let before = state.clone();
+    assert!(state.apply(&ack(2, "t", 3)).1.is_empty());
+    assert!(state.apply(&set_hot("t", 8)).1.is_empty());
+    assert_eq!(state, before);
+}
+
+#[test]
+fn an_ack_of_another_prepare_or_an_unknown_edge_is_ignored() {
+    let mut state = two_edges();
+    state.apply(&set_hot("t", 8)); // since 3
+    let before = state.clone();
+    for stale in [0, 2, 4] {
+        let (r, c) = state.apply(&ack(1, "t", stale));
+        assert_eq!((r.revision, c, r.rejected), (3, vec![], None));
+    }
+    let (_, c) = state.apply(&ack(1, "other", 3));
+    assert!(c.is_empty());
+    assert_eq!(state, before, "no ack was recorded");
+    let (r, c) = state.apply(&ack(9, "t", 3));
+    assert!(c.is_empty());
+    assert_eq!(
+        r.rejected,
+        Some(Rejection::UnknownMember {
+            kind: MemberKind::Edge,
+            id: 9
+        })
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn setting_the_same_count_during_a_prepare_is_a_no_op() {
+    let mut state = two_edges();
+    state.apply(&set_hot("t", 8));
+    state.apply(&ack(1, "t", 3));
+    let before = state.clone();
+    assert!(state.apply(&set_hot("t", 8)).1.is_empty());
+    assert_eq!(state, before, "the prepare and its acks stand");
+}
+
+#[test]
+fn a_set_during_a_prepare_starts_from_the_last_committed_route() {
+    let mut state = two_edges();
+    state.apply(&set_hot("t", 4)); // 3: 0 -> 4, prepared
+    state.apply(&ack(1, "t", 3));
+    let (r, c) = state.apply(&set_hot("t", 8));
+    assert_eq!(r.revision, 4);
+    assert_eq!(
+        c,
+        vec![hot_change("t", 8, 0, 4, false)],
+        "4 never committed: the old route is still plain"
+    );
+    assert!(
+        state.hot_topics["t"].acked.is_empty(),
+        "acks of since 3 do not carry over"
+    );
+    // An ack of the replaced prepare is stale now.
+    assert!(state.apply(&ack(2, "t", 3)).1.is_empty());
+
+    // Going back to the committed route needs nobody's ack.
     let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
-    assert_eq!((r.revision, c.len()), (2, 1));
-    assert!(state.hot_topics.is_empty());
+    assert_eq!(r.revision, 5);
+    assert_eq!(c, vec![hot_change("t", 0, 0, 5, true)]);
+}
+
+#[test]
+fn a_clear_is_a_prepared_tombstone_from_the_committed_shards() {
+    let mut state = two_edges();
+    state.apply(&set_hot("t", 8));
+    state.apply(&ack(1, "t", 3));
+    state.apply(&ack(2, "t", 3)); // committed at revision 4
+    let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
+    assert_eq!(r.revision, 5);
+    assert_eq!(c, vec![hot_change("t", 0, 8, 5, false)]);
+    state.apply(&ack(1, "t", 5));
+    let (r, c) = state.apply(&ack(2, "t", 5));
+    assert_eq!((r.revision, c), (6, vec![hot_change("t", 0, 8, 5, true)]));
+    assert_eq!(
+        state.hot_topics.len(),
+        1,
+        "the merged topic stays as a tombstone"
+    );
+
+    // Clearing again, or clearing a topic never split, changes nothing.
+    assert!(state
+        .apply(&Command::ClearHotTopic { topic: "t".into() })
+        .1
+        .is_empty());
+    assert!(state.apply(&set_hot("never", 0)).1.is_empty());
+    assert_eq!(state.revision, 6);
+    assert!(!state.hot_topics.contains_key("never"));
+
+    // Splitting the tombstone again starts from plain, at a higher since.
+    let (_, c) = state.apply(&set_hot("t", 2));
+    assert_eq!(c, vec![hot_change("t", 2, 0, 7, false)]);
+}
+
+#[test]
+fn without_edges_a_change_commits_at_once() {
+    let mut state = MetaState::default();
+    state.apply(&register(MemberKind::Distributor, 1));
+    let (r, c) = state.apply(&set_hot("t", 8));
+    assert_eq!((r.revision, c), (2, vec![hot_change("t", 8, 0, 2, true)]));
+    let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
+    assert_eq!((r.revision, c), (3, vec![hot_change("t", 0, 8, 3, true)]));
+}
+
+#[test]
+fn an_edge_registering_during_a_prepare_must_ack_too() {
+    let mut state = MetaState::default();
+    state.apply(&register(MemberKind::Edge, 1));
+    state.apply(&set_hot("t", 8)); // since 2
+    state.apply(&register(MemberKind::Edge, 2));
+    assert!(state.apply(&ack(1, "t", 2)).1.is_empty());
+    assert_eq!(
+        state.apply(&ack(2, "t", 2)).1,
+        vec![hot_change("t", 8, 0, 2, true)]
+    );
+}
+
+#[test]
+fn the_expiry_of_the_last_unacked_edge_commits() {
+    let mut state = two_edges();
+    state.apply(&set_hot("a", 8)); // 3
+    state.apply(&set_hot("b", 4)); // 4
+    state.apply(&ack(1, "a", 3));
+    state.apply(&ack(1, "b", 4));
+    state.apply(&ack(2, "b", 4)); // b commits at 5
+    state.apply(&Command::UpdateInterest {
+        edge: 2,
+        add: vec![7],
+        remove: vec![],
+    }); // 6
+    let incarnation = state.edges[&2].incarnation;
+    let (r, c) = state.apply(&Command::Expire {
+        kind: MemberKind::Edge,
+        id: 2,
+        incarnation,
+    });
+    assert_eq!(r.revision, 7);
+    assert_eq!(
+        c,
+        vec![
+            change(pb::change::Change::MemberDown(pb::MemberRef {
+                kind: pb::MemberKind::Edge as i32,
+                id: 2,
+            })),
+            slot_edge_change(7, 2, false),
+            hot_change("a", 8, 0, 3, true),
+        ],
+        "member down, its interest, then what it held back; b was committed already"
+    );
+}
+
+#[test]
+fn a_removed_edge_loses_its_acks() {
+    let mut state = two_edges();
+    state.apply(&register(MemberKind::Edge, 3));
+    state.apply(&set_hot("t", 8)); // 4
+    state.apply(&ack(1, "t", 4));
+    state.apply(&ack(2, "t", 4));
+    let (_, c) = state.apply(&Command::Deregister {
+        kind: MemberKind::Edge,
+        id: 2,
+    });
+    assert_eq!(c.len(), 1, "edge 3 still holds the change back");
+    assert_eq!(state.hot_topics["t"].acked, BTreeSet::from([1]));
+    // Back under the same id, it must ack again.
+    state.apply(&register(MemberKind::Edge, 2));
+    assert!(state.apply(&ack(3, "t", 4)).1.is_empty());
+    assert_eq!(
+        state.apply(&ack(2, "t", 4)).1,
+        vec![hot_change("t", 8, 0, 4, true)]
+    );
+}
+
+#[test]
+fn snapshots_keep_acks_and_read_the_old_shard_counts() {
+    let mut state = two_edges();
+    state.apply(&set_hot("t", 8));
+    state.apply(&ack(1, "t", 3));
+    let json = serde_json::to_string(&state).expect("serializes");
+    let back: MetaState = serde_json::from_str(&json).expect("deserializes");
+    assert_eq!(back, state);
+
+    // Before the two-phase change a snapshot held a bare count: a committed route.
+    let old = json.replace(
+        r#""t":{"shards":8,"prev_shards":0,"since":3,"committed":false,"acked":[1]}"#,
+        r#""t":8"#,
+    );
+    assert_ne!(old, json);
+    let back: MetaState = serde_json::from_str(&old).expect("reads the old form");
+    assert_eq!(
+        back.hot_topics["t"],
+        HotEntry {
+            shards: 8,
+            prev_shards: 0,
+            since: 0,
+            committed: true,
+            acked: BTreeSet::new(),
+        }
+    );
 }
 
 #[derive(Debug, Clone)]
