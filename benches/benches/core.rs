@@ -58,6 +58,7 @@ fn bench_relay(c: &mut Criterion) {
             seq: 123456,
             data: Bytes::from(vec![b'x'; 128]),
             msg_id: 1,
+            route_tag: 0,
         })),
     };
     c.bench_function("relay/encode_deliver_128B", |b| {
@@ -102,7 +103,9 @@ fn bench_fanout(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 seq += 1;
-                if let Some(f) = core.handle_deliver("room", 1, seq, data.as_bytes(), seq) {
+                if let Some(f) =
+                    core.handle_deliver("room", 1, seq, data.as_bytes(), Default::default())
+                {
                     for conn in f.conns {
                         let _ = queues[conn as usize].try_send(f.frame.clone());
                     }
@@ -127,7 +130,7 @@ fn bench_sequencing(c: &mut Criterion) {
     let topics: Vec<String> = (0..1000).map(|i| format!("room/{i}")).collect();
     for t in &topics {
         for edge in 1..=4 {
-            core.handle_interest(edge, t, 10, 1).unwrap_or(());
+            core.handle_interest(edge, t, 10, 1, 0).unwrap_or_default();
         }
     }
     let mut i = 0usize;

@@ -9,7 +9,7 @@
 //! only while its tag is at least the slot's current epoch: interest an edge gave an
 //! earlier reign of the slot is stale (the edge re-announces to each new owner).
 //!
-//! Hot topics: every publish carries the route tag its publisher routed it by (the `since`
+//! Hot topics: every publish carries the route tag its publisher routed it by (the revision
 //! of the topic's hot entry). The owner of a topic or sub-topic refuses a tag older than
 //! its own view ([`PublishOutcome::StaleRoute`]); when its view moves on it fences the
 //! topic towards its edges ([`DistributorCore::take_fences`]), after every delivery of the
@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use bytes::Bytes;
 use tokio::time::{Duration, Instant};
 
 use crate::config::HotPolicy;
@@ -43,7 +44,16 @@ struct TopicState {
     /// Consecutive windows above the split load / below the merge load.
     windows_over: u32,
     windows_under: u32,
+    /// Encoded deliveries of messages routed by a hot-topic view (route tag > 0), newest
+    /// last, at most [`HISTORY_FRAMES`]: an edge that joins this (sub-)topic while its
+    /// route changes gets the ones published since the change was prepared, which the
+    /// publishers sent here before the edge's interest arrived.
+    history: std::collections::VecDeque<(u64, Bytes)>,
 }
+
+/// Deliveries kept per split (sub-)topic for edges that join its route late: a few hundred
+/// milliseconds of a busy hot topic, the time an edge takes to see a change and announce.
+pub const HISTORY_FRAMES: usize = 1024;
 
 /// What to do with a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,17 +207,26 @@ impl DistributorCore {
             .routing
             .hot_routes()
             .iter()
-            .map(|(t, h)| (t.clone(), h.since))
+            .map(|(t, h)| (t.clone(), h.revision))
             .collect();
         let changes = self.routing.apply(event);
         let advanced: BTreeMap<String, u64> = self
             .routing
             .hot_routes()
             .iter()
-            .filter(|(t, h)| before.get(*t).is_none_or(|s| *s < h.since))
-            .map(|(t, h)| (t.clone(), h.since))
+            .filter(|(t, h)| before.get(*t).is_none_or(|r| *r < h.revision))
+            .map(|(t, h)| (t.clone(), h.revision))
             .collect();
         if !advanced.is_empty() {
+            let routing = &self.routing;
+            for (name, state) in self.topics.iter_mut() {
+                if let Some(hot) = advanced
+                    .get(base_topic(name))
+                    .and_then(|_| routing.hot_route(base_topic(name)))
+                {
+                    state.history.retain(|(tag, _)| *tag >= hot.since);
+                }
+            }
             let mut names: Vec<&String> = self
                 .topics
                 .keys()
@@ -277,7 +296,7 @@ impl DistributorCore {
     pub fn fence_for(&self, topic: &str) -> Option<u64> {
         let hot = self.routing.hot_route(base_topic(topic))?;
         let route = self.routing.route(slot_of(topic));
-        (route.distributor == self.id && hot.since > 0).then_some(hot.since)
+        (route.distributor == self.id && hot.revision > 0).then_some(hot.revision)
     }
 
     /// The registration incarnation (0 before the first registration).
@@ -315,14 +334,16 @@ impl DistributorCore {
     }
 
     /// An edge's interest in a topic (its local subscriber count; 0 = none) at the owner
-    /// epoch it saw. Returns true when it was recorded (the caller acks it).
+    /// epoch it saw. When it was recorded (the caller acks it), returns the deliveries to
+    /// replay to an edge that newly joins a split topic's route (see [`HISTORY_FRAMES`]).
     pub fn handle_interest(
         &mut self,
         edge: u64,
         topic: &str,
         subscribers: u64,
         epoch: u64,
-    ) -> Result<(), CoreError> {
+        route_since: u64,
+    ) -> Result<Vec<Bytes>, CoreError> {
         if subscribers == 0 {
             if let Some(state) = self.topics.get_mut(topic) {
                 state.interest.remove(&edge);
@@ -333,15 +354,54 @@ impl DistributorCore {
             if let Some(set) = self.edge_topics.get_mut(&edge) {
                 set.remove(topic);
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let current = self.routing.route(slot_of(topic)).epoch;
+        // The edge says which change it joins for; this owner's view may not show it yet.
+        let since = route_since;
         let state = self.topic_entry(topic)?;
+        let joined = !state
+            .interest
+            .get(&edge)
+            .is_some_and(|(n, tag)| *n > 0 && *tag >= current);
         state.interest.insert(edge, (subscribers, epoch));
+        let replay = if joined && since > 0 {
+            state
+                .history
+                .iter()
+                .filter(|(tag, _)| *tag >= since)
+                .map(|(_, frame)| frame.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if std::env::var_os("FT_DEBUG_HOT").is_some() {
+            eprintln!(
+                "dist {} interest {topic} from edge {edge} n {subscribers} since {since} joined {joined} replay {} history {:?}",
+                self.id,
+                replay.len(),
+                self.topics.get(topic).map(|s| s.history.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+            );
+        }
         self.edge_topics
             .entry(edge)
             .or_default()
             .insert(topic.to_string());
-        Ok(())
+        Ok(replay)
+    }
+
+    /// Keeps the encoded delivery of a message routed by a hot-topic view (`route_tag` >
+    /// 0) for edges that join late. Bounded by [`HISTORY_FRAMES`] per topic.
+    pub fn record_history(&mut self, topic: &str, route_tag: u64, frame: &Bytes) {
+        if route_tag == 0 {
+            return;
+        }
+        if let Some(state) = self.topics.get_mut(topic) {
+            if state.history.len() >= HISTORY_FRAMES {
+                state.history.pop_front();
+            }
+            state.history.push_back((route_tag, frame.clone()));
+        }
     }
 
     /// The edge has announced all its interest in these slots at these epochs.
@@ -402,7 +462,7 @@ impl DistributorCore {
     }
 
     ///
-    /// `route_tag` is the `since` of the hot-topic entry the publisher routed by (0 for a
+    /// `route_tag` is the revision of the last change of the hot-topic entry the publisher routed by (0 for a
     /// topic it knew no entry of).
     pub fn handle_publish(
         &mut self,
@@ -421,8 +481,10 @@ impl DistributorCore {
             return Ok(PublishOutcome::NotOwner { owner: 0 });
         }
         if let Some(hot) = self.routing.hot_route(base_topic(topic)) {
-            if route_tag < hot.since {
-                return Ok(PublishOutcome::StaleRoute { since: hot.since });
+            if route_tag < hot.revision {
+                return Ok(PublishOutcome::StaleRoute {
+                    since: hot.revision,
+                });
             }
         }
         let edges = self.targets(topic, slot, route.epoch);
@@ -649,7 +711,7 @@ mod tests {
         let chat = slot_of("chat") as usize;
         core.handle_watch(snapshot(|s| if s == chat { 1 } else { 2 }, 5, vec![]));
         core.handle_edge_up(9);
-        core.handle_interest(9, "chat", 3, 5).unwrap();
+        core.handle_interest(9, "chat", 3, 5, 0).unwrap();
         for seq in 1..=3 {
             assert_eq!(
                 core.handle_publish("chat", 0).unwrap(),
@@ -687,11 +749,11 @@ mod tests {
         let s = slot_of("chat");
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
-        core.handle_interest(9, "chat", 1, 5).unwrap();
+        core.handle_interest(9, "chat", 1, 5, 0).unwrap();
         core.handle_publish("chat", 0).unwrap();
         core.handle_watch(move_slot(s, 2, 8));
         // The edge already announced for the reign at epoch 10 before we saw it.
-        core.handle_interest(9, "chat", 2, 10).unwrap();
+        core.handle_interest(9, "chat", 2, 10, 0).unwrap();
         core.handle_watch(move_slot(s, 1, 10));
         assert_eq!(
             core.handle_publish("chat", 0).unwrap(),
@@ -703,7 +765,7 @@ mod tests {
         );
         // Interest tagged with an older epoch does not count.
         core.handle_edge_up(7);
-        core.handle_interest(7, "chat", 1, 5).unwrap();
+        core.handle_interest(7, "chat", 1, 5, 0).unwrap();
         assert_eq!(core.topic_count("chat").unwrap().edges, vec![9]);
     }
 
@@ -734,7 +796,7 @@ mod tests {
         core.handle_registered(1);
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
-        core.handle_interest(9, "chat", 1, 5).unwrap();
+        core.handle_interest(9, "chat", 1, 5, 0).unwrap();
         let first = core
             .handle_forwarded_publish("chat", 0, (2, 1, 77))
             .unwrap();
@@ -797,10 +859,10 @@ mod tests {
         core.handle_registered(1);
         core.handle_watch(snapshot(|_| 1, 5, vec![]));
         core.handle_edge_up(9);
-        core.handle_interest(9, "a", 1, 5).unwrap();
-        core.handle_interest(9, "b", 1, 5).unwrap();
+        core.handle_interest(9, "a", 1, 5, 0).unwrap();
+        core.handle_interest(9, "b", 1, 5, 0).unwrap();
         assert_eq!(
-            core.handle_interest(9, "c", 1, 5),
+            core.handle_interest(9, "c", 1, 5, 0),
             Err(CoreError::TooManyTopics { max: 2 })
         );
         core.handle_edge_down(9);

@@ -60,6 +60,8 @@ pub struct Counters {
     pub fences: AtomicU64,
     /// Splits and merges this node proposed to the metastore.
     pub hot_proposals: AtomicU64,
+    /// Deliveries replayed to edges that joined a split topic's route late.
+    pub replayed: AtomicU64,
 }
 
 /// What the gRPC service and the relay share.
@@ -126,6 +128,7 @@ impl<C: Connector> Shared<C> {
                             seq: *seq,
                             data: data.clone(),
                             msg_id,
+                            route_tag,
                         })),
                     });
                     queue_on_lanes(
@@ -473,9 +476,28 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                         &interest.topic,
                         interest.subscribers,
                         interest.epoch,
+                        interest.route_since,
                     );
-                    // An edge that (re)announces a topic of a split topic learns the
-                    // owner's fence on the topic's lane, behind any delivery already queued.
+                    // An edge that newly joins a split topic's route first gets what was
+                    // published on it since the change was prepared; then (as any edge that
+                    // announces such a topic) the owner's fence, on the topic's lane behind
+                    // any delivery already queued.
+                    if let Ok(replay) = &recorded {
+                        for frame in replay {
+                            queue_on_lanes(
+                                &shared.config,
+                                &shared.counters,
+                                state,
+                                &interest.topic,
+                                frame,
+                                &[edge],
+                            );
+                        }
+                        shared
+                            .counters
+                            .replayed
+                            .fetch_add(replay.len() as u64, Ordering::Relaxed);
+                    }
                     if recorded.is_ok() && interest.subscribers > 0 {
                         if let Some(since) = state.core.fence_for(&interest.topic) {
                             let fence = FenceOut {
@@ -489,7 +511,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                     recorded
                 };
                 match recorded {
-                    Ok(()) if interest.subscribers > 0 => {
+                    Ok(_) if interest.subscribers > 0 => {
                         let ack = encode(&RelayFrame {
                             frame: Some(Frame::InterestAck(InterestAck {
                                 topic: interest.topic,
@@ -505,7 +527,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                             break;
                         }
                     }
-                    Ok(()) => {}
+                    Ok(_) => {}
                     Err(e) => tracing::warn!(edge, error = %e, "interest refused"),
                 }
             }

@@ -57,6 +57,19 @@ pub enum Output {
     AckHot { topic: String, since: u64 },
 }
 
+/// What a delivery carries besides its sequence: the message id every copy shares, and
+/// the hot-topic route tag it was published under (0: never split).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageTags {
+    pub msg_id: u64,
+    pub route_tag: u64,
+}
+
+fn debug_hot() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FT_DEBUG_HOT").is_some())
+}
+
 /// A message to pass to local subscribers: one encoded frame, many connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fanout {
@@ -76,6 +89,10 @@ struct Route {
     held: VecDeque<(Bytes, u64)>,
     /// When this route was added (for [`SWITCH_TIMEOUT`]).
     added: Option<Instant>,
+    /// The revision at which the metastore committed this route (every edge had joined
+    /// it), once seen. Publishes routed by a view from before it may have gone to the
+    /// previous route alone, so the previous route must be fenced at least this far.
+    committed_at: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +241,7 @@ impl EdgeCore {
             since,
             held: VecDeque::new(),
             added: Some(now),
+            committed_at: None,
         };
         let Some(hot) = self.routing.hot_route(topic) else {
             return (vec![route(topic.to_string(), 0)], false);
@@ -251,11 +269,17 @@ impl EdgeCore {
         let Some((owner, epoch)) = self.owner_link(name) else {
             return;
         };
-        let subscribers = self
-            .names
-            .get(name)
-            .and_then(|n| self.topics.get(&n.base))
-            .map_or(0, LocalTopic::count);
+        let local = self.names.get(name).and_then(|n| self.topics.get(&n.base));
+        let subscribers = local.map_or(0, LocalTopic::count);
+        let route_since = local
+            .and_then(|t| {
+                t.routes
+                    .iter()
+                    .filter(|r| r.name == name)
+                    .map(|r| r.since)
+                    .max()
+            })
+            .unwrap_or(0);
         self.outputs.push_back(Output::Relay {
             distributor: owner,
             frame: RelayFrame {
@@ -263,6 +287,7 @@ impl EdgeCore {
                     topic: name.to_string(),
                     subscribers,
                     epoch,
+                    route_since,
                 })),
             },
         });
@@ -452,8 +477,16 @@ impl EdgeCore {
         epoch: u64,
         seq: u64,
         data: &[u8],
-        msg_id: u64,
+        tags: MessageTags,
     ) -> Option<Fanout> {
+        let MessageTags { msg_id, route_tag } = tags;
+        if debug_hot() {
+            eprintln!(
+                "edge {} deliver {name} {epoch}.{seq} id {msg_id:x} tag {route_tag} data {}",
+                self.id,
+                String::from_utf8_lossy(data)
+            );
+        }
         let Some(route_name) = self.names.get_mut(name) else {
             self.counters.unwanted_deliveries += 1;
             return None;
@@ -475,8 +508,18 @@ impl EdgeCore {
             self.counters.unwanted_deliveries += 1;
             return None;
         };
-        if at > 0 {
-            // A later route: hold it until the routes before it have drained.
+        // The first route holds, rather than passes on, what was published by a view that
+        // knew the next route: the next route carries it too (publishers send to both, and
+        // its owner replays what it had before our interest arrived), in an order
+        // consistent with what was published on the new route alone.
+        let covered = at == 0
+            && entry
+                .routes
+                .get(1)
+                .is_some_and(|next| route_tag >= next.since);
+        if at > 0 || covered {
+            // Held until the routes before it have drained (or, for the first route, in
+            // case the change has to be forced through).
             let held = &mut entry.routes[at].held;
             if held.len() >= ROUTE_BUFFER {
                 held.pop_front();
@@ -486,9 +529,10 @@ impl EdgeCore {
             return None;
         }
         if !entry.renumber {
-            // While a new route is being joined the same message may also come through it
-            // (publishers send to both): remember what passed.
-            if entry.routes.len() > 1 && !entry.first_sight(msg_id) {
+            // A message routed by a hot-topic view may also come through another route of
+            // the topic (publishers send to both while a change is prepared, and this edge's
+            // view may not show the change yet): remember what passed.
+            if (route_tag > 0 || entry.routes.len() > 1) && !entry.first_sight(msg_id) {
                 self.counters.duplicate_deliveries += 1;
                 return None;
             }
@@ -541,6 +585,9 @@ impl EdgeCore {
     /// The owner of route name `name` refuses publishes routed below `since` from now on,
     /// and every delivery before this fence has arrived.
     pub fn handle_fence(&mut self, name: &str, since: u64) {
+        if debug_hot() {
+            eprintln!("edge {} fence {name} {since}", self.id);
+        }
         let Some(entry) = self.names.get_mut(name) else {
             return;
         };
@@ -549,10 +596,12 @@ impl EdgeCore {
         self.try_switch(&base, None);
     }
 
-    /// Moves a split topic to its next route while the first route has drained: its owner
-    /// fenced it at or above the next route's `since` (so everything published by a view
-    /// that knew only the old route has arrived) and the next route's owner acked us.
-    /// With `now`, a change that waited longer than [`SWITCH_TIMEOUT`] moves on anyway.
+    /// Moves a split topic to its next route once the first route has drained: the next
+    /// route is committed (every edge, this one included, had joined it, so every publish
+    /// routed by a committed view reaches us through it), and the first route's owner fenced
+    /// it at or above the commit revision (so every publish routed by an older view, which
+    /// may have gone to the first route alone, has arrived). With `now`, a change that
+    /// waited longer than [`SWITCH_TIMEOUT`] moves on anyway.
     fn try_switch(&mut self, topic: &str, now: Option<Instant>) {
         loop {
             let Some(entry) = self.topics.get(topic) else {
@@ -561,10 +610,9 @@ impl EdgeCore {
             let (Some(head), Some(next)) = (entry.routes.front(), entry.routes.get(1)) else {
                 return;
             };
-            let fenced = self
-                .names
-                .get(&head.name)
-                .is_some_and(|n| n.fence >= next.since);
+            let fenced = next
+                .committed_at
+                .is_some_and(|at| self.names.get(&head.name).is_some_and(|n| n.fence >= at));
             let timed_out = now.is_some_and(|now| {
                 next.added
                     .is_some_and(|t| now.saturating_duration_since(t) >= SWITCH_TIMEOUT)
@@ -575,6 +623,16 @@ impl EdgeCore {
             if !fenced {
                 self.counters.forced_switches += 1;
             }
+            if debug_hot() {
+                eprintln!(
+                    "edge {} switch {topic}: {} -> {} (fence {:?}, committed at {:?})",
+                    self.id,
+                    head.name,
+                    next.name,
+                    self.names.get(&head.name).map(|n| n.fence),
+                    next.committed_at
+                );
+            }
             self.counters.route_switches += 1;
             let Some(entry) = self.topics.get_mut(topic) else {
                 return;
@@ -582,6 +640,11 @@ impl EdgeCore {
             let Some(old) = entry.routes.pop_front() else {
                 return;
             };
+            let mut due: Vec<(Bytes, u64)> = Vec::new();
+            if !fenced {
+                // Forced: the next route may lack what only the first one got.
+                due.extend(old.held);
+            }
             // A new epoch for the clients: the next route's owners number differently.
             let epoch = entry
                 .client_last
@@ -590,12 +653,10 @@ impl EdgeCore {
                 .max(self.routing.revision());
             entry.renumber = true;
             entry.client_last = (epoch, 0);
-            let held: Vec<(Bytes, u64)> = entry
-                .routes
-                .front_mut()
-                .map(|r| r.held.drain(..).collect())
-                .unwrap_or_default();
-            for (data, id) in held {
+            if let Some(r) = entry.routes.front_mut() {
+                due.extend(r.held.drain(..));
+            }
+            for (data, id) in due {
                 if let Some(fanout) =
                     deliver_renumbered(entry, topic, &data, id, &mut self.counters)
                 {
@@ -651,9 +712,11 @@ impl EdgeCore {
         }
     }
 
-    /// Adds the new route of every local split topic whose hot entry moved on.
+    /// Follows the hot entries of local topics: a prepared change adds its route (the
+    /// topic then holds two or more); a committed one marks its route committed.
     fn follow_hot_routes(&mut self, now: Instant) {
         let mut added: Vec<(String, String)> = Vec::new();
+        let mut changed: Vec<String> = Vec::new();
         for (topic, entry) in self.topics.iter_mut() {
             let Some(hot) = self.routing.hot_route(topic) else {
                 continue;
@@ -661,30 +724,56 @@ impl EdgeCore {
             let Some(last) = entry.routes.back() else {
                 continue;
             };
-            if hot.since <= last.since {
-                continue;
-            }
             let name = edge_route_topic(self.id, topic, hot.shards);
-            if last.name == name {
-                continue; // The same sub-topic under the new shard count: nothing moves.
+            if hot.since > last.since && last.name != name {
+                if debug_hot() {
+                    eprintln!(
+                        "edge {} adds route {name} since {} for {topic}",
+                        self.id, hot.since
+                    );
+                }
+                entry.routes.push_back(Route {
+                    name: name.clone(),
+                    since: hot.since,
+                    held: VecDeque::new(),
+                    added: Some(now),
+                    committed_at: None,
+                });
+                added.push((name.clone(), topic.clone()));
             }
-            entry.routes.push_back(Route {
-                name: name.clone(),
-                since: hot.since,
-                held: VecDeque::new(),
-                added: Some(now),
-            });
-            added.push((name, topic.clone()));
+            // (The same sub-topic under a new shard count keeps its route: nothing moves.)
+            // A change is prepared only after the one before it committed, so a route from
+            // before this entry's `since` is committed even if this view skipped that event
+            // (a snapshot): by `since` at the latest.
+            for route in entry.routes.iter_mut().skip(1) {
+                if route.committed_at.is_none() && route.since < hot.since {
+                    route.committed_at = Some(hot.since);
+                    changed.push(topic.clone());
+                }
+            }
+            if hot.committed && entry.routes.len() > 1 {
+                if let Some(last) = entry.routes.back_mut() {
+                    if last.committed_at.is_none() {
+                        last.committed_at = Some(hot.revision);
+                        changed.push(topic.clone());
+                    }
+                }
+            }
         }
         added.sort();
-        for (name, topic) in added {
-            self.add_name(&name, &topic);
+        for (name, topic) in &added {
+            self.add_name(name, topic);
             // Subscribers wait for the new route too (see topic_ready), so a subscriber
             // acked from now on is owed nothing the old route misses.
-            let names: Vec<String> = self.topics.get(&topic).map_or_else(Vec::new, |t| {
+            let names: Vec<String> = self.topics.get(topic).map_or_else(Vec::new, |t| {
                 t.routes.iter().map(|r| r.name.clone()).collect()
             });
             self.dirty.extend(names);
+        }
+        changed.extend(added.into_iter().map(|(_, topic)| topic));
+        changed.sort();
+        changed.dedup();
+        for topic in changed {
             self.try_switch(&topic, None);
         }
     }

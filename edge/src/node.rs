@@ -25,7 +25,7 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::{Config, SlowPolicy};
-use crate::core::{ConnId, EdgeCore, Fanout, Output, SlotSync};
+use crate::core::{ConnId, EdgeCore, Fanout, MessageTags, Output, SlotSync};
 use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
 
@@ -499,10 +499,16 @@ async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvSt
         for frame in frames.drain(..) {
             match frame.frame {
                 Some(Frame::Deliver(d)) => {
-                    if let Some(fanout) = state
-                        .core
-                        .handle_deliver(&d.topic, d.epoch, d.seq, &d.data, d.msg_id)
-                    {
+                    if let Some(fanout) = state.core.handle_deliver(
+                        &d.topic,
+                        d.epoch,
+                        d.seq,
+                        &d.data,
+                        MessageTags {
+                            msg_id: d.msg_id,
+                            route_tag: d.route_tag,
+                        },
+                    ) {
                         shared.fanout(&mut state, fanout);
                     }
                 }

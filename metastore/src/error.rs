@@ -67,6 +67,9 @@ pub enum ApiError {
     /// A configured bound (members, hot topics, watchers) is reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The state does not allow it now (a hot-topic change is still being joined).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// No leader is known, or forwarding to it failed; the caller should retry.
     #[error("{0}")]
     Unavailable(String),
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
+            ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ApiError::Unavailable(_) | ApiError::Fatal(_) => tonic::Status::unavailable(message),
         }
     }

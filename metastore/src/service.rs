@@ -132,6 +132,9 @@ impl<C: Connector> NodeContext<C> {
     pub(crate) async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
         match self.raft.client_write(command).await {
             Ok(reply) => match reply.data.rejected {
+                Some(rejection @ crate::state::Rejection::HotChangeInProgress { .. }) => {
+                    Err(ApiError::FailedPrecondition(rejection.to_string()))
+                }
                 Some(rejection) => Err(ApiError::NotFound(rejection.to_string())),
                 None => Ok(reply.data),
             },

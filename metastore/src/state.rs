@@ -140,6 +140,8 @@ pub struct HotEntry {
     pub since: u64,
     /// Every registered edge has joined the new route; the old one is no longer used.
     pub committed: bool,
+    /// The revision of the last change (the prepare, then the commit): the route tag.
+    pub changed: u64,
     /// The edges that acked this change. Only registered edges (an edge is dropped from
     /// it when removed), so it is bounded by `max_members`. Not visible to watchers. A
     /// re-registered edge keeps its ack: a new process of it starts from a snapshot that
@@ -155,6 +157,7 @@ impl HotEntry {
             prev_shards: self.prev_shards,
             since: self.since,
             committed: self.committed,
+            revision: self.changed,
         }
     }
 }
@@ -171,6 +174,8 @@ enum HotEntryRepr {
         since: u64,
         committed: bool,
         #[serde(default)]
+        changed: u64,
+        #[serde(default)]
         acked: BTreeSet<u64>,
     },
     Legacy(u32),
@@ -184,12 +189,14 @@ impl From<HotEntryRepr> for HotEntry {
                 prev_shards,
                 since,
                 committed,
+                changed,
                 acked,
             } => HotEntry {
                 shards,
                 prev_shards,
                 since,
                 committed,
+                changed: changed.max(since),
                 acked,
             },
             HotEntryRepr::Legacy(shards) => HotEntry {
@@ -197,6 +204,7 @@ impl From<HotEntryRepr> for HotEntry {
                 prev_shards: 0,
                 since: 0,
                 committed: true,
+                changed: 0,
                 acked: BTreeSet::new(),
             },
         }
@@ -209,12 +217,20 @@ impl From<HotEntryRepr> for HotEntry {
 pub enum Rejection {
     /// The member (at that incarnation) is not registered.
     UnknownMember { kind: MemberKind, id: u64 },
+    /// The topic's previous change (prepared at `since`) is not committed yet: one change
+    /// at a time, so an edge never holds more than the route it leaves and the one it joins.
+    HotChangeInProgress { topic: String, since: u64 },
 }
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::UnknownMember { kind, id } => write!(f, "{kind:?} {id} is not registered"),
+            Rejection::HotChangeInProgress { topic, since } => write!(
+                f,
+                "the change of hot topic {topic:?} prepared at revision {since} is not \
+                 committed yet (edges are still joining its route); try again"
+            ),
         }
     }
 }
@@ -372,10 +388,10 @@ impl MetaState {
                 }
             }
             Command::SetHotTopic { topic, shards } => {
-                self.set_hot_topic(topic, *shards, next, &mut changes);
+                response.rejected = self.set_hot_topic(topic, *shards, next, &mut changes);
             }
             Command::ClearHotTopic { topic } => {
-                self.set_hot_topic(topic, 0, next, &mut changes);
+                response.rejected = self.set_hot_topic(topic, 0, next, &mut changes);
             }
             Command::AckHotTopic { edge, topic, since } => {
                 if !self.edges.contains_key(edge) {
@@ -396,6 +412,7 @@ impl MetaState {
                     // bump the revision; the snapshot carries it.
                     if all_acked(&self.edges, entry) {
                         entry.committed = true;
+                        entry.changed = next;
                         changes.push(change(pb::change::Change::HotTopicSet(
                             entry.to_proto(topic),
                         )));
@@ -428,7 +445,7 @@ impl MetaState {
             MemberKind::Distributor => self.rebalance(next, changes),
             MemberKind::Edge => {
                 self.drop_edge_interest(id, changes);
-                self.forget_edge_acks(id, changes);
+                self.forget_edge_acks(id, next, changes);
             }
         }
         true
@@ -442,15 +459,18 @@ impl MetaState {
         shards: u32,
         next: u64,
         changes: &mut Vec<pb::Change>,
-    ) {
+    ) -> Option<Rejection> {
         let prev = match self.hot_topics.get(topic) {
-            Some(entry) if entry.shards == shards => return,
-            // A change replacing an uncommitted one starts from the last committed route:
-            // that is the one every edge is known to receive.
+            Some(entry) if entry.shards == shards => return None,
             Some(entry) if entry.committed => entry.shards,
-            Some(entry) => entry.prev_shards,
+            Some(entry) => {
+                return Some(Rejection::HotChangeInProgress {
+                    topic: topic.to_string(),
+                    since: entry.since,
+                })
+            }
             // Never split: nothing to merge.
-            None if shards == 0 => return,
+            None if shards == 0 => return None,
             None => 0,
         };
         let mut entry = HotEntry {
@@ -458,6 +478,7 @@ impl MetaState {
             prev_shards: prev,
             since: next,
             committed: false,
+            changed: next,
             acked: BTreeSet::new(),
         };
         // Back to the committed route, or no edge to wait for: nothing to prepare.
@@ -466,15 +487,17 @@ impl MetaState {
             entry.to_proto(topic),
         )));
         self.hot_topics.insert(topic.to_string(), entry);
+        None
     }
 
     /// A removed edge no longer counts: its acks go (which keeps `acked` within the
     /// registered edges) and every change only it held back commits now.
-    fn forget_edge_acks(&mut self, edge: u64, changes: &mut Vec<pb::Change>) {
+    fn forget_edge_acks(&mut self, edge: u64, next: u64, changes: &mut Vec<pb::Change>) {
         for (topic, entry) in self.hot_topics.iter_mut().filter(|(_, e)| !e.committed) {
             entry.acked.remove(&edge);
             if all_acked(&self.edges, entry) {
                 entry.committed = true;
+                entry.changed = next;
                 changes.push(change(pb::change::Change::HotTopicSet(
                     entry.to_proto(topic),
                 )));

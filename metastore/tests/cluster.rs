@@ -349,17 +349,18 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         bail!("revision 2 adds interest");
     };
     assert_eq!((first.slot, first.edge_id, first.present), (0, 7, true));
-    let prepared = |shards, prev_shards, since, committed| {
+    let prepared = |shards, prev_shards, since, committed, revision| {
         Some(pb::change::Change::HotTopicSet(pb::HotTopic {
             topic: "live".into(),
             shards,
             prev_shards,
             since,
             committed,
+            revision,
         }))
     };
     // Edge 7 is registered, so the split is only prepared.
-    assert_eq!(seen[11].changes[0].change, prepared(8, 0, 12, false));
+    assert_eq!(seen[11].changes[0].change, prepared(8, 0, 12, false, 12));
     drop(stream);
 
     // Changes made while disconnected arrive after a reconnect from the last seen revision,
@@ -399,15 +400,21 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         deltas.push(d);
     }
     assert_eq!(deltas[0].changes.len(), 1);
-    assert_eq!(deltas[0].changes[0].change, prepared(8, 0, 12, true));
+    assert_eq!(
+        deltas[0].changes[0].change,
+        prepared(8, 0, 12, true, deltas[0].revision)
+    );
     // A clear is a change to 0 shards that stays as a tombstone, prepared while edge 7
     // has not joined the plain route.
     assert_eq!(deltas[1].changes.len(), 1);
-    assert_eq!(deltas[1].changes[0].change, prepared(0, 8, 14, false));
+    assert_eq!(deltas[1].changes[0].change, prepared(0, 8, 14, false, 14));
     // Deregistering the edge: member down, its 20 slots of interest go, and the clear it
     // held back commits.
     assert_eq!(deltas[2].changes.len(), 22);
-    assert_eq!(deltas[2].changes[21].change, prepared(0, 8, 14, true));
+    assert_eq!(
+        deltas[2].changes[21].change,
+        prepared(0, 8, 14, true, deltas[2].revision)
+    );
     let map = writer
         .get_slot_map(pb::GetSlotMapRequest { linearizable: true })
         .await?
@@ -420,6 +427,7 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
             prev_shards: 8,
             since: 14,
             committed: true,
+            revision: map.revision,
         }]
     );
     cluster.shutdown().await

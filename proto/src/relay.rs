@@ -65,6 +65,7 @@ mod tests {
                 epoch: 3,
                 seq,
                 msg_id: seq,
+                route_tag: 0,
                 data: bytes::Bytes::from_static(br#"{"hello":"world"}"#),
             })),
         }
@@ -79,6 +80,7 @@ mod tests {
                 topic: "t".into(),
                 subscribers: 5,
                 epoch: 1,
+                route_since: 0,
             })),
         };
         encode_frame(&interest, &mut buf);

@@ -50,6 +50,8 @@ pub struct HotRoute {
     pub since: u64,
     /// Every edge has joined the new route: publishers use it alone.
     pub committed: bool,
+    /// The revision of the entry's last change (prepare, then commit): the route tag.
+    pub revision: u64,
 }
 
 impl HotRoute {
@@ -59,6 +61,7 @@ impl HotRoute {
             prev_shards: h.prev_shards,
             since: h.since,
             committed: h.committed,
+            revision: h.revision.max(h.since),
         }
     }
 }
@@ -158,8 +161,8 @@ impl RoutingTable {
         &self.hot_topics
     }
 
-    /// Where a publish of `topic` goes: the route tag (the `since` of the hot entry, 0 for
-    /// a never-split topic) and the topic names to sequence it under. While a change is
+    /// Where a publish of `topic` goes: the route tag (the revision of the hot entry's last
+    /// change, 0 for a never-split topic) and the topic names to sequence it under. While a change is
     /// prepared it goes to both the old and the new route.
     pub fn publish_route(&self, topic: &str) -> (u64, Vec<String>) {
         let Some(hot) = self.hot_topics.get(topic) else {
@@ -173,7 +176,7 @@ impl RoutingTable {
                 }
             }
         }
-        (hot.since, names)
+        (hot.revision, names)
     }
 
     /// Applies one watch event. Events must come in the order the watch stream sends them.

@@ -32,6 +32,7 @@ fn interest(topic: &str, subscribers: u64, epoch: u64) -> Output {
                 topic: topic.into(),
                 subscribers,
                 epoch,
+                route_since: 0,
             })),
         },
     }
@@ -62,7 +63,8 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     core.handle_subscribe(now, 10, vec!["chat".into()]);
     assert_eq!(drain(&mut core), vec![interest("chat", 1, 4)]);
     assert!(
-        core.handle_deliver("chat", 4, 1, b"1", 0).is_none(),
+        core.handle_deliver("chat", 4, 1, b"1", MessageTags::default())
+            .is_none(),
         "not acked yet"
     );
     core.handle_interest_ack(1, "chat", 4);
@@ -84,18 +86,26 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     );
     core.handle_tick(now);
     assert_eq!(drain(&mut core), vec![interest("chat", 2, 4)]);
-    let fan = core.handle_deliver("chat", 4, 2, br#"{"a":1}"#, 0).unwrap();
+    let fan = core
+        .handle_deliver("chat", 4, 2, br#"{"a":1}"#, MessageTags::default())
+        .unwrap();
     assert_eq!(fan.conns, vec![10, 11]);
     assert_eq!(
         &fan.frame[..],
         br#"{"type":"publish","topic":"chat","data":{"a":1},"epoch":4,"seq":2}"#
     );
     // Stale and duplicate deliveries are dropped.
-    assert!(core.handle_deliver("chat", 4, 2, b"1", 0).is_none());
-    assert!(core.handle_deliver("chat", 3, 9, b"1", 0).is_none());
+    assert!(core
+        .handle_deliver("chat", 4, 2, b"1", MessageTags::default())
+        .is_none());
+    assert!(core
+        .handle_deliver("chat", 3, 9, b"1", MessageTags::default())
+        .is_none());
     assert_eq!(core.counters().stale_deliveries, 2);
     // A newer epoch restarts seq.
-    assert!(core.handle_deliver("chat", 5, 1, b"1", 0).is_some());
+    assert!(core
+        .handle_deliver("chat", 5, 1, b"1", MessageTags::default())
+        .is_some());
 }
 
 #[test]
@@ -116,7 +126,9 @@ fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
     assert_eq!(core.handle_disconnect(10), vec!["b".to_string()]);
     assert_eq!(drain(&mut core), vec![interest("b", 0, 4)]);
     assert_eq!(core.interest_slots().count(), 0);
-    assert!(core.handle_deliver("b", 4, 1, b"1", 0).is_none());
+    assert!(core
+        .handle_deliver("b", 4, 1, b"1", MessageTags::default())
+        .is_none());
 }
 
 #[test]
@@ -178,7 +190,8 @@ fn an_owner_change_re_announces_to_the_new_owner() {
                     frame: Some(Frame::Interest(Interest {
                         topic: "chat".into(),
                         subscribers: 1,
-                        epoch: 9
+                        epoch: 9,
+                        route_since: 0,
                     }))
                 }
             },
@@ -195,7 +208,9 @@ fn an_owner_change_re_announces_to_the_new_owner() {
     );
     // The subscriber stays effective across the move.
     assert_eq!(
-        core.handle_deliver("chat", 9, 1, b"1", 0).unwrap().conns,
+        core.handle_deliver("chat", 9, 1, b"1", MessageTags::default())
+            .unwrap()
+            .conns,
         vec![10]
     );
 }

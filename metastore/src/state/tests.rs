@@ -223,6 +223,7 @@ fn hot_change(
     prev_shards: u32,
     since: u64,
     committed: bool,
+    revision: u64,
 ) -> pb::Change {
     change(pb::change::Change::HotTopicSet(pb::HotTopic {
         topic: topic.into(),
@@ -230,6 +231,7 @@ fn hot_change(
         prev_shards,
         since,
         committed,
+        revision,
     }))
 }
 
@@ -246,7 +248,7 @@ fn a_split_is_prepared_and_commits_when_every_edge_acked() {
     let mut state = two_edges();
     let (r, c) = state.apply(&set_hot("t", 8));
     assert_eq!(r.revision, 3);
-    assert_eq!(c, vec![hot_change("t", 8, 0, 3, false)]);
+    assert_eq!(c, vec![hot_change("t", 8, 0, 3, false, 3)]);
 
     let (r, c) = state.apply(&ack(1, "t", 3));
     assert_eq!(
@@ -261,7 +263,7 @@ fn a_split_is_prepared_and_commits_when_every_edge_acked() {
     assert_eq!(r.revision, 4);
     assert_eq!(
         c,
-        vec![hot_change("t", 8, 0, 3, true)],
+        vec![hot_change("t", 8, 0, 3, true, 4)],
         "since stays the route tag"
     );
     assert_eq!(
@@ -272,6 +274,7 @@ fn a_split_is_prepared_and_commits_when_every_edge_acked() {
             prev_shards: 0,
             since: 3,
             committed: true,
+            revision: 4,
         }]
     );
 
@@ -317,28 +320,31 @@ fn setting_the_same_count_during_a_prepare_is_a_no_op() {
 }
 
 #[test]
-fn a_set_during_a_prepare_starts_from_the_last_committed_route() {
+fn a_set_during_a_prepare_is_refused_until_it_commits() {
     let mut state = two_edges();
     state.apply(&set_hot("t", 4)); // 3: 0 -> 4, prepared
     state.apply(&ack(1, "t", 3));
+    let before = state.clone();
     let (r, c) = state.apply(&set_hot("t", 8));
-    assert_eq!(r.revision, 4);
+    assert!(c.is_empty());
     assert_eq!(
-        c,
-        vec![hot_change("t", 8, 0, 4, false)],
-        "4 never committed: the old route is still plain"
+        r.rejected,
+        Some(Rejection::HotChangeInProgress {
+            topic: "t".into(),
+            since: 3
+        })
     );
-    assert!(
-        state.hot_topics["t"].acked.is_empty(),
-        "acks of since 3 do not carry over"
-    );
-    // An ack of the replaced prepare is stale now.
-    assert!(state.apply(&ack(2, "t", 3)).1.is_empty());
-
-    // Going back to the committed route needs nobody's ack.
-    let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
+    assert_eq!(state, before, "the prepare and its acks stand");
+    assert!(state
+        .apply(&Command::ClearHotTopic { topic: "t".into() })
+        .0
+        .rejected
+        .is_some());
+    // Once committed, the next change starts from the new route.
+    state.apply(&ack(2, "t", 3)); // commits at 4
+    let (r, c) = state.apply(&set_hot("t", 8));
     assert_eq!(r.revision, 5);
-    assert_eq!(c, vec![hot_change("t", 0, 0, 5, true)]);
+    assert_eq!(c, vec![hot_change("t", 8, 4, 5, false, 5)]);
 }
 
 #[test]
@@ -349,10 +355,13 @@ fn a_clear_is_a_prepared_tombstone_from_the_committed_shards() {
     state.apply(&ack(2, "t", 3)); // committed at revision 4
     let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
     assert_eq!(r.revision, 5);
-    assert_eq!(c, vec![hot_change("t", 0, 8, 5, false)]);
+    assert_eq!(c, vec![hot_change("t", 0, 8, 5, false, 5)]);
     state.apply(&ack(1, "t", 5));
     let (r, c) = state.apply(&ack(2, "t", 5));
-    assert_eq!((r.revision, c), (6, vec![hot_change("t", 0, 8, 5, true)]));
+    assert_eq!(
+        (r.revision, c),
+        (6, vec![hot_change("t", 0, 8, 5, true, 6)])
+    );
     assert_eq!(
         state.hot_topics.len(),
         1,
@@ -370,7 +379,7 @@ fn a_clear_is_a_prepared_tombstone_from_the_committed_shards() {
 
     // Splitting the tombstone again starts from plain, at a higher since.
     let (_, c) = state.apply(&set_hot("t", 2));
-    assert_eq!(c, vec![hot_change("t", 2, 0, 7, false)]);
+    assert_eq!(c, vec![hot_change("t", 2, 0, 7, false, 7)]);
 }
 
 #[test]
@@ -378,9 +387,15 @@ fn without_edges_a_change_commits_at_once() {
     let mut state = MetaState::default();
     state.apply(&register(MemberKind::Distributor, 1));
     let (r, c) = state.apply(&set_hot("t", 8));
-    assert_eq!((r.revision, c), (2, vec![hot_change("t", 8, 0, 2, true)]));
+    assert_eq!(
+        (r.revision, c),
+        (2, vec![hot_change("t", 8, 0, 2, true, 2)])
+    );
     let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
-    assert_eq!((r.revision, c), (3, vec![hot_change("t", 0, 8, 3, true)]));
+    assert_eq!(
+        (r.revision, c),
+        (3, vec![hot_change("t", 0, 8, 3, true, 3)])
+    );
 }
 
 #[test]
@@ -392,7 +407,7 @@ fn an_edge_registering_during_a_prepare_must_ack_too() {
     assert!(state.apply(&ack(1, "t", 2)).1.is_empty());
     assert_eq!(
         state.apply(&ack(2, "t", 2)).1,
-        vec![hot_change("t", 8, 0, 2, true)]
+        vec![hot_change("t", 8, 0, 2, true, 4)]
     );
 }
 
@@ -424,7 +439,7 @@ fn the_expiry_of_the_last_unacked_edge_commits() {
                 id: 2,
             })),
             slot_edge_change(7, 2, false),
-            hot_change("a", 8, 0, 3, true),
+            hot_change("a", 8, 0, 3, true, 7),
         ],
         "member down, its interest, then what it held back; b was committed already"
     );
@@ -448,7 +463,7 @@ fn a_removed_edge_loses_its_acks() {
     assert!(state.apply(&ack(3, "t", 4)).1.is_empty());
     assert_eq!(
         state.apply(&ack(2, "t", 4)).1,
-        vec![hot_change("t", 8, 0, 4, true)]
+        vec![hot_change("t", 8, 0, 4, true, 7)]
     );
 }
 
@@ -463,7 +478,7 @@ fn snapshots_keep_acks_and_read_the_old_shard_counts() {
 
     // Before the two-phase change a snapshot held a bare count: a committed route.
     let old = json.replace(
-        r#""t":{"shards":8,"prev_shards":0,"since":3,"committed":false,"acked":[1]}"#,
+        r#""t":{"shards":8,"prev_shards":0,"since":3,"committed":false,"changed":3,"acked":[1]}"#,
         r#""t":8"#,
     );
     assert_ne!(old, json);
@@ -475,6 +490,7 @@ fn snapshots_keep_acks_and_read_the_old_shard_counts() {
             prev_shards: 0,
             since: 0,
             committed: true,
+            changed: 0,
             acked: BTreeSet::new(),
         }
     );
