@@ -377,7 +377,7 @@ impl DistributorCore {
         };
         if std::env::var_os("FT_DEBUG_HOT").is_some() {
             eprintln!(
-                "dist {} interest {topic} from edge {edge} n {subscribers} since {since} joined {joined} replay {} history {:?}",
+                "dist {} interest {topic} from edge {edge} n {subscribers} epoch {epoch}/{current} since {since} joined {joined} replay {} history {:?}",
                 self.id,
                 replay.len(),
                 self.topics.get(topic).map(|s| s.history.iter().map(|(t, _)| *t).collect::<Vec<_>>())
@@ -498,6 +498,12 @@ impl DistributorCore {
         state.window_messages += 1;
         state.relayed += edges.len() as u64;
         let seq = state.seq;
+        if route_tag > 0 && std::env::var_os("FT_DEBUG_HOT").is_some() {
+            eprintln!(
+                "dist {} sequenced {topic} {}.{seq} tag {route_tag} to {edges:?}",
+                self.id, route.epoch
+            );
+        }
         self.relayed += edges.len() as u64;
         Ok(PublishOutcome::Sequenced {
             epoch: route.epoch,

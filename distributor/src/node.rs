@@ -120,7 +120,8 @@ impl<C: Connector> Shared<C> {
         match &outcome {
             PublishOutcome::Sequenced { epoch, seq, edges } => {
                 self.counters.published.fetch_add(1, Ordering::Relaxed);
-                if !edges.is_empty() {
+                // A split topic's deliveries are also kept for edges that join late.
+                if !edges.is_empty() || route_tag > 0 {
                     let frame = encode(&RelayFrame {
                         frame: Some(Frame::Deliver(Deliver {
                             topic: topic.to_string(),
@@ -139,6 +140,7 @@ impl<C: Connector> Shared<C> {
                         &frame,
                         edges,
                     );
+                    state.core.record_history(topic, route_tag, &frame);
                 }
             }
             PublishOutcome::StaleRoute { .. } => {
