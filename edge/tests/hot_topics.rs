@@ -17,6 +17,11 @@ use tokio::sync::mpsc;
 
 const READY: Duration = Duration::from_secs(30);
 
+/// One cluster at a time: two whole clusters on a 2-core machine starve each other's
+/// lease heartbeats, and a distributor whose lease lapses moves slots mid-test (slot moves
+/// are not loss-free; see docs/architecture.md).
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn meta(cluster: &Cluster) -> MetaClient<TcpConnector> {
     MetaClient::new(
         cluster.metastore.clone(),
@@ -128,6 +133,7 @@ fn check_exactly_once_in_order(c: usize, got: &Received, published: &[u64]) -> R
 /// spread over the distributors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().await;
     let cluster = Cluster::start(3, 2).await?;
     cluster.wait_ready(READY).await?;
     let topic = "arena";
@@ -210,6 +216,7 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
 /// distributors: every subscriber gets every message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_while_publishing_lose_nothing() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().await;
     let cluster = Cluster::start(3, 2).await?;
     cluster.wait_ready(READY).await?;
     let topic = "live";
