@@ -375,14 +375,17 @@ impl DistributorCore {
         } else {
             Vec::new()
         };
-        if std::env::var_os("FT_DEBUG_HOT").is_some() {
-            eprintln!(
-                "dist {} interest {topic} from edge {edge} n {subscribers} epoch {epoch}/{current} since {since} joined {joined} replay {} history {:?}",
-                self.id,
-                replay.len(),
-                self.topics.get(topic).map(|s| s.history.iter().map(|(t, _)| *t).collect::<Vec<_>>())
-            );
-        }
+        tracing::trace!(
+            distributor = self.id,
+            topic,
+            edge,
+            subscribers,
+            epoch,
+            route_since,
+            joined,
+            replay = replay.len(),
+            "interest"
+        );
         self.edge_topics
             .entry(edge)
             .or_default()
@@ -498,12 +501,7 @@ impl DistributorCore {
         state.window_messages += 1;
         state.relayed += edges.len() as u64;
         let seq = state.seq;
-        if route_tag > 0 && std::env::var_os("FT_DEBUG_HOT").is_some() {
-            eprintln!(
-                "dist {} sequenced {topic} {}.{seq} tag {route_tag} to {edges:?}",
-                self.id, route.epoch
-            );
-        }
+        tracing::trace!(distributor = self.id, topic, epoch = route.epoch, seq, route_tag, edges = ?edges, "sequenced");
         self.relayed += edges.len() as u64;
         Ok(PublishOutcome::Sequenced {
             epoch: route.epoch,
@@ -874,5 +872,164 @@ mod tests {
         core.handle_edge_down(9);
         assert_eq!(core.topic_table_len(), 0);
         assert_eq!(core.topic_count("a").unwrap(), TopicCount::default());
+    }
+
+    fn hot(topic: &str, shards: u32, since: u64, committed: bool, revision: u64) -> pb::WatchEvent {
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Delta(pb::Delta {
+                revision,
+                changes: vec![pb::Change {
+                    change: Some(pb::change::Change::HotTopicSet(pb::HotTopic {
+                        topic: topic.into(),
+                        shards,
+                        prev_shards: 0,
+                        since,
+                        committed,
+                        revision,
+                    })),
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_stale_route_is_refused_and_a_moved_on_view_fences_its_edges() {
+        let mut core = DistributorCore::new(1, 100);
+        core.handle_registered(1);
+        core.handle_watch(snapshot(|_| 1, 5, vec![]));
+        core.handle_edge_up(9);
+        core.handle_interest(9, "live", 1, 5, 0).unwrap();
+        core.handle_interest(9, "live#1", 1, 5, 0).unwrap();
+        assert!(matches!(
+            core.handle_publish("live", 0).unwrap(),
+            PublishOutcome::Sequenced { .. }
+        ));
+        core.handle_watch(hot("live", 2, 6, false, 6));
+        let mut fences = core.take_fences();
+        fences.sort_by(|a, b| a.topic.cmp(&b.topic));
+        assert_eq!(
+            fences,
+            vec![
+                FenceOut {
+                    topic: "live".into(),
+                    since: 6,
+                    edges: vec![9]
+                },
+                FenceOut {
+                    topic: "live#1".into(),
+                    since: 6,
+                    edges: vec![9]
+                },
+            ]
+        );
+        assert_eq!(
+            core.handle_publish("live", 0).unwrap(),
+            PublishOutcome::StaleRoute { since: 6 }
+        );
+        assert!(matches!(
+            core.handle_publish("live", 6).unwrap(),
+            PublishOutcome::Sequenced { .. }
+        ));
+        // The commit moves the fence again; the prepare's tag is refused from then on.
+        core.handle_watch(hot("live", 2, 6, true, 7));
+        assert_eq!(core.take_fences().len(), 2);
+        assert_eq!(
+            core.handle_publish("live#0", 6).unwrap(),
+            PublishOutcome::StaleRoute { since: 7 }
+        );
+        assert_eq!(core.fence_for("live#1"), Some(7));
+        assert_eq!(core.fence_for("other"), None);
+    }
+
+    #[test]
+    fn an_edge_joining_a_route_late_gets_what_was_published_since_the_change() {
+        let mut core = DistributorCore::new(1, 100);
+        core.handle_registered(1);
+        core.handle_watch(snapshot(|_| 1, 5, vec![]));
+        core.handle_edge_up(9);
+        for (n, tag) in [(1u8, 0u64), (2, 6), (3, 6), (4, 7)] {
+            core.handle_publish("live#0", tag).unwrap();
+            core.record_history("live#0", tag, &Bytes::from(vec![n]));
+        }
+        // Joining for the change prepared at 6: the messages tagged 6 and later.
+        let replay = core.handle_interest(9, "live#0", 3, 5, 6).unwrap();
+        assert_eq!(
+            replay,
+            vec![
+                Bytes::from(vec![2]),
+                Bytes::from(vec![3]),
+                Bytes::from(vec![4])
+            ]
+        );
+        // Already joined: a count update replays nothing.
+        assert!(core
+            .handle_interest(9, "live#0", 4, 5, 6)
+            .unwrap()
+            .is_empty());
+        // The history is bounded.
+        for _ in 0..HISTORY_FRAMES + 10 {
+            core.record_history("live#0", 7, &Bytes::from_static(b"x"));
+        }
+        core.handle_interest(9, "live#0", 0, 5, 0).unwrap();
+        assert_eq!(
+            core.handle_interest(9, "live#0", 1, 5, 6).unwrap().len(),
+            HISTORY_FRAMES
+        );
+    }
+
+    #[test]
+    fn sustained_load_proposes_a_split_and_sustained_quiet_a_merge() {
+        let policy = HotPolicy {
+            enabled: true,
+            split_load: 100,
+            merge_load: 10,
+            window_ms: 1000,
+            windows: 3,
+            max_shards: 16,
+        };
+        let mut core = DistributorCore::with_hot_policy(1, 100, policy);
+        core.handle_registered(1);
+        core.handle_watch(snapshot(|_| 1, 5, vec![]));
+        for edge in [7, 8, 9] {
+            core.handle_edge_up(edge);
+            core.handle_interest(edge, "live", 1, 5, 0).unwrap();
+        }
+        let t0 = Instant::now();
+        assert!(core.handle_tick(t0).is_empty());
+        let mut proposals = Vec::new();
+        for w in 1..=3u64 {
+            // 200 messages/s to 3 edges: 600 deliveries/s, above 100.
+            for _ in 0..200 {
+                core.handle_publish("live", 0).unwrap();
+            }
+            proposals = core.handle_tick(t0 + Duration::from_secs(w));
+            if w < 3 {
+                assert!(proposals.is_empty(), "window {w}: {proposals:?}");
+            }
+        }
+        // 2 * 600 / 100 = 12, rounded up to a power of two.
+        assert_eq!(
+            proposals,
+            vec![HotProposal {
+                topic: "live".into(),
+                shards: 16
+            }]
+        );
+        // Split and committed. This routing table lists no registered edges, so the
+        // merge estimate for sub-topic 0 (messages/s x registered edges) is 0.
+        core.handle_watch(hot("live", 4, 6, true, 7));
+        core.handle_interest(9, "live#0", 1, 5, 7).unwrap();
+        let mut merge = Vec::new();
+        for w in 4..=6u64 {
+            core.handle_publish("live#0", 7).unwrap();
+            merge = core.handle_tick(t0 + Duration::from_secs(w));
+        }
+        assert_eq!(
+            merge,
+            vec![HotProposal {
+                topic: "live".into(),
+                shards: 0
+            }]
+        );
     }
 }

@@ -65,11 +65,6 @@ pub struct MessageTags {
     pub route_tag: u64,
 }
 
-fn debug_hot() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("FT_DEBUG_HOT").is_some())
-}
-
 /// A message to pass to local subscribers: one encoded frame, many connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fanout {
@@ -480,13 +475,15 @@ impl EdgeCore {
         tags: MessageTags,
     ) -> Option<Fanout> {
         let MessageTags { msg_id, route_tag } = tags;
-        if debug_hot() {
-            eprintln!(
-                "edge {} deliver {name} {epoch}.{seq} id {msg_id:x} tag {route_tag} data {}",
-                self.id,
-                String::from_utf8_lossy(data)
-            );
-        }
+        tracing::trace!(
+            edge = self.id,
+            name,
+            epoch,
+            seq,
+            msg_id,
+            route_tag,
+            "deliver"
+        );
         let Some(route_name) = self.names.get_mut(name) else {
             self.counters.unwanted_deliveries += 1;
             return None;
@@ -585,9 +582,7 @@ impl EdgeCore {
     /// The owner of route name `name` refuses publishes routed below `since` from now on,
     /// and every delivery before this fence has arrived.
     pub fn handle_fence(&mut self, name: &str, since: u64) {
-        if debug_hot() {
-            eprintln!("edge {} fence {name} {since}", self.id);
-        }
+        tracing::trace!(edge = self.id, name, since, "fence");
         let Some(entry) = self.names.get_mut(name) else {
             return;
         };
@@ -617,22 +612,14 @@ impl EdgeCore {
                 next.added
                     .is_some_and(|t| now.saturating_duration_since(t) >= SWITCH_TIMEOUT)
             });
-            if !(fenced && self.name_acked(&next.name)) && !timed_out {
+            let ready = fenced && self.name_acked(&next.name);
+            if !ready && !timed_out {
                 return;
             }
             if !fenced {
                 self.counters.forced_switches += 1;
             }
-            if debug_hot() {
-                eprintln!(
-                    "edge {} switch {topic}: {} -> {} (fence {:?}, committed at {:?})",
-                    self.id,
-                    head.name,
-                    next.name,
-                    self.names.get(&head.name).map(|n| n.fence),
-                    next.committed_at
-                );
-            }
+            tracing::debug!(edge = self.id, topic, from = %head.name, to = %next.name, committed_at = ?next.committed_at, forced = !fenced, "route switch");
             self.counters.route_switches += 1;
             let Some(entry) = self.topics.get_mut(topic) else {
                 return;
@@ -726,12 +713,7 @@ impl EdgeCore {
             };
             let name = edge_route_topic(self.id, topic, hot.shards);
             if hot.since > last.since && last.name != name {
-                if debug_hot() {
-                    eprintln!(
-                        "edge {} adds route {name} since {} for {topic}",
-                        self.id, hot.since
-                    );
-                }
+                tracing::debug!(edge = self.id, topic, %name, since = hot.since, "route added");
                 entry.routes.push_back(Route {
                     name: name.clone(),
                     since: hot.since,

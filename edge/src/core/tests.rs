@@ -235,3 +235,141 @@ fn slot_sync_diffs_and_resets() {
         Some((vec![2, 3], vec![]))
     );
 }
+
+fn hot(
+    topic: &str,
+    shards: u32,
+    prev_shards: u32,
+    since: u64,
+    committed: bool,
+    revision: u64,
+) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::HotTopicSet(pb::HotTopic {
+                    topic: topic.into(),
+                    shards,
+                    prev_shards,
+                    since,
+                    committed,
+                    revision,
+                })),
+            }],
+        })),
+    }
+}
+
+fn tags(msg_id: u64, route_tag: u64) -> MessageTags {
+    MessageTags { msg_id, route_tag }
+}
+
+/// (epoch, seq, data) of a delivery frame.
+fn parsed(f: &Fanout) -> (u64, u64, String) {
+    let v: serde_json::Value = serde_json::from_slice(&f.frame).unwrap();
+    (
+        v["epoch"].as_u64().unwrap(),
+        v["seq"].as_u64().unwrap(),
+        v["data"].to_string(),
+    )
+}
+
+fn delivered(out: Vec<Output>) -> Vec<(u64, u64, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Deliver(f) => Some(parsed(f)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A split while messages flow: the old route delivers what only it carries, holds what
+/// the new one carries too, and the switch (after commit and fence) passes the new route's
+/// messages on in its order, each once, under a new epoch.
+#[test]
+fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    drain(&mut core);
+    let f = core.handle_deliver("live", 4, 1, b"1", tags(1, 0)).unwrap();
+    assert_eq!(
+        parsed(&f),
+        (4, 1, "1".into()),
+        "owner numbering passes through"
+    );
+
+    // Prepared at revision 5: the edge joins its one sub-topic and acks once its owner has.
+    core.handle_watch(now, hot("live", 4, 0, 5, false, 5));
+    let sub = edge_route_topic(7, "live", 4);
+    let out = drain(&mut core);
+    assert!(out.iter().any(|o| matches!(o, Output::Relay { frame: RelayFrame { frame: Some(Frame::Interest(i)) }, .. } if i.topic == sub && i.route_since == 5)));
+    core.handle_tick(now);
+    assert!(!drain(&mut core)
+        .iter()
+        .any(|o| matches!(o, Output::AckHot { .. })));
+    core.handle_interest_ack(1, &sub, 4);
+    core.handle_tick(now);
+    assert!(drain(&mut core).contains(&Output::AckHot {
+        topic: "live".into(),
+        since: 5
+    }));
+
+    // Old-view message 2 (tag 0) passes at once; dual message 3 (tag 5) comes on both
+    // routes and is held on both; message 4 (committed view) only on the new route.
+    assert!(core
+        .handle_deliver("live", 4, 2, b"2", tags(2, 0))
+        .is_some());
+    assert!(core.handle_deliver(&sub, 4, 1, b"3", tags(3, 5)).is_none());
+    assert!(core.handle_deliver(&sub, 4, 2, b"4", tags(4, 6)).is_none());
+    assert!(core
+        .handle_deliver("live", 4, 3, b"3", tags(3, 5))
+        .is_none());
+    // Committed at 6, but the old route is not fenced that far yet: no switch.
+    core.handle_watch(now, hot("live", 4, 0, 5, true, 6));
+    core.handle_fence("live", 5);
+    assert_eq!(delivered(drain(&mut core)), vec![]);
+    // Fenced at the commit: the held messages come in the new route's order, once.
+    core.handle_fence("live", 6);
+    let out = drain(&mut core);
+    assert_eq!(
+        delivered(out.clone()),
+        vec![(6, 1, "3".into()), (6, 2, "4".into())]
+    );
+    assert!(
+        out.contains(&interest("live", 0, 4)),
+        "the old name is withdrawn"
+    );
+    let f = core.handle_deliver(&sub, 4, 3, b"5", tags(5, 6)).unwrap();
+    assert_eq!(parsed(&f), (6, 3, "5".into()));
+    // A late second copy (a retried fan-out) is dropped.
+    assert!(core.handle_deliver(&sub, 4, 4, b"5", tags(5, 6)).is_none());
+    assert_eq!(core.counters().duplicate_deliveries, 1);
+    assert_eq!(core.counters().route_switches, 1);
+    assert_eq!(core.counters().forced_switches, 0);
+}
+
+/// A change whose old route is never fenced (its owner is gone) is forced through after
+/// SWITCH_TIMEOUT, passing on what only the old route held.
+#[test]
+fn a_stuck_change_is_forced_through_after_the_timeout() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
+    let sub = edge_route_topic(7, "live", 2);
+    core.handle_interest_ack(1, &sub, 4);
+    core.handle_watch(now, hot("live", 2, 0, 5, true, 6));
+    drain(&mut core);
+    assert!(core
+        .handle_deliver("live", 4, 1, b"1", tags(1, 5))
+        .is_none());
+    core.handle_tick(now + SWITCH_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(delivered(drain(&mut core)), vec![]);
+    core.handle_tick(now + SWITCH_TIMEOUT);
+    assert_eq!(delivered(drain(&mut core)).len(), 1);
+    assert_eq!(core.counters().forced_switches, 1);
+}
