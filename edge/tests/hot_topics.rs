@@ -295,3 +295,100 @@ async fn split_and_merge_while_publishing_lose_nothing() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The owner splits a topic on its own when its relay load stays high, and merges it back
+/// when the load stays low; subscribers get every message once and in order throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().await;
+    let tuning = common::EdgeTuning {
+        hot: firetower_distributor::config::HotPolicy {
+            enabled: true,
+            // About 100 messages/s to 2 edges is 200 deliveries/s: above 120.
+            split_load: 120,
+            merge_load: 20,
+            window_ms: 300,
+            windows: 3,
+            max_shards: 4,
+        },
+        ..common::EdgeTuning::default()
+    };
+    let cluster = Cluster::start_with(2, 2, tuning).await?;
+    cluster.wait_ready(READY).await?;
+    let topic = "surge";
+    let meta = meta(&cluster);
+    let mut readers = Vec::new();
+    for c in 0..6usize {
+        let mut client = Client::connect(cluster.edge_addr(1 + (c % 2) as u64)).await?;
+        client.subscribe(&[topic.to_string()]).await?;
+        readers.push(client.spawn_reader());
+    }
+    let mut d1 = cluster.distributor(1).await?;
+    let mut published = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0u64;
+    let split = loop {
+        d1.publish(dpb::PublishRequest {
+            topic: topic.to_string(),
+            data: format!(r#"{{"n":{n}}}"#).into(),
+        })
+        .await?;
+        published.push(n);
+        n += 1;
+        if n % 20 == 0 {
+            let map = meta.get_slot_map(false).await?;
+            if let Some(hot) = map.hot_topics.iter().find(|h| h.topic == topic) {
+                if hot.committed && hot.shards > 0 {
+                    break hot.clone();
+                }
+            }
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no split within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    };
+    ensure!(split.shards >= 2 && split.shards <= 4, "{split:?}");
+    eprintln!("split into {} after {n} messages", split.shards);
+    // A trickle: 2 messages/s to 2 edges is 4 deliveries/s, below 20.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        d1.publish(dpb::PublishRequest {
+            topic: topic.to_string(),
+            data: format!(r#"{{"n":{n}}}"#).into(),
+        })
+        .await?;
+        published.push(n);
+        n += 1;
+        let map = meta.get_slot_map(false).await?;
+        if map
+            .hot_topics
+            .iter()
+            .any(|h| h.topic == topic && h.shards == 0 && h.committed)
+        {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no merge within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("merged after {n} messages");
+    for _ in 0..5 {
+        d1.publish(dpb::PublishRequest {
+            topic: topic.to_string(),
+            data: format!(r#"{{"n":{n}}}"#).into(),
+        })
+        .await?;
+        published.push(n);
+        n += 1;
+    }
+    for (c, (rx, _)) in readers.iter_mut().enumerate() {
+        let got = collect(c, rx, topic, published.len()).await?;
+        check_exactly_once_in_order(c, &got, &published)?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -72,12 +72,15 @@ pub struct Cluster {
     pub edges: BTreeMap<u64, Node>,
     pub edge_counters: HashMap<u64, Arc<firetower_edge::Counters>>,
     pki: DevPki,
+    hot: firetower_distributor::config::HotPolicy,
 }
 
 pub struct EdgeTuning {
     pub send_queue_frames: usize,
     pub slow_close_after_drops: u32,
     pub max_topics_per_conn: usize,
+    /// The distributors' automatic hot-topic policy.
+    pub hot: firetower_distributor::config::HotPolicy,
 }
 
 impl Default for EdgeTuning {
@@ -86,6 +89,7 @@ impl Default for EdgeTuning {
             send_queue_frames: 1024,
             slow_close_after_drops: 256,
             max_topics_per_conn: 256,
+            hot: firetower_distributor::config::HotPolicy::default(),
         }
     }
 }
@@ -133,6 +137,7 @@ impl Cluster {
             edges: BTreeMap::new(),
             edge_counters: HashMap::new(),
             pki: DevPki::new()?,
+            hot: tuning.hot.clone(),
         };
         for id in 1..=distributors {
             cluster.start_distributor(id)?;
@@ -157,6 +162,7 @@ impl Cluster {
             quic_advertise: udp.local_addr()?.to_string(),
             tls: self.tls(&format!("distributor-{id}"))?,
             lease_ttl_ms: 1500,
+            hot: self.hot.clone(),
             ..firetower_distributor::Config::default()
         };
         let addr = config.grpc_advertise.clone();
