@@ -33,7 +33,7 @@ enum Scenario {
     Paced,
     /// 10,000 idle connections: RSS per connection.
     IdleConns,
-    /// One topic, every subscriber on it (hot topics are not split yet).
+    /// One topic, every subscriber on it, split into `--hot-shards` sub-topics (default 2).
     HotTopic,
     /// Only the flags given.
     Custom,
@@ -103,6 +103,45 @@ struct Args {
     /// Seconds to hold idle connections before measuring RSS.
     #[arg(long, default_value_t = 3.0)]
     settle: f64,
+    /// Split every bench topic into this many sub-topics first (hot topics); 0 = plain.
+    /// The hot-topic scenario defaults to 2.
+    #[arg(long)]
+    hot_shards: Option<u32>,
+    /// Metastore addresses, for --hot-shards.
+    #[arg(long, default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103")]
+    metastore: String,
+}
+
+/// Splits (or merges, with 0) every bench topic and waits until the change is committed.
+async fn set_hot(args: &Args, topics: usize, shards: u32) -> Result<()> {
+    let meta = firetower_metastore::MetaClient::new(
+        args.metastore.split(',').map(str::to_string).collect(),
+        firetower_metastore::TcpConnector::default(),
+        Duration::from_secs(2),
+    );
+    for t in 0..topics {
+        let topic = format!("bench-{t}");
+        let result = if shards == 0 {
+            meta.clear_hot_topic(topic.clone()).await
+        } else {
+            meta.set_hot_topic(topic.clone(), shards).await
+        };
+        result.map_err(|s| anyhow::anyhow!("hot set {topic}: {}", s.message()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let map = meta.get_slot_map(true).await?;
+            if map
+                .hot_topics
+                .iter()
+                .any(|h| h.topic == topic && h.shards == shards && h.committed)
+            {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{topic}: not committed in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 struct Plan {
@@ -374,6 +413,16 @@ async fn main() -> Result<()> {
         None => None,
     };
     let server_pid = args.server_pid.or(_dev.as_ref().map(|d| d.child.id()));
+    let hot_shards = args
+        .hot_shards
+        .unwrap_or(if args.scenario == Scenario::HotTopic {
+            2
+        } else {
+            0
+        });
+    if hot_shards > 0 {
+        set_hot(&args, plan.topics, hot_shards).await?;
+    }
     let distributors: Vec<String> = args.distributors.split(',').map(str::to_string).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
@@ -508,6 +557,7 @@ async fn main() -> Result<()> {
         topics: plan.topics,
         payload_bytes: plan.payload,
         publish_mode: format!("{:?}", plan.publish).to_lowercase(),
+        hot_shards,
         seconds,
         published: published_total,
         publishes_per_sec: if seconds > 0.0 {

@@ -62,6 +62,9 @@ pub struct Report {
     pub topics: usize,
     pub payload_bytes: usize,
     pub publish_mode: String,
+    /// Sub-topics each topic was split into (0: plain).
+    #[serde(default)]
+    pub hot_shards: u32,
     pub seconds: f64,
     pub published: u64,
     pub publishes_per_sec: f64,
