@@ -266,10 +266,16 @@ impl EdgeCore {
         };
         let local = self.names.get(name).and_then(|n| self.topics.get(&n.base));
         let subscribers = local.map_or(0, LocalTopic::count);
+        // Only a route being joined during a change asks for a replay of what was published
+        // on it since the change was prepared. The route the topic delivers from (a new local
+        // topic's first route, or the route after a switch) asks for none: a new subscriber
+        // is owed nothing from before it subscribed, and once this edge has left a name it
+        // no longer has the filter that would drop what it already passed on.
         let route_since = local
             .and_then(|t| {
                 t.routes
                     .iter()
+                    .skip(1)
                     .filter(|r| r.name == name)
                     .map(|r| r.since)
                     .max()

@@ -53,4 +53,17 @@ pub const SEEDS: &[(u64, &str)] = &[
          an epoch at least its registration incarnation)",
     ),
     (485, "the same stale-snapshot bug, on another topic"),
+    (
+        27,
+        "hot topics: a client unsubscribed from a topic whose route had changed (split, then \
+         merged) long before and subscribed again; its edge had no other subscriber, joined \
+         the route again with the change's route_since, and the owner replayed the deliveries \
+         it kept since that change: the client got a message it had already had. Fixed: only a \
+         route joined during a change asks for a replay",
+    ),
+    (
+        41,
+        "the same late-join replay, 20 s after the merge: 26 old deliveries replayed to a \
+         resubscribing client",
+    ),
 ];

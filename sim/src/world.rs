@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firetower_distributor::tls::{DevPki, TlsMaterial};
-use firetower_metastore::{Connector, MemBackend};
+use firetower_metastore::{Connector, MemBackend, MetaClient};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::metastore::v1 as pb;
@@ -102,6 +102,9 @@ struct Ctx {
     dists: Vec<String>,
     edges: Vec<String>,
     topics: Vec<String>,
+    /// Topic → its shard count (0: plain or merged) as the driver's watch last saw it: what
+    /// the driver's splits and merges, and the distributors' automatic ones, made of it.
+    hot: RefCell<BTreeMap<String, u32>>,
 }
 
 fn now() -> Duration {
@@ -194,6 +197,7 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
         dists,
         edges,
         topics: (0..TOPICS).map(|t| format!("t{t}")).collect(),
+        hot: RefCell::default(),
     });
     {
         let ctx = ctx.clone();
@@ -566,6 +570,7 @@ enum Cmd {
 async fn driver(ctx: Rc<Ctx>) {
     tokio::task::spawn_local(watch_ownership(ctx.clone()));
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0xD21E);
+    let hot = Hot::new(&ctx, &mut rng);
     let mut clients: Vec<mpsc::UnboundedSender<Cmd>> = Vec::new();
     let mut next_id = 1u64;
     let mut last_leader_check = Duration::ZERO;
@@ -622,11 +627,15 @@ async fn driver(ctx: Rc<Ctx>) {
                         let c = rng.gen_range(0..clients.len());
                         let _ = clients[c].send(Cmd::Close);
                     }
+                    17 if rng.gen_ratio(1, 3) => hot.change(&ctx, &mut rng),
                     _ => {}
                 }
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(10..60))).await;
             }
             Phase::Window => {
+                if hot.in_windows && rng.gen_ratio(1, 60) {
+                    hot.change(&ctx, &mut rng);
+                }
                 publish(&ctx, &mut rng, &mut next_id);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
             }
@@ -666,10 +675,30 @@ async fn watch_ownership(ctx: Rc<Ctx>) {
     let _task = firetower_metastore::spawn_watch(client, tx, stop_rx);
     let mut table = firetower_proto::routing::RoutingTable::default();
     while let Some(event) = rx.recv().await {
+        let before = table.hot_routes().clone();
         table.apply(event);
         let mut o = ctx.oracle.borrow_mut();
         let at = now();
         invariants::ownership::check_table(&mut o, at, &table);
+        // Trace every hot-topic route change (the distributors propose merges of idle
+        // split topics on their own, which no driver call shows).
+        for (topic, route) in table.hot_routes() {
+            if before.get(topic) != Some(route) {
+                let state = if route.committed {
+                    "committed"
+                } else {
+                    "prepared"
+                };
+                o.trace(
+                    at,
+                    &format!(
+                        "watch: hot {topic} {} -> {} shards {state} (since {}, revision {})",
+                        route.prev_shards, route.shards, route.since, route.revision
+                    ),
+                );
+                ctx.hot.borrow_mut().insert(topic.clone(), route.shards);
+            }
+        }
     }
 }
 
@@ -728,7 +757,10 @@ fn publish(ctx: &Rc<Ctx>, rng: &mut StdRng, next_id: &mut u64) {
                 let r = reply.into_inner();
                 o.trace(
                     at,
-                    &format!("published #{id} {topic} {}.{}", r.epoch, r.seq),
+                    &format!(
+                        "published #{id} {topic} {}.{} to {} shards",
+                        r.epoch, r.seq, r.shards
+                    ),
                 );
                 if let Some(p) = o.publishes.get_mut(index) {
                     p.acked = Some(at);
@@ -738,6 +770,71 @@ fn publish(ctx: &Rc<Ctx>, rng: &mut StdRng, next_id: &mut u64) {
             Err(_) => o.trace(at, &format!("publish #{id} timed out")),
         }
     });
+}
+
+/// Splits and merges of the workload topics (hot topics), through the metastore API an
+/// operator uses. Only one change per topic can be under way, so many calls are refused
+/// with FAILED_PRECONDITION; that, and UNAVAILABLE or a timeout while the metastore is
+/// faulty, is a normal answer and only traced.
+struct Hot {
+    meta: MetaClient<SimConnector>,
+    /// Whether this seed also splits and merges during quiet windows (whose publishes must
+    /// all arrive): drawn per seed, so the sweep covers windows with and without changes.
+    in_windows: bool,
+}
+
+impl Hot {
+    fn new(ctx: &Ctx, rng: &mut StdRng) -> Self {
+        let in_windows = rng.gen_bool(0.5);
+        ctx.oracle.borrow_mut().trace(
+            now(),
+            &format!("hot topic changes during windows: {in_windows}"),
+        );
+        Hot {
+            meta: MetaClient::new(ctx.metas.clone(), SimConnector, Duration::from_millis(500)),
+            in_windows,
+        }
+    }
+
+    /// Splits a random topic into 2..=8 sub-topics (again, if it is split already), or
+    /// merges a split one (as the driver's watch last saw it).
+    fn change(&self, ctx: &Rc<Ctx>, rng: &mut StdRng) {
+        let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
+        let split = ctx.hot.borrow().get(&topic).is_some_and(|&n| n > 0);
+        let shards = if split && rng.gen_bool(0.5) {
+            0
+        } else {
+            rng.gen_range(2..=8)
+        };
+        let verb = if shards == 0 { "merge" } else { "split" };
+        ctx.oracle
+            .borrow_mut()
+            .trace(now(), &format!("hot {verb} {topic} into {shards}"));
+        let meta = self.meta.clone();
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let result = if shards == 0 {
+                meta.clear_hot_topic(topic.clone()).await
+            } else {
+                meta.set_hot_topic(topic.clone(), shards).await
+            };
+            let mut o = ctx.oracle.borrow_mut();
+            let at = now();
+            match result {
+                Ok(revision) => o.trace(
+                    at,
+                    &format!("hot {verb} {topic} into {shards}: ok (revision {revision})"),
+                ),
+                Err(status) => {
+                    o.trace(
+                        at,
+                        &format!("hot {verb} {topic} into {shards}: {:?}", status.code()),
+                    );
+                    invariants::hot_topics::check_refusal(&mut o, at, &topic, shards, &status);
+                }
+            }
+        });
+    }
 }
 
 async fn client_task(ctx: Rc<Ctx>, c: usize, edge: String, mut cmds: mpsc::UnboundedReceiver<Cmd>) {

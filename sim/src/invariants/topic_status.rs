@@ -2,7 +2,10 @@
 //! owner's count of a topic equals the number of connected clients subscribed to it.
 //!
 //! Guards the edges' count updates, the owner's interest table across slot moves, link
-//! drops and edge restarts.
+//! drops and edge restarts. For a split (hot) topic the distributor answers with the sum
+//! over edges of each edge's count on the topic's sub-topics (the larger of two routes while
+//! a change is under way); the truth is still the clients subscribed to the topic itself,
+//! so the check holds unchanged and also guards that sum and interest across route changes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
