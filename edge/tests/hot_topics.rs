@@ -335,7 +335,7 @@ async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
         .await?;
         published.push(n);
         n += 1;
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             let map = meta.get_slot_map(false).await?;
             if let Some(hot) = map.hot_topics.iter().find(|h| h.topic == topic) {
                 if hot.committed && hot.shards > 0 {
