@@ -554,22 +554,18 @@ impl DistributorCore {
         let secs = elapsed.as_secs_f64().max(0.001);
         let all_edges = self.routing.edges().len() as f64;
         let mut proposals = Vec::new();
-        let mut names: Vec<&String> = self.topics.keys().collect();
-        names.sort();
-        let names: Vec<String> = names.into_iter().cloned().collect();
-        for name in names {
-            let route = self.routing.route(slot_of(&name));
+        // One pass over the topic table per window (bounded by max_topics).
+        for (name, state) in self.topics.iter_mut() {
+            let name = name.as_str();
+            let route = self.routing.route(slot_of(name));
             let owned = route.distributor == self.id;
-            let hot = self.routing.hot_route(base_topic(&name));
-            let Some(state) = self.topics.get_mut(&name) else {
-                continue;
-            };
+            let hot = self.routing.hot_route(base_topic(name));
             let rate = state.window_messages as f64 / secs;
             state.window_messages = 0;
             if !policy.enabled || !owned {
                 continue;
             }
-            match (parse_sub_topic(&name), hot) {
+            match (parse_sub_topic(name), hot) {
                 // A plain topic (never split, or merged and settled).
                 (None, None)
                 | (
@@ -600,7 +596,7 @@ impl DistributorCore {
                             .unwrap_or(u32::MAX)
                             .min(policy.max_shards);
                         proposals.push(HotProposal {
-                            topic: name.clone(),
+                            topic: name.to_string(),
                             shards,
                         });
                     }
@@ -627,6 +623,8 @@ impl DistributorCore {
                 }
             }
         }
+        // The table's iteration order is arbitrary; the proposals' order is not.
+        proposals.sort_by(|a, b| a.topic.cmp(&b.topic));
         proposals
     }
 

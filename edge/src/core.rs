@@ -845,12 +845,13 @@ impl EdgeCore {
                 .with_topic(topics.join(",")),
             });
         }
-        let changing: Vec<String> = self
+        let mut changing: Vec<String> = self
             .topics
             .iter()
             .filter(|(_, t)| t.routes.len() > 1)
             .map(|(name, _)| name.clone())
             .collect();
+        changing.sort();
         for topic in changing {
             self.try_switch(&topic, Some(now));
         }
