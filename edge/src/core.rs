@@ -34,6 +34,8 @@ pub const RECENT_IDS: usize = 4096;
 /// How long a route change may wait for the old route's fence before the edge moves on
 /// anyway (counted in `forced_switches`): the old owner is gone or cut off.
 pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Split topics whose recent message ids are kept after their last local subscriber left.
+pub const DEPARTED_TOPICS: usize = 64;
 /// How often an unanswered hot-topic ack is sent again.
 const HOT_ACK_RESEND: Duration = Duration::from_secs(2);
 
@@ -84,6 +86,9 @@ struct Route {
     held: VecDeque<(Bytes, u64)>,
     /// When this route was added (for [`SWITCH_TIMEOUT`]).
     added: Option<Instant>,
+    /// Joined while the topic had subscribers here, during a change: its owner replays
+    /// what was published on it since the change was prepared (see `send_interest`).
+    replay: bool,
     /// The revision at which the metastore committed this route (every edge had joined
     /// it), once seen. Publishes routed by a view from before it may have gone to the
     /// previous route alone, so the previous route must be fenced at least this far.
@@ -177,6 +182,15 @@ pub struct EdgeCore {
     links: BTreeSet<u64>,
     /// Hot topic → (the `since` acked, when the ack was last sent).
     hot_acks: BTreeMap<String, (u64, Instant)>,
+    /// Split topic → the last client epoch used for it while it was local, so that its
+    /// numbering starts above it when it becomes local again. Only topics with a hot entry
+    /// (bounded by the metastore's hot table).
+    epoch_floor: HashMap<String, u64>,
+    /// Recent message ids of split topics that stopped being local, newest last, at most
+    /// [`DEPARTED_TOPICS`]: a topic subscribed again soon after gets them back, so a copy
+    /// still in flight from before (through the other route, or a replay) is not passed on
+    /// a second time.
+    departed: VecDeque<(String, VecDeque<u64>)>,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
 }
@@ -195,6 +209,8 @@ impl EdgeCore {
             dirty: BTreeSet::new(),
             links: BTreeSet::new(),
             hot_acks: BTreeMap::new(),
+            epoch_floor: HashMap::new(),
+            departed: VecDeque::new(),
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
         }
@@ -236,6 +252,7 @@ impl EdgeCore {
             since,
             held: VecDeque::new(),
             added: Some(now),
+            replay: false,
             committed_at: None,
         };
         let Some(hot) = self.routing.hot_route(topic) else {
@@ -266,17 +283,18 @@ impl EdgeCore {
         };
         let local = self.names.get(name).and_then(|n| self.topics.get(&n.base));
         let subscribers = local.map_or(0, LocalTopic::count);
-        // Only a route being joined during a change asks for a replay of what was published
-        // on it since the change was prepared. The route the topic delivers from (a new local
-        // topic's first route, or the route after a switch) asks for none: a new subscriber
-        // is owed nothing from before it subscribed, and once this edge has left a name it
-        // no longer has the filter that would drop what it already passed on.
+        // Only a route joined during a change by a topic that already had subscribers here
+        // asks for a replay of what was published on it since the change was prepared. The
+        // route a topic delivers from, and the routes of a topic that just became local, ask
+        // for none: a new subscriber is owed nothing from before it subscribed, and once this
+        // edge has left a name it no longer has the filter that would drop what it already
+        // passed on.
         let route_since = local
             .and_then(|t| {
                 t.routes
                     .iter()
                     .skip(1)
-                    .filter(|r| r.name == name)
+                    .filter(|r| r.name == name && r.replay)
                     .map(|r| r.since)
                     .max()
             })
@@ -367,14 +385,29 @@ impl EdgeCore {
             if !self.topics.contains_key(&topic) {
                 let (routes, renumber) = self.initial_routes(&topic, now);
                 let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+                let recent = match self.departed.iter().position(|(t, _)| *t == topic) {
+                    Some(at) => self.departed.remove(at).map(|(_, r)| r).unwrap_or_default(),
+                    None => VecDeque::new(),
+                };
+                let recent_set = recent.iter().copied().collect();
                 self.topics.insert(
                     topic.clone(),
                     LocalTopic {
                         routes: routes.into(),
                         renumber,
-                        // A fresh numbering starts above every epoch of this view.
-                        client_last: (self.routing.revision(), 0),
+                        // A fresh numbering starts above every epoch of this view and every
+                        // one this edge used for the topic before.
+                        client_last: (
+                            self.routing.revision().max(
+                                self.epoch_floor
+                                    .get(&topic)
+                                    .map_or(0, |e| e.saturating_add(1)),
+                            ),
+                            0,
+                        ),
                         pending: BTreeMap::from([(conn, now)]),
+                        recent,
+                        recent_set,
                         ..LocalTopic::default()
                     },
                 );
@@ -448,7 +481,17 @@ impl EdgeCore {
         let names: Vec<String> = entry.routes.iter().map(|r| r.name.clone()).collect();
         if entry.count() == 0 {
             // Tell the owners at once that we no longer need it.
-            self.topics.remove(topic);
+            if let Some(gone) = self.topics.remove(topic) {
+                if self.routing.hot_route(topic).is_some() {
+                    self.epoch_floor
+                        .insert(topic.to_string(), gone.client_last.0);
+                    self.departed.retain(|(t, _)| t != topic);
+                    if self.departed.len() >= DEPARTED_TOPICS {
+                        self.departed.pop_front();
+                    }
+                    self.departed.push_back((topic.to_string(), gone.recent));
+                }
+            }
             for name in names {
                 self.remove_name(&name);
             }
@@ -725,6 +768,7 @@ impl EdgeCore {
                     since: hot.since,
                     held: VecDeque::new(),
                     added: Some(now),
+                    replay: true,
                     committed_at: None,
                 });
                 added.push((name.clone(), topic.clone()));

@@ -495,7 +495,7 @@ async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvSt
     let mut frames = Vec::with_capacity(64);
     while let Ok(true) = reader.next_batch(&mut frames).await {
         let mut state = shared.lock();
-        let mut fenced = false;
+        let mut calls = Vec::new();
         for frame in frames.drain(..) {
             match frame.frame {
                 Some(Frame::Deliver(d)) => {
@@ -513,17 +513,16 @@ async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvSt
                     }
                 }
                 Some(Frame::Fence(f)) => {
+                    // A fence can complete a route change, whose held deliveries must reach
+                    // clients before any later delivery of this batch.
                     state.core.handle_fence(&f.topic, f.since);
-                    fenced = true;
+                    calls.extend(shared.drain(&mut state));
                 }
                 _ => {}
             }
         }
-        if fenced {
-            let calls = shared.drain(&mut state);
-            drop(state);
-            shared.run_hooks(calls);
-        }
+        drop(state);
+        shared.run_hooks(calls);
     }
 }
 

@@ -66,4 +66,17 @@ pub const SEEDS: &[(u64, &str)] = &[
         "the same late-join replay, 20 s after the merge: 26 old deliveries replayed to a \
          resubscribing client",
     ),
+    (
+        155,
+        "hot topics: a client left and rejoined a split topic during a merge; its edge had \
+         dropped the topic with its recent message ids, and a copy of a message it had already \
+         passed on, still in flight on the other route, came through again. Fixed: an edge \
+         keeps the recent ids of a few departed split topics",
+    ),
+    (
+        377,
+        "hot topics: a fence completed a route change in the middle of a batch of deliveries; \
+         the held deliveries were queued behind the later ones of the batch and a client saw \
+         the epoch go back. Fixed: the edge passes them on before the next frame",
+    ),
 ];
