@@ -174,6 +174,22 @@ fn metrics<C: Connector>(shared: &Shared<C>) -> String {
             value.load(Ordering::Relaxed)
         ));
     }
+    // The core's own counters (order filter, split-topic route changes).
+    let core = shared.lock().core.counters().clone();
+    for (name, value) in [
+        ("stale_deliveries", core.stale_deliveries),
+        ("unwanted_deliveries", core.unwanted_deliveries),
+        ("bad_deliveries", core.bad_deliveries),
+        ("duplicate_deliveries", core.duplicate_deliveries),
+        ("held_dropped", core.held_dropped),
+        ("route_switches", core.route_switches),
+        ("forced_switches", core.forced_switches),
+    ] {
+        out.push_str(&format!(
+            "firetower_edge_{name}{{edge=\"{}\"}} {value}\n",
+            shared.config.id
+        ));
+    }
     out
 }
 
