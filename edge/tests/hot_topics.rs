@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use common::{Client, Cluster, Frame};
 use firetower_metastore::{MetaClient, TcpConnector};
 use firetower_proto::distributor::v1 as dpb;
+use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::metastore::v1 as pb;
 use tokio::sync::mpsc;
 
@@ -70,6 +71,38 @@ async fn edge_metric(addr: &str, name: &str) -> Result<u64> {
         .find(|l| l.starts_with(&key))
         .with_context(|| format!("{name} not in /metrics"))?;
     Ok(line.rsplit(' ').next().context("value")?.parse()?)
+}
+
+/// `n` clients subscribed to `topic`, alternating between edges 1 and 2, each read in the
+/// background.
+async fn subscribers(cluster: &Cluster, topic: &str, n: usize) -> Result<Vec<Reader>> {
+    let mut readers = Vec::new();
+    for c in 0..n {
+        let mut client = Client::connect(cluster.edge_addr(1 + (c % 2) as u64)).await?;
+        client.subscribe(&[topic.to_string()]).await?;
+        readers.push(client.spawn_reader());
+    }
+    Ok(readers)
+}
+
+type Reader = (
+    mpsc::UnboundedReceiver<Frame>,
+    tokio::task::JoinHandle<Client>,
+);
+
+/// Publishes message `n` (`{"n":n}`) of `topic` through `client`.
+async fn publish_n(
+    client: &mut DistributorClient<tonic::transport::Channel>,
+    topic: &str,
+    n: u64,
+) -> Result<dpb::PublishReply> {
+    Ok(client
+        .publish(dpb::PublishRequest {
+            topic: topic.to_string(),
+            data: format!(r#"{{"n":{n}}}"#).into(),
+        })
+        .await?
+        .into_inner())
 }
 
 /// What one client received: message number → (epoch, seq), in arrival order.
@@ -155,13 +188,7 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
     cluster.wait_ready(READY).await?;
     let topic = "arena";
     let meta = meta(&cluster);
-    let mut readers = Vec::new();
-    for c in 0..20usize {
-        let edge = 1 + (c % 2) as u64;
-        let mut client = Client::connect(cluster.edge_addr(edge)).await?;
-        client.subscribe(&[topic.to_string()]).await?;
-        readers.push(client.spawn_reader());
-    }
+    let mut readers = subscribers(&cluster, topic, 20).await?;
     meta.set_hot_topic(topic.to_string(), 8).await?;
     let hot = wait_committed(&meta, topic, 8).await?;
     ensure!(hot.prev_shards == 0);
@@ -172,13 +199,7 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
     }
     let published: Vec<u64> = (0..300).collect();
     for &n in &published {
-        let reply = clients[(n % 3) as usize]
-            .publish(dpb::PublishRequest {
-                topic: topic.to_string(),
-                data: format!(r#"{{"n":{n}}}"#).into(),
-            })
-            .await?
-            .into_inner();
+        let reply = publish_n(&mut clients[(n % 3) as usize], topic, n).await?;
         ensure!(
             reply.shards == 8,
             "publish {n} went to {} shards",
@@ -238,13 +259,7 @@ async fn split_and_merge_while_publishing_lose_nothing() -> Result<()> {
     cluster.wait_ready(READY).await?;
     let topic = "live";
     let meta = meta(&cluster);
-    let mut readers = Vec::new();
-    for c in 0..10usize {
-        let edge = 1 + (c % 2) as u64;
-        let mut client = Client::connect(cluster.edge_addr(edge)).await?;
-        client.subscribe(&[topic.to_string()]).await?;
-        readers.push(client.spawn_reader());
-    }
+    let mut readers = subscribers(&cluster, topic, 10).await?;
     let mut clients = Vec::new();
     for id in 1..=3 {
         clients.push(cluster.distributor(id).await?);
@@ -258,21 +273,15 @@ async fn split_and_merge_while_publishing_lose_nothing() -> Result<()> {
             let mut published = Vec::new();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let reply = clients[(n % 3) as usize]
-                    .publish(dpb::PublishRequest {
-                        topic: topic.to_string(),
-                        data: format!(r#"{{"n":{n}}}"#).into(),
-                    })
-                    .await;
-                if let Err(status) = reply {
-                    return Err(anyhow::anyhow!("publish {n} failed: {status}"));
-                }
+                publish_n(&mut clients[(n % 3) as usize], topic, n)
+                    .await
+                    .with_context(|| format!("publish {n}"))?;
                 published.push(n);
                 n += 1;
                 progress.store(n, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            Ok(published)
+            anyhow::Ok(published)
         })
     };
     let pause = Duration::from_millis(300);
@@ -338,22 +347,13 @@ async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
     cluster.wait_ready(READY).await?;
     let topic = "surge";
     let meta = meta(&cluster);
-    let mut readers = Vec::new();
-    for c in 0..6usize {
-        let mut client = Client::connect(cluster.edge_addr(1 + (c % 2) as u64)).await?;
-        client.subscribe(&[topic.to_string()]).await?;
-        readers.push(client.spawn_reader());
-    }
+    let mut readers = subscribers(&cluster, topic, 6).await?;
     let mut d1 = cluster.distributor(1).await?;
     let mut published = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut n = 0u64;
     let split = loop {
-        d1.publish(dpb::PublishRequest {
-            topic: topic.to_string(),
-            data: format!(r#"{{"n":{n}}}"#).into(),
-        })
-        .await?;
+        publish_n(&mut d1, topic, n).await?;
         published.push(n);
         n += 1;
         if n.is_multiple_of(20) {
@@ -375,11 +375,7 @@ async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
     // A trickle: 2 messages/s to 2 edges is 4 deliveries/s, below 20.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        d1.publish(dpb::PublishRequest {
-            topic: topic.to_string(),
-            data: format!(r#"{{"n":{n}}}"#).into(),
-        })
-        .await?;
+        publish_n(&mut d1, topic, n).await?;
         published.push(n);
         n += 1;
         let map = meta.get_slot_map(false).await?;
@@ -398,11 +394,7 @@ async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
     }
     eprintln!("merged after {n} messages");
     for _ in 0..5 {
-        d1.publish(dpb::PublishRequest {
-            topic: topic.to_string(),
-            data: format!(r#"{{"n":{n}}}"#).into(),
-        })
-        .await?;
+        publish_n(&mut d1, topic, n).await?;
         published.push(n);
         n += 1;
     }
