@@ -24,7 +24,7 @@ use tokio::time::{Duration, Instant};
 use crate::config::HotPolicy;
 
 use firetower_proto::metastore::v1 as pb;
-use firetower_proto::routing::{HotRoute, RoutingChanges, RoutingTable};
+use firetower_proto::routing::{route_topics, HotRoute, RoutingChanges, RoutingTable};
 use firetower_proto::topic::{base_topic, parse_sub_topic, MIN_SHARDS};
 use firetower_proto::{slot_of, Slot};
 
@@ -203,54 +203,41 @@ impl DistributorCore {
     /// Applies a metastore watch event. Slots this distributor lost drop their interest
     /// and sequencing state (except entries already tagged for a later reign).
     pub fn handle_watch(&mut self, event: pb::WatchEvent) -> RoutingChanges {
-        let before: BTreeMap<String, u64> = self
-            .routing
-            .hot_routes()
-            .iter()
-            .map(|(t, h)| (t.clone(), h.revision))
-            .collect();
         let changes = self.routing.apply(event);
-        let advanced: BTreeMap<String, u64> = self
-            .routing
-            .hot_routes()
-            .iter()
-            .filter(|(t, h)| before.get(*t).is_none_or(|r| *r < h.revision))
-            .map(|(t, h)| (t.clone(), h.revision))
-            .collect();
-        if !advanced.is_empty() {
-            let routing = &self.routing;
-            for (name, state) in self.topics.iter_mut() {
-                if let Some(hot) = advanced
-                    .get(base_topic(name))
-                    .and_then(|_| routing.hot_route(base_topic(name)))
-                {
-                    state.history.retain(|(tag, _)| *tag >= hot.since);
-                }
+        // A changed hot entry fences its topics here, and drops the kept deliveries routed
+        // by older changes. Its topics are the plain name and the sub-topics of the current
+        // and the previous route (one change at a time: no edge is on an older one).
+        let mut fences = Vec::new();
+        for topic in &changes.hot {
+            let Some(hot) = self.routing.hot_route(topic) else {
+                continue;
+            };
+            let widest = hot.shards.max(hot.prev_shards);
+            let mut names = route_topics(topic, widest);
+            if widest > 0 {
+                names.push(topic.clone());
             }
-            let mut names: Vec<&String> = self
-                .topics
-                .keys()
-                .filter(|name| advanced.contains_key(base_topic(name)))
-                .collect();
-            names.sort();
-            let mut fences = Vec::new();
             for name in names {
-                let slot = slot_of(name);
+                let slot = slot_of(&name);
                 let route = self.routing.route(slot);
+                let Some(state) = self.topics.get_mut(&name) else {
+                    continue;
+                };
+                state.history.retain(|(tag, _)| *tag >= hot.since);
                 if route.distributor != self.id {
                     continue;
                 }
-                let edges = self.targets(name, slot, route.epoch);
+                let edges = self.targets(&name, slot, route.epoch);
                 if !edges.is_empty() {
                     fences.push(FenceOut {
-                        topic: name.clone(),
-                        since: advanced[base_topic(name)],
+                        topic: name,
+                        since: hot.revision,
                         edges,
                     });
                 }
             }
-            self.fences.extend(fences);
         }
+        self.fences.extend(fences);
         let lost: HashMap<Slot, u64> = changes
             .owners
             .iter()

@@ -719,7 +719,7 @@ impl EdgeCore {
         for d in changes.distributors_up {
             self.outputs.push_back(Output::Connect { distributor: d });
         }
-        self.follow_hot_routes(now);
+        self.follow_hot_routes(now, &changes.hot);
         let mut by_owner: BTreeMap<u64, Vec<(Slot, u64)>> = BTreeMap::new();
         for change in &changes.owners {
             if change.to != 0 && self.links.contains(&change.to) {
@@ -750,11 +750,13 @@ impl EdgeCore {
 
     /// Follows the hot entries of local topics: a prepared change adds its route (the
     /// topic then holds two or more); a committed one marks its route committed.
-    fn follow_hot_routes(&mut self, now: Instant) {
+    fn follow_hot_routes(&mut self, now: Instant, hot_changed: &[String]) {
         let mut added: Vec<(String, String)> = Vec::new();
         let mut changed: Vec<String> = Vec::new();
-        for (topic, entry) in self.topics.iter_mut() {
-            let Some(hot) = self.routing.hot_route(topic) else {
+        for topic in hot_changed {
+            let (Some(entry), Some(hot)) =
+                (self.topics.get_mut(topic), self.routing.hot_route(topic))
+            else {
                 continue;
             };
             let Some(last) = entry.routes.back() else {

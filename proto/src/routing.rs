@@ -37,6 +37,8 @@ pub struct RoutingChanges {
     pub distributors_down: Vec<u64>,
     /// True when this event was a full snapshot.
     pub snapshot: bool,
+    /// Hot topics whose entry changed (set, committed or merged), in topic order.
+    pub hot: Vec<String>,
 }
 
 /// A hot topic's route as the metastore last set it (see `HotTopic` in metastore.proto).
@@ -240,11 +242,19 @@ impl RoutingTable {
         }
         self.distributors = distributors;
         self.edges = edges;
-        self.hot_topics = map
+        let hot_topics: BTreeMap<String, HotRoute> = map
             .hot_topics
             .into_iter()
             .map(|h| (h.topic.clone(), HotRoute::from_proto(&h)))
             .collect();
+        // Entries never go away (merged topics stay as tombstones), so new or changed ones
+        // are all a snapshot can bring.
+        changes.hot = hot_topics
+            .iter()
+            .filter(|(t, h)| self.hot_topics.get(*t) != Some(h))
+            .map(|(t, _)| t.clone())
+            .collect();
+        self.hot_topics = hot_topics;
         self.revision = map.revision;
         changes
     }
@@ -312,9 +322,12 @@ impl RoutingTable {
                 pb::change::Change::HotTopicSet(h) => {
                     self.hot_topics
                         .insert(h.topic.clone(), HotRoute::from_proto(&h));
+                    changes.hot.push(h.topic);
                 }
             }
         }
+        changes.hot.sort();
+        changes.hot.dedup();
         self.revision = delta.revision;
         changes
     }
@@ -410,5 +423,41 @@ mod tests {
         );
         assert_eq!(table.edges_of(7).count(), 0);
         assert_eq!(table.slots_of(1).count(), SLOT_COUNT);
+    }
+
+    #[test]
+    fn hot_entry_changes_are_reported_once() {
+        let hot = |shards: u32, committed: bool, revision: u64| pb::HotTopic {
+            topic: "t".into(),
+            shards,
+            prev_shards: 0,
+            since: 3,
+            committed,
+            revision,
+        };
+        let snapshot = |revision: u64, h: pb::HotTopic| pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
+                revision,
+                hot_topics: vec![h],
+                ..pb::SlotMap::default()
+            })),
+        };
+        let mut table = RoutingTable::default();
+        assert_eq!(table.apply(snapshot(3, hot(8, false, 3))).hot, vec!["t"]);
+        assert!(table.apply(snapshot(3, hot(8, false, 3))).hot.is_empty());
+        let delta = pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Delta(pb::Delta {
+                revision: 4,
+                changes: vec![pb::Change {
+                    change: Some(pb::change::Change::HotTopicSet(hot(8, true, 4))),
+                }],
+            })),
+        };
+        assert_eq!(table.apply(delta).hot, vec!["t"]);
+        assert_eq!(
+            table.publish_route("t").0,
+            4,
+            "the commit revision is the route tag"
+        );
     }
 }
