@@ -49,11 +49,15 @@ struct TopicState {
     /// route changes gets the ones published since the change was prepared, which the
     /// publishers sent here before the edge's interest arrived.
     history: std::collections::VecDeque<(u64, Bytes)>,
+    /// The bytes of `history`'s frames, at most [`HISTORY_BYTES`].
+    history_bytes: usize,
 }
 
 /// Deliveries kept per split (sub-)topic for edges that join its route late: a few hundred
 /// milliseconds of a busy hot topic, the time an edge takes to see a change and announce.
 pub const HISTORY_FRAMES: usize = 1024;
+/// And at most this many bytes of them per (sub-)topic, whatever the message size.
+pub const HISTORY_BYTES: usize = 1 << 20;
 
 /// What to do with a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +228,7 @@ impl DistributorCore {
                     continue;
                 };
                 state.history.retain(|(tag, _)| *tag >= hot.since);
+                state.history_bytes = state.history.iter().map(|(_, f)| f.len()).sum();
                 if route.distributor != self.id {
                     continue;
                 }
@@ -381,16 +386,21 @@ impl DistributorCore {
     }
 
     /// Keeps the encoded delivery of a message routed by a hot-topic view (`route_tag` >
-    /// 0) for edges that join late. Bounded by [`HISTORY_FRAMES`] per topic.
+    /// 0) for edges that join late. Bounded by [`HISTORY_FRAMES`] and [`HISTORY_BYTES`] per
+    /// topic, oldest dropped first.
     pub fn record_history(&mut self, topic: &str, route_tag: u64, frame: &Bytes) {
         if route_tag == 0 {
             return;
         }
         if let Some(state) = self.topics.get_mut(topic) {
-            if state.history.len() >= HISTORY_FRAMES {
-                state.history.pop_front();
-            }
             state.history.push_back((route_tag, frame.clone()));
+            state.history_bytes += frame.len();
+            while state.history.len() > HISTORY_FRAMES || state.history_bytes > HISTORY_BYTES {
+                match state.history.pop_front() {
+                    Some((_, old)) => state.history_bytes -= old.len(),
+                    None => break,
+                }
+            }
         }
     }
 
@@ -959,6 +969,15 @@ mod tests {
         assert_eq!(
             core.handle_interest(9, "live#0", 1, 5, 6).unwrap().len(),
             HISTORY_FRAMES
+        );
+        // And by bytes: of 40 frames of 64 KiB, the last 16 (1 MiB) stay.
+        for _ in 0..40 {
+            core.record_history("live#0", 7, &Bytes::from(vec![0u8; 64 << 10]));
+        }
+        core.handle_interest(9, "live#0", 0, 5, 0).unwrap();
+        assert_eq!(
+            core.handle_interest(9, "live#0", 1, 5, 6).unwrap().len(),
+            16
         );
     }
 
