@@ -170,11 +170,12 @@ pub(crate) struct Received {
     msg_id: u64,
 }
 
-fn received<T>(request: &Request<T>) -> Option<Received> {
+/// The forwarding metadata of a publish another distributor routed here, or `None` for a
+/// publish from a backend. Every forward carries its route tag and message id.
+fn received<T>(request: &Request<T>) -> Result<Option<Received>, Status> {
     if !is_forwarded(request) {
-        return None;
+        return Ok(None);
     }
-    let key = forward_key(request);
     let (route_tag, msg_id) = request
         .metadata()
         .get(ROUTE)
@@ -183,15 +184,16 @@ fn received<T>(request: &Request<T>) -> Option<Received> {
             let (tag, id) = v.split_once('-')?;
             Some((tag.parse().ok()?, id.parse().ok()?))
         })
-        .unwrap_or((
-            0,
-            key.map_or(0, |(o, i, n)| o ^ i.rotate_left(21) ^ n.rotate_left(42)),
-        ));
-    Some(Received {
-        key,
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{ROUTE}: a forwarded publish needs `<route tag>-<message id>`"
+            ))
+        })?;
+    Ok(Some(Received {
+        key: forward_key(request),
         route_tag,
         msg_id,
-    })
+    }))
 }
 
 /// Publishes one checked message of a client topic. A topic that was never split is
@@ -440,7 +442,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::PublishRequest>,
     ) -> Result<Response<dpb::PublishReply>, Status> {
-        let received = received(&request);
+        let received = received(&request)?;
         let m = request.into_inner();
         check_message(&self.shared, "", &m, received.is_some())?;
         publish(&self.shared, &m.topic, m.data, received)
