@@ -580,7 +580,11 @@ async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, da
         shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let hot = shared.lock().core.routing().hot_route(&topic).is_some();
+    let (incarnation, hot) = {
+        let state = shared.lock();
+        let hot = state.core.routing().hot_route(&topic).is_some();
+        (state.core.incarnation(), hot)
+    };
     if hot {
         // A split (or once split) topic goes through the routed path, which fans out to the
         // sub-topics and tags the route.
@@ -592,7 +596,7 @@ async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, da
         });
         return;
     }
-    let msg_id = crate::service::new_msg_id(shared);
+    let msg_id = crate::service::new_msg_id(shared, incarnation);
     match shared.publish_local(&topic, &data, None, 0, msg_id) {
         Ok(PublishOutcome::Sequenced { .. }) => {}
         Ok(PublishOutcome::NotOwner { .. } | PublishOutcome::StaleRoute { .. }) => {

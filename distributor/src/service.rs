@@ -151,8 +151,9 @@ fn retryable(status: &Status) -> bool {
 
 /// A new message id: unique per accepting distributor process (its id, registration
 /// incarnation and a counter, hashed). Every copy of a hot topic's fan-out carries it.
-pub(crate) fn new_msg_id<C: Connector>(shared: &Shared<C>) -> u64 {
-    let incarnation = shared.lock().core.incarnation();
+/// `incarnation` is this node's registration incarnation, read by the caller under the
+/// lock it already takes.
+pub(crate) fn new_msg_id<C: Connector>(shared: &Shared<C>, incarnation: u64) -> u64 {
     let n = shared.next_forward.fetch_add(1, Ordering::Relaxed);
     let mut bytes = [0u8; 24];
     bytes[..8].copy_from_slice(&shared.config.id.to_le_bytes());
@@ -222,7 +223,21 @@ pub(crate) async fn publish<C: Connector>(
         )
         .await;
     }
-    let msg_id = new_msg_id(shared);
+    let (incarnation, split) = {
+        let state = shared.lock();
+        let split = state.core.routing().hot_route(topic).is_some();
+        (state.core.incarnation(), split)
+    };
+    let msg_id = new_msg_id(shared, incarnation);
+    if !split {
+        // The common case, a topic never split: one name, no fan-out. Should it have been
+        // split meanwhile, its owner refuses the route (ABORTED) and the routed path below
+        // takes over.
+        match publish_one(shared, topic, &data, 0, msg_id, None, deadline).await {
+            Err(status) if status.code() == Code::Aborted => {}
+            other => return other,
+        }
+    }
     let mut revision = shared.routing_revision.clone();
     let mut done: BTreeMap<String, dpb::PublishReply> = BTreeMap::new();
     loop {
