@@ -49,6 +49,10 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// tungstenite's per-connection read buffer. Small keeps idle connections cheap.
     pub read_buffer_bytes: usize,
+    /// How many connections may be writing to their sockets at once; 0 = half the CPU
+    /// cores (at least 1). Fewer concurrent writers means each write carries more frames
+    /// under load (the others' frames pile up meanwhile), which is what bounds fan-out.
+    pub concurrent_writes: usize,
     /// How long a client has to send its HTTP request.
     pub handshake_timeout_ms: u64,
     /// Subscriber-count changes are sent to owners at most this often.
@@ -82,6 +86,7 @@ impl Default for Config {
             legacy_heartbeat: false,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 1024,
+            concurrent_writes: 0,
             handshake_timeout_ms: 10_000,
             interest_flush_ms: 50,
             metastore_debounce_ms: 100,
@@ -93,6 +98,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// [`Config::concurrent_writes`] with 0 resolved.
+    pub fn write_turns(&self) -> usize {
+        if self.concurrent_writes > 0 {
+            return self.concurrent_writes;
+        }
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("id", self.id),

@@ -10,6 +10,7 @@
 //! - [`core`]: the sans-IO decisions (subscriptions, interest, order filter, fan-out list).
 //! - [`node`]: [`run`], the async shell (relay links, metastore, send queues, counters).
 //! - [`ws`]: one connection: HTTP routes, the WebSocket session, hooks, the writer.
+//! - `send`: WebSocket framing of outgoing frames, the bounded send queue, vectored writes.
 //! - [`hooks`]: the per-connection callbacks for embedding the edge.
 //! - [`config`], [`error`].
 
@@ -18,6 +19,7 @@ pub mod core;
 pub mod error;
 pub mod hooks;
 pub mod node;
+mod send;
 mod ws;
 
 pub use config::{Config, SlowPolicy};

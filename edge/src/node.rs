@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,12 +23,12 @@ use firetower_proto::relay::v1::{relay_frame::Frame, ClientPublish, Hello, Relay
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::{Stream, StreamExt};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::{Config, SlowPolicy};
 use crate::core::{ConnId, EdgeCore, Fanout, MessageTags, Output, SlotSync};
 use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
+use crate::send::{text_frame, Pushed, SendQueue};
 
 /// Control frames queued to one distributor; beyond this, frames are dropped (and logged).
 /// Interest lost this way is sent again on the next change, link or owner change.
@@ -87,7 +88,7 @@ impl Closer {
 }
 
 pub(crate) struct ConnHandle {
-    queue: mpsc::Sender<Utf8Bytes>,
+    queue: Arc<SendQueue>,
     drops: u32,
     closer: Arc<Closer>,
     pub(crate) identity: Arc<Identity>,
@@ -103,6 +104,41 @@ pub(crate) struct State {
     pub(crate) core: EdgeCore,
     conns: HashMap<ConnId, ConnHandle>,
     links: HashMap<u64, LinkSlot>,
+    /// Send queues that became non-empty under this lock; woken when it is released.
+    wakes: Vec<Arc<SendQueue>>,
+}
+
+/// The locked state. Dropping it releases the lock and then wakes every session whose
+/// queue became non-empty meanwhile, so a burst fanned out under one lock costs each
+/// recipient one wake-up (and one write) rather than one per frame.
+pub(crate) struct StateGuard<'a> {
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        // The guard is taken only in drop.
+        self.guard.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            let wakes = std::mem::take(&mut guard.wakes);
+            drop(guard);
+            for queue in wakes {
+                queue.wake();
+            }
+        }
+    }
 }
 
 /// A hook call to make once the lock is released.
@@ -122,6 +158,8 @@ pub(crate) struct Shared<C: Connector> {
     /// gRPC channels to distributors (TopicStatus for the demo page's online count).
     pub(crate) distributors: Channels<C>,
     pub(crate) stop: watch::Receiver<bool>,
+    /// Turns at writing to client sockets (see `ws::session`).
+    pub(crate) write_turns: tokio::sync::Semaphore,
     /// Hot-topic acks for the metastore task. Bounded (HOT_ACK_QUEUE); a full queue drops
     /// the ack, which the core sends again.
     hot_acks: mpsc::Sender<(String, u64)>,
@@ -131,25 +169,26 @@ pub(crate) struct Shared<C: Connector> {
 const HOT_ACK_QUEUE: usize = 256;
 
 impl<C: Connector> Shared<C> {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        StateGuard {
+            guard: Some(self.state.lock().unwrap_or_else(|p| p.into_inner())),
+        }
     }
 
-    /// Queues a frame to a connection under the slow-client policy.
+    /// Queues a framed WebSocket frame to a connection under the slow-client policy.
     /// Returns whether the frame was queued; the caller counts queued frames (once per
     /// fan-out, not once per recipient).
-    fn push(
-        &self,
-        conns: &mut HashMap<ConnId, ConnHandle>,
-        conn: ConnId,
-        frame: Utf8Bytes,
-    ) -> bool {
-        let Some(handle) = conns.get_mut(&conn) else {
+    fn push(&self, state: &mut State, conn: ConnId, frame: &Bytes) -> bool {
+        let Some(handle) = state.conns.get_mut(&conn) else {
             return false;
         };
-        match handle.queue.try_send(frame) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match handle.queue.push(frame.clone()) {
+            Pushed::Queued => return true,
+            Pushed::QueuedFirst => {
+                state.wakes.push(handle.queue.clone());
+                return true;
+            }
+            Pushed::Full => {
                 self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 handle.drops += 1;
                 let limit = match self.config.slow_policy {
@@ -164,16 +203,14 @@ impl<C: Connector> Shared<C> {
                     );
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
         false
     }
 
-    pub(crate) fn push_bytes(&self, state: &mut State, conn: ConnId, frame: Bytes) {
-        if let Ok(text) = Utf8Bytes::try_from(frame) {
-            if self.push(&mut state.conns, conn, text) {
-                self.counters.frames_queued.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Queues one text frame (JSON) to a connection.
+    pub(crate) fn push_bytes(&self, state: &mut State, conn: ConnId, json: Bytes) {
+        if self.push(state, conn, &text_frame(&json)) {
+            self.counters.frames_queued.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -183,12 +220,11 @@ impl<C: Connector> Shared<C> {
     }
 
     fn fanout(&self, state: &mut State, fanout: Fanout) {
-        let Ok(frame) = Utf8Bytes::try_from(fanout.frame) else {
-            return;
-        };
+        // Framed once; every recipient's queue shares these bytes.
+        let frame = text_frame(&fanout.frame);
         let mut queued = 0;
         for conn in fanout.conns {
-            queued += u64::from(self.push(&mut state.conns, conn, frame.clone()));
+            queued += u64::from(self.push(state, conn, &frame));
         }
         self.counters
             .frames_queued
@@ -258,18 +294,18 @@ impl<C: Connector> Shared<C> {
         conn: ConnId,
         identity: Arc<Identity>,
         closer: Arc<Closer>,
-    ) -> mpsc::Receiver<Utf8Bytes> {
-        let (queue, rx) = mpsc::channel(self.config.send_queue_frames);
+    ) -> Arc<SendQueue> {
+        let queue = Arc::new(SendQueue::new(self.config.send_queue_frames));
         self.lock().conns.insert(
             conn,
             ConnHandle {
-                queue,
+                queue: queue.clone(),
                 drops: 0,
                 closer,
                 identity,
             },
         );
-        rx
+        queue
     }
 
     /// Removes a connection; returns the topics it held.
@@ -559,10 +595,12 @@ where
             ),
             conns: HashMap::new(),
             links: HashMap::new(),
+            wakes: Vec::new(),
         }),
         counters,
         endpoint: endpoint.clone(),
         next_conn: AtomicU64::new(1),
+        write_turns: tokio::sync::Semaphore::new(config.write_turns()),
         next_generation: AtomicU64::new(1),
         distributors: Channels::new(connector.clone()),
         stop: stop_rx.clone(),

@@ -4,8 +4,10 @@
 //! the topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /metrics`.
 //!
 //! A WebSocket session is one task. It reads client frames, answers them, and drains the
-//! connection's send queue: every frame pending at that moment goes into tungstenite's
-//! buffer and out in one flush (one write syscall for the batch).
+//! connection's send queue: every frame pending at that moment (already framed, shared
+//! with the other recipients) goes to the socket in one vectored write. Tungstenite reads
+//! and writes the control frames (ping, pong, close); its buffer is flushed before each
+//! batch, so the two never interleave inside a frame.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use firetower_proto::client::{
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::topic::validate_topic;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::create_response;
 use tokio_tungstenite::tungstenite::http;
@@ -30,6 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::hooks::{Identity, ReadDecision};
 use crate::node::{Closer, Shared, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
+use crate::send::{write_frames, SendQueue};
 
 /// The largest HTTP request head accepted.
 const MAX_HEAD: usize = 8 << 10;
@@ -320,9 +323,9 @@ async fn upgrade<C, IO>(
     drop((head, response, request));
     let config = WebSocketConfig::default()
         .read_buffer_size(shared.config.read_buffer_bytes)
-        // Frames collect in the write buffer until the flush that ends each batch.
-        .write_buffer_size(256 << 10)
-        .max_write_buffer_size(16 << 20)
+        // Only control frames go through tungstenite's buffer (deliveries bypass it).
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
         .max_message_size(Some(shared.config.max_frame_bytes))
         .max_frame_size(Some(shared.config.max_frame_bytes));
     let ws = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(config)).await;
@@ -350,7 +353,7 @@ async fn session<C, IO>(
     conn: u64,
     identity: &Identity,
     mut ws: WebSocketStream<IO>,
-    mut queue: tokio::sync::mpsc::Receiver<Utf8Bytes>,
+    queue: Arc<SendQueue>,
     closer: &Closer,
 ) where
     C: Connector,
@@ -363,7 +366,10 @@ async fn session<C, IO>(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
-    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    let mut batch: Vec<bytes::Bytes> = Vec::new();
+    // Bytes of the batch being written; a write cut off part way leaves a partial frame
+    // on the stream, after which no close frame can be sent.
+    let mut torn = false;
     let end = loop {
         tokio::select! {
             biased;
@@ -371,35 +377,45 @@ async fn session<C, IO>(
                 let (code, reason) = closer.reason().unwrap_or((1000, String::new()));
                 break End::Close(code, reason);
             }
-            first = queue.recv() => {
-                let Some(first) = first else { break End::Gone };
-                batch.push(first);
-                // Let the fan-out that woke us finish queueing its burst, so one write
-                // carries it all.
-                tokio::task::yield_now().await;
-                while batch.len() < MAX_FRAMES_PER_WRITE {
-                    match queue.try_recv() {
-                        Ok(f) => batch.push(f),
-                        Err(_) => break,
-                    }
+            _ = queue.woken() => {
+                // Writers take turns (a bounded number at a time): while one writes, the
+                // others' frames pile up, so under load each write carries more of them.
+                // The turn covers what the socket takes at once, never a wait for it.
+                let turn = shared.write_turns.acquire().await;
+                queue.take(&mut batch, MAX_FRAMES_PER_WRITE);
+                if batch.is_empty() {
+                    continue;
                 }
-                let write = async {
-                    for frame in batch.drain(..) {
-                        ws.feed(Message::Text(frame)).await?;
+                let mut written = 0;
+                let at_once = async {
+                    // Pending control frames (a pong) first, then the batch.
+                    ws.flush().await.map_err(std::io::Error::other)?;
+                    write_frames(ws.get_mut(), &batch, &mut written).await
+                }
+                .now_or_never();
+                drop(turn);
+                let result = match at_once {
+                    Some(result) => Ok(result),
+                    None => {
+                        let rest = async {
+                            ws.flush().await.map_err(std::io::Error::other)?;
+                            write_frames(ws.get_mut(), &batch, &mut written).await
+                        };
+                        tokio::time::timeout(write_timeout, rest).await
                     }
-                    ws.flush().await
                 };
-                match tokio::time::timeout(write_timeout, write).await {
+                batch.clear();
+                match result {
                     Ok(Ok(())) => {
                         shared.counters.writes.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(_)) => break End::Gone,
                     Err(_) => {
+                        torn = written > 0;
                         shared.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
                         break End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: write timed out".into());
                     }
                 }
-                batch.clear();
             }
             incoming = ws.next() => {
                 last_heard = tokio::time::Instant::now();
@@ -440,6 +456,11 @@ async fn session<C, IO>(
         }
     };
     if let End::Close(code, reason) = end {
+        if torn {
+            // The peer would read the close frame as the rest of a data frame.
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.get_mut().shutdown()).await;
+            return;
+        }
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
