@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 /// the queue and the memory one batch pins.
 pub const MAX_FRAMES_PER_WRITE: usize = 512;
 
-/// How much a stream reader asks QUIC for at a time.
-const READ_CHUNK: usize = 64 << 10;
+/// The most received segments (about one QUIC packet each) a stream reader takes from
+/// QUIC at a time: a burst of frames is then handled in one batch.
+const READ_CHUNKS: usize = 64;
 
 /// Application close codes of the relay connection.
 pub mod close_code {
@@ -58,6 +59,7 @@ pub enum ReadError {
 pub struct FrameReader {
     stream: quinn::RecvStream,
     buf: BytesMut,
+    chunks: Vec<Bytes>,
 }
 
 impl FrameReader {
@@ -65,6 +67,7 @@ impl FrameReader {
         FrameReader {
             stream,
             buf: BytesMut::new(),
+            chunks: vec![Bytes::new(); READ_CHUNKS],
         }
     }
 
@@ -103,11 +106,15 @@ impl FrameReader {
             }
             match self
                 .stream
-                .read_chunk(READ_CHUNK, true)
+                .read_chunks(&mut self.chunks)
                 .await
                 .map_err(|e| ReadError::Stream(e.to_string()))?
             {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                Some(n) => {
+                    for chunk in &mut self.chunks[..n] {
+                        self.buf.extend_from_slice(&std::mem::take(chunk));
+                    }
+                }
                 None if self.buf.is_empty() => return Ok(None),
                 None => {
                     return Err(ReadError::Stream(format!(
