@@ -113,6 +113,38 @@ impl<C: Connector> Shared<C> {
         msg_id: u64,
     ) -> Result<PublishOutcome, crate::core::CoreError> {
         let mut state = self.lock();
+        self.publish_locked(&mut state, topic, data, forward_key, route_tag, msg_id)
+    }
+
+    /// Publishes a run of one topic's messages under one lock: all are sequenced, in order,
+    /// or (when the first is refused: not the owner, stale route) none. Every message has
+    /// the same route tag, so what refuses the first would refuse them all.
+    pub(crate) fn publish_local_run(
+        &self,
+        topic: &str,
+        route_tag: u64,
+        messages: &[(Option<crate::core::ForwardKey>, u64, Bytes)],
+    ) -> Result<Result<Vec<(u64, u64)>, PublishOutcome>, crate::core::CoreError> {
+        let mut state = self.lock();
+        let mut sequenced = Vec::with_capacity(messages.len());
+        for (key, msg_id, data) in messages {
+            match self.publish_locked(&mut state, topic, data, *key, route_tag, *msg_id)? {
+                PublishOutcome::Sequenced { epoch, seq, .. } => sequenced.push((epoch, seq)),
+                refused => return Ok(Err(refused)),
+            }
+        }
+        Ok(Ok(sequenced))
+    }
+
+    fn publish_locked(
+        &self,
+        state: &mut State,
+        topic: &str,
+        data: &Bytes,
+        forward_key: Option<crate::core::ForwardKey>,
+        route_tag: u64,
+        msg_id: u64,
+    ) -> Result<PublishOutcome, crate::core::CoreError> {
         let outcome = match forward_key {
             Some(key) => state.core.handle_forwarded_publish(topic, route_tag, key)?,
             None => state.core.handle_publish(topic, route_tag)?,
@@ -132,14 +164,7 @@ impl<C: Connector> Shared<C> {
                             route_tag,
                         })),
                     });
-                    queue_on_lanes(
-                        &self.config,
-                        &self.counters,
-                        &mut state,
-                        topic,
-                        &frame,
-                        edges,
-                    );
+                    queue_on_lanes(&self.config, &self.counters, state, topic, &frame, edges);
                     state.core.record_history(topic, route_tag, &frame);
                 }
             }
@@ -638,7 +663,7 @@ pub async fn run_udp_with_counters(
         udp,
         Arc::new(quinn::TokioRuntime),
     )?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    let incoming = firetower_metastore::network::accept_nodelay(grpc);
     run_with_counters(
         config,
         incoming,

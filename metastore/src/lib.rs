@@ -46,6 +46,6 @@ pub async fn run_tcp(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let backend = SledBackend::open(&config.data_dir)?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = network::accept_nodelay(listener);
     run(config, incoming, TcpConnector::default(), backend, shutdown).await
 }

@@ -25,6 +25,23 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{Raft, TypeConfig};
 
+/// The connections a gRPC server accepts from `listener`, with Nagle's algorithm off:
+/// replies are small and latency-bound, and a delayed ACK would hold each one back for
+/// tens of milliseconds.
+pub fn accept_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |stream| {
+            if let Ok(s) = &stream {
+                let _ = s.set_nodelay(true);
+            }
+            stream
+        },
+    )
+}
+
 /// Makes a gRPC channel to an address. Real nodes dial TCP ([`TcpConnector`]); the
 /// simulator passes a connector over its own network.
 pub trait Connector: Clone + Send + Sync + 'static {
