@@ -1,4 +1,5 @@
-//! The distributor gRPC API: Publish, PublishBatch, TopicStatus.
+//! The distributor gRPC API: Publish, PublishBatch, TopicStatus, KickUser, and ForwardBatch
+//! (between distributors).
 //!
 //! A publish for a topic this node owns is sequenced here; otherwise it is forwarded once
 //! to the owner (marked, so the owner never forwards it again). When the owner is unknown,
@@ -96,15 +97,19 @@ fn check_message(
         validate_topic(&m.topic)
     };
     valid.map_err(|e| Status::invalid_argument(format!("{prefix}topic: {e}")))?;
+    check_data(shared, prefix, &m.data)
+}
+
+/// Checks one message body: its size and that it is one JSON value.
+fn check_data(shared: &Shared<impl Connector>, prefix: &str, data: &[u8]) -> Result<(), Status> {
     let max = shared.config.max_data_bytes;
-    if m.data.len() > max {
+    if data.len() > max {
         return Err(Status::invalid_argument(format!(
             "{prefix}data: {} bytes exceeds the limit of {max} bytes",
-            m.data.len()
+            data.len()
         )));
     }
-    validate_json_data(&m.data)
-        .map_err(|e| Status::invalid_argument(format!("{prefix}data: {e}")))?;
+    validate_json_data(data).map_err(|e| Status::invalid_argument(format!("{prefix}data: {e}")))?;
     Ok(())
 }
 
@@ -284,6 +289,89 @@ pub(crate) async fn publish<C: Connector>(
     }
 }
 
+/// After a forward to `uncertain` ended without a clear answer, a retry may go only to that
+/// same owner: it would recognise the retry by its key; another (this node included) would
+/// not, and sequencing again could deliver the message twice.
+fn refuse_after_unclear_forward<C: Connector>(
+    shared: &Shared<C>,
+    topic: &str,
+    uncertain: Option<u64>,
+) -> Result<(), Status> {
+    let Some(earlier) = uncertain else {
+        return Ok(());
+    };
+    let owner = shared
+        .lock()
+        .core
+        .routing()
+        .route(slot_of(topic))
+        .distributor;
+    if owner == earlier {
+        return Ok(());
+    }
+    Err(Status::unavailable(format!(
+        "the publish may already have been sequenced by distributor {earlier} before slot {} \
+         moved; not retried, to avoid a duplicate",
+        slot_of(topic)
+    )))
+}
+
+/// The replies to a sequenced run: `(epoch, seq)` of each message.
+fn replies(sequenced: Vec<(u64, u64)>) -> Vec<dpb::PublishReply> {
+    sequenced
+        .into_iter()
+        .map(|(epoch, seq)| dpb::PublishReply {
+            epoch,
+            seq,
+            shards: 0,
+        })
+        .collect()
+}
+
+/// Sorts out a forward that failed (other than ABORTED): `Ok` when it may be retried, with
+/// `last` saying why and `uncertain` set when the owner may have sequenced it anyway.
+fn failed_forward(
+    status: Status,
+    owner: u64,
+    last: &mut String,
+    uncertain: &mut Option<u64>,
+) -> Result<(), Status> {
+    if status.code() == Code::FailedPrecondition || never_sent(&status) {
+        // "Not the owner", or no connection at all: certainly not sequenced.
+        *last = format!("owner {owner}: {}", status.message());
+        Ok(())
+    } else if retryable(&status) {
+        // Maybe sequenced, maybe not: only this owner may be retried.
+        *uncertain = Some(owner);
+        *last = format!("owner {owner}: {}", status.message());
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// Waits for the routing to change (or a short while, for a peer to come back), or fails
+/// with UNAVAILABLE once `deadline` has passed.
+async fn wait_for_owner<C: Connector>(
+    shared: &Shared<C>,
+    topic: &str,
+    revision: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    last: &str,
+) -> Result<(), Status> {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return Err(Status::unavailable(format!(
+            "no owner of slot {} accepted the publish within {} ms: {last}",
+            slot_of(topic),
+            shared.config.publish_retry_ms
+        )));
+    }
+    let wait = (deadline - now).min(RETRY_POLL);
+    let _ = tokio::time::timeout(wait, revision.changed()).await;
+    Ok(())
+}
+
 /// Publishes a message under one name (a topic or sub-topic): locally when owned, else
 /// through the owner. `received_key` is set when another distributor forwarded it here
 /// (with its key). ABORTED means the route tag was stale.
@@ -307,22 +395,7 @@ async fn publish_one<C: Connector>(
     let mut uncertain: Option<u64> = None;
     loop {
         revision.borrow_and_update();
-        if let Some(earlier) = uncertain {
-            let owner = {
-                let state = shared.lock();
-                state.core.routing().route(slot_of(topic)).distributor
-            };
-            if owner != earlier {
-                // A forward to `earlier` may have been sequenced (its reply was lost). That
-                // owner would recognise a retry by its key; another (this node included)
-                // would not, and sequencing again could deliver the message twice.
-                return Err(Status::unavailable(format!(
-                    "the publish may already have been sequenced by distributor {earlier} before \
-                     slot {} moved; not retried, to avoid a duplicate",
-                    slot_of(topic)
-                )));
-            }
-        }
+        refuse_after_unclear_forward(shared, topic, uncertain)?;
         let outcome = shared
             .publish_local(topic, data, received_key.flatten(), route_tag, msg_id)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
@@ -366,34 +439,138 @@ async fn publish_one<C: Connector>(
                     match client.publish(request).await {
                         Ok(reply) => return Ok(reply.into_inner()),
                         Err(status) if status.code() == Code::Aborted => return Err(status),
-                        // "Not the owner", or no connection at all: certainly not sequenced.
-                        Err(status)
-                            if status.code() == Code::FailedPrecondition || never_sent(&status) =>
-                        {
-                            last = format!("owner {owner}: {}", status.message());
-                        }
-                        Err(status) if retryable(&status) => {
-                            // Maybe sequenced, maybe not: only this owner may be retried.
-                            uncertain = Some(owner);
-                            last = format!("owner {owner}: {}", status.message());
-                        }
-                        Err(status) => return Err(status),
+                        Err(status) => failed_forward(status, owner, &mut last, &mut uncertain)?,
                     }
                 }
                 None => last = format!("owner {owner} has no known gRPC address"),
             },
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Status::unavailable(format!(
-                "no owner of slot {} accepted the publish within {} ms: {last}",
-                slot_of(topic),
-                shared.config.publish_retry_ms
-            )));
+        wait_for_owner(shared, topic, &mut revision, deadline, &last).await?;
+    }
+}
+
+/// The replies to a run of one topic's messages (by batch index), or the first failure.
+type RunResult = Result<Vec<(usize, dpb::PublishReply)>, (usize, Status)>;
+
+/// Publishes a run of one topic's messages from a PublishBatch, in order. A topic with no
+/// hot-topic entry is sequenced here or forwarded to its owner in one `ForwardBatch` call;
+/// a hot topic (or one that turns hot meanwhile) goes message by message.
+async fn publish_run<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    topic: &str,
+    messages: Vec<(usize, Bytes)>,
+) -> RunResult {
+    let (incarnation, split) = {
+        let state = shared.lock();
+        let split = state.core.routing().hot_route(topic).is_some();
+        (state.core.incarnation(), split)
+    };
+    if !split && messages.len() > 1 {
+        let items: Vec<(u64, Bytes)> = messages
+            .iter()
+            .map(|(_, data)| (new_msg_id(shared, incarnation), data.clone()))
+            .collect();
+        match publish_run_once(shared, topic, &items).await {
+            Ok(Some(replies)) => {
+                return Ok(messages.iter().map(|(i, _)| *i).zip(replies).collect());
+            }
+            // The topic turned hot: nothing was sequenced; route each message.
+            Ok(None) => {}
+            Err(status) => return Err((messages[0].0, status)),
         }
-        // Wait for the routing to change (or a short while, for a peer to come back).
-        let wait = (deadline - now).min(RETRY_POLL);
-        let _ = tokio::time::timeout(wait, revision.changed()).await;
+    }
+    let mut replies = Vec::with_capacity(messages.len());
+    for (i, data) in messages {
+        match publish(shared, topic, data, None).await {
+            Ok(reply) => replies.push((i, reply)),
+            Err(status) => return Err((i, status)),
+        }
+    }
+    Ok(replies)
+}
+
+/// Sequences a run of a never-split topic's messages (`(message id, data)`) here, or
+/// forwards it to the owner in one call; retried like [`publish_one`] (same rules for an
+/// unclear forward). `Ok(None)`: the topic has a hot entry now, and nothing was sequenced.
+async fn publish_run_once<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    topic: &str,
+    items: &[(u64, Bytes)],
+) -> Result<Option<Vec<dpb::PublishReply>>, Status> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.config.publish_retry_ms);
+    // One key per message for every forward of this run, reserved at the first forward.
+    let mut keys: Option<(u64, u64, u64)> = None;
+    let mut revision = shared.routing_revision.clone();
+    let mut last = String::from("no distributor owns the topic's slot yet");
+    let mut uncertain: Option<u64> = None;
+    let local: Vec<(Option<ForwardKey>, u64, Bytes)> = items
+        .iter()
+        .map(|(msg_id, data)| (None, *msg_id, data.clone()))
+        .collect();
+    loop {
+        revision.borrow_and_update();
+        refuse_after_unclear_forward(shared, topic, uncertain)?;
+        let outcome = shared
+            .publish_local_run(topic, 0, &local)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        match outcome {
+            Ok(sequenced) => return Ok(Some(replies(sequenced))),
+            Err(PublishOutcome::StaleRoute { .. }) => return Ok(None),
+            Err(PublishOutcome::NotOwner { owner }) if owner != 0 => match peer(shared, owner) {
+                Some(mut client) => {
+                    shared
+                        .counters
+                        .forwarded
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                    let (origin, incarnation, base) = *keys.get_or_insert_with(|| {
+                        let incarnation = shared.lock().core.incarnation();
+                        let base = shared
+                            .next_forward
+                            .fetch_add(items.len() as u64, Ordering::Relaxed);
+                        (shared.config.id, incarnation, base)
+                    });
+                    let request = forwarded(
+                        dpb::ForwardBatchRequest {
+                            topic: topic.to_string(),
+                            origin,
+                            incarnation,
+                            messages: items
+                                .iter()
+                                .zip(base..)
+                                .map(|((msg_id, data), key)| dpb::ForwardedMessage {
+                                    key,
+                                    route_tag: 0,
+                                    msg_id: *msg_id,
+                                    data: data.clone(),
+                                })
+                                .collect(),
+                        },
+                        shared.config.rpc_timeout(),
+                        None,
+                    );
+                    match client.forward_batch(request).await {
+                        Ok(reply) => {
+                            let results = reply.into_inner().results;
+                            if results.len() != items.len() {
+                                return Err(Status::internal(format!(
+                                    "owner {owner} answered {} results for {} messages",
+                                    results.len(),
+                                    items.len()
+                                )));
+                            }
+                            return Ok(Some(results));
+                        }
+                        Err(status) if status.code() == Code::Aborted => return Ok(None),
+                        Err(status) => failed_forward(status, owner, &mut last, &mut uncertain)?,
+                    }
+                }
+                None => last = format!("owner {owner} has no known gRPC address"),
+            },
+            // No owner yet (or not registered): wait for the routing.
+            Err(_) => {}
+        }
+        wait_for_owner(shared, topic, &mut revision, deadline, &last).await?;
     }
 }
 
@@ -485,22 +662,111 @@ impl<C: Connector> Distributor for DistributorService<C> {
         for (i, m) in batch.messages.iter().enumerate() {
             check_message(&self.shared, &format!("messages[{i}]."), m, false)?;
         }
-        let mut results = Vec::with_capacity(batch.messages.len());
+        // Each topic's messages go one after the other, in batch order; different topics
+        // go concurrently, so a batch costs about one forward's round trip rather than
+        // one per forwarded message.
+        let count = batch.messages.len();
+        let mut by_topic: Vec<(String, Vec<(usize, Bytes)>)> = Vec::new();
+        let mut index_of: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
         for (i, m) in batch.messages.into_iter().enumerate() {
-            match publish(&self.shared, &m.topic, m.data, None).await {
-                Ok(r) => results.push(r),
-                Err(status) => {
-                    return Err(Status::new(
-                        status.code(),
-                        format!(
-                            "messages[{i}]: {} (messages before it were published)",
-                            status.message()
-                        ),
-                    ))
+            let group = *index_of.entry(m.topic.clone()).or_insert_with(|| {
+                by_topic.push((m.topic, Vec::new()));
+                by_topic.len() - 1
+            });
+            by_topic[group].1.push((i, m.data));
+        }
+        let shared = &self.shared;
+        let groups = by_topic
+            .into_iter()
+            .map(|(topic, messages)| async move { publish_run(shared, &topic, messages).await });
+        let mut results = vec![dpb::PublishReply::default(); count];
+        let mut first_failure: Option<(usize, Status)> = None;
+        for group in futures::future::join_all(groups).await {
+            match group {
+                Ok(replies) => {
+                    for (i, reply) in replies {
+                        results[i] = reply;
+                    }
+                }
+                Err((i, status)) => {
+                    if first_failure.as_ref().is_none_or(|(j, _)| i < *j) {
+                        first_failure = Some((i, status));
+                    }
                 }
             }
         }
+        if let Some((i, status)) = first_failure {
+            return Err(Status::new(
+                status.code(),
+                format!(
+                    "messages[{i}]: {} (the later messages of its topic were not published; \
+                     messages of other topics may have been)",
+                    status.message()
+                ),
+            ));
+        }
         Ok(Response::new(dpb::PublishBatchReply { results }))
+    }
+
+    async fn forward_batch(
+        &self,
+        request: Request<dpb::ForwardBatchRequest>,
+    ) -> Result<Response<dpb::ForwardBatchReply>, Status> {
+        if !is_forwarded(&request) {
+            return Err(Status::invalid_argument(
+                "ForwardBatch is only called between distributors",
+            ));
+        }
+        let run = request.into_inner();
+        validate_route_topic(&run.topic)
+            .map_err(|e| Status::invalid_argument(format!("topic: {e}")))?;
+        let max = self.shared.config.max_batch;
+        if run.messages.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "messages: {} messages exceed the batch limit of {max}",
+                run.messages.len()
+            )));
+        }
+        let route_tag = run.messages.first().map_or(0, |m| m.route_tag);
+        for (i, m) in run.messages.iter().enumerate() {
+            if m.route_tag != route_tag {
+                return Err(Status::invalid_argument(format!(
+                    "messages[{i}].route_tag: a run has one route tag"
+                )));
+            }
+            check_data(&self.shared, &format!("messages[{i}]."), &m.data)?;
+        }
+        let keyed = run.origin != 0 && run.incarnation != 0;
+        let items: Vec<(Option<ForwardKey>, u64, Bytes)> = run
+            .messages
+            .into_iter()
+            .map(|m| {
+                let key = keyed.then_some((run.origin, run.incarnation, m.key));
+                (key, m.msg_id, m.data)
+            })
+            .collect();
+        let outcome = self
+            .shared
+            .publish_local_run(&run.topic, route_tag, &items)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        match outcome {
+            Ok(sequenced) => Ok(Response::new(dpb::ForwardBatchReply {
+                results: replies(sequenced),
+            })),
+            Err(PublishOutcome::StaleRoute { since }) => Err(Status::aborted(format!(
+                "stale hot-topic route for {:?}: tag {route_tag} is older than {since}",
+                run.topic
+            ))),
+            Err(PublishOutcome::NotOwner { owner }) => Err(Status::failed_precondition(format!(
+                "distributor {} does not own slot {} (owner: {owner})",
+                self.shared.config.id,
+                slot_of(&run.topic)
+            ))),
+            Err(PublishOutcome::Sequenced { .. }) => {
+                Err(Status::internal("a run was refused without a reason"))
+            }
+        }
     }
 
     async fn topic_status(
