@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use firetower_benches::rawws::{Incoming, RawWs};
 use firetower_benches::scan::{payload, scan_delivery};
 use firetower_benches::stats::{cpu_seconds, Percentiles, Report, SubscriberStats};
 use firetower_benches::svg::latency_plot;
 use firetower_proto::distributor::v1 as dpb;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use hdrhistogram::Histogram;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -216,10 +217,10 @@ async fn edge_metric(edges: &[String], name: &str) -> Option<u64> {
     Some(total)
 }
 
-async fn connect_ws(
+async fn connect_tcp(
     edge: &str,
     source: Option<std::net::IpAddr>,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+) -> Result<tokio::net::TcpStream> {
     let addr: std::net::SocketAddr = tokio::net::lookup_host(edge)
         .await?
         .next()
@@ -230,6 +231,14 @@ async fn connect_ws(
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect_ws(
+    edge: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let stream = connect_tcp(edge, source).await?;
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://{edge}/ws"), stream).await?;
     Ok(ws)
 }
@@ -253,37 +262,58 @@ async fn subscriber(
     source: Option<std::net::IpAddr>,
 ) -> Result<SubscriberStats> {
     let edge = &plan.edges[i % plan.edges.len()];
-    let mut ws = connect_ws(edge, source).await?;
+    let mut ws = RawWs::connect(connect_tcp(edge, source).await?, edge).await?;
     let topic = format!("bench-{}", i % plan.topics);
-    ws.send(Message::text(format!(
+    ws.send_text(&format!(
         r#"{{"type":"subscribe","topic":"{topic}","data":""}}"#
-    )))
+    ))
     .await?;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"subscribed\"") => break,
-            Ok(Some(Ok(Message::Text(t)))) => bail!("subscriber {i}: {t}"),
-            Ok(Some(Ok(_))) => {}
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acked = false;
+    while !acked {
+        let mut refused = None;
+        let read = ws.read_frames(|f| {
+            if let Incoming::Text(t) = f {
+                let t = String::from_utf8_lossy(t);
+                if t.contains("\"subscribed\"") {
+                    acked = true;
+                } else {
+                    refused = Some(t.into_owned());
+                }
+            }
+        });
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(true)) => {}
             other => bail!("subscriber {i}: no ack: {other:?}"),
+        }
+        if let Some(t) = refused {
+            bail!("subscriber {i}: {t}");
         }
     }
     ready.wait().await;
     let mut stats = SubscriberStats::new(plan.topics);
     let mut stop = shared.stop.clone();
     loop {
-        tokio::select! {
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    if let Some(d) = scan_delivery(t.as_bytes()) {
-                        stats.record(d, now_ns(shared.base));
-                        shared.received.fetch_add(1, Ordering::Relaxed);
-                    }
+        let mut received = 0;
+        // Every frame of one read arrived at the same time: one clock read per batch.
+        let mut now = None;
+        let read = ws.read_frames(|f| {
+            if let Incoming::Text(t) = f {
+                if let Some(d) = scan_delivery(t) {
+                    let at = *now.get_or_insert_with(|| now_ns(shared.base));
+                    stats.record(d, at);
+                    received += 1;
                 }
-                Some(Ok(_)) => {}
+            }
+        });
+        tokio::select! {
+            r = read => match r {
+                Ok(true) => {}
                 _ => break,
             },
             _ = stop.wait_for(|s| *s) => break,
         }
+        shared.received.fetch_add(received, Ordering::Relaxed);
     }
     Ok(stats)
 }
@@ -329,7 +359,10 @@ async fn publisher(
             break;
         }
         if per_publisher_rate > 0.0 {
-            let due = (start.elapsed().as_secs_f64() * per_publisher_rate) as u64;
+            // Publishers are staggered by 1/P of their interval, so the total rate is
+            // evenly paced rather than P publishes at the same instant.
+            let phase = j as f64 / publishers as f64;
+            let due = (start.elapsed().as_secs_f64() * per_publisher_rate + phase) as u64;
             if sent >= due {
                 tokio::time::sleep(Duration::from_micros(500)).await;
                 continue;
