@@ -722,52 +722,86 @@ async fn track_leader(ctx: &Ctx) {
     }
 }
 
+/// Publishes one message, or (every fourth publish) a `PublishBatch` of three: two of one
+/// topic and one of the next topic, which exercises per-topic runs forwarded to the owner
+/// in one `ForwardBatch` call. The batch choice uses no randomness of its own.
 fn publish(ctx: &Rc<Ctx>, rng: &mut StdRng, next_id: &mut u64) {
-    let id = *next_id;
-    *next_id += 1;
-    let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
+    let first = *next_id;
+    let t = rng.gen_range(0..ctx.topics.len());
     let dist = ctx.dists[rng.gen_range(0..ctx.dists.len())].clone();
-    let index = {
+    let topics: Vec<String> = if first % 4 == 3 {
+        let other = ctx.topics[(t + 1) % ctx.topics.len()].clone();
+        vec![ctx.topics[t].clone(), ctx.topics[t].clone(), other]
+    } else {
+        vec![ctx.topics[t].clone()]
+    };
+    *next_id += topics.len() as u64;
+    let mut records = Vec::new();
+    {
         let mut o = ctx.oracle.borrow_mut();
         let at = now();
-        o.trace(at, &format!("publish #{id} {topic} via {dist}"));
-        o.publishes.push(PublishRecord {
-            id,
-            topic: topic.clone(),
-            sent: at,
-            acked: None,
-        });
-        o.publishes.len() - 1
-    };
+        for (k, topic) in topics.iter().enumerate() {
+            let id = first + k as u64;
+            o.trace(at, &format!("publish #{id} {topic} via {dist}"));
+            o.publishes.push(PublishRecord {
+                id,
+                topic: topic.clone(),
+                sent: at,
+                acked: None,
+            });
+            records.push(o.publishes.len() - 1);
+        }
+    }
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
         let Ok(channel) = SimConnector.channel(&dist) else {
             return;
         };
         let mut client = dpb::distributor_client::DistributorClient::new(channel);
-        let request = dpb::PublishRequest {
-            topic: topic.clone(),
-            data: format!(r#"{{"id":{id}}}"#).into(),
+        let mut messages: Vec<dpb::PublishRequest> = topics
+            .iter()
+            .enumerate()
+            .map(|(k, topic)| dpb::PublishRequest {
+                topic: topic.clone(),
+                data: format!(r#"{{"id":{}}}"#, first + k as u64).into(),
+            })
+            .collect();
+        let call = async {
+            if messages.len() == 1 {
+                let m = messages.remove(0);
+                client.publish(m).await.map(|r| vec![r.into_inner()])
+            } else {
+                let batch = dpb::PublishBatchRequest { messages };
+                client
+                    .publish_batch(batch)
+                    .await
+                    .map(|r| r.into_inner().results)
+            }
         };
-        let result = tokio::time::timeout(Duration::from_secs(8), client.publish(request)).await;
+        let result = tokio::time::timeout(Duration::from_secs(8), call).await;
         let mut o = ctx.oracle.borrow_mut();
         let at = now();
         match result {
-            Ok(Ok(reply)) => {
-                let r = reply.into_inner();
-                o.trace(
-                    at,
-                    &format!(
-                        "published #{id} {topic} {}.{} to {} shards",
-                        r.epoch, r.seq, r.shards
-                    ),
-                );
-                if let Some(p) = o.publishes.get_mut(index) {
-                    p.acked = Some(at);
+            Ok(Ok(replies)) => {
+                for ((k, r), index) in replies.iter().enumerate().zip(&records) {
+                    o.trace(
+                        at,
+                        &format!(
+                            "published #{} {} {}.{} to {} shards",
+                            first + k as u64,
+                            topics[k],
+                            r.epoch,
+                            r.seq,
+                            r.shards
+                        ),
+                    );
+                    if let Some(p) = o.publishes.get_mut(*index) {
+                        p.acked = Some(at);
+                    }
                 }
             }
-            Ok(Err(status)) => o.trace(at, &format!("publish #{id} failed {:?}", status.code())),
-            Err(_) => o.trace(at, &format!("publish #{id} timed out")),
+            Ok(Err(status)) => o.trace(at, &format!("publish #{first} failed {:?}", status.code())),
+            Err(_) => o.trace(at, &format!("publish #{first} timed out")),
         }
     });
 }
