@@ -124,8 +124,8 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn files(self) -> firetower_distributor::tls::TlsFiles {
-        firetower_distributor::tls::TlsFiles {
+    fn files(self) -> firetower_net::tls::TlsFiles {
+        firetower_net::tls::TlsFiles {
             cert: self.tls_cert,
             key: self.tls_key,
             ca: self.tls_ca,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use firetower_distributor::tls::DevPki;
 use firetower_metastore::Config as MetastoreConfig;
+use firetower_net::tls::DevPki;
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use futures::{SinkExt, StreamExt};

@@ -115,9 +115,9 @@ struct Args {
 
 /// Splits (or merges, with 0) every bench topic and waits until the change is committed.
 async fn set_hot(args: &Args, topics: usize, shards: u32) -> Result<()> {
-    let meta = firetower_metastore::MetaClient::new(
+    let meta = firetower_net::MetaClient::new(
         args.metastore.split(',').map(str::to_string).collect(),
-        firetower_metastore::TcpConnector::default(),
+        firetower_net::TcpConnector::default(),
         Duration::from_secs(2),
     );
     for t in 0..topics {

@@ -1,9 +1,9 @@
 //! The distributor's configuration.
 
+use firetower_net::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
-use crate::tls::TlsFiles;
 
 /// Everything a distributor needs to know. Durations are in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,19 +4,17 @@
 //!
 //! # Layout
 //! - [`core`]: the sans-IO decisions (ownership, sequencing, interest, edge choice).
-//! - [`relay`]: stream framing and batched writers of the QUIC relay (also used by edges).
 //! - [`service`]: the gRPC API (Publish, PublishBatch, TopicStatus) with forwarding.
 //! - [`node`]: [`run`], the async shell wiring gRPC, QUIC, the metastore and the core.
-//! - [`tls`]: certificates for the relay, and a throwaway CA for `dev` and tests.
+//!
+//! Relay stream I/O, TLS material and the metastore client come from `firetower-net`.
 //! - [`config`], [`error`].
 
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod node;
-pub mod relay;
 pub mod service;
-pub mod tls;
 
 pub use config::Config;
 pub use error::{ConfigError, NodeError, TlsError};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_metastore::network::{Channels, Connector};
-use firetower_metastore::{spawn_membership, spawn_watch, MetaClient, Registration};
+use firetower_net::relay::{close_code, encode, write_frames, FrameReader};
+use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, Deliver, Fence, InterestAck, RelayFrame};
 use firetower_proto::slot_of;
@@ -25,7 +25,6 @@ use tonic::transport::server::Connected;
 use crate::config::Config;
 use crate::core::{DistributorCore, FenceOut, PublishOutcome};
 use crate::error::NodeError;
-use crate::relay::{close_code, encode, write_frames, FrameReader};
 use crate::service::DistributorService;
 
 /// Control frames queued to one edge before its link counts as stuck.
@@ -226,7 +225,7 @@ fn send_fences(config: &Config, counters: &Counters, state: &mut State, fences: 
 /// Runs a distributor until `shutdown` completes.
 ///
 /// `grpc_incoming` yields accepted gRPC connections; `endpoint` is a QUIC endpoint with
-/// this node's server configuration (see [`crate::tls::TlsMaterial::server_config`]);
+/// this node's server configuration (see [`firetower_net::tls::TlsMaterial::server_config`]);
 /// `connector` dials the metastore and other distributors.
 pub async fn run<C, I, IO, IE>(
     config: Config,
@@ -479,7 +478,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(crate::relay::ReadError::Frame(e)) => {
+            Err(firetower_net::relay::ReadError::Frame(e)) => {
                 shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(edge, error = %e, "bad relay frame; closing the link");
                 conn.close(close_code::BAD_FRAME.into(), e.to_string().as_bytes());
@@ -656,19 +655,19 @@ pub async fn run_udp_with_counters(
     counters: Arc<Counters>,
 ) -> Result<(), NodeError> {
     config.validate()?;
-    let tls = crate::tls::TlsMaterial::load(&config.tls)?;
+    let tls = firetower_net::tls::TlsMaterial::load(&config.tls)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(tls.server_config()?),
         udp,
         Arc::new(quinn::TokioRuntime),
     )?;
-    let incoming = firetower_metastore::network::accept_nodelay(grpc);
+    let incoming = firetower_net::accept_nodelay(grpc);
     run_with_counters(
         config,
         incoming,
         endpoint,
-        firetower_metastore::TcpConnector::default(),
+        firetower_net::TcpConnector::default(),
         shutdown,
         counters,
     )

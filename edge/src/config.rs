@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use firetower_distributor::tls::TlsFiles;
+use firetower_net::tls::TlsFiles;
 
 use crate::error::ConfigError;
 

@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 /// A configuration value that cannot work (the same type as the distributor's).
-pub use firetower_distributor::ConfigError;
+pub use firetower_net::{ConfigError, TlsError};
 
 /// Why an edge stopped.
 #[derive(Debug, Error)]
@@ -11,7 +11,7 @@ pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Tls(#[from] firetower_distributor::TlsError),
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_distributor::relay::{close_code, encode, write_frames, FrameReader};
-use firetower_distributor::tls::RELAY_SERVER_NAME;
-use firetower_metastore::network::{Channels, Connector};
-use firetower_metastore::{spawn_membership, spawn_watch, MetaClient, Registration};
+use firetower_net::relay::{close_code, encode, write_frames, FrameReader};
+use firetower_net::tls::RELAY_SERVER_NAME;
+use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
 use firetower_proto::client::{encode_ack, encode_error, AckKind, ClientError};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, ClientPublish, Hello, RelayFrame};
@@ -566,7 +565,7 @@ async fn lane_reader<C: Connector>(shared: Arc<Shared<C>>, stream: quinn::RecvSt
 ///
 /// `listener` yields accepted client connections (HTTP and WebSocket); `endpoint` is a
 /// QUIC endpoint with this edge's client configuration as its default (see
-/// [`firetower_distributor::tls::TlsMaterial::client_config`]); `connector` dials the
+/// [`firetower_net::tls::TlsMaterial::client_config`]); `connector` dials the
 /// metastore and distributors' gRPC.
 pub async fn run<C, L, IO>(
     config: Config,
@@ -756,7 +755,7 @@ pub async fn run_tcp(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     config.validate()?;
-    let tls = firetower_distributor::tls::TlsMaterial::load(&config.tls)?;
+    let tls = firetower_net::tls::TlsMaterial::load(&config.tls)?;
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
@@ -773,7 +772,7 @@ pub async fn run_tcp(
         config,
         incoming,
         endpoint,
-        firetower_metastore::TcpConnector::default(),
+        firetower_net::TcpConnector::default(),
         hooks,
         counters,
         shutdown,

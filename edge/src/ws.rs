@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firetower_metastore::network::Connector;
+use firetower_net::Connector;
 use firetower_proto::client::{
     encode_ack, parse_client_frame, validate_json_data, AckKind, ClientError, ClientFrame,
     ErrorCode, LEGACY_HEARTBEAT,

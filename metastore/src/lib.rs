@@ -10,15 +10,15 @@
 //! - [`lease`]: the leader's lease deadlines, sans-IO.
 //! - [`store`]: the [`store::Backend`] trait (sled, in-memory) and openraft's log store and
 //!   state machine over it.
-//! - [`network`]: Raft RPC over tonic and the [`network::Connector`] that dials peers.
+//! - [`network`]: Raft RPC over tonic (channels from [`firetower_net::Channels`]).
 //! - [`service`]: the gRPC API (writes, forwarding, linearizable reads, watch, status).
 //! - [`node`]: [`run`], which wires it all to a listener, a connector, storage and shutdown.
-//! - [`client`]: the client side (used by distributors, edges, the CLI): node failover,
-//!   membership upkeep and a resuming watch.
+//!
+//! The client side (used by distributors, edges, the CLI) is `firetower_net::meta_client`:
+//! a role that only talks to the metastore does not link openraft or sled.
 //! - [`runtime`]: openraft's runtime (tokio) with a seedable random-number generator.
 //! - [`config`], [`error`], [`types`].
 
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod lease;
@@ -30,10 +30,8 @@ pub mod state;
 pub mod store;
 pub mod types;
 
-pub use client::{spawn_membership, spawn_watch, MetaClient, Registration};
 pub use config::{parse_peers, Config};
 pub use error::{ApiError, BackendError, ConfigError, NodeError};
-pub use network::{Connector, TcpConnector};
 pub use node::run;
 pub use store::{Backend, MemBackend, SledBackend};
 
@@ -46,6 +44,13 @@ pub async fn run_tcp(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let backend = SledBackend::open(&config.data_dir)?;
-    let incoming = network::accept_nodelay(listener);
-    run(config, incoming, TcpConnector::default(), backend, shutdown).await
+    let incoming = firetower_net::accept_nodelay(listener);
+    run(
+        config,
+        incoming,
+        firetower_net::TcpConnector::default(),
+        backend,
+        shutdown,
+    )
+    .await
 }

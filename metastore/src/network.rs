@@ -1,13 +1,14 @@
-//! Raft RPC over tonic, and the channels every node-to-node call uses.
+//! Raft RPC over tonic.
 //!
 //! openraft's request and response types travel as JSON inside `RaftRequest.payload`
-//! (`proto/raft.proto`): openraft owns their shape. The [`Connector`] decides how a channel
-//! reaches an address — plain TCP for real nodes, the simulator's network in `sim/`.
+//! (`proto/raft.proto`): openraft owns their shape. Channels come from
+//! [`firetower_net::Channels`], whose [`Connector`] decides how a channel reaches an
+//! address — plain TCP for real nodes, the simulator's network in `sim/`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use firetower_net::{Channels, Connector};
 use firetower_proto::raft::v1 as pb;
 use firetower_proto::raft::v1::raft_transport_client::RaftTransportClient;
 use openraft::error::{
@@ -21,94 +22,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::types::{Raft, TypeConfig};
-
-/// The connections a gRPC server accepts from `listener`, with Nagle's algorithm off:
-/// replies are small and latency-bound, and a delayed ACK would hold each one back for
-/// tens of milliseconds.
-pub fn accept_nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |stream| {
-            if let Ok(s) = &stream {
-                let _ = s.set_nodelay(true);
-            }
-            stream
-        },
-    )
-}
-
-/// Makes a gRPC channel to an address. Real nodes dial TCP ([`TcpConnector`]); the
-/// simulator passes a connector over its own network.
-pub trait Connector: Clone + Send + Sync + 'static {
-    /// A lazily connecting channel to `addr` (host:port).
-    fn channel(&self, addr: &str) -> Result<Channel, String>;
-}
-
-/// Dials plain TCP.
-#[derive(Clone, Debug)]
-pub struct TcpConnector {
-    /// Bound on one connection attempt, so a dead peer fails fast instead of hanging a call.
-    pub connect_timeout: Duration,
-}
-
-impl Default for TcpConnector {
-    fn default() -> Self {
-        TcpConnector {
-            connect_timeout: Duration::from_millis(500),
-        }
-    }
-}
-
-impl Connector for TcpConnector {
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("{addr:?}: {e}"))?;
-        Ok(endpoint
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            // A connection that silently stopped carrying bytes (a peer that vanished, a
-            // network that dropped state) is found by HTTP/2 pings and replaced, so calls
-            // and watch streams do not hang on it forever.
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect_lazy())
-    }
-}
-
-/// One channel per peer address, shared by Raft and forwarding. Bounded by the number of
-/// distinct addresses the membership and configuration name.
-#[derive(Clone)]
-pub struct Channels<C: Connector> {
-    connector: C,
-    cache: Arc<Mutex<HashMap<String, Channel>>>,
-}
-
-impl<C: Connector> Channels<C> {
-    /// An empty cache over `connector`.
-    pub fn new(connector: C) -> Self {
-        Channels {
-            connector,
-            cache: Arc::default(),
-        }
-    }
-
-    /// The channel to `addr`, made on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, String> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = cache.get(addr) {
-            return Ok(channel.clone());
-        }
-        let channel = self.connector.channel(addr)?;
-        cache.insert(addr.to_string(), channel.clone());
-        Ok(channel)
-    }
-}
 
 /// openraft's network factory: a client per target node.
 pub struct Network<C: Connector> {

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use firetower_net::{Channels, Connector};
 use firetower_proto::metastore::v1::metastore_server::MetastoreServer;
 use firetower_proto::raft::v1 as raft_pb;
 use firetower_proto::raft::v1::raft_transport_client::RaftTransportClient;
@@ -31,7 +32,7 @@ use tonic::transport::server::Connected;
 use crate::config::Config;
 use crate::error::{BackendError, NodeError};
 use crate::lease::{LeaseTracker, Registration};
-use crate::network::{Channels, Connector, Network, RaftService};
+use crate::network::{Network, RaftService};
 use crate::service::{MetastoreService, NodeContext};
 use crate::state::{Command, MemberKind, MetaState};
 use crate::store::{keys, Backend, LogStore, StateMachine};

@@ -24,10 +24,10 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::lease::{LeaseTracker, Registration};
-use crate::network::{Channels, Connector};
 use crate::state::{Command, MemberKind, Response as CommandResponse};
 use crate::store::{Catchup, SmShared};
 use crate::types::Raft;
+use firetower_net::{Channels, Connector};
 
 /// Metadata set on a request a follower forwards, so the leader never forwards it again.
 const FORWARDED: &str = "firetower-forwarded";

@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone, Debug, Default)]
 pub struct SimConnector;
 
-impl firetower_metastore::Connector for SimConnector {
+impl firetower_net::Connector for SimConnector {
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         let target: SocketAddr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))

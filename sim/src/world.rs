@@ -14,8 +14,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firetower_distributor::tls::{DevPki, TlsMaterial};
-use firetower_metastore::{Connector, MemBackend, MetaClient};
+use firetower_metastore::MemBackend;
+use firetower_net::tls::{DevPki, TlsMaterial};
+use firetower_net::{Connector, MetaClient};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::metastore::v1 as pb;
@@ -113,7 +114,7 @@ fn now() -> Duration {
 
 /// Runs one seed to the end (or the first violation).
 pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
-    firetower_metastore::runtime::seed_thread_rng(seed);
+    firetower_net::rng::seed_thread_rng(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = Shape {
         distributors: rng.gen_range(1..=3),
@@ -665,14 +666,11 @@ async fn driver(ctx: Rc<Ctx>) {
 /// Follows the metastore's watch stream (as distributors and edges do) and checks the
 /// ownership invariant after every event, not only at the end of quiet phases.
 async fn watch_ownership(ctx: Rc<Ctx>) {
-    let client = firetower_metastore::MetaClient::new(
-        ctx.metas.clone(),
-        SimConnector,
-        Duration::from_millis(500),
-    );
+    let client =
+        firetower_net::MetaClient::new(ctx.metas.clone(), SimConnector, Duration::from_millis(500));
     let (tx, mut rx) = mpsc::channel(64);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let _task = firetower_metastore::spawn_watch(client, tx, stop_rx);
+    let _task = firetower_net::spawn_watch(client, tx, stop_rx);
     let mut table = firetower_proto::routing::RoutingTable::default();
     while let Some(event) = rx.recv().await {
         let before = table.hot_routes().clone();

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::network::{Channels, Connector};
+use crate::connect::{Channels, Connector};
 
 /// The largest message the client accepts (a full SlotMap with many edges is several MiB).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -324,7 +324,7 @@ pub fn spawn_membership<C: Connector>(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     // One instance per membership (per process): seeded in the simulator, random otherwise.
-    let instance = rand::RngCore::next_u64(&mut crate::runtime::ThreadRng) | 1;
+    let instance = rand::RngCore::next_u64(&mut crate::rng::ThreadRng) | 1;
     tokio::spawn(async move {
         let beat = registration.lease_ttl / 3;
         let mut incarnation = 0u64;

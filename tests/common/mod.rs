@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use firetower_distributor::tls::{DevPki, TlsFiles};
+use firetower_net::tls::{DevPki, TlsFiles};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;

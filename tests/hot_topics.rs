@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{Client, Cluster, Frame};
-use firetower_metastore::{MetaClient, TcpConnector};
+use firetower_net::{MetaClient, TcpConnector};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::metastore::v1 as pb;

@@ -1,0 +1,31 @@
+//! Firetower's transport: what every role shares to reach the others.
+//!
+//! Role crates (metastore, distributor, edge) depend on `firetower-proto` and on this crate,
+//! never on each other: an edge reaches a distributor or the metastore only over the wire.
+//! Nothing here makes a decision about routing or delivery; it moves bytes and holds
+//! connections.
+//!
+//! # Layout
+//! - [`connect`]: the [`Connector`] the simulator injects, the per-address [`Channels`]
+//!   cache, and [`accept_nodelay`] for gRPC servers.
+//! - `tls` (feature `relay`): certificates for the relay (and a throwaway CA for `dev` and tests).
+//! - `relay` (feature `relay`, on by default; the metastore turns it off): length-prefixed frame I/O on QUIC streams, batched writers, close codes.
+//! - [`meta_client`]: the metastore client side: node failover, membership upkeep
+//!   (register + heartbeat) and a resuming watch.
+//! - [`rng`]: a per-thread random-number generator the simulator seeds.
+//! - [`error`]: [`ConfigError`], [`TlsError`].
+
+pub mod connect;
+pub mod error;
+pub mod meta_client;
+#[cfg(feature = "relay")]
+pub mod relay;
+pub mod rng;
+#[cfg(feature = "relay")]
+pub mod tls;
+
+pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
+pub use error::{ConfigError, TlsError};
+pub use meta_client::{spawn_membership, spawn_watch, MetaClient, Registration};
+#[cfg(feature = "relay")]
+pub use tls::{TlsFiles, TlsMaterial};
