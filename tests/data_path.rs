@@ -116,6 +116,7 @@ async fn topic_status(cluster: &Cluster, topic: &str) -> Result<dpb::TopicStatus
     let mut d = cluster.distributor(1).await?;
     Ok(d.topic_status(dpb::TopicStatusRequest {
         topic: topic.into(),
+        owner_only: false,
     })
     .await?
     .into_inner())
@@ -340,7 +341,10 @@ async fn unsubscribe_status_and_bad_input() -> Result<()> {
         status.message()
     );
     let status = d
-        .topic_status(dpb::TopicStatusRequest { topic: "".into() })
+        .topic_status(dpb::TopicStatusRequest {
+            topic: "".into(),
+            owner_only: false,
+        })
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;

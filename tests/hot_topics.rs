@@ -214,6 +214,7 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
     let status = clients[0]
         .topic_status(dpb::TopicStatusRequest {
             topic: topic.to_string(),
+            owner_only: false,
         })
         .await?
         .into_inner();

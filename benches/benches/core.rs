@@ -123,7 +123,7 @@ fn bench_fanout(c: &mut Criterion) {
 fn bench_sequencing(c: &mut Criterion) {
     let mut core = DistributorCore::new(1, 1 << 20);
     core.handle_registered(1);
-    core.handle_watch(snapshot(1));
+    core.handle_watch(tokio::time::Instant::now(), snapshot(1));
     for edge in 1..=4 {
         core.handle_edge_up(edge);
     }
@@ -137,7 +137,7 @@ fn bench_sequencing(c: &mut Criterion) {
     c.bench_function("distributor/sequence_1k_topics_4_edges", |b| {
         b.iter(|| {
             i = (i + 1) % topics.len();
-            core.handle_publish(black_box(&topics[i]), 0).map(|_| ())
+            core.sequence(black_box(&topics[i]), 0).map(|_| ())
         })
     });
 }

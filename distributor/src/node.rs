@@ -1,9 +1,11 @@
 //! The distributor's async shell: it moves bytes between gRPC, the QUIC relay and the
 //! metastore, and asks [`DistributorCore`] what to do.
 //!
-//! The core and the table of edge links sit under one mutex, so a message is sequenced
-//! and queued on its lanes in one step: two publishes of a topic can never be queued in
-//! an order other than their sequence numbers.
+//! Every input to the core goes through [`Shared::apply`]: lock, call the core, run the
+//! commands it made, unlock. The core and the table of edge links sit under that one mutex,
+//! so a message is sequenced and queued on its lanes in one step: two publishes of a topic
+//! can never be queued in an order other than their sequence numbers. Frames are encoded by
+//! the lane writers, outside the lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -14,35 +16,108 @@ use std::time::Duration;
 use bytes::Bytes;
 use firetower_net::relay::{close_code, encode, write_frames, FrameReader};
 use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
+use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::metastore::v1 as pb;
-use firetower_proto::relay::v1::{relay_frame::Frame, Deliver, Fence, InterestAck, RelayFrame};
+use firetower_proto::relay::v1::{relay_frame::Frame, Fence, InterestAck, RelayFrame};
 use firetower_proto::slot_of;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::config::Config;
-use crate::core::{DistributorCore, FenceOut, PublishOutcome};
+use crate::core::{
+    AttemptId, Command, CoreCounters, Delivery, DistributorCore, ForwardResult, ForwardRun,
+    HotProposal, OpId, Outcome,
+};
 use crate::error::NodeError;
-use crate::service::DistributorService;
+use crate::service::{forward_request, forward_result, with_timeout, DistributorService};
 
 /// Control frames queued to one edge before its link counts as stuck.
 const CONTROL_QUEUE: usize = 4096;
 /// How long an edge has to send Hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A frame on a lane: a delivery (encoded once, by the first lane writer that sends it) or
+/// another relay frame, encoded by the writer. Nothing is encoded under the core's lock.
+#[derive(Debug)]
+pub(crate) enum LaneFrame {
+    Deliver(Delivery),
+    Other(RelayFrame),
+}
+
+impl From<LaneFrame> for Bytes {
+    fn from(frame: LaneFrame) -> Bytes {
+        match frame {
+            LaneFrame::Deliver(delivery) => delivery.frame(),
+            LaneFrame::Other(frame) => encode(&frame),
+        }
+    }
+}
+
+/// A control frame to an edge, encoded by the control stream's writer.
+#[derive(Debug)]
+pub(crate) struct ControlFrame(RelayFrame);
+
+impl From<ControlFrame> for Bytes {
+    fn from(frame: ControlFrame) -> Bytes {
+        encode(&frame.0)
+    }
+}
+
 /// One edge's relay link.
 pub(crate) struct EdgeLink {
     generation: u64,
     conn: quinn::Connection,
-    lanes: Vec<mpsc::Sender<Bytes>>,
-    control: mpsc::Sender<Bytes>,
+    lanes: Vec<mpsc::Sender<LaneFrame>>,
+    control: mpsc::Sender<ControlFrame>,
 }
 
+/// The relay links to edges, by edge id: the one job of queueing frames on them.
+#[derive(Default)]
+pub(crate) struct Links {
+    links: HashMap<u64, EdgeLink>,
+}
+
+impl Links {
+    /// Queues `frame` on lane `lane` of `edge`'s link. `false`: the lane is full (the link
+    /// is stuck).
+    fn queue(&self, edge: u64, lane: usize, frame: LaneFrame) -> bool {
+        match self.links.get(&edge) {
+            Some(link) => link.lanes[lane].try_send(frame).is_ok(),
+            // No link: nothing to queue on (the edge re-announces when it links again).
+            None => true,
+        }
+    }
+
+    /// Queues a control frame to `edge`. `false`: the control queue is full.
+    fn control(&self, edge: u64, frame: ControlFrame) -> bool {
+        match self.links.get(&edge) {
+            Some(link) => link.control.try_send(frame).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Closes a stuck link; the edge reconnects and announces again.
+    fn close_overloaded(&mut self, edge: u64, why: &'static [u8]) -> bool {
+        match self.links.remove(&edge) {
+            Some(link) => {
+                link.conn.close(close_code::OVERLOADED.into(), why);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What sits under the node's one mutex: the core, the links it queues on (so a topic's
+/// messages are queued in sequence order), and who waits for which publish.
 pub(crate) struct State {
     pub(crate) core: DistributorCore,
-    links: HashMap<u64, EdgeLink>,
+    links: Links,
+    /// Publish ops whose outcome someone awaits (a gRPC call). Bounded by the calls in
+    /// flight; an op without a waiter (a client publish) only logs its failure.
+    pub(crate) waiters: HashMap<OpId, oneshot::Sender<Outcome>>,
 }
 
 /// Counters, readable from outside (tests, metrics).
@@ -63,21 +138,63 @@ pub struct Counters {
     pub replayed: AtomicU64,
 }
 
+impl Counters {
+    /// Takes the core's cumulative counts.
+    fn sync(&self, core: CoreCounters) {
+        self.published.store(core.published, Ordering::Relaxed);
+        self.forwarded.store(core.forwarded, Ordering::Relaxed);
+        self.stale_routes
+            .store(core.stale_routes, Ordering::Relaxed);
+        self.fences.store(core.fences, Ordering::Relaxed);
+        self.hot_proposals
+            .store(core.hot_proposals, Ordering::Relaxed);
+        self.replayed.store(core.replayed, Ordering::Relaxed);
+    }
+}
+
+/// Kicks waiting for their edges' answers: request id → where each edge's count goes.
+/// Bounded by the concurrent KickUser calls (each removes its entry when it returns).
+#[derive(Default)]
+pub(crate) struct Kicks {
+    waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<u64>>>,
+    next: AtomicU64,
+}
+
+impl Kicks {
+    pub(crate) fn open(&self) -> (u64, mpsc::UnboundedReceiver<u64>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    pub(crate) fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn done(&self, id: u64, closed: u64) {
+        if let Some(waiting) = self.lock().get(&id) {
+            let _ = waiting.send(closed);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<u64>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What the gRPC service and the relay share.
 pub(crate) struct Shared<C: Connector> {
     pub(crate) config: Config,
     state: Mutex<State>,
     pub(crate) peers: Channels<C>,
-    /// Bumped on every applied watch event; publishes waiting for an owner watch it.
-    pub(crate) routing_revision: watch::Receiver<u64>,
     pub(crate) counters: Arc<Counters>,
     next_generation: AtomicU64,
-    /// Numbers this node's forwarded publishes (the owner deduplicates retries by it).
-    pub(crate) next_forward: AtomicU64,
-    /// Kicks waiting for their edges' answers: request id → where each edge's count goes.
-    /// Bounded by the concurrent KickUser calls (each removes its entry when it returns).
-    pub(crate) kicks: Mutex<HashMap<u64, mpsc::UnboundedSender<u64>>>,
-    pub(crate) next_kick: AtomicU64,
+    pub(crate) kicks: Kicks,
+    /// Wakes the timer task when the core's next timeout may have moved.
+    timer: Notify,
+    /// Where hot-topic proposals go (one task makes them, in order).
+    proposals: mpsc::UnboundedSender<HotProposal>,
 }
 
 impl<C: Connector> Shared<C> {
@@ -85,141 +202,169 @@ impl<C: Connector> Shared<C> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The one way into the core: locks, runs `input`, then runs every command the core
+    /// made, in order. Queueing (lanes, control streams, replies) happens under the lock, so
+    /// a topic's messages are queued in sequence order; forwards start after it is released.
+    pub(crate) fn apply<R>(
+        self: &Arc<Self>,
+        input: impl FnOnce(&mut State, tokio::time::Instant) -> R,
+    ) -> R {
+        let now = tokio::time::Instant::now();
+        let mut forwards = Vec::new();
+        let (result, sooner) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let before = state.core.poll_timeout();
+            let result = input(state, now);
+            while let Some(command) = state.core.poll_command() {
+                self.run(state, command, &mut forwards);
+            }
+            self.counters.sync(state.core.counters());
+            let after = state.core.poll_timeout();
+            let sooner = after.is_some_and(|a| before.is_none_or(|b| a < b));
+            (result, sooner)
+        };
+        for (attempt, owner, addr, run) in forwards {
+            tokio::spawn(forward(self.clone(), attempt, owner, addr, run));
+        }
+        // The timer task sleeps until the core's next timeout; wake it only when that came
+        // sooner (its own input always moves it later, so it never wakes itself).
+        if sooner {
+            self.timer.notify_one();
+        }
+        result
+    }
+
+    /// Runs one command under the lock; forwards are collected for after it.
+    fn run(
+        &self,
+        state: &mut State,
+        command: Command,
+        forwards: &mut Vec<(AttemptId, u64, String, ForwardRun)>,
+    ) {
+        let lanes = self.config.relay_lanes;
+        match command {
+            Command::Deliver { delivery, edges } => {
+                let lane = slot_of(&delivery.deliver().topic) as usize % lanes;
+                for edge in edges {
+                    if !state
+                        .links
+                        .queue(edge, lane, LaneFrame::Deliver(delivery.clone()))
+                    {
+                        self.lane_overflow(state, edge);
+                    }
+                }
+            }
+            Command::Replay { edge, deliveries } => {
+                for delivery in deliveries {
+                    let lane = slot_of(&delivery.deliver().topic) as usize % lanes;
+                    if !state.links.queue(edge, lane, LaneFrame::Deliver(delivery)) {
+                        self.lane_overflow(state, edge);
+                        break;
+                    }
+                }
+            }
+            Command::Fence(fence) => {
+                let lane = slot_of(&fence.topic) as usize % lanes;
+                for edge in fence.edges {
+                    let frame = LaneFrame::Other(RelayFrame {
+                        frame: Some(Frame::Fence(Fence {
+                            topic: fence.topic.clone(),
+                            since: fence.since,
+                        })),
+                    });
+                    if !state.links.queue(edge, lane, frame) {
+                        self.lane_overflow(state, edge);
+                    }
+                }
+            }
+            Command::InterestAck { edge, topic, epoch } => {
+                let ack = ControlFrame(RelayFrame {
+                    frame: Some(Frame::InterestAck(InterestAck { topic, epoch })),
+                });
+                if !state.links.control(edge, ack) {
+                    self.counters
+                        .links_overloaded
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(edge, "control queue full; closing the edge's link");
+                    if state
+                        .links
+                        .close_overloaded(edge, b"control queue overflow")
+                    {
+                        state.core.handle_edge_down(edge);
+                    }
+                }
+            }
+            Command::Forward {
+                attempt,
+                owner,
+                addr,
+                run,
+            } => forwards.push((attempt, owner, addr, run)),
+            Command::Reply { op, outcome } => match state.waiters.remove(&op) {
+                Some(waiter) => {
+                    let _ = waiter.send(outcome);
+                }
+                None => {
+                    if let Outcome::Failed(error) = outcome {
+                        tracing::warn!(%error, "a client publish could not be delivered");
+                    }
+                }
+            },
+            Command::Propose(proposal) => {
+                tracing::info!(topic = %proposal.topic, shards = proposal.shards, "proposing a hot-topic change");
+                let _ = self.proposals.send(proposal);
+            }
+        }
+    }
+
+    /// An edge's lane is full: its link is closed rather than stalling everyone else.
+    fn lane_overflow(&self, state: &mut State, edge: u64) {
+        if state.links.close_overloaded(edge, b"relay lane overflow") {
+            self.counters
+                .links_overloaded
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(edge, "relay lane full; closing the edge's link");
+            state.core.handle_edge_down(edge);
+        }
+    }
+
     /// Sends a Kick to every linked edge; returns how many edges it went to.
     pub(crate) fn broadcast_kick(&self, user_id: &str, request_id: u64) -> usize {
-        let frame = encode(&RelayFrame {
+        let frame = RelayFrame {
             frame: Some(Frame::Kick(firetower_proto::relay::v1::Kick {
                 user_id: user_id.to_string(),
                 request_id,
             })),
-        });
+        };
         let state = self.lock();
         state
             .links
+            .links
             .values()
-            .filter(|link| link.control.try_send(frame.clone()).is_ok())
+            .filter(|link| link.control.try_send(ControlFrame(frame.clone())).is_ok())
             .count()
     }
-
-    /// Sequences and queues a message if this node owns its topic. `route_tag` is the
-    /// hot-topic route tag the publisher routed by; `msg_id` travels with the delivery.
-    pub(crate) fn publish_local(
-        &self,
-        topic: &str,
-        data: &Bytes,
-        forward_key: Option<crate::core::ForwardKey>,
-        route_tag: u64,
-        msg_id: u64,
-    ) -> Result<PublishOutcome, crate::core::CoreError> {
-        let mut state = self.lock();
-        self.publish_locked(&mut state, topic, data, forward_key, route_tag, msg_id)
-    }
-
-    /// Publishes a run of one topic's messages under one lock: all are sequenced, in order,
-    /// or (when the first is refused: not the owner, stale route) none. Every message has
-    /// the same route tag, so what refuses the first would refuse them all.
-    pub(crate) fn publish_local_run(
-        &self,
-        topic: &str,
-        route_tag: u64,
-        messages: &[(Option<crate::core::ForwardKey>, u64, Bytes)],
-    ) -> Result<Result<Vec<(u64, u64)>, PublishOutcome>, crate::core::CoreError> {
-        let mut state = self.lock();
-        let mut sequenced = Vec::with_capacity(messages.len());
-        for (key, msg_id, data) in messages {
-            match self.publish_locked(&mut state, topic, data, *key, route_tag, *msg_id)? {
-                PublishOutcome::Sequenced { epoch, seq, .. } => sequenced.push((epoch, seq)),
-                refused => return Ok(Err(refused)),
-            }
-        }
-        Ok(Ok(sequenced))
-    }
-
-    fn publish_locked(
-        &self,
-        state: &mut State,
-        topic: &str,
-        data: &Bytes,
-        forward_key: Option<crate::core::ForwardKey>,
-        route_tag: u64,
-        msg_id: u64,
-    ) -> Result<PublishOutcome, crate::core::CoreError> {
-        let outcome = match forward_key {
-            Some(key) => state.core.handle_forwarded_publish(topic, route_tag, key)?,
-            None => state.core.handle_publish(topic, route_tag)?,
-        };
-        match &outcome {
-            PublishOutcome::Sequenced { epoch, seq, edges } => {
-                self.counters.published.fetch_add(1, Ordering::Relaxed);
-                // A split topic's deliveries are also kept for edges that join late.
-                if !edges.is_empty() || route_tag > 0 {
-                    let frame = encode(&RelayFrame {
-                        frame: Some(Frame::Deliver(Deliver {
-                            topic: topic.to_string(),
-                            epoch: *epoch,
-                            seq: *seq,
-                            data: data.clone(),
-                            msg_id,
-                            route_tag,
-                        })),
-                    });
-                    queue_on_lanes(&self.config, &self.counters, state, topic, &frame, edges);
-                    state.core.record_history(topic, route_tag, &frame);
-                }
-            }
-            PublishOutcome::StaleRoute { .. } => {
-                self.counters.stale_routes.fetch_add(1, Ordering::Relaxed);
-            }
-            PublishOutcome::NotOwner { .. } => {}
-        }
-        Ok(outcome)
-    }
 }
 
-/// Queues `frame` on `topic`'s lane to each of `edges`. An edge whose lane is full has its
-/// link closed (it reconnects and re-announces) rather than stalling everyone else.
-fn queue_on_lanes(
-    config: &Config,
-    counters: &Counters,
-    state: &mut State,
-    topic: &str,
-    frame: &Bytes,
-    edges: &[u64],
+/// Makes one forward (`ForwardBatch`) and tells the core what became of it.
+async fn forward<C: Connector>(
+    shared: Arc<Shared<C>>,
+    attempt: AttemptId,
+    owner: u64,
+    addr: String,
+    run: ForwardRun,
 ) {
-    let lane = slot_of(topic) as usize % config.relay_lanes;
-    let mut stuck = Vec::new();
-    for edge in edges {
-        if let Some(link) = state.links.get(edge) {
-            if link.lanes[lane].try_send(frame.clone()).is_err() {
-                stuck.push(*edge);
-            }
+    let result = match shared.peers.get(&addr) {
+        Err(reason) => ForwardResult::NotSent(reason),
+        Ok(channel) => {
+            let mut client = DistributorClient::new(channel).max_encoding_message_size(64 << 20);
+            let request = with_timeout(forward_request(run), shared.config.rpc_timeout());
+            let reply = client.forward_batch(request).await.map(|r| r.into_inner());
+            forward_result(owner, reply)
         }
-    }
-    for edge in stuck {
-        counters.links_overloaded.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(edge, "relay lane full; closing the edge's link");
-        if let Some(link) = state.links.remove(&edge) {
-            link.conn
-                .close(close_code::OVERLOADED.into(), b"relay lane overflow");
-        }
-        state.core.handle_edge_down(edge);
-    }
-}
-
-/// Queues hot-topic fences on their topics' lanes, behind every delivery already queued.
-fn send_fences(config: &Config, counters: &Counters, state: &mut State, fences: Vec<FenceOut>) {
-    for fence in fences {
-        let frame = encode(&RelayFrame {
-            frame: Some(Frame::Fence(Fence {
-                topic: fence.topic.clone(),
-                since: fence.since,
-            })),
-        });
-        counters
-            .fences
-            .fetch_add(fence.edges.len() as u64, Ordering::Relaxed);
-        queue_on_lanes(config, counters, state, &fence.topic, &frame, &fence.edges);
-    }
+    };
+    shared.apply(|state, now| state.core.handle_forward_result(now, attempt, result));
 }
 
 /// Runs a distributor until `shutdown` completes.
@@ -268,86 +413,85 @@ where
 {
     config.validate()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (revision_tx, revision_rx) = watch::channel(0u64);
+    let (proposals_tx, mut proposals_rx) = mpsc::unbounded_channel::<HotProposal>();
+    let mut core =
+        DistributorCore::with_hot_policy(config.id, config.max_topics, config.hot.clone());
+    core.set_publish_retry(Duration::from_millis(config.publish_retry_ms));
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            core: DistributorCore::with_hot_policy(
-                config.id,
-                config.max_topics,
-                config.hot.clone(),
-            ),
-            links: HashMap::new(),
+            core,
+            links: Links::default(),
+            waiters: HashMap::new(),
         }),
         peers: Channels::new(connector.clone()),
-        routing_revision: revision_rx,
         counters,
         next_generation: AtomicU64::new(1),
-        next_forward: AtomicU64::new(1),
-        kicks: Mutex::new(HashMap::new()),
-        next_kick: AtomicU64::new(1),
+        kicks: Kicks::default(),
+        timer: Notify::new(),
+        proposals: proposals_tx,
         config: config.clone(),
     });
+    let mut tasks = tokio::task::JoinSet::new();
 
     let meta = MetaClient::new(config.metastore.clone(), connector, config.rpc_timeout());
     // Follow the routing state.
     let (events_tx, mut events_rx) = mpsc::channel::<pb::WatchEvent>(64);
     let watch_task = spawn_watch(meta.clone(), events_tx, stop_rx.clone());
     let apply_shared = shared.clone();
-    let apply_task = tokio::spawn(async move {
+    tasks.spawn(async move {
         while let Some(event) = events_rx.recv().await {
-            let revision = {
-                let mut guard = apply_shared.lock();
-                let state = &mut *guard;
-                state.core.handle_watch(event);
-                let fences = state.core.take_fences();
-                send_fences(&apply_shared.config, &apply_shared.counters, state, fences);
-                state.core.routing().revision()
-            };
-            revision_tx.send_replace(revision);
+            apply_shared.apply(|state, now| {
+                state.core.handle_watch(now, event);
+            });
         }
     });
     let (incarnation_tx, mut incarnations) = watch::channel(0u64);
     let incarnation_shared = shared.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while incarnations.changed().await.is_ok() {
             let current = *incarnations.borrow_and_update();
-            incarnation_shared.lock().core.handle_registered(current);
+            incarnation_shared.apply(|state, _| state.core.handle_registered(current));
         }
     });
-    // Hot-topic load windows: the core decides, this task proposes.
-    let hot_shared = shared.clone();
+    // The core's timeouts: publishes waiting to retry, and hot-topic load windows.
+    let timer_shared = shared.clone();
+    let mut timer_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        loop {
+            timer_shared.apply(|state, now| state.core.handle_timeout(now));
+            let next = timer_shared.lock().core.poll_timeout();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = timer_shared.timer.notified() => {}
+                _ = timer_stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    // Hot-topic proposals: the core decides, this task proposes, one at a time.
     let hot_meta = meta.clone();
     let mut hot_stop = stop_rx.clone();
-    let hot_task = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_millis(
-            hot_shared.config.hot.window_ms.clamp(100, 1000),
-        ));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tasks.spawn(async move {
         loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = hot_stop.wait_for(|s| *s) => break,
-            }
-            let proposals = hot_shared
-                .lock()
-                .core
-                .handle_tick(tokio::time::Instant::now());
-            for proposal in proposals {
-                hot_shared
-                    .counters
-                    .hot_proposals
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(topic = %proposal.topic, shards = proposal.shards, "proposing a hot-topic change");
-                let result = if proposal.shards == 0 {
-                    hot_meta.clear_hot_topic(proposal.topic.clone()).await
-                } else {
-                    hot_meta
-                        .set_hot_topic(proposal.topic.clone(), proposal.shards)
-                        .await
-                };
-                if let Err(status) = result {
-                    tracing::warn!(topic = %proposal.topic, %status, "hot-topic proposal failed");
-                }
+            let proposal = tokio::select! {
+                p = proposals_rx.recv() => p,
+                _ = hot_stop.wait_for(|s| *s) => None,
+            };
+            let Some(proposal) = proposal else { break };
+            let result = if proposal.shards == 0 {
+                hot_meta.clear_hot_topic(proposal.topic.clone()).await
+            } else {
+                hot_meta
+                    .set_hot_topic(proposal.topic.clone(), proposal.shards)
+                    .await
+            };
+            if let Err(status) = result {
+                tracing::warn!(topic = %proposal.topic, %status, "hot-topic proposal failed");
             }
         }
     });
@@ -393,11 +537,14 @@ where
     let _ = membership.await;
     let _ = watch_task.await;
     let _ = relay_task.await;
-    let _ = hot_task.await;
-    apply_task.abort();
+    // The watch task has ended, so the apply task's channel is closed; the others stop on
+    // `stop`. Edge links and forwards end with the endpoint and the gRPC server.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     {
         let mut state = shared.lock();
-        state.links.clear();
+        state.links.links.clear();
+        state.waiters.clear();
     }
     endpoint.wait_idle().await;
     result
@@ -448,16 +595,15 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         let Ok(stream) = conn.open_uni().await else {
             return;
         };
-        let (tx, rx) = mpsc::channel(shared.config.lane_queue_frames);
+        let (tx, rx) = mpsc::channel::<LaneFrame>(shared.config.lane_queue_frames);
         tokio::spawn(write_frames(stream, rx));
         lanes.push(tx);
     }
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (control, control_rx) = mpsc::channel::<ControlFrame>(CONTROL_QUEUE);
     tokio::spawn(write_frames(send, control_rx));
     let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut state = shared.lock();
-        if let Some(old) = state.links.insert(
+    shared.apply(|state, _| {
+        if let Some(old) = state.links.links.insert(
             edge,
             EdgeLink {
                 generation,
@@ -471,7 +617,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
             state.core.handle_edge_down(edge);
         }
         state.core.handle_edge_up(edge);
-    }
+    });
     tracing::info!(edge, "edge linked");
 
     loop {
@@ -494,87 +640,33 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                 tracing::warn!(edge, "interest in an invalid topic; ignored");
             }
             Some(Frame::Interest(interest)) => {
-                let recorded = {
-                    let mut guard = shared.lock();
-                    let state = &mut *guard;
-                    let recorded = state.core.handle_interest(
+                let recorded = shared.apply(|state, _| {
+                    state.core.handle_interest(
                         edge,
                         &interest.topic,
                         interest.subscribers,
                         interest.epoch,
                         interest.route_since,
-                    );
-                    // An edge that newly joins a split topic's route first gets what was
-                    // published on it since the change was prepared; then (as any edge that
-                    // announces such a topic) the owner's fence, on the topic's lane behind
-                    // any delivery already queued.
-                    if let Ok(replay) = &recorded {
-                        for frame in replay {
-                            queue_on_lanes(
-                                &shared.config,
-                                &shared.counters,
-                                state,
-                                &interest.topic,
-                                frame,
-                                &[edge],
-                            );
-                        }
-                        shared
-                            .counters
-                            .replayed
-                            .fetch_add(replay.len() as u64, Ordering::Relaxed);
-                    }
-                    if recorded.is_ok() && interest.subscribers > 0 {
-                        if let Some(since) = state.core.fence_for(&interest.topic) {
-                            let fence = FenceOut {
-                                topic: interest.topic.clone(),
-                                since,
-                                edges: vec![edge],
-                            };
-                            send_fences(&shared.config, &shared.counters, state, vec![fence]);
-                        }
-                    }
-                    recorded
-                };
-                match recorded {
-                    Ok(_) if interest.subscribers > 0 => {
-                        let ack = encode(&RelayFrame {
-                            frame: Some(Frame::InterestAck(InterestAck {
-                                topic: interest.topic,
-                                epoch: interest.epoch,
-                            })),
-                        });
-                        if control.try_send(ack).is_err() {
-                            shared
-                                .counters
-                                .links_overloaded
-                                .fetch_add(1, Ordering::Relaxed);
-                            conn.close(close_code::OVERLOADED.into(), b"control queue overflow");
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(edge, error = %e, "interest refused"),
+                    )
+                });
+                if let Err(e) = recorded {
+                    tracing::warn!(edge, error = %e, "interest refused");
                 }
             }
             Some(Frame::SlotsSynced(synced)) => {
-                let mut state = shared.lock();
-                state
-                    .core
-                    .handle_slots_synced(edge, &synced.slots, &synced.epochs);
+                shared.apply(|state, _| {
+                    state
+                        .core
+                        .handle_slots_synced(edge, &synced.slots, &synced.epochs)
+                });
             }
-            Some(Frame::KickDone(done)) => {
-                let kicks = shared.kicks.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(waiting) = kicks.get(&done.request_id) {
-                    let _ = waiting.send(done.closed);
-                }
-            }
+            Some(Frame::KickDone(done)) => shared.kicks.done(done.request_id, done.closed),
             Some(Frame::ClientPublish(publish)) => {
                 shared
                     .counters
                     .client_publishes
                     .fetch_add(1, Ordering::Relaxed);
-                client_publish(&shared, publish.topic, publish.data).await;
+                client_publish(&shared, publish.topic, publish.data);
             }
             _ => {
                 shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -582,21 +674,24 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
             }
         }
     }
-    let mut state = shared.lock();
-    if state
-        .links
-        .get(&edge)
-        .is_some_and(|l| l.generation == generation)
-    {
-        state.links.remove(&edge);
-        state.core.handle_edge_down(edge);
-        tracing::info!(edge, "edge unlinked");
-    }
+    shared.apply(|state, _| {
+        if state
+            .links
+            .links
+            .get(&edge)
+            .is_some_and(|l| l.generation == generation)
+        {
+            state.links.links.remove(&edge);
+            state.core.handle_edge_down(edge);
+            tracing::info!(edge, "edge unlinked");
+        }
+    });
 }
 
-/// A publish an edge passed on for a client. Owned topics are sequenced inline (so one
-/// edge's publishes of a topic keep their order); others are forwarded in the background.
-async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, data: Bytes) {
+/// A publish an edge passed on for a client: published through the core like any other
+/// (sequenced inline when this node owns the topic, so one edge's publishes of an owned
+/// topic keep their order); nobody waits for its outcome, a failure is logged.
+fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, data: Bytes) {
     if firetower_proto::topic::validate_topic(&topic).is_err()
         || data.len() > shared.config.max_data_bytes
         || firetower_proto::client::validate_json_data(&data).is_err()
@@ -604,35 +699,9 @@ async fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, da
         shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let (incarnation, hot) = {
-        let state = shared.lock();
-        let hot = state.core.routing().hot_route(&topic).is_some();
-        (state.core.incarnation(), hot)
-    };
-    if hot {
-        // A split (or once split) topic goes through the routed path, which fans out to the
-        // sub-topics and tags the route.
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(status) = crate::service::publish(&shared, &topic, data, None).await {
-                tracing::warn!(%status, topic, "a client publish could not be delivered");
-            }
-        });
-        return;
-    }
-    let msg_id = crate::service::new_msg_id(shared, incarnation);
-    match shared.publish_local(&topic, &data, None, 0, msg_id) {
-        Ok(PublishOutcome::Sequenced { .. }) => {}
-        Ok(PublishOutcome::NotOwner { .. } | PublishOutcome::StaleRoute { .. }) => {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                if let Err(status) = crate::service::publish(&shared, &topic, data, None).await {
-                    tracing::warn!(%status, topic, "a client publish could not be delivered");
-                }
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, topic, "a client publish was refused"),
-    }
+    shared.apply(|state, now| {
+        state.core.handle_publish(now, &topic, vec![data]);
+    });
 }
 
 /// Runs a distributor on a TCP listener and a UDP socket, loading TLS from the config:

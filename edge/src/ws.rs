@@ -217,6 +217,7 @@ async fn topic_status<C: Connector>(shared: &Shared<C>, query: &str) -> (u16, St
     let mut client = DistributorClient::new(channel);
     let mut request = tonic::Request::new(dpb::TopicStatusRequest {
         topic: topic.clone(),
+        owner_only: false,
     });
     request.set_timeout(Duration::from_millis(shared.config.rpc_timeout_ms));
     match client.topic_status(request).await {

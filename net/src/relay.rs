@@ -129,13 +129,16 @@ impl FrameReader {
 
 /// Writes every frame from `queue` to `stream`, batching what is queued into one write,
 /// until the queue closes (then finishes the stream) or the stream fails.
-pub async fn write_frames(mut stream: quinn::SendStream, mut queue: mpsc::Receiver<Bytes>) {
+pub async fn write_frames<F>(mut stream: quinn::SendStream, mut queue: mpsc::Receiver<F>)
+where
+    F: Into<Bytes> + Send + 'static,
+{
     let mut batch: Vec<Bytes> = Vec::with_capacity(16);
     while let Some(first) = queue.recv().await {
-        batch.push(first);
+        batch.push(first.into());
         while batch.len() < MAX_FRAMES_PER_WRITE {
             match queue.try_recv() {
-                Ok(frame) => batch.push(frame),
+                Ok(frame) => batch.push(frame.into()),
                 Err(_) => break,
             }
         }

@@ -1062,6 +1062,7 @@ async fn topic_status(ctx: &Ctx, topic: &str) -> Option<u64> {
         let mut client = dpb::distributor_client::DistributorClient::new(channel);
         let request = dpb::TopicStatusRequest {
             topic: topic.to_string(),
+            owner_only: false,
         };
         if let Ok(Ok(reply)) =
             tokio::time::timeout(Duration::from_millis(300), client.topic_status(request)).await

@@ -1,9 +1,20 @@
-//! The distributor's decisions, sans-IO: slot ownership, per-topic sequencing, interest and
-//! the choice of edges each message goes to.
+//! The distributor's decisions, sans-IO: slot ownership, per-topic sequencing, interest,
+//! the choice of edges each message goes to, and publishing (routing, forwarding, retries,
+//! deadlines: [`forward`]).
 //!
-//! The shell feeds it watch events, edge frames and publishes; it answers with what to do
-//! (sequence and send to these edges, or forward to that owner). It holds no clock and no
-//! sockets, so the simulator drives it exactly as the real node does.
+//! ```text
+//!  handle_watch(now, event) ─────┐                    ┌─► Deliver{delivery, edges}   lanes
+//!  handle_publish(now, topic, …) ┤                    ├─► Replay{edge, deliveries}   lanes
+//!  handle_forwarded_run(run) ────┤                    ├─► Fence{topic, since, edges} lanes
+//!  handle_forward_result(now, …) ┼─► DistributorCore ─┼─► InterestAck{edge, …}       control
+//!  handle_interest(edge, …) ─────┤   (no clock, no    ├─► Forward{attempt, owner, …} gRPC
+//!  handle_edge_up/down, synced ──┤    sockets)        ├─► Reply{op, outcome}         caller
+//!  handle_timeout(now) ──────────┘                    └─► Propose(HotProposal)       metastore
+//! ```
+//!
+//! Every input ends with the shell draining [`DistributorCore::poll_command`] and running
+//! each command (`node::Runner`); time is always an argument, so the simulator drives it
+//! exactly as the real node does.
 //!
 //! Interest is tagged with the owner epoch the edge saw when it sent it. An entry counts
 //! only while its tag is at least the slot's current epoch: interest an edge gave an
@@ -12,13 +23,22 @@
 //! Hot topics: every publish carries the route tag its publisher routed it by (the revision
 //! of the topic's hot entry). The owner of a topic or sub-topic refuses a tag older than
 //! its own view ([`PublishOutcome::StaleRoute`]); when its view moves on it fences the
-//! topic towards its edges ([`DistributorCore::take_fences`]), after every delivery of the
-//! old route. The owner also watches each topic's relay load and proposes splits and merges
+//! topic towards its edges ([`Command::Fence`]), after every delivery of the old route. The
+//! owner also watches each topic's relay load and proposes splits and merges
 //! ([`DistributorCore::handle_tick`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod delivery;
+pub mod forward;
+
+pub use delivery::Delivery;
+pub use forward::{
+    AttemptId, ForwardResult, ForwardRun, OpId, Outcome, Position, PublishError, RunOutcome,
+};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
+use firetower_proto::relay::v1::Deliver;
 use tokio::time::{Duration, Instant};
 
 use crate::config::HotPolicy;
@@ -48,7 +68,7 @@ struct TopicState {
     /// last, at most [`HISTORY_FRAMES`]: an edge that joins this (sub-)topic while its
     /// route changes gets the ones published since the change was prepared, which the
     /// publishers sent here before the edge's interest arrived.
-    history: std::collections::VecDeque<(u64, Bytes)>,
+    history: VecDeque<(u64, Delivery)>,
     /// The bytes of `history`'s frames, at most [`HISTORY_BYTES`].
     history_bytes: usize,
 }
@@ -81,6 +101,58 @@ pub struct FenceOut {
     pub topic: String,
     pub since: u64,
     pub edges: Vec<u64>,
+}
+
+/// What the shell does for the core: drained with [`DistributorCore::poll_command`] after
+/// every input, in order, by one runner.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Queue a sequenced message on its topic's lane to each of `edges` (an edge whose lane
+    /// is full loses its link: [`DistributorCore::handle_edge_down`]).
+    Deliver { delivery: Delivery, edges: Vec<u64> },
+    /// Queue kept deliveries of a split topic on the topic's lane to an edge that joined
+    /// its route late, before anything newer.
+    Replay {
+        edge: u64,
+        deliveries: Vec<Delivery>,
+    },
+    /// Queue a hot-topic fence on its topic's lane, behind every delivery already queued.
+    Fence(FenceOut),
+    /// Acknowledge an edge's interest on its control stream.
+    InterestAck {
+        edge: u64,
+        topic: String,
+        epoch: u64,
+    },
+    /// Send `run` to distributor `owner` at `addr` (`ForwardBatch`) and report what became
+    /// of it with [`DistributorCore::handle_forward_result`].
+    Forward {
+        attempt: AttemptId,
+        owner: u64,
+        addr: String,
+        run: ForwardRun,
+    },
+    /// The outcome of a publish (or of a forwarded run) for whoever waits for `op`.
+    Reply { op: OpId, outcome: Outcome },
+    /// Propose a split or merge to the metastore.
+    Propose(HotProposal),
+}
+
+/// Cumulative counts of the core's decisions, for the shell's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreCounters {
+    /// Messages sequenced.
+    pub published: u64,
+    /// Publishes refused because their hot-topic route was older than this owner's.
+    pub stale_routes: u64,
+    /// Splits and merges proposed.
+    pub hot_proposals: u64,
+    /// Deliveries replayed to edges that joined a split topic's route late.
+    pub replayed: u64,
+    /// Fences sent (one per edge).
+    pub fences: u64,
+    /// Messages forwarded to their owners (one per message per attempt).
+    pub forwarded: u64,
 }
 
 /// A split or merge this owner proposes to the metastore (`shards` 0: merge).
@@ -137,9 +209,12 @@ pub struct DistributorCore {
     /// granted at that revision, so an older epoch in the view is stale routing (a lagging
     /// view, or a previous incarnation's).
     incarnation: u64,
-    recent_order: std::collections::VecDeque<ForwardKey>,
-    /// Fences made by watch events, until the shell takes them.
-    fences: Vec<FenceOut>,
+    recent_order: VecDeque<ForwardKey>,
+    /// Publishes in progress (routing, forwarding, retries).
+    publishes: forward::Publishes,
+    /// Commands for the shell, in order, until it drains them.
+    commands: VecDeque<Command>,
+    counters: CoreCounters,
     hot_policy: HotPolicy,
     /// When the current load window started (None: before the first tick).
     window_start: Option<Instant>,
@@ -177,9 +252,11 @@ impl DistributorCore {
             max_topics,
             relayed: 0,
             recent: HashMap::new(),
-            recent_order: std::collections::VecDeque::new(),
+            recent_order: VecDeque::new(),
             incarnation: 0,
-            fences: Vec::new(),
+            publishes: forward::Publishes::new(Duration::from_secs(5)),
+            commands: VecDeque::new(),
+            counters: CoreCounters::default(),
             hot_policy,
             window_start: None,
         }
@@ -204,9 +281,21 @@ impl DistributorCore {
         self.topics.len()
     }
 
+    /// The next command for the shell, in order.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Cumulative counts of the core's decisions.
+    pub fn counters(&self) -> CoreCounters {
+        self.counters
+    }
+
     /// Applies a metastore watch event. Slots this distributor lost drop their interest
-    /// and sequencing state (except entries already tagged for a later reign).
-    pub fn handle_watch(&mut self, event: pb::WatchEvent) -> RoutingChanges {
+    /// and sequencing state (except entries already tagged for a later reign). Changed hot
+    /// entries fence their topics ([`Command::Fence`]); publishes waiting for an owner try
+    /// again.
+    pub fn handle_watch(&mut self, now: Instant, event: pb::WatchEvent) -> RoutingChanges {
         let changes = self.routing.apply(event);
         // A changed hot entry fences its topics here, and drops the kept deliveries routed
         // by older changes. Its topics are the plain name and the sub-topics of the current
@@ -228,7 +317,7 @@ impl DistributorCore {
                     continue;
                 };
                 state.history.retain(|(tag, _)| *tag >= hot.since);
-                state.history_bytes = state.history.iter().map(|(_, f)| f.len()).sum();
+                state.history_bytes = state.history.iter().map(|(_, d)| d.len()).sum();
                 if route.distributor != self.id {
                     continue;
                 }
@@ -242,7 +331,10 @@ impl DistributorCore {
                 }
             }
         }
-        self.fences.extend(fences);
+        for fence in fences {
+            self.counters.fences += fence.edges.len() as u64;
+            self.commands.push_back(Command::Fence(fence));
+        }
         let lost: HashMap<Slot, u64> = changes
             .owners
             .iter()
@@ -275,17 +367,13 @@ impl DistributorCore {
                 }
             }
         }
+        self.retry_waiting(now);
         changes
-    }
-
-    /// Fences made by the last watch events: send each on its topic's lane.
-    pub fn take_fences(&mut self) -> Vec<FenceOut> {
-        std::mem::take(&mut self.fences)
     }
 
     /// The fence an edge that just announced `topic` needs, if the topic was ever split and
     /// this node owns it: the route tag below which it refuses publishes.
-    pub fn fence_for(&self, topic: &str) -> Option<u64> {
+    fn fence_for(&self, topic: &str) -> Option<u64> {
         let hot = self.routing.hot_route(base_topic(topic))?;
         let route = self.routing.route(slot_of(topic));
         (route.distributor == self.id && hot.revision > 0).then_some(hot.revision)
@@ -326,8 +414,11 @@ impl DistributorCore {
     }
 
     /// An edge's interest in a topic (its local subscriber count; 0 = none) at the owner
-    /// epoch it saw. When it was recorded (the caller acks it), returns the deliveries to
-    /// replay to an edge that newly joins a split topic's route (see [`HISTORY_FRAMES`]).
+    /// epoch it saw. When it is recorded with subscribers: an edge that newly joins a split
+    /// topic's route first gets the deliveries published on it since the change was
+    /// prepared ([`Command::Replay`], see [`HISTORY_FRAMES`]), then (as any edge that
+    /// announces a topic that was ever split) the owner's fence, on the topic's lane behind
+    /// them, and the edge's interest is acked ([`Command::InterestAck`]).
     pub fn handle_interest(
         &mut self,
         edge: u64,
@@ -335,7 +426,43 @@ impl DistributorCore {
         subscribers: u64,
         epoch: u64,
         route_since: u64,
-    ) -> Result<Vec<Bytes>, CoreError> {
+    ) -> Result<(), CoreError> {
+        let replay = self.record_interest(edge, topic, subscribers, epoch, route_since)?;
+        if subscribers == 0 {
+            return Ok(());
+        }
+        if !replay.is_empty() {
+            self.counters.replayed += replay.len() as u64;
+            self.commands.push_back(Command::Replay {
+                edge,
+                deliveries: replay,
+            });
+        }
+        if let Some(since) = self.fence_for(topic) {
+            self.counters.fences += 1;
+            self.commands.push_back(Command::Fence(FenceOut {
+                topic: topic.to_string(),
+                since,
+                edges: vec![edge],
+            }));
+        }
+        self.commands.push_back(Command::InterestAck {
+            edge,
+            topic: topic.to_string(),
+            epoch,
+        });
+        Ok(())
+    }
+
+    /// Records an edge's interest; returns the deliveries to replay to it.
+    fn record_interest(
+        &mut self,
+        edge: u64,
+        topic: &str,
+        subscribers: u64,
+        epoch: u64,
+        route_since: u64,
+    ) -> Result<Vec<Delivery>, CoreError> {
         if subscribers == 0 {
             if let Some(state) = self.topics.get_mut(topic) {
                 state.interest.remove(&edge);
@@ -362,7 +489,7 @@ impl DistributorCore {
                 .history
                 .iter()
                 .filter(|(tag, _)| *tag >= since)
-                .map(|(_, frame)| frame.clone())
+                .map(|(_, delivery)| delivery.clone())
                 .collect()
         } else {
             Vec::new()
@@ -385,16 +512,47 @@ impl DistributorCore {
         Ok(replay)
     }
 
-    /// Keeps the encoded delivery of a message routed by a hot-topic view (`route_tag` >
-    /// 0) for edges that join late. Bounded by [`HISTORY_FRAMES`] and [`HISTORY_BYTES`] per
-    /// topic, oldest dropped first.
-    pub fn record_history(&mut self, topic: &str, route_tag: u64, frame: &Bytes) {
+    /// Sends a sequenced message to its edges ([`Command::Deliver`]); one routed by a
+    /// hot-topic view (`route_tag` > 0) is also kept for edges that join late.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        topic: &str,
+        route_tag: u64,
+        epoch: u64,
+        seq: u64,
+        msg_id: u64,
+        data: &Bytes,
+        edges: Vec<u64>,
+    ) {
+        if edges.is_empty() && route_tag == 0 {
+            return;
+        }
+        let delivery = Delivery::new(Deliver {
+            topic: topic.to_string(),
+            epoch,
+            seq,
+            data: data.clone(),
+            msg_id,
+            route_tag,
+        });
+        self.record_history(topic, route_tag, &delivery);
+        if !edges.is_empty() {
+            self.commands
+                .push_back(Command::Deliver { delivery, edges });
+        }
+    }
+
+    /// Keeps the delivery of a message routed by a hot-topic view (`route_tag` > 0) for
+    /// edges that join late. Bounded by [`HISTORY_FRAMES`] and [`HISTORY_BYTES`] per topic,
+    /// oldest dropped first.
+    fn record_history(&mut self, topic: &str, route_tag: u64, delivery: &Delivery) {
         if route_tag == 0 {
             return;
         }
         if let Some(state) = self.topics.get_mut(topic) {
-            state.history.push_back((route_tag, frame.clone()));
-            state.history_bytes += frame.len();
+            state.history.push_back((route_tag, delivery.clone()));
+            state.history_bytes += delivery.len();
             while state.history.len() > HISTORY_FRAMES || state.history_bytes > HISTORY_BYTES {
                 match state.history.pop_front() {
                     Some((_, old)) => state.history_bytes -= old.len(),
@@ -430,12 +588,9 @@ impl DistributorCore {
         })
     }
 
-    /// Sequences a publish if this distributor owns the topic, and picks its edges: those
-    /// that announced the topic at the current epoch, plus (until they have synced the
-    /// slot) the connected edges the metastore lists for the slot.
-    /// [`Self::handle_publish`] for a forwarded publish with the forwarder's key: a key seen
+    /// [`Self::sequence`] for a forwarded publish with the forwarder's key: a key seen
     /// before gets the earlier `(epoch, seq)` back and goes to no edge again.
-    pub fn handle_forwarded_publish(
+    pub fn sequence_forwarded(
         &mut self,
         topic: &str,
         route_tag: u64,
@@ -448,7 +603,7 @@ impl DistributorCore {
                 edges: Vec::new(),
             });
         }
-        let outcome = self.handle_publish(topic, route_tag)?;
+        let outcome = self.sequence(topic, route_tag)?;
         if let PublishOutcome::Sequenced { epoch, seq, .. } = &outcome {
             if self.recent_order.len() >= RECENT_FORWARDS {
                 if let Some(old) = self.recent_order.pop_front() {
@@ -461,14 +616,14 @@ impl DistributorCore {
         Ok(outcome)
     }
 
+    /// Sequences one message if this distributor owns the topic, and picks its edges: those
+    /// that announced the topic at the current epoch, plus (until they have synced the
+    /// slot) the connected edges the metastore lists for the slot. This is the decision
+    /// alone, with no delivery: shells publish through [`Self::handle_publish`].
     ///
-    /// `route_tag` is the revision of the last change of the hot-topic entry the publisher routed by (0 for a
-    /// topic it knew no entry of).
-    pub fn handle_publish(
-        &mut self,
-        topic: &str,
-        route_tag: u64,
-    ) -> Result<PublishOutcome, CoreError> {
+    /// `route_tag` is the revision of the last change of the hot-topic entry the publisher
+    /// routed by (0 for a topic it knew no entry of).
+    pub fn sequence(&mut self, topic: &str, route_tag: u64) -> Result<PublishOutcome, CoreError> {
         let slot = slot_of(topic);
         let route = self.routing.route(slot);
         if route.distributor != self.id {
@@ -536,15 +691,16 @@ impl DistributorCore {
     /// A topic's load is its messages per second times the edges that announced it; a
     /// split topic is judged by its sub-topic 0 (every message goes to every sub-topic)
     /// times every registered edge.
-    pub fn handle_tick(&mut self, now: Instant) -> Vec<HotProposal> {
+    /// Each proposal is a [`Command::Propose`].
+    pub fn handle_tick(&mut self, now: Instant) {
         let window = Duration::from_millis(self.hot_policy.window_ms);
         let Some(start) = self.window_start else {
             self.window_start = Some(now);
-            return Vec::new();
+            return;
         };
         let elapsed = now.saturating_duration_since(start);
         if elapsed < window {
-            return Vec::new();
+            return;
         }
         self.window_start = Some(now);
         let policy = self.hot_policy.clone();
@@ -622,7 +778,9 @@ impl DistributorCore {
         }
         // The table's iteration order is arbitrary; the proposals' order is not.
         proposals.sort_by(|a, b| a.topic.cmp(&b.topic));
-        proposals
+        self.counters.hot_proposals += proposals.len() as u64;
+        self.commands
+            .extend(proposals.into_iter().map(Command::Propose));
     }
 
     /// One topic's counters here, if it has state.
@@ -661,379 +819,6 @@ impl DistributorCore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use firetower_proto::SLOT_COUNT;
-
-    fn snapshot(
-        owner_of: impl Fn(usize) -> u64,
-        epoch: u64,
-        edges: Vec<(u32, u64)>,
-    ) -> pb::WatchEvent {
-        pb::WatchEvent {
-            event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
-                revision: epoch,
-                members: vec![],
-                slot_owner: (0..SLOT_COUNT).map(owner_of).collect(),
-                slot_epoch: vec![epoch; SLOT_COUNT],
-                slot_edges: edges
-                    .into_iter()
-                    .map(|(slot, edge)| pb::SlotEdges {
-                        slot,
-                        edge_ids: vec![edge],
-                    })
-                    .collect(),
-                hot_topics: vec![],
-            })),
-        }
-    }
-
-    fn move_slot(slot: Slot, to: u64, epoch: u64) -> pb::WatchEvent {
-        pb::WatchEvent {
-            event: Some(pb::watch_event::Event::Delta(pb::Delta {
-                revision: epoch,
-                changes: vec![pb::Change {
-                    change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
-                        slot: slot as u32,
-                        distributor_id: to,
-                        epoch,
-                    })),
-                }],
-            })),
-        }
-    }
-
-    #[test]
-    fn sequences_owned_topics_and_forwards_others() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_registered(1);
-        let chat = slot_of("chat") as usize;
-        core.handle_watch(snapshot(|s| if s == chat { 1 } else { 2 }, 5, vec![]));
-        core.handle_edge_up(9);
-        core.handle_interest(9, "chat", 3, 5, 0).unwrap();
-        for seq in 1..=3 {
-            assert_eq!(
-                core.handle_publish("chat", 0).unwrap(),
-                PublishOutcome::Sequenced {
-                    epoch: 5,
-                    seq,
-                    edges: vec![9]
-                }
-            );
-        }
-        assert_eq!(
-            core.handle_publish("room-1", 0).unwrap(),
-            PublishOutcome::NotOwner { owner: 2 }
-        );
-        assert_eq!(
-            core.topic_count("chat"),
-            Ok(TopicCount {
-                subscribers: 3,
-                edges: vec![9],
-                edge_subscribers: vec![3],
-                stats: TopicStats {
-                    sequenced: 3,
-                    relayed: 3
-                },
-            })
-        );
-        assert_eq!(core.topic_count("room-1"), Err(2));
-        assert_eq!(core.relayed(), 3);
-    }
-
-    #[test]
-    fn a_new_reign_restarts_seq_and_ignores_stale_interest() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_registered(1);
-        let s = slot_of("chat");
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        core.handle_edge_up(9);
-        core.handle_interest(9, "chat", 1, 5, 0).unwrap();
-        core.handle_publish("chat", 0).unwrap();
-        core.handle_watch(move_slot(s, 2, 8));
-        // The edge already announced for the reign at epoch 10 before we saw it.
-        core.handle_interest(9, "chat", 2, 10, 0).unwrap();
-        core.handle_watch(move_slot(s, 1, 10));
-        assert_eq!(
-            core.handle_publish("chat", 0).unwrap(),
-            PublishOutcome::Sequenced {
-                epoch: 10,
-                seq: 1,
-                edges: vec![9]
-            }
-        );
-        // Interest tagged with an older epoch does not count.
-        core.handle_edge_up(7);
-        core.handle_interest(7, "chat", 1, 5, 0).unwrap();
-        assert_eq!(core.topic_count("chat").unwrap().edges, vec![9]);
-    }
-
-    #[test]
-    fn falls_back_to_metastore_edges_until_synced() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_registered(1);
-        let s = slot_of("chat");
-        core.handle_watch(snapshot(|_| 1, 5, vec![(s as u32, 4), (s as u32, 6)]));
-        core.handle_edge_up(4);
-        // Edge 6 is listed but not connected: nothing can go to it.
-        let PublishOutcome::Sequenced { edges, .. } = core.handle_publish("chat", 0).unwrap()
-        else {
-            panic!("owned")
-        };
-        assert_eq!(edges, vec![4]);
-        core.handle_slots_synced(4, &[s as u32], &[5]);
-        let PublishOutcome::Sequenced { edges, .. } = core.handle_publish("chat", 0).unwrap()
-        else {
-            panic!("owned")
-        };
-        assert!(edges.is_empty(), "edge 4 synced without interest in chat");
-    }
-
-    #[test]
-    fn a_retried_forward_is_sequenced_once() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_registered(1);
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        core.handle_edge_up(9);
-        core.handle_interest(9, "chat", 1, 5, 0).unwrap();
-        let first = core
-            .handle_forwarded_publish("chat", 0, (2, 1, 77))
-            .unwrap();
-        assert_eq!(
-            first,
-            PublishOutcome::Sequenced {
-                epoch: 5,
-                seq: 1,
-                edges: vec![9]
-            }
-        );
-        assert_eq!(
-            core.handle_forwarded_publish("chat", 0, (2, 1, 77))
-                .unwrap(),
-            PublishOutcome::Sequenced {
-                epoch: 5,
-                seq: 1,
-                edges: vec![]
-            }
-        );
-        assert_eq!(
-            core.handle_forwarded_publish("chat", 0, (2, 1, 78))
-                .unwrap(),
-            PublishOutcome::Sequenced {
-                epoch: 5,
-                seq: 2,
-                edges: vec![9]
-            }
-        );
-    }
-
-    #[test]
-    fn no_sequencing_before_registration_or_on_a_view_older_than_it() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        assert_eq!(
-            core.handle_publish("chat", 0).unwrap(),
-            PublishOutcome::NotOwner { owner: 0 }
-        );
-        // Registered at revision 9, but the view still shows the slot at epoch 5.
-        core.handle_registered(9);
-        assert_eq!(
-            core.handle_publish("chat", 0).unwrap(),
-            PublishOutcome::NotOwner { owner: 0 }
-        );
-        core.handle_watch(snapshot(|_| 1, 9, vec![]));
-        assert!(matches!(
-            core.handle_publish("chat", 0).unwrap(),
-            PublishOutcome::Sequenced {
-                epoch: 9,
-                seq: 1,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn edge_down_drops_its_interest_and_the_topic_table_is_bounded() {
-        let mut core = DistributorCore::new(1, 2);
-        core.handle_registered(1);
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        core.handle_edge_up(9);
-        core.handle_interest(9, "a", 1, 5, 0).unwrap();
-        core.handle_interest(9, "b", 1, 5, 0).unwrap();
-        assert_eq!(
-            core.handle_interest(9, "c", 1, 5, 0),
-            Err(CoreError::TooManyTopics { max: 2 })
-        );
-        core.handle_edge_down(9);
-        assert_eq!(core.topic_table_len(), 0);
-        assert_eq!(core.topic_count("a").unwrap(), TopicCount::default());
-    }
-
-    fn hot(topic: &str, shards: u32, since: u64, committed: bool, revision: u64) -> pb::WatchEvent {
-        pb::WatchEvent {
-            event: Some(pb::watch_event::Event::Delta(pb::Delta {
-                revision,
-                changes: vec![pb::Change {
-                    change: Some(pb::change::Change::HotTopicSet(pb::HotTopic {
-                        topic: topic.into(),
-                        shards,
-                        prev_shards: 0,
-                        since,
-                        committed,
-                        revision,
-                    })),
-                }],
-            })),
-        }
-    }
-
-    #[test]
-    fn a_stale_route_is_refused_and_a_moved_on_view_fences_its_edges() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_registered(1);
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        core.handle_edge_up(9);
-        core.handle_interest(9, "live", 1, 5, 0).unwrap();
-        core.handle_interest(9, "live#1", 1, 5, 0).unwrap();
-        assert!(matches!(
-            core.handle_publish("live", 0).unwrap(),
-            PublishOutcome::Sequenced { .. }
-        ));
-        core.handle_watch(hot("live", 2, 6, false, 6));
-        let mut fences = core.take_fences();
-        fences.sort_by(|a, b| a.topic.cmp(&b.topic));
-        assert_eq!(
-            fences,
-            vec![
-                FenceOut {
-                    topic: "live".into(),
-                    since: 6,
-                    edges: vec![9]
-                },
-                FenceOut {
-                    topic: "live#1".into(),
-                    since: 6,
-                    edges: vec![9]
-                },
-            ]
-        );
-        assert_eq!(
-            core.handle_publish("live", 0).unwrap(),
-            PublishOutcome::StaleRoute { since: 6 }
-        );
-        assert!(matches!(
-            core.handle_publish("live", 6).unwrap(),
-            PublishOutcome::Sequenced { .. }
-        ));
-        // The commit moves the fence again; the prepare's tag is refused from then on.
-        core.handle_watch(hot("live", 2, 6, true, 7));
-        assert_eq!(core.take_fences().len(), 2);
-        assert_eq!(
-            core.handle_publish("live#0", 6).unwrap(),
-            PublishOutcome::StaleRoute { since: 7 }
-        );
-        assert_eq!(core.fence_for("live#1"), Some(7));
-        assert_eq!(core.fence_for("other"), None);
-    }
-
-    #[test]
-    fn an_edge_joining_a_route_late_gets_what_was_published_since_the_change() {
-        let mut core = DistributorCore::new(1, 100);
-        core.handle_registered(1);
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        core.handle_edge_up(9);
-        for (n, tag) in [(1u8, 0u64), (2, 6), (3, 6), (4, 7)] {
-            core.handle_publish("live#0", tag).unwrap();
-            core.record_history("live#0", tag, &Bytes::from(vec![n]));
-        }
-        // Joining for the change prepared at 6: the messages tagged 6 and later.
-        let replay = core.handle_interest(9, "live#0", 3, 5, 6).unwrap();
-        assert_eq!(
-            replay,
-            vec![
-                Bytes::from(vec![2]),
-                Bytes::from(vec![3]),
-                Bytes::from(vec![4])
-            ]
-        );
-        // Already joined: a count update replays nothing.
-        assert!(core
-            .handle_interest(9, "live#0", 4, 5, 6)
-            .unwrap()
-            .is_empty());
-        // The history is bounded.
-        for _ in 0..HISTORY_FRAMES + 10 {
-            core.record_history("live#0", 7, &Bytes::from_static(b"x"));
-        }
-        core.handle_interest(9, "live#0", 0, 5, 0).unwrap();
-        assert_eq!(
-            core.handle_interest(9, "live#0", 1, 5, 6).unwrap().len(),
-            HISTORY_FRAMES
-        );
-        // And by bytes: of 40 frames of 64 KiB, the last 16 (1 MiB) stay.
-        for _ in 0..40 {
-            core.record_history("live#0", 7, &Bytes::from(vec![0u8; 64 << 10]));
-        }
-        core.handle_interest(9, "live#0", 0, 5, 0).unwrap();
-        assert_eq!(
-            core.handle_interest(9, "live#0", 1, 5, 6).unwrap().len(),
-            16
-        );
-    }
-
-    #[test]
-    fn sustained_load_proposes_a_split_and_sustained_quiet_a_merge() {
-        let policy = HotPolicy {
-            enabled: true,
-            split_load: 100,
-            merge_load: 10,
-            window_ms: 1000,
-            windows: 3,
-            max_shards: 16,
-        };
-        let mut core = DistributorCore::with_hot_policy(1, 100, policy);
-        core.handle_registered(1);
-        core.handle_watch(snapshot(|_| 1, 5, vec![]));
-        for edge in [7, 8, 9] {
-            core.handle_edge_up(edge);
-            core.handle_interest(edge, "live", 1, 5, 0).unwrap();
-        }
-        let t0 = Instant::now();
-        assert!(core.handle_tick(t0).is_empty());
-        let mut proposals = Vec::new();
-        for w in 1..=3u64 {
-            // 200 messages/s to 3 edges: 600 deliveries/s, above 100.
-            for _ in 0..200 {
-                core.handle_publish("live", 0).unwrap();
-            }
-            proposals = core.handle_tick(t0 + Duration::from_secs(w));
-            if w < 3 {
-                assert!(proposals.is_empty(), "window {w}: {proposals:?}");
-            }
-        }
-        // 2 * 600 / 100 = 12, rounded up to a power of two.
-        assert_eq!(
-            proposals,
-            vec![HotProposal {
-                topic: "live".into(),
-                shards: 16
-            }]
-        );
-        // Split and committed. This routing table lists no registered edges, so the
-        // merge estimate for sub-topic 0 (messages/s x registered edges) is 0.
-        core.handle_watch(hot("live", 4, 6, true, 7));
-        core.handle_interest(9, "live#0", 1, 5, 7).unwrap();
-        let mut merge = Vec::new();
-        for w in 4..=6u64 {
-            core.handle_publish("live#0", 7).unwrap();
-            merge = core.handle_tick(t0 + Duration::from_secs(w));
-        }
-        assert_eq!(
-            merge,
-            vec![HotProposal {
-                topic: "live".into(),
-                shards: 0
-            }]
-        );
-    }
-}
+mod forward_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,684 @@
+//! Publishing, sans-IO: which names a publish goes to, which owner sequences each, forward
+//! keys, retries, deadlines, and one outcome per publish.
+//!
+//! ```text
+//!  handle_publish(now, topic, data…) ──┐                     ┌─► Sequence here: Deliver{edges}
+//!  handle_forward_result(now, attempt) ─┤                     ├─► Forward{attempt, owner, addr, run}
+//!  handle_forwarded_run(now, run) ──────┼─► publish ops ──────┼─► Reply{op, outcome}
+//!  handle_watch(now, …)  (routing moved)┤   (one per publish) │
+//!  handle_timeout(now)   (retry, expiry)┘                     └─ poll_timeout(): next wake-up
+//! ```
+//!
+//! A publish (one message, or a run of one topic's messages from a `PublishBatch`) becomes an
+//! *op*. Its topic's route gives the *names* it goes to: the topic itself, or every
+//! sub-topic `T#k` of a split topic (both routes while a change is prepared), under the route
+//! tag of this node's view. Each name is sequenced here when this node owns its slot, or
+//! forwarded as one run to the owner; the owner answers with a typed outcome
+//! ([`RunOutcome`]). The op replies once every name is sequenced, with the first name's
+//! positions.
+//!
+//! Retry rules, in one place:
+//! - *Not the owner*, *no owner yet*, *no address*, *never sent* (the connection could not
+//!   be made): certainly not sequenced. Wait for the next routing change (at most
+//!   [`RETRY_POLL`]) and try the then-current owner again.
+//! - *Stale route* (the owner's hot-topic view is newer): nothing was sequenced; once the
+//!   names in flight have answered, wait, route the topic again and publish the names not yet
+//!   done.
+//! - *Unclear* (a timeout or a lost connection after sending): the owner may have sequenced
+//!   it. Only that same owner may be tried again: it recognises the retry by the run's
+//!   forward keys and answers with the first positions. If the slot moved meanwhile, the op
+//!   fails ([`PublishError::Uncertain`]) rather than risk a second copy.
+//! - Past the op's deadline (`publish_retry_ms` after it began), a name that must wait fails
+//!   the op ([`PublishError::NoOwner`] or [`PublishError::RouteUnsettled`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use firetower_proto::slot_of;
+use tokio::time::{Duration, Instant};
+
+use super::{Command, CoreError, DistributorCore, ForwardKey, PublishOutcome};
+
+/// How long a waiting publish waits for a routing change before it tries again anyway (a
+/// peer may come back without the routing changing).
+pub const RETRY_POLL: Duration = Duration::from_millis(50);
+
+/// A publish in progress at this node (or a forwarded run being answered).
+pub type OpId = u64;
+/// One forward of one name's run to its owner.
+pub type AttemptId = u64;
+
+/// Where one message landed: `(epoch, seq)` under its (first) name; `shards` is the number
+/// of sub-topics a split topic's message went to (0 for a plain topic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+    pub shards: u32,
+}
+
+/// What an owner did with a forwarded run (`ForwardBatchReply.outcome`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// All sequenced: one position per message, in order.
+    Sequenced(Vec<Position>),
+    /// The route tag was older than the owner's (`since`); nothing was sequenced.
+    StaleRoute { since: u64 },
+    /// The receiver does not own the name's slot (0: nobody it knows of); nothing was
+    /// sequenced.
+    NotOwner { owner: u64 },
+}
+
+/// Why a publish failed. The shell maps each to one gRPC status (`service::status_of`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No owner accepted the publish before its deadline.
+    #[error("no owner of slot {slot} accepted the publish within {waited_ms} ms: {last}")]
+    NoOwner {
+        slot: u16,
+        waited_ms: u64,
+        last: String,
+    },
+    /// A split topic's route kept changing until the deadline.
+    #[error("the hot-topic route of {topic:?} kept changing for {waited_ms} ms: {last}")]
+    RouteUnsettled {
+        topic: String,
+        waited_ms: u64,
+        last: String,
+    },
+    /// A forward ended without a clear answer and the slot has moved since: the publish may
+    /// have been sequenced by the earlier owner, so it is not retried elsewhere.
+    #[error(
+        "the publish may already have been sequenced by distributor {owner} before slot \
+         {slot} moved; not retried, to avoid a duplicate"
+    )]
+    Uncertain { owner: u64, slot: u16 },
+    /// A topic table (here or at the owner) is full.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The owner refused the run for a reason retrying will not fix; `code` is the gRPC
+    /// status code it answered with, passed on to the publisher unchanged.
+    #[error("owner {owner} refused the publish: {message}")]
+    Refused {
+        owner: u64,
+        code: i32,
+        message: String,
+    },
+    /// The owner's answer broke the protocol.
+    #[error("owner {owner} answered {got} positions for {want} messages")]
+    BadAnswer { owner: u64, got: usize, want: usize },
+}
+
+/// How a publish ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sequenced: one position per message.
+    Published(Vec<Position>),
+    /// A forwarded run this node refused (answered to the forwarder, never to a backend).
+    Refused(RunOutcome),
+    Failed(PublishError),
+}
+
+/// What the shell learned of a forward ([`DistributorCore::handle_forward_result`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardResult {
+    /// The owner answered.
+    Answered(RunOutcome),
+    /// The request never left: the connection could not be made. Certainly not sequenced.
+    NotSent(String),
+    /// No clear answer (a timeout, a connection lost after sending): maybe sequenced.
+    Unclear(String),
+    /// The owner refused it with an error that a retry will not fix.
+    Failed(PublishError),
+}
+
+/// A run of one name's messages on its way to the name's owner: the `ForwardBatch` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardRun {
+    pub topic: String,
+    /// This node's id and registration incarnation (0 before it registered: the owner then
+    /// does not deduplicate).
+    pub origin: u64,
+    pub incarnation: u64,
+    pub route_tag: u64,
+    /// `(forward key, message id, data)`, in order.
+    pub messages: Vec<(u64, u64, Bytes)>,
+}
+
+/// Where a name of an op stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NameState {
+    /// To be tried at the op's next wake-up (or now, when just routed).
+    Waiting,
+    InFlight {
+        attempt: AttemptId,
+        owner: u64,
+    },
+    Done(Vec<Position>),
+}
+
+#[derive(Debug)]
+struct NameRun {
+    name: String,
+    state: NameState,
+    /// The first forward key of this name's run, made at its first forward and kept for
+    /// every retry, so the owner sequences the run once however often a lost reply makes
+    /// us retry.
+    keys: Option<u64>,
+    /// The owner a forward went to without a clear answer: only it may be tried again.
+    uncertain: Option<u64>,
+}
+
+impl NameRun {
+    fn new(name: String) -> Self {
+        NameRun {
+            name,
+            state: NameState::Waiting,
+            keys: None,
+            uncertain: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Op {
+    topic: String,
+    /// `(message id, data)`, in publish order.
+    messages: Vec<(u64, Bytes)>,
+    deadline: Instant,
+    route_tag: u64,
+    names: Vec<NameRun>,
+    /// The topic is split (or was): the reply carries the shard count.
+    split: bool,
+    /// An owner refused the route as stale: route again before the next try.
+    reroute: bool,
+    /// When a waiting op tries again (or earlier, at a routing change).
+    wake_at: Option<Instant>,
+    /// Why the last try did not succeed, for the error at the deadline.
+    last: String,
+}
+
+/// The publish ops of one node, with their bounds. Part of [`DistributorCore`].
+#[derive(Debug)]
+pub(crate) struct Publishes {
+    ops: BTreeMap<OpId, Op>,
+    attempts: HashMap<AttemptId, (OpId, usize)>,
+    next_op: u64,
+    next_attempt: u64,
+    /// Numbers this node's forward keys and message ids.
+    next_number: u64,
+    /// How long an op may wait for an owner.
+    retry: Duration,
+}
+
+impl Publishes {
+    pub(crate) fn new(retry: Duration) -> Self {
+        Publishes {
+            ops: BTreeMap::new(),
+            attempts: HashMap::new(),
+            next_op: 1,
+            next_attempt: 1,
+            next_number: 1,
+            retry,
+        }
+    }
+
+    /// Ops in progress (bounded by the callers: gRPC calls in flight, relay read loops).
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    fn new_op(&mut self) -> OpId {
+        let op = self.next_op;
+        self.next_op += 1;
+        op
+    }
+}
+
+impl DistributorCore {
+    /// How long a publish may wait for an owner (`publish_retry_ms`).
+    pub fn set_publish_retry(&mut self, retry: Duration) {
+        self.publishes.retry = retry;
+    }
+
+    /// Publishes in progress.
+    pub fn publishes_in_progress(&self) -> usize {
+        self.publishes.len()
+    }
+
+    /// A new message id: unique per accepting distributor process (its id, registration
+    /// incarnation and a number, hashed). Every sub-topic copy of a split topic's message
+    /// carries it, so edges drop second copies.
+    fn new_msg_id(&mut self) -> u64 {
+        let n = self.publishes.next_number;
+        self.publishes.next_number += 1;
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.id.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.incarnation.to_le_bytes());
+        bytes[16..].copy_from_slice(&n.to_le_bytes());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
+    /// A publish of one topic's messages, checked by the caller, in order. Returns the op
+    /// whose [`Command::Reply`] will carry the outcome (possibly among this call's commands).
+    pub fn handle_publish(&mut self, now: Instant, topic: &str, messages: Vec<Bytes>) -> OpId {
+        let op_id = self.publishes.new_op();
+        let messages: Vec<(u64, Bytes)> = messages
+            .into_iter()
+            .map(|data| (self.new_msg_id(), data))
+            .collect();
+        let op = Op {
+            topic: topic.to_string(),
+            messages,
+            deadline: now + self.publishes.retry,
+            route_tag: 0,
+            names: Vec::new(),
+            split: false,
+            reroute: true,
+            wake_at: None,
+            last: String::from("no distributor owns the topic's slot yet"),
+        };
+        self.publishes.ops.insert(op_id, op);
+        self.drive(now, op_id);
+        op_id
+    }
+
+    /// A run another distributor forwarded here (`ForwardBatch`): sequenced here in order,
+    /// all or none, or refused with the reason. Keys seen before (a retried forward) get
+    /// their first positions back and go to no edge again. The answer is a
+    /// [`Command::Reply`] among this call's commands.
+    pub fn handle_forwarded_run(&mut self, run: ForwardRun) -> OpId {
+        let op = self.publishes.new_op();
+        let keyed = run.origin != 0 && run.incarnation != 0;
+        let messages: Vec<(Option<ForwardKey>, u64, Bytes)> = run
+            .messages
+            .into_iter()
+            .map(|(key, msg_id, data)| {
+                let key = keyed.then_some((run.origin, run.incarnation, key));
+                (key, msg_id, data)
+            })
+            .collect();
+        let outcome = match self.sequence_run(&run.topic, run.route_tag, &messages) {
+            Ok(RunOutcome::Sequenced(positions)) => Outcome::Published(positions),
+            Ok(refused) => Outcome::Refused(refused),
+            Err(e) => Outcome::Failed(e.into()),
+        };
+        self.commands.push_back(Command::Reply { op, outcome });
+        op
+    }
+
+    /// What became of a [`Command::Forward`].
+    pub fn handle_forward_result(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        result: ForwardResult,
+    ) {
+        let Some((op_id, index)) = self.publishes.attempts.remove(&attempt) else {
+            return;
+        };
+        let Some(op) = self.publishes.ops.get_mut(&op_id) else {
+            return;
+        };
+        let Some(name) = op.names.get_mut(index) else {
+            return;
+        };
+        let owner = match name.state {
+            NameState::InFlight { attempt: a, owner } if a == attempt => owner,
+            _ => return,
+        };
+        name.state = NameState::Waiting;
+        match result {
+            ForwardResult::Answered(RunOutcome::Sequenced(positions)) => {
+                if positions.len() != op.messages.len() {
+                    let error = PublishError::BadAnswer {
+                        owner,
+                        got: positions.len(),
+                        want: op.messages.len(),
+                    };
+                    self.fail(op_id, error);
+                    return;
+                }
+                name.state = NameState::Done(positions);
+            }
+            ForwardResult::Answered(RunOutcome::StaleRoute { since }) => {
+                op.reroute = true;
+                op.last = format!(
+                    "owner {owner}: stale hot-topic route for {:?}: tag {} is older than {since}",
+                    name.name, op.route_tag
+                );
+            }
+            ForwardResult::Answered(RunOutcome::NotOwner { owner: theirs }) => {
+                op.last = format!(
+                    "owner {owner}: distributor {owner} does not own slot {} (owner: {theirs})",
+                    slot_of(&name.name)
+                );
+            }
+            ForwardResult::NotSent(reason) => {
+                op.last = format!("owner {owner}: {reason}");
+            }
+            ForwardResult::Unclear(reason) => {
+                name.uncertain = Some(owner);
+                op.last = format!("owner {owner}: {reason}");
+            }
+            ForwardResult::Failed(error) => {
+                self.fail(op_id, error);
+                return;
+            }
+        }
+        self.settle(now, op_id);
+    }
+
+    /// Retries the waiting publishes that are due, and closes load windows
+    /// ([`Self::handle_tick`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_tick(now);
+        let due: Vec<OpId> = self
+            .publishes
+            .ops
+            .iter()
+            .filter(|(_, op)| op.wake_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for op in due {
+            self.drive(now, op);
+        }
+    }
+
+    /// When [`Self::handle_timeout`] is next due: the earliest waiting publish, or the end
+    /// of the load window.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ops = self
+            .publishes
+            .ops
+            .values()
+            .filter_map(|op| op.wake_at)
+            .min();
+        let window = self
+            .window_start
+            .map(|start| start + Duration::from_millis(self.hot_policy.window_ms));
+        match (ops, window) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The routing changed: every waiting publish tries again now.
+    pub(super) fn retry_waiting(&mut self, now: Instant) {
+        let waiting: Vec<OpId> = self
+            .publishes
+            .ops
+            .iter()
+            .filter(|(_, op)| op.wake_at.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for op in waiting {
+            self.drive(now, op);
+        }
+    }
+
+    /// Tries every waiting name of an op (routing the topic again first when an owner
+    /// refused the route), then settles it.
+    fn drive(&mut self, now: Instant, op_id: OpId) {
+        let Some(op) = self.publishes.ops.get_mut(&op_id) else {
+            return;
+        };
+        op.wake_at = None;
+        let in_flight = op
+            .names
+            .iter()
+            .any(|n| matches!(n.state, NameState::InFlight { .. }));
+        if op.reroute && !in_flight {
+            let (tag, names) = self.routing.publish_route(&op.topic);
+            let mut old: Vec<NameRun> = std::mem::take(&mut op.names);
+            op.names = names
+                .into_iter()
+                .map(|name| match old.iter().position(|n| n.name == name) {
+                    // Positions of a name already done stay; a name refused as stale
+                    // starts afresh under the new tag.
+                    Some(i) if matches!(old[i].state, NameState::Done(_)) => old.remove(i),
+                    _ => NameRun::new(name),
+                })
+                .collect();
+            op.split = self.routing.hot_route(&op.topic).is_some()
+                && (op.names.len() != 1 || op.names[0].name != op.topic);
+            op.route_tag = tag;
+            op.reroute = false;
+        }
+        for index in 0..op_len(self, op_id) {
+            if let Err(error) = self.try_name(op_id, index) {
+                self.fail(op_id, error);
+                return;
+            }
+        }
+        self.settle(now, op_id);
+    }
+
+    /// Sequences one waiting name here, or forwards it to its owner.
+    fn try_name(&mut self, op_id: OpId, index: usize) -> Result<(), PublishError> {
+        let Some(op) = self.publishes.ops.get(&op_id) else {
+            return Ok(());
+        };
+        let Some(name) = op.names.get(index) else {
+            return Ok(());
+        };
+        if name.state != NameState::Waiting || op.reroute {
+            return Ok(());
+        }
+        let slot = slot_of(&name.name);
+        let owner = self.routing.route(slot).distributor;
+        if let Some(earlier) = name.uncertain {
+            if owner != earlier {
+                return Err(PublishError::Uncertain {
+                    owner: earlier,
+                    slot,
+                });
+            }
+        }
+        let name_str = name.name.clone();
+        let route_tag = op.route_tag;
+        if owner == self.id {
+            let messages: Vec<(Option<ForwardKey>, u64, Bytes)> = op
+                .messages
+                .iter()
+                .map(|(id, data)| (None, *id, data.clone()))
+                .collect();
+            let outcome = self.sequence_run(&name_str, route_tag, &messages)?;
+            let Some(op) = self.publishes.ops.get_mut(&op_id) else {
+                return Ok(());
+            };
+            match outcome {
+                RunOutcome::Sequenced(positions) => {
+                    op.names[index].state = NameState::Done(positions);
+                }
+                RunOutcome::StaleRoute { since } => {
+                    op.reroute = true;
+                    op.last = format!(
+                        "stale hot-topic route for {name_str:?}: tag {route_tag} is older \
+                         than {since}"
+                    );
+                }
+                RunOutcome::NotOwner { .. } => {
+                    op.last = format!(
+                        "slot {slot}: this distributor's view is older than its registration"
+                    );
+                }
+            }
+            return Ok(());
+        }
+        if owner == 0 {
+            if let Some(op) = self.publishes.ops.get_mut(&op_id) {
+                op.last = String::from("no distributor owns the topic's slot yet");
+            }
+            return Ok(());
+        }
+        let Some(addr) = self
+            .routing
+            .distributor_addr(owner, "grpc")
+            .map(str::to_string)
+        else {
+            if let Some(op) = self.publishes.ops.get_mut(&op_id) {
+                op.last = format!("owner {owner} has no known gRPC address");
+            }
+            return Ok(());
+        };
+        let attempt = self.publishes.next_attempt;
+        self.publishes.next_attempt += 1;
+        let count = op.messages.len() as u64;
+        let first_key = match name.keys {
+            Some(k) => k,
+            None => {
+                let k = self.publishes.next_number;
+                self.publishes.next_number += count;
+                k
+            }
+        };
+        let (origin, incarnation) = (self.id, self.incarnation);
+        let Some(op) = self.publishes.ops.get_mut(&op_id) else {
+            return Ok(());
+        };
+        let run = ForwardRun {
+            topic: name_str,
+            origin,
+            incarnation,
+            route_tag,
+            messages: op
+                .messages
+                .iter()
+                .zip(first_key..)
+                .map(|((id, data), key)| (key, *id, data.clone()))
+                .collect(),
+        };
+        let name = &mut op.names[index];
+        name.keys = Some(first_key);
+        name.state = NameState::InFlight { attempt, owner };
+        self.publishes.attempts.insert(attempt, (op_id, index));
+        self.counters.forwarded += count;
+        self.commands.push_back(Command::Forward {
+            attempt,
+            owner,
+            addr,
+            run,
+        });
+        Ok(())
+    }
+
+    /// Replies when every name is done; otherwise, with nothing in flight, waits for the
+    /// next routing change or [`RETRY_POLL`], or fails past the deadline.
+    fn settle(&mut self, now: Instant, op_id: OpId) {
+        let Some(op) = self.publishes.ops.get_mut(&op_id) else {
+            return;
+        };
+        if !op.reroute
+            && op
+                .names
+                .iter()
+                .all(|n| matches!(n.state, NameState::Done(_)))
+        {
+            let shards = if op.split { op.names.len() as u32 } else { 0 };
+            let positions = match op.names.first().map(|n| &n.state) {
+                Some(NameState::Done(p)) => p.iter().map(|p| Position { shards, ..*p }).collect(),
+                _ => Vec::new(),
+            };
+            self.publishes.ops.remove(&op_id);
+            self.commands.push_back(Command::Reply {
+                op: op_id,
+                outcome: Outcome::Published(positions),
+            });
+            return;
+        }
+        let waiting = op.reroute || op.names.iter().any(|n| n.state == NameState::Waiting);
+        if !waiting {
+            // Answers are still to come.
+            return;
+        }
+        if now >= op.deadline {
+            let waited_ms = self.publishes.retry.as_millis() as u64;
+            let error = if op.reroute {
+                PublishError::RouteUnsettled {
+                    topic: op.topic.clone(),
+                    waited_ms,
+                    last: op.last.clone(),
+                }
+            } else {
+                let slot = op
+                    .names
+                    .iter()
+                    .find(|n| n.state == NameState::Waiting)
+                    .map_or_else(|| slot_of(&op.topic), |n| slot_of(&n.name));
+                PublishError::NoOwner {
+                    slot,
+                    waited_ms,
+                    last: op.last.clone(),
+                }
+            };
+            self.fail(op_id, error);
+            return;
+        }
+        op.wake_at = Some((now + RETRY_POLL).min(op.deadline));
+    }
+
+    fn fail(&mut self, op_id: OpId, error: PublishError) {
+        if let Some(op) = self.publishes.ops.remove(&op_id) {
+            for name in op.names {
+                if let NameState::InFlight { attempt, .. } = name.state {
+                    self.publishes.attempts.remove(&attempt);
+                }
+            }
+            self.commands.push_back(Command::Reply {
+                op: op_id,
+                outcome: Outcome::Failed(error),
+            });
+        }
+    }
+
+    /// Sequences a run of one name's messages here, in order, all or none: every message
+    /// has the same route tag, so what refuses the first would refuse them all. Each
+    /// sequenced message goes to its edges as a [`Command::Deliver`].
+    pub(super) fn sequence_run(
+        &mut self,
+        name: &str,
+        route_tag: u64,
+        messages: &[(Option<ForwardKey>, u64, Bytes)],
+    ) -> Result<RunOutcome, CoreError> {
+        let mut positions = Vec::with_capacity(messages.len());
+        for (key, msg_id, data) in messages {
+            // A retried forward of a run sequenced before: its first positions, and no
+            // second delivery.
+            if let Some(&(epoch, seq)) = key.as_ref().and_then(|k| self.recent.get(k)) {
+                positions.push(Position {
+                    epoch,
+                    seq,
+                    shards: 0,
+                });
+                continue;
+            }
+            let outcome = match key {
+                Some(key) => self.sequence_forwarded(name, route_tag, *key)?,
+                None => self.sequence(name, route_tag)?,
+            };
+            match outcome {
+                PublishOutcome::Sequenced { epoch, seq, edges } => {
+                    self.counters.published += 1;
+                    self.deliver(name, route_tag, epoch, seq, *msg_id, data, edges);
+                    positions.push(Position {
+                        epoch,
+                        seq,
+                        shards: 0,
+                    });
+                }
+                PublishOutcome::StaleRoute { since } => {
+                    self.counters.stale_routes += 1;
+                    return Ok(RunOutcome::StaleRoute { since });
+                }
+                PublishOutcome::NotOwner { owner } => return Ok(RunOutcome::NotOwner { owner }),
+            }
+        }
+        Ok(RunOutcome::Sequenced(positions))
+    }
+}
+
+/// The number of names of an op (0 when it is gone).
+fn op_len(core: &DistributorCore, op: OpId) -> usize {
+    core.publishes.ops.get(&op).map_or(0, |op| op.names.len())
+}

@@ -1,0 +1,475 @@
+//! Unit tests of publishing (`forward.rs`): each drives the core through its inputs and
+//! asserts the commands it makes.
+
+use super::forward::RETRY_POLL;
+use super::*;
+use firetower_proto::SLOT_COUNT;
+
+const RETRY: Duration = Duration::from_millis(200);
+
+/// A core of distributor 1 (registered at 1) whose view, at epoch 5, gives it the slot of
+/// `mine` and distributor 2 every other slot; distributors 1–3 have gRPC addresses d1–d3.
+fn core_owning(mine: &str) -> DistributorCore {
+    let mut core = DistributorCore::new(1, 1000);
+    core.set_publish_retry(RETRY);
+    core.handle_registered(1);
+    let mine = slot_of(mine) as usize;
+    core.handle_watch(
+        Instant::now(),
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
+                revision: 5,
+                members: (1..=3)
+                    .map(|id| pb::Member {
+                        kind: pb::MemberKind::Distributor as i32,
+                        id,
+                        addrs: [("grpc".to_string(), format!("d{id}"))].into(),
+                        lease_ttl_ms: 1000,
+                        incarnation: 1,
+                    })
+                    .collect(),
+                slot_owner: (0..SLOT_COUNT)
+                    .map(|s| if s == mine { 1 } else { 2 })
+                    .collect(),
+                slot_epoch: vec![5; SLOT_COUNT],
+                slot_edges: vec![],
+                hot_topics: vec![],
+            })),
+        },
+    );
+    drain(&mut core);
+    core
+}
+
+fn drain(core: &mut DistributorCore) -> Vec<Command> {
+    std::iter::from_fn(|| core.poll_command()).collect()
+}
+
+fn moved(slot: u16, to: u64, revision: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                    slot: slot as u32,
+                    distributor_id: to,
+                    epoch: revision,
+                })),
+            }],
+        })),
+    }
+}
+
+fn split(topic: &str, shards: u32, revision: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::HotTopicSet(pb::HotTopic {
+                    topic: topic.into(),
+                    shards,
+                    prev_shards: 0,
+                    since: revision,
+                    committed: true,
+                    revision,
+                })),
+            }],
+        })),
+    }
+}
+
+/// The forwards among `commands`: (attempt, owner, addr, run).
+fn forwards(commands: &[Command]) -> Vec<(AttemptId, u64, String, ForwardRun)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Forward {
+                attempt,
+                owner,
+                addr,
+                run,
+            } => Some((*attempt, *owner, addr.clone(), run.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(commands: &[Command]) -> Vec<(OpId, Outcome)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Reply { op, outcome } => Some((*op, outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sequenced(positions: &[(u64, u64)]) -> ForwardResult {
+    ForwardResult::Answered(RunOutcome::Sequenced(
+        positions
+            .iter()
+            .map(|&(epoch, seq)| Position {
+                epoch,
+                seq,
+                shards: 0,
+            })
+            .collect(),
+    ))
+}
+
+fn data(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+#[test]
+fn an_owned_topic_is_sequenced_here_and_replied_at_once() {
+    let mut core = core_owning("mine");
+    core.handle_edge_up(9);
+    core.handle_interest(9, "mine", 1, 5, 0).unwrap();
+    drain(&mut core);
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "mine", vec![data("1"), data("2")]);
+    let commands = drain(&mut core);
+    let delivered: Vec<(u64, Vec<u64>)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Deliver { delivery, edges } => Some((delivery.deliver().seq, edges.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![(1, vec![9]), (2, vec![9])]);
+    assert!(forwards(&commands).is_empty());
+    assert_eq!(
+        replies(&commands),
+        vec![(
+            op,
+            Outcome::Published(vec![
+                Position {
+                    epoch: 5,
+                    seq: 1,
+                    shards: 0
+                },
+                Position {
+                    epoch: 5,
+                    seq: 2,
+                    shards: 0
+                }
+            ])
+        )]
+    );
+    assert_eq!(core.publishes_in_progress(), 0);
+}
+
+#[test]
+fn a_topic_owned_elsewhere_is_forwarded_as_one_run_and_its_answer_replied() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "theirs", vec![data("1"), data("2")]);
+    let commands = drain(&mut core);
+    assert!(replies(&commands).is_empty(), "no reply before the owner's");
+    let sent = forwards(&commands);
+    assert_eq!(sent.len(), 1);
+    let (attempt, owner, addr, run) = &sent[0];
+    assert_eq!((*owner, addr.as_str()), (2, "d2"));
+    assert_eq!(
+        (
+            run.topic.as_str(),
+            run.origin,
+            run.incarnation,
+            run.route_tag
+        ),
+        ("theirs", 1, 1, 0)
+    );
+    assert_eq!(run.messages.len(), 2);
+    assert_ne!(run.messages[0].0, run.messages[1].0, "a key per message");
+    core.handle_forward_result(t0, *attempt, sequenced(&[(5, 7), (5, 8)]));
+    let commands = drain(&mut core);
+    assert_eq!(
+        replies(&commands),
+        vec![(
+            op,
+            Outcome::Published(vec![
+                Position {
+                    epoch: 5,
+                    seq: 7,
+                    shards: 0
+                },
+                Position {
+                    epoch: 5,
+                    seq: 8,
+                    shards: 0
+                }
+            ])
+        )]
+    );
+}
+
+#[test]
+fn a_stale_route_waits_for_the_view_and_routes_again_to_the_sub_topics() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "live", vec![data("1")]);
+    let (attempt, _, _, run) = forwards(&drain(&mut core)).remove(0);
+    let msg_id = run.messages[0].1;
+    // The owner has seen the split; this node has not.
+    core.handle_forward_result(
+        t0,
+        attempt,
+        ForwardResult::Answered(RunOutcome::StaleRoute { since: 7 }),
+    );
+    let commands = drain(&mut core);
+    assert!(replies(&commands).is_empty() && forwards(&commands).is_empty());
+    assert_eq!(core.poll_timeout(), Some(t0 + RETRY_POLL), "waits");
+    // Its view catches up: the message goes to both sub-topics under the new tag, with the
+    // same message id.
+    core.handle_watch(t0, split("live", 2, 7));
+    let sent = forwards(&drain(&mut core));
+    let mut names: Vec<(String, u64, u64)> = sent
+        .iter()
+        .map(|(_, _, _, r)| (r.topic.clone(), r.route_tag, r.messages[0].1))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ("live#0".to_string(), 7, msg_id),
+            ("live#1".to_string(), 7, msg_id)
+        ]
+    );
+    for (attempt, ..) in &sent {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(5, 1)]));
+    }
+    assert_eq!(
+        replies(&drain(&mut core)),
+        vec![(
+            op,
+            Outcome::Published(vec![Position {
+                epoch: 5,
+                seq: 1,
+                shards: 2
+            }])
+        )]
+    );
+}
+
+#[test]
+fn an_unclear_forward_is_retried_only_at_the_same_owner_with_the_same_keys() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, _, _, first) = forwards(&drain(&mut core)).remove(0);
+    core.handle_forward_result(t0, attempt, ForwardResult::Unclear("timeout".into()));
+    assert!(drain(&mut core).is_empty());
+    // Retried at the same owner, with the same key: the owner would recognise it.
+    let t1 = t0 + RETRY_POLL;
+    core.handle_timeout(t1);
+    let (attempt, owner, _, again) = forwards(&drain(&mut core)).remove(0);
+    assert_eq!(owner, 2);
+    assert_eq!(again.messages, first.messages);
+    core.handle_forward_result(t1, attempt, ForwardResult::Unclear("timeout".into()));
+    // The slot moves to distributor 3: the earlier owner may have sequenced it, so it is
+    // not sent to 3, and the publisher is told.
+    let slot = slot_of("theirs");
+    core.handle_watch(t1, moved(slot, 3, 9));
+    assert_eq!(
+        replies(&drain(&mut core)),
+        vec![(
+            op,
+            Outcome::Failed(PublishError::Uncertain { owner: 2, slot })
+        )]
+    );
+    assert_eq!(core.publishes_in_progress(), 0);
+}
+
+#[test]
+fn an_owner_that_moved_mid_forward_sends_the_run_to_the_new_owner() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
+    // Distributor 2 lost the slot before the forward arrived; it says so.
+    core.handle_forward_result(
+        t0,
+        attempt,
+        ForwardResult::Answered(RunOutcome::NotOwner { owner: 3 }),
+    );
+    assert!(drain(&mut core).is_empty(), "waits for its own view");
+    core.handle_watch(t0, moved(slot_of("theirs"), 3, 9));
+    let (attempt, owner, addr, _) = forwards(&drain(&mut core)).remove(0);
+    assert_eq!((owner, addr.as_str()), (3, "d3"));
+    core.handle_forward_result(t0, attempt, sequenced(&[(9, 1)]));
+    assert_eq!(
+        replies(&drain(&mut core)),
+        vec![(
+            op,
+            Outcome::Published(vec![Position {
+                epoch: 9,
+                seq: 1,
+                shards: 0
+            }])
+        )]
+    );
+}
+
+#[test]
+fn a_duplicate_forward_key_gets_the_first_positions_and_no_second_delivery() {
+    let mut core = core_owning("mine");
+    core.handle_edge_up(9);
+    core.handle_interest(9, "mine", 1, 5, 0).unwrap();
+    drain(&mut core);
+    let run = ForwardRun {
+        topic: "mine".into(),
+        origin: 2,
+        incarnation: 4,
+        route_tag: 0,
+        messages: vec![(77, 1, data("1"))],
+    };
+    core.handle_forwarded_run(run.clone());
+    let first = drain(&mut core);
+    let delivered = |commands: &[Command]| {
+        commands
+            .iter()
+            .filter(|c| matches!(c, Command::Deliver { .. }))
+            .count()
+    };
+    assert_eq!(delivered(&first), 1);
+    // The reply was lost; the forwarder retries with the same key.
+    core.handle_forwarded_run(run.clone());
+    let second = drain(&mut core);
+    assert_eq!(delivered(&second), 0, "not delivered twice");
+    assert_eq!(replies(&second)[0].1, replies(&first)[0].1);
+    // Another key is another message.
+    core.handle_forwarded_run(ForwardRun {
+        messages: vec![(78, 2, data("2"))],
+        ..run
+    });
+    let third = drain(&mut core);
+    assert_eq!(delivered(&third), 1);
+    assert_eq!(
+        replies(&third)[0].1,
+        Outcome::Published(vec![Position {
+            epoch: 5,
+            seq: 2,
+            shards: 0
+        }])
+    );
+}
+
+#[test]
+fn a_forwarded_run_for_a_slot_owned_elsewhere_is_refused_with_the_owner() {
+    let mut core = core_owning("mine");
+    core.handle_forwarded_run(ForwardRun {
+        topic: "theirs".into(),
+        origin: 2,
+        incarnation: 4,
+        route_tag: 0,
+        messages: vec![(1, 1, data("1"))],
+    });
+    assert_eq!(
+        replies(&drain(&mut core))[0].1,
+        Outcome::Refused(RunOutcome::NotOwner { owner: 2 })
+    );
+}
+
+#[test]
+fn a_publish_with_no_owner_fails_at_its_deadline_and_not_before() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    // Nobody owns the slot any more.
+    core.handle_watch(t0, moved(slot_of("orphan"), 0, 9));
+    let op = core.handle_publish(t0, "orphan", vec![data("1")]);
+    assert!(drain(&mut core).is_empty());
+    let mut now = t0;
+    while now < t0 + RETRY {
+        assert_eq!(
+            core.poll_timeout(),
+            Some((now + RETRY_POLL).min(t0 + RETRY))
+        );
+        now = core.poll_timeout().unwrap_or(now);
+        core.handle_timeout(now);
+        let commands = drain(&mut core);
+        if now < t0 + RETRY {
+            assert!(commands.is_empty(), "{commands:?}");
+        } else {
+            let replied = replies(&commands);
+            assert_eq!(replied.len(), 1);
+            assert_eq!(replied[0].0, op);
+            assert!(
+                matches!(
+                    &replied[0].1,
+                    Outcome::Failed(PublishError::NoOwner { waited_ms: 200, .. })
+                ),
+                "{replied:?}"
+            );
+        }
+    }
+    assert_eq!(core.publishes_in_progress(), 0);
+}
+
+#[test]
+fn a_connection_that_could_not_be_made_is_retried_at_the_next_owner() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
+    core.handle_forward_result(t0, attempt, ForwardResult::NotSent("refused".into()));
+    // Certainly not sequenced at 2: the new owner may take it.
+    core.handle_watch(t0, moved(slot_of("theirs"), 3, 9));
+    let (attempt, owner, ..) = forwards(&drain(&mut core)).remove(0);
+    assert_eq!(owner, 3);
+    core.handle_forward_result(t0, attempt, sequenced(&[(9, 1)]));
+    assert_eq!(replies(&drain(&mut core))[0].0, op);
+}
+
+#[test]
+fn a_mixed_batch_sequences_the_plain_topic_here_and_forwards_each_sub_topic_once() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    core.handle_watch(t0, split("live", 2, 7));
+    drain(&mut core);
+    // A PublishBatch of two topics is one publish per topic.
+    let plain = core.handle_publish(t0, "mine", vec![data("1"), data("2")]);
+    let hot = core.handle_publish(t0, "live", vec![data("3"), data("4")]);
+    let commands = drain(&mut core);
+    let replied = replies(&commands);
+    assert_eq!(replied.len(), 1);
+    assert_eq!(replied[0].0, plain);
+    let sent = forwards(&commands);
+    assert_eq!(sent.len(), 2, "one run per sub-topic: {sent:?}");
+    let ids: Vec<Vec<u64>> = sent
+        .iter()
+        .map(|(_, _, _, r)| r.messages.iter().map(|m| m.1).collect())
+        .collect();
+    assert_eq!(ids[0], ids[1], "the same message ids on every sub-topic");
+    assert_eq!(ids[0].len(), 2);
+    for (attempt, ..) in &sent {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(5, 1), (5, 2)]));
+    }
+    let replied = replies(&drain(&mut core));
+    assert_eq!(replied.len(), 1);
+    assert_eq!(replied[0].0, hot);
+    assert!(
+        matches!(&replied[0].1, Outcome::Published(p) if p.len() == 2 && p[0].shards == 2),
+        "{replied:?}"
+    );
+}
+
+#[test]
+fn an_answer_with_the_wrong_number_of_positions_fails_the_publish() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let op = core.handle_publish(t0, "theirs", vec![data("1"), data("2")]);
+    let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
+    core.handle_forward_result(t0, attempt, sequenced(&[(5, 1)]));
+    assert_eq!(
+        replies(&drain(&mut core)),
+        vec![(
+            op,
+            Outcome::Failed(PublishError::BadAnswer {
+                owner: 2,
+                got: 1,
+                want: 2
+            })
+        )]
+    );
+}

@@ -1,0 +1,417 @@
+//! Unit tests of sequencing, interest, fences, replay and the split/merge policy.
+
+use super::*;
+use firetower_proto::SLOT_COUNT;
+
+/// Every command the core made since the last call.
+fn drain(core: &mut DistributorCore) -> Vec<Command> {
+    std::iter::from_fn(|| core.poll_command()).collect()
+}
+
+fn fences(core: &mut DistributorCore) -> Vec<FenceOut> {
+    drain(core)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Fence(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+fn proposals_of(core: &mut DistributorCore) -> Vec<HotProposal> {
+    drain(core)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Propose(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The payloads an interest replayed.
+fn replayed(core: &mut DistributorCore) -> Vec<Bytes> {
+    drain(core)
+        .into_iter()
+        .flat_map(|c| match c {
+            Command::Replay { deliveries, .. } => deliveries,
+            _ => Vec::new(),
+        })
+        .map(|d| d.deliver().data.clone())
+        .collect()
+}
+
+/// Sequences one message under `tag` and keeps its delivery as the node would.
+fn publish_tagged(core: &mut DistributorCore, name: &str, tag: u64, data: Bytes) {
+    let outcome = core.sequence_run(name, tag, &[(None, 0, data)]).unwrap();
+    assert!(matches!(outcome, RunOutcome::Sequenced(_)), "{outcome:?}");
+}
+
+fn snapshot(owner_of: impl Fn(usize) -> u64, epoch: u64, edges: Vec<(u32, u64)>) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Snapshot(pb::SlotMap {
+            revision: epoch,
+            members: vec![],
+            slot_owner: (0..SLOT_COUNT).map(owner_of).collect(),
+            slot_epoch: vec![epoch; SLOT_COUNT],
+            slot_edges: edges
+                .into_iter()
+                .map(|(slot, edge)| pb::SlotEdges {
+                    slot,
+                    edge_ids: vec![edge],
+                })
+                .collect(),
+            hot_topics: vec![],
+        })),
+    }
+}
+
+fn move_slot(slot: Slot, to: u64, epoch: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision: epoch,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                    slot: slot as u32,
+                    distributor_id: to,
+                    epoch,
+                })),
+            }],
+        })),
+    }
+}
+
+#[test]
+fn sequences_owned_topics_and_forwards_others() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    let chat = slot_of("chat") as usize;
+    core.handle_watch(
+        Instant::now(),
+        snapshot(|s| if s == chat { 1 } else { 2 }, 5, vec![]),
+    );
+    core.handle_edge_up(9);
+    core.handle_interest(9, "chat", 3, 5, 0).unwrap();
+    for seq in 1..=3 {
+        assert_eq!(
+            core.sequence("chat", 0).unwrap(),
+            PublishOutcome::Sequenced {
+                epoch: 5,
+                seq,
+                edges: vec![9]
+            }
+        );
+    }
+    assert_eq!(
+        core.sequence("room-1", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 2 }
+    );
+    assert_eq!(
+        core.topic_count("chat"),
+        Ok(TopicCount {
+            subscribers: 3,
+            edges: vec![9],
+            edge_subscribers: vec![3],
+            stats: TopicStats {
+                sequenced: 3,
+                relayed: 3
+            },
+        })
+    );
+    assert_eq!(core.topic_count("room-1"), Err(2));
+    assert_eq!(core.relayed(), 3);
+}
+
+#[test]
+fn a_new_reign_restarts_seq_and_ignores_stale_interest() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    let s = slot_of("chat");
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    core.handle_interest(9, "chat", 1, 5, 0).unwrap();
+    core.sequence("chat", 0).unwrap();
+    core.handle_watch(Instant::now(), move_slot(s, 2, 8));
+    // The edge already announced for the reign at epoch 10 before we saw it.
+    core.handle_interest(9, "chat", 2, 10, 0).unwrap();
+    core.handle_watch(Instant::now(), move_slot(s, 1, 10));
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::Sequenced {
+            epoch: 10,
+            seq: 1,
+            edges: vec![9]
+        }
+    );
+    // Interest tagged with an older epoch does not count.
+    core.handle_edge_up(7);
+    core.handle_interest(7, "chat", 1, 5, 0).unwrap();
+    assert_eq!(core.topic_count("chat").unwrap().edges, vec![9]);
+}
+
+#[test]
+fn falls_back_to_metastore_edges_until_synced() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    let s = slot_of("chat");
+    core.handle_watch(
+        Instant::now(),
+        snapshot(|_| 1, 5, vec![(s as u32, 4), (s as u32, 6)]),
+    );
+    core.handle_edge_up(4);
+    // Edge 6 is listed but not connected: nothing can go to it.
+    let PublishOutcome::Sequenced { edges, .. } = core.sequence("chat", 0).unwrap() else {
+        panic!("owned")
+    };
+    assert_eq!(edges, vec![4]);
+    core.handle_slots_synced(4, &[s as u32], &[5]);
+    let PublishOutcome::Sequenced { edges, .. } = core.sequence("chat", 0).unwrap() else {
+        panic!("owned")
+    };
+    assert!(edges.is_empty(), "edge 4 synced without interest in chat");
+}
+
+#[test]
+fn a_retried_forward_is_sequenced_once() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    core.handle_interest(9, "chat", 1, 5, 0).unwrap();
+    let first = core.sequence_forwarded("chat", 0, (2, 1, 77)).unwrap();
+    assert_eq!(
+        first,
+        PublishOutcome::Sequenced {
+            epoch: 5,
+            seq: 1,
+            edges: vec![9]
+        }
+    );
+    assert_eq!(
+        core.sequence_forwarded("chat", 0, (2, 1, 77)).unwrap(),
+        PublishOutcome::Sequenced {
+            epoch: 5,
+            seq: 1,
+            edges: vec![]
+        }
+    );
+    assert_eq!(
+        core.sequence_forwarded("chat", 0, (2, 1, 78)).unwrap(),
+        PublishOutcome::Sequenced {
+            epoch: 5,
+            seq: 2,
+            edges: vec![9]
+        }
+    );
+}
+
+#[test]
+fn no_sequencing_before_registration_or_on_a_view_older_than_it() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    // Registered at revision 9, but the view still shows the slot at epoch 5.
+    core.handle_registered(9);
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 9, vec![]));
+    assert!(matches!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::Sequenced {
+            epoch: 9,
+            seq: 1,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn edge_down_drops_its_interest_and_the_topic_table_is_bounded() {
+    let mut core = DistributorCore::new(1, 2);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    core.handle_interest(9, "a", 1, 5, 0).unwrap();
+    core.handle_interest(9, "b", 1, 5, 0).unwrap();
+    assert_eq!(
+        core.handle_interest(9, "c", 1, 5, 0),
+        Err(CoreError::TooManyTopics { max: 2 })
+    );
+    core.handle_edge_down(9);
+    assert_eq!(core.topic_table_len(), 0);
+    assert_eq!(core.topic_count("a").unwrap(), TopicCount::default());
+}
+
+fn hot(topic: &str, shards: u32, since: u64, committed: bool, revision: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::HotTopicSet(pb::HotTopic {
+                    topic: topic.into(),
+                    shards,
+                    prev_shards: 0,
+                    since,
+                    committed,
+                    revision,
+                })),
+            }],
+        })),
+    }
+}
+
+#[test]
+fn a_stale_route_is_refused_and_a_moved_on_view_fences_its_edges() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    core.handle_interest(9, "live", 1, 5, 0).unwrap();
+    core.handle_interest(9, "live#1", 1, 5, 0).unwrap();
+    assert!(matches!(
+        core.sequence("live", 0).unwrap(),
+        PublishOutcome::Sequenced { .. }
+    ));
+    drain(&mut core);
+    core.handle_watch(Instant::now(), hot("live", 2, 6, false, 6));
+    let mut seen = fences(&mut core);
+    seen.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(
+        seen,
+        vec![
+            FenceOut {
+                topic: "live".into(),
+                since: 6,
+                edges: vec![9]
+            },
+            FenceOut {
+                topic: "live#1".into(),
+                since: 6,
+                edges: vec![9]
+            },
+        ]
+    );
+    assert_eq!(
+        core.sequence("live", 0).unwrap(),
+        PublishOutcome::StaleRoute { since: 6 }
+    );
+    assert!(matches!(
+        core.sequence("live", 6).unwrap(),
+        PublishOutcome::Sequenced { .. }
+    ));
+    // The commit moves the fence again; the prepare's tag is refused from then on.
+    core.handle_watch(Instant::now(), hot("live", 2, 6, true, 7));
+    assert_eq!(fences(&mut core).len(), 2);
+    assert_eq!(
+        core.sequence("live#0", 6).unwrap(),
+        PublishOutcome::StaleRoute { since: 7 }
+    );
+    assert_eq!(core.fence_for("live#1"), Some(7));
+    assert_eq!(core.fence_for("other"), None);
+}
+
+#[test]
+fn an_edge_joining_a_route_late_gets_what_was_published_since_the_change() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    for (n, tag) in [(1u8, 0u64), (2, 6), (3, 6), (4, 7)] {
+        publish_tagged(&mut core, "live#0", tag, Bytes::from(vec![n]));
+    }
+    drain(&mut core);
+    // Joining for the change prepared at 6: the messages tagged 6 and later.
+    core.handle_interest(9, "live#0", 3, 5, 6).unwrap();
+    assert_eq!(
+        replayed(&mut core),
+        vec![
+            Bytes::from(vec![2]),
+            Bytes::from(vec![3]),
+            Bytes::from(vec![4])
+        ]
+    );
+    // Already joined: a count update replays nothing.
+    core.handle_interest(9, "live#0", 4, 5, 6).unwrap();
+    assert!(replayed(&mut core).is_empty());
+    // The history is bounded.
+    core.handle_interest(9, "live#0", 0, 5, 0).unwrap();
+    for _ in 0..HISTORY_FRAMES + 10 {
+        publish_tagged(&mut core, "live#0", 7, Bytes::from_static(b"x"));
+    }
+    drain(&mut core);
+    core.handle_interest(9, "live#0", 1, 5, 6).unwrap();
+    assert_eq!(replayed(&mut core).len(), HISTORY_FRAMES);
+    // And by bytes: of 40 frames of 64 KiB, fewer than 16 (1 MiB with their headers)
+    // stay.
+    core.handle_interest(9, "live#0", 0, 5, 0).unwrap();
+    for _ in 0..40 {
+        publish_tagged(&mut core, "live#0", 7, Bytes::from(vec![0u8; 64 << 10]));
+    }
+    drain(&mut core);
+    core.handle_interest(9, "live#0", 1, 5, 6).unwrap();
+    assert_eq!(replayed(&mut core).len(), 15);
+}
+
+#[test]
+fn sustained_load_proposes_a_split_and_sustained_quiet_a_merge() {
+    let policy = HotPolicy {
+        enabled: true,
+        split_load: 100,
+        merge_load: 10,
+        window_ms: 1000,
+        windows: 3,
+        max_shards: 16,
+    };
+    let mut core = DistributorCore::with_hot_policy(1, 100, policy);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    for edge in [7, 8, 9] {
+        core.handle_edge_up(edge);
+        core.handle_interest(edge, "live", 1, 5, 0).unwrap();
+    }
+    let t0 = Instant::now();
+    drain(&mut core);
+    core.handle_tick(t0);
+    assert!(proposals_of(&mut core).is_empty());
+    let mut proposals = Vec::new();
+    for w in 1..=3u64 {
+        // 200 messages/s to 3 edges: 600 deliveries/s, above 100.
+        for _ in 0..200 {
+            core.sequence("live", 0).unwrap();
+        }
+        core.handle_tick(t0 + Duration::from_secs(w));
+        proposals = proposals_of(&mut core);
+        if w < 3 {
+            assert!(proposals.is_empty(), "window {w}: {proposals:?}");
+        }
+    }
+    // 2 * 600 / 100 = 12, rounded up to a power of two.
+    assert_eq!(
+        proposals,
+        vec![HotProposal {
+            topic: "live".into(),
+            shards: 16
+        }]
+    );
+    // Split and committed. This routing table lists no registered edges, so the
+    // merge estimate for sub-topic 0 (messages/s x registered edges) is 0.
+    core.handle_watch(Instant::now(), hot("live", 4, 6, true, 7));
+    core.handle_interest(9, "live#0", 1, 5, 7).unwrap();
+    let mut merge = Vec::new();
+    for w in 4..=6u64 {
+        core.sequence("live#0", 7).unwrap();
+        core.handle_tick(t0 + Duration::from_secs(w));
+        merge = proposals_of(&mut core);
+    }
+    assert_eq!(
+        merge,
+        vec![HotProposal {
+            topic: "live".into(),
+            shards: 0
+        }]
+    );
+}
