@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use firetower_net::relay::{close_code, encode, write_frames, FrameReader};
-use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
+use firetower_net::{
+    spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration, Tasks,
+};
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, Fence, InterestAck, RelayFrame};
@@ -195,6 +197,8 @@ pub(crate) struct Shared<C: Connector> {
     timer: Notify,
     /// Where hot-topic proposals go (one task makes them, in order).
     proposals: mpsc::UnboundedSender<HotProposal>,
+    /// Edge links, their stream writers and forwards: `run` waits for them to end.
+    tasks: Tasks,
 }
 
 impl<C: Connector> Shared<C> {
@@ -225,7 +229,8 @@ impl<C: Connector> Shared<C> {
             (result, sooner)
         };
         for (attempt, owner, addr, run) in forwards {
-            tokio::spawn(forward(self.clone(), attempt, owner, addr, run));
+            self.tasks
+                .spawn(forward(self.clone(), attempt, owner, addr, run));
         }
         // The timer task sleeps until the core's next timeout; wake it only when that came
         // sooner (its own input always moves it later, so it never wakes itself).
@@ -429,6 +434,7 @@ where
         kicks: Kicks::default(),
         timer: Notify::new(),
         proposals: proposals_tx,
+        tasks: Tasks::default(),
         config: config.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -521,7 +527,9 @@ where
                 _ = relay_stop.wait_for(|s| *s) => break,
             };
             let Some(incoming) = incoming else { break };
-            tokio::spawn(serve_edge(relay_shared.clone(), incoming));
+            relay_shared
+                .tasks
+                .spawn(serve_edge(relay_shared.clone(), incoming));
         }
     });
 
@@ -546,6 +554,9 @@ where
         state.links.links.clear();
         state.waiters.clear();
     }
+    // The endpoint closed every link, so each edge's task ends, and with the links gone so
+    // do their writers; a forward in flight ends within its deadline (`rpc_timeout_ms`).
+    shared.tasks.wait_idle().await;
     endpoint.wait_idle().await;
     result
 }
@@ -596,11 +607,11 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
             return;
         };
         let (tx, rx) = mpsc::channel::<LaneFrame>(shared.config.lane_queue_frames);
-        tokio::spawn(write_frames(stream, rx));
+        shared.tasks.spawn(write_frames(stream, rx));
         lanes.push(tx);
     }
     let (control, control_rx) = mpsc::channel::<ControlFrame>(CONTROL_QUEUE);
-    tokio::spawn(write_frames(send, control_rx));
+    shared.tasks.spawn(write_frames(send, control_rx));
     let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
     shared.apply(|state, _| {
         if let Some(old) = state.links.links.insert(

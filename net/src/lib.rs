@@ -13,6 +13,7 @@
 //! - [`meta_client`]: the metastore client side: node failover, membership upkeep
 //!   (register + heartbeat) and a resuming watch.
 //! - [`rng`]: a per-thread random-number generator the simulator seeds.
+//! - [`tasks`]: the tasks a node spawned, so its `run` returns only once they have ended.
 //! - [`error`]: [`ConfigError`], [`TlsError`].
 
 pub mod connect;
@@ -21,11 +22,13 @@ pub mod meta_client;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod rng;
+pub mod tasks;
 #[cfg(feature = "relay")]
 pub mod tls;
 
 pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
 pub use error::{ConfigError, TlsError};
 pub use meta_client::{spawn_membership, spawn_watch, MetaClient, Registration};
+pub use tasks::Tasks;
 #[cfg(feature = "relay")]
 pub use tls::{TlsFiles, TlsMaterial};
