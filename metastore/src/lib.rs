@@ -17,6 +17,8 @@
 //! The client side (used by distributors, edges, the CLI) is `firetower_net::meta_client`:
 //! a role that only talks to the metastore does not link openraft or sled.
 //! - [`runtime`]: openraft's runtime (tokio) with a seedable random-number generator.
+//! - `tracked` (private): what `run` waits for before it returns — a node's tasks (openraft's
+//!   included), its storage handles, its connections.
 //! - [`config`], [`error`], [`types`].
 
 pub mod config;
@@ -28,6 +30,7 @@ pub mod runtime;
 pub mod service;
 pub mod state;
 pub mod store;
+mod tracked;
 pub mod types;
 
 pub use config::{parse_peers, Config};
@@ -36,7 +39,8 @@ pub use node::run;
 pub use store::{Backend, MemBackend, SledBackend};
 
 /// Runs a node on a bound TCP listener with sled storage in `config.data_dir`: what the
-/// `firetower metastore` command does.
+/// `firetower metastore` command does. When it returns, the data dir is closed and
+/// unlocked: a node can be started on it again at once.
 pub async fn run_tcp(
     config: Config,
     listener: tokio::net::TcpListener,

@@ -10,6 +10,38 @@
 //!  background: initializer (lowest id, once), lease driver (leader only)
 //! ```
 //!
+//! # Stopping
+//!
+//! Shutdown is complete when [`run`] returns: a node stopped and started again in the same
+//! process (the simulator's crash and restart, `firetower dev`, tests) must find its storage
+//! and its address free. So `run` does not return when the server does, nor when
+//! `Raft::shutdown` does, but when everything it started is gone:
+//!
+//! ```text
+//!  shutdown ─► stopping = true ─► server: no new connections, GOAWAY; watch streams,
+//!                                 initializer, lease driver return at their next wait
+//!           ─► requests in flight finish (at most rpc_timeout)
+//!           ─► Raft::shutdown     (RaftCore, tick; pending Raft calls fail)
+//!           ─► cut open connections, server returns; join initializer, lease driver
+//!           ─► wait: every task of the node ended (openraft's state-machine worker,
+//!                    replication streams, snapshot builds; hyper's request tasks)
+//!           ─► wait: every storage handle but run's own dropped
+//!           ─► flush, drop the backend (sled: the database closes, its lock is released)
+//! ```
+//!
+//! Raft stops after the server has drained, so that requests in flight are answered by a
+//! live Raft, but before the server is awaited to the end, so that a request waiting on a
+//! quorum that is gone cannot hold the stop forever. The waits are structural (see the
+//! `tracked` module): each task and each storage handle holds a token, and `run` waits for
+//! the last token, not for a fixed time.
+//!
+//! None of this may change how a node runs before its stop, which the simulator would see:
+//! what is polled while serving (the server's stop, each connection's cut) is a plain
+//! future, not a tokio `watch`, and is combined with `future::select`, not `tokio::select!`.
+//! A tokio `watch` spends the task's cooperative budget on every poll and `tokio::select!`
+//! yields once that is spent; either moves when tasks yield, and so the simulator's
+//! schedules.
+//!
 //! [`MemBackend`]: crate::store::MemBackend
 
 use std::collections::BTreeMap;
@@ -22,11 +54,12 @@ use firetower_proto::metastore::v1::metastore_server::MetastoreServer;
 use firetower_proto::raft::v1 as raft_pb;
 use firetower_proto::raft::v1::raft_transport_client::RaftTransportClient;
 use firetower_proto::raft::v1::raft_transport_server::RaftTransportServer;
+use futures::future::{self, Either};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
 use crate::config::Config;
@@ -36,6 +69,7 @@ use crate::network::{Network, RaftService};
 use crate::service::{MetastoreService, NodeContext};
 use crate::state::{Command, MemberKind, MetaState};
 use crate::store::{keys, Backend, LogStore, StateMachine};
+use crate::tracked::{signal, Held, Severable, Tasks, Tracker};
 use crate::types::Raft;
 
 /// Largest gRPC message a node accepts: Raft appends batch entries and snapshots travel in
@@ -91,7 +125,11 @@ fn has_state<B: Backend>(backend: &B) -> bool {
     vote || log || snapshot
 }
 
-/// Runs one metastore node until `shutdown` completes, then stops Raft and returns.
+/// Runs one metastore node until `shutdown` completes, then stops it and returns.
+///
+/// When it returns, every task the node started (openraft's included) has ended, every
+/// connection it accepted is closed and `backend` has been dropped: for sled, the data dir
+/// is free for the next start in the same process.
 pub async fn run<B, C, I, IO, IE>(
     config: Config,
     incoming: I,
@@ -112,8 +150,87 @@ where
         .raft_config()
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-    let log_store = LogStore::new(backend.clone());
-    let state_machine = StateMachine::open(backend.clone(), config.watch_history_changes)?;
+
+    let (tasks, tasks_token) = Tracker::new();
+    let (storage, storage_token) = Tracker::new();
+    let id = config.id;
+    // Everything of the node lives in `serve` and in the tasks it starts; `run` keeps only
+    // the trackers and its own handle of the backend.
+    let served = serve(
+        config,
+        raft_config,
+        incoming,
+        connector,
+        Held::new(backend.clone(), storage_token),
+        Tasks::new(tasks_token),
+        shutdown,
+    )
+    .await;
+    // The state-machine worker, replication streams and snapshot builds of openraft, and
+    // the request tasks of hyper, may still be finishing: wait for them, then for the last
+    // handle of the storage they held.
+    wait_released(id, &tasks, "tasks").await;
+    wait_released(id, &storage, "storage handles").await;
+    // Nothing writes any more: make it all durable, then let go of the last handle (sled
+    // closes the database and releases its lock when its last handle drops).
+    let flushed = backend.flush();
+    drop(backend);
+    tracing::info!(id, "metastore node stopped");
+    served?;
+    flushed.map_err(NodeError::from)
+}
+
+/// Waits until `tracker` has no holder left, saying so now and then if that takes long.
+async fn wait_released(id: u64, tracker: &Tracker, what: &str) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), tracker.released()).await {
+            Ok(()) => return,
+            Err(_) => {
+                tracing::warn!(
+                    id,
+                    left = tracker.holders(),
+                    "stopping: still waiting for {what}"
+                )
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown`, then stops the server, Raft and the node's tasks, in that order:
+///
+/// 1. `stopping` becomes true and the server is told to stop: it stops accepting and asks
+///    every connection to close once its requests are answered (HTTP/2 GOAWAY); watch
+///    streams end once their current batch is sent; the initializer and the lease driver
+///    return at their next wait.
+/// 2. Requests in flight get `rpc_timeout` to finish against a live Raft.
+/// 3. Raft shuts down: RaftCore and the tick are joined, and a request still waiting on
+///    Raft (a write without a quorum) fails at once instead of waiting for one.
+/// 4. Connections still open are cut (a request still running, a client that does not
+///    read its watch stream), and the server returns once every one has closed.
+/// 5. The initializer and the lease driver are joined: after step 3, since one of them
+///    may be in a Raft call (a lease expiry, the initialization) that only Raft's shutdown
+///    ends.
+///
+/// Everything `serve` owns drops when it returns; what is left (openraft's tasks that end
+/// on their own after step 3, hyper's request tasks) is what `run` waits for.
+async fn serve<B, C, I, IO, IE>(
+    config: Config,
+    raft_config: openraft::Config,
+    incoming: I,
+    connector: C,
+    storage: Held<B>,
+    tasks: Tasks,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError>
+where
+    B: Backend,
+    C: Connector,
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let log_store = LogStore::new(storage.clone());
+    let state_machine = StateMachine::open(storage.clone(), config.watch_history_changes)?;
     let sm = state_machine.shared();
     let channels = Channels::new(connector);
     let network = Network {
@@ -121,15 +238,18 @@ where
         cluster: config.cluster.clone(),
         from: config.id,
     };
-    let raft = Raft::new(
-        config.id,
-        Arc::new(raft_config),
-        network,
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    // In the node's scope, so that RaftCore, the tick and the state-machine worker (and
+    // whatever they spawn) are tasks of the node.
+    let raft = tasks
+        .scope(Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        ))
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
 
     let (stop_tx, stopping) = watch::channel(false);
     let leases = Arc::new(Mutex::new(LeaseTracker::new()));
@@ -141,30 +261,31 @@ where
         leases: leases.clone(),
         stopping: stopping.clone(),
         watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers)),
+        tasks: tasks.clone(),
     });
-    let state_backend = backend.clone();
+    let state_storage = storage.clone();
     let raft_service = RaftService {
         raft: raft.clone(),
         cluster: config.cluster.clone(),
         id: config.id,
-        has_state: Arc::new(move || has_state(&state_backend)),
+        has_state: Arc::new(move || has_state(&state_storage)),
     };
 
-    let init = tokio::spawn(initialize_when_ready(
+    let init = tasks.spawn(initialize_when_ready(
         raft.clone(),
         config.clone(),
         channels.clone(),
-        backend.clone(),
+        storage.clone(),
         stopping.clone(),
     ));
-    let lease_driver = tokio::spawn(drive_leases(context.clone(), stopping.clone()));
+    let lease_driver = tasks.spawn(drive_leases(context.clone(), stopping.clone()));
 
-    tracing::info!(id = config.id, cluster = %config.cluster, "metastore node serving");
-    let signal = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    let served = tonic::transport::Server::builder()
+    let (cutter, cut) = signal();
+    let incoming = incoming.map(move |io| io.map(|io| Severable::new(io, cut.clone())));
+    // The server's stop is a plain future, not `stopping`: tonic polls it each time it
+    // accepts, and a tokio watch there would spend the cooperative budget.
+    let (stop_server, server_stop) = signal();
+    let server = tonic::transport::Server::builder()
         .add_service(
             RaftTransportServer::new(raft_service).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -172,17 +293,45 @@ where
             MetastoreServer::new(MetastoreService { node: context })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = server_stop.await;
+        });
+    let mut server = std::pin::pin!(server);
+    let mut shutdown = std::pin::pin!(shutdown);
+    tracing::info!(id = config.id, cluster = %config.cluster, "metastore node serving");
 
-    // Stop background work, then Raft, then make sure everything reached the disk.
-    let _ = init.await;
-    let _ = lease_driver.await;
+    // Serve until told to stop (or until the server ends by itself: its listener failed).
+    // `future::select` rather than `tokio::select!`, which would yield whenever the task's
+    // cooperative budget is spent and so change the simulator's schedules.
+    let mut served = match future::select(server.as_mut(), shutdown.as_mut()).await {
+        Either::Left((served, _)) => Some(served),
+        Either::Right(((), _)) => None,
+    };
+    // 1.
+    let _ = stop_tx.send(true);
+    let _ = stop_server.send(());
+    // 2.
+    if served.is_none() {
+        served = tokio::time::timeout(config.rpc_timeout, server.as_mut())
+            .await
+            .ok();
+    }
+    // 3.
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    backend.flush()?;
-    tracing::info!(id = config.id, "metastore node stopped");
+    // 4.
+    drop(cutter);
+    let served = match served {
+        Some(served) => served,
+        None => server.await,
+    };
+    // 5.
+    for task in [init, lease_driver] {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "a background task of the node failed");
+        }
+    }
     served.map_err(NodeError::from)
 }
 

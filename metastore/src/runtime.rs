@@ -6,6 +6,11 @@
 //! from the next one with the same seed. Here every thread has its own generator, seeded
 //! from the OS unless [`seed_thread_rng`] set it (the simulator does, once per run, on its
 //! single thread).
+//!
+//! Its `spawn` makes every task openraft starts a task of the node that started it
+//! (`tracked::spawn`): `Raft::shutdown` joins only RaftCore and the tick, and the
+//! node waits for the rest (the state-machine worker, replication streams, snapshot builds)
+//! before it reports itself stopped.
 
 use std::future::Future;
 use std::time::Duration;
@@ -35,7 +40,7 @@ impl AsyncRuntime for SeededRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        tokio::spawn(future)
+        crate::tracked::spawn(future)
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {

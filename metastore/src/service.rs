@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::lease::{LeaseTracker, Registration};
 use crate::state::{Command, MemberKind, Response as CommandResponse};
 use crate::store::{Catchup, SmShared};
+use crate::tracked::Tasks;
 use crate::types::Raft;
 use firetower_net::{Channels, Connector};
 
@@ -47,6 +48,9 @@ pub(crate) struct NodeContext<C: Connector> {
     pub(crate) stopping: watch::Receiver<bool>,
     /// Permits for concurrent watch streams (`config.max_watchers`).
     pub(crate) watchers: Arc<tokio::sync::Semaphore>,
+    /// Spawns the watch streams' tasks as tasks of the node, which `run` waits for. Holding
+    /// it counts too: `run` returns once no part of the node can start a task any more.
+    pub(crate) tasks: Tasks,
 }
 
 /// The API service of one node.
@@ -466,7 +470,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
             request.get_ref().from_revision,
             self.node.stopping.clone(),
         );
-        tokio::spawn(async move {
+        self.node.tasks.spawn(async move {
             serve_watch(sm, from, tx, stopping).await;
             drop(permit);
         });
@@ -527,8 +531,9 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
 
 /// Feeds one watch stream: catch up from `from` (deltas, or a snapshot when the history is
 /// too short), then follow every new revision. Ends when the client goes away or the node
-/// stops. The channel bound makes a slow client wait alone; if it falls behind the history
-/// it is resynced with a snapshot.
+/// stops (a stopping node closes the connection of a client that does not read: see
+/// `node::serve`). The channel bound makes a slow client wait alone; if it falls behind the
+/// history it is resynced with a snapshot.
 async fn serve_watch(
     sm: Arc<SmShared>,
     mut from: u64,
@@ -564,6 +569,11 @@ async fn serve_watch(
             }
         };
         for event in events {
+            // While the channel is full this waits for the client, not for `stopping`: on a
+            // stop the task returns after this batch (below), or, for a client that does
+            // not read it within `rpc_timeout`, when the node cuts the connection and so
+            // drops the receiver. A stop check here would spend tokio's cooperative budget
+            // on every event and change the simulator's schedules.
             if tx
                 .send(Ok(pb::WatchEvent { event: Some(event) }))
                 .await

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use firetower_metastore::{Config, NodeError};
+use firetower_metastore::{Config, NodeError, SledBackend};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
 use tokio::sync::oneshot;
@@ -720,4 +720,192 @@ async fn configured_bounds_answer_resource_exhausted() -> Result<()> {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     cluster.shutdown().await
+}
+
+/// Regression: `run` returned while tasks it had started still held the sled database
+/// (openraft's state-machine worker and replication streams end only after `Raft::shutdown`
+/// has returned), and sled itself lets go of its lock a moment after its last handle drops,
+/// so reopening the data dir right after a stop failed with `could not acquire lock …
+/// WouldBlock`. Here every node is stopped in turn, under writes, snapshots and an open
+/// watch stream, and its data dir is reopened at once: twenty times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_has_released_its_data_dir() -> Result<()> {
+    let mut cluster = Cluster::start_tuned("test", |c| {
+        // Snapshots (built in a task of their own, holding the state machine) every few
+        // writes, so that some are under way when a node stops.
+        c.snapshot_every = 8;
+    })
+    .await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    cluster
+        .client(leader)
+        .await?
+        .register(register(pb::MemberKind::Edge, 1, 60_000))
+        .await?;
+
+    // Writes through every node for the whole test, failing while their node is down.
+    let (done, mut finished) = oneshot::channel::<()>();
+    let clients = cluster
+        .peers
+        .values()
+        .map(|addr| {
+            Ok(MetastoreClient::new(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .timeout(Duration::from_secs(2))
+                    .connect_lazy(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let writer = tokio::spawn(async move {
+        let mut written = 0u32;
+        for n in 0u32.. {
+            let mut client = clients[n as usize % clients.len()].clone();
+            let slot = n % 64;
+            let (add_slots, remove_slots) = if (n / 64) % 2 == 0 {
+                (vec![slot], vec![])
+            } else {
+                (vec![], vec![slot])
+            };
+            let request = pb::UpdateInterestRequest {
+                edge_id: 1,
+                add_slots,
+                remove_slots,
+            };
+            tokio::select! {
+                _ = &mut finished => break,
+                reply = client.update_interest(request) => match reply {
+                    Ok(_) => written += 1,
+                    // Its node is down, or there is no leader for a moment.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+            }
+        }
+        written
+    });
+
+    for round in 0..20u64 {
+        let id = round % 3 + 1;
+        // A watch stream a client keeps open on the node that stops.
+        let mut watch = cluster
+            .client(id)
+            .await?
+            .watch(pb::WatchRequest { from_revision: 0 })
+            .await?
+            .into_inner();
+        next_event(&mut watch).await?;
+
+        cluster.stop(id).await?;
+        let dir = cluster.root.join(format!("node-{id}"));
+        match SledBackend::open(&dir) {
+            Ok(store) => drop(store),
+            Err(e) => bail!("round {round}: node {id} stopped but its data dir is still held: {e}"),
+        }
+        // The stream ended with its node: it does not outlive `run`.
+        let ended = timeout(Duration::from_secs(5), async {
+            while let Ok(Some(_)) = watch.message().await {}
+        })
+        .await;
+        if ended.is_err() {
+            bail!("round {round}: the watch stream outlived node {id}");
+        }
+        cluster.restart(id).await?;
+        cluster.agreed_leader(Duration::from_secs(10)).await?;
+    }
+
+    let _ = done.send(());
+    let written = writer.await?;
+    assert!(written > 0, "no write went through");
+    cluster.shutdown().await
+}
+
+/// A client that stops reading its watch stream cannot hold a stopping node: once the
+/// stream's HTTP/2 window is full, the server cannot finish it, so after `rpc_timeout` the
+/// node cuts the connection, and `run` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_a_stopping_node() -> Result<()> {
+    let mut cluster = Cluster::start_tuned("test", |c| {
+        c.rpc_timeout = Duration::from_millis(500);
+    })
+    .await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let mut writer = cluster.client(leader).await?;
+    writer
+        .register(register(pb::MemberKind::Edge, 1, 60_000))
+        .await?;
+    // Three deltas of 16384 changes each: several hundred kB, far over the window below.
+    let every_slot: Vec<u32> = (0..firetower_proto::SLOT_COUNT as u32).collect();
+    for add in [true, false, true] {
+        let (add_slots, remove_slots) = if add {
+            (every_slot.clone(), vec![])
+        } else {
+            (vec![], every_slot.clone())
+        };
+        writer
+            .update_interest(pb::UpdateInterestRequest {
+                edge_id: 1,
+                add_slots,
+                remove_slots,
+            })
+            .await?;
+    }
+    let id = follower_of(leader);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.peers[&id]))?
+            .initial_stream_window_size(Some(65_535))
+            .initial_connection_window_size(Some(65_535))
+            .connect()
+            .await?;
+    let _unread = MetastoreClient::new(channel)
+        .watch(pb::WatchRequest { from_revision: 1 })
+        .await?
+        .into_inner();
+    // Let the server fill the window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    cluster.stop(id).await?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    SledBackend::open(&cluster.root.join(format!("node-{id}")))?;
+    cluster.shutdown().await
+}
+
+/// A write waiting for a quorum that is gone cannot hold a stopping node: after
+/// `rpc_timeout` Raft shuts down under it, the write fails, and `run` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_quorum_does_not_hold_a_stopping_node() -> Result<()> {
+    let mut cluster = Cluster::start_tuned("test", |c| {
+        c.rpc_timeout = Duration::from_millis(500);
+    })
+    .await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let mut client = cluster.client(leader).await?;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    for id in followers {
+        cluster.stop(id).await?;
+    }
+    let write = tokio::spawn(async move {
+        client
+            .register(register(pb::MemberKind::Distributor, 1, 60_000))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !write.is_finished(),
+        "a write without a quorum went through"
+    );
+    let started = Instant::now();
+    cluster.stop(leader).await?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    let status = timeout(Duration::from_secs(5), write)
+        .await
+        .context("the write outlived its node")??
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    Ok(())
 }

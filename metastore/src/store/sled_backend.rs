@@ -1,14 +1,42 @@
 //! [`Backend`] over sled: two trees, log keys as big-endian u64 so that byte order is index
 //! order, and `flush` is sled's fsync.
+//!
+//! Dropping the last handle closes the database and returns only once sled's lock on the
+//! data dir is released, so the same process can open it again at once. sled alone does not
+//! promise that: its last `Db` handle flushes and joins its flusher thread on drop, but an
+//! I/O thread of its pool may still hold the file for a moment after the final write (a
+//! drop-and-reopen loop in one thread sees `could not acquire lock … WouldBlock` about once
+//! in a hundred rounds).
 
-use std::path::Path;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::Backend;
 use crate::error::BackendError;
 
-/// The durable backend of a real metastore node.
+/// How long closing waits for sled's I/O threads to let go of the lock file, in 1 ms
+/// steps. They need microseconds; the bound only keeps a wedged thread from hanging the
+/// caller.
+const UNLOCK_WAIT_STEPS: u32 = 5_000;
+
+/// The durable backend of a real metastore node. Clones share one open database.
 #[derive(Clone)]
 pub struct SledBackend {
+    inner: Arc<Open>,
+}
+
+/// The open database; closed when the last [`SledBackend`] clone drops.
+struct Open {
+    /// Always `Some` until dropped: `Drop` takes it to close the database before waiting
+    /// for its lock.
+    trees: Option<Trees>,
+    /// sled's lock file (`<dir>/db`).
+    lock_file: PathBuf,
+}
+
+struct Trees {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -20,7 +48,42 @@ impl SledBackend {
         let db = sled::Config::new().path(dir).open()?;
         let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
-        Ok(SledBackend { db, log, meta })
+        Ok(SledBackend {
+            inner: Arc::new(Open {
+                trees: Some(Trees { db, log, meta }),
+                lock_file: dir.join("db"),
+            }),
+        })
+    }
+
+    fn trees(&self) -> &Trees {
+        match &self.inner.trees {
+            Some(trees) => trees,
+            None => unreachable!("the trees are taken only when the last handle drops"),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // Close the database: sled flushes and joins its flusher thread here.
+        drop(self.trees.take());
+        // Then wait until its I/O threads have let go of the lock file too.
+        let Ok(file) = File::open(&self.lock_file) else {
+            return;
+        };
+        for _ in 0..UNLOCK_WAIT_STEPS {
+            match file.try_lock() {
+                Ok(()) => {
+                    let _ = file.unlock();
+                    return;
+                }
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+                // Locking is not supported here: sled could not have locked it either.
+                Err(TryLockError::Error(_)) => return,
+            }
+        }
+        tracing::warn!(file = %self.lock_file.display(), "sled still holds its lock file after closing");
     }
 }
 
@@ -36,7 +99,8 @@ impl Backend for SledBackend {
         if start >= end {
             return Ok(Vec::new());
         }
-        self.log
+        self.trees()
+            .log
             .range(start.to_be_bytes()..end.to_be_bytes())
             .map(|kv| {
                 let (k, v) = kv?;
@@ -46,7 +110,7 @@ impl Backend for SledBackend {
     }
 
     fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>, BackendError> {
-        match self.log.last()? {
+        match self.trees().log.last()? {
             Some((k, v)) => Ok(Some((index_of(&k)?, v.to_vec()))),
             None => Ok(None),
         }
@@ -57,39 +121,39 @@ impl Backend for SledBackend {
         for (index, value) in entries {
             batch.insert(&index.to_be_bytes(), value);
         }
-        self.log.apply_batch(batch)?;
+        self.trees().log.apply_batch(batch)?;
         Ok(())
     }
 
     fn log_remove_from(&self, from: u64) -> Result<(), BackendError> {
         let mut batch = sled::Batch::default();
-        for kv in self.log.range(from.to_be_bytes()..) {
+        for kv in self.trees().log.range(from.to_be_bytes()..) {
             batch.remove(kv?.0);
         }
-        self.log.apply_batch(batch)?;
+        self.trees().log.apply_batch(batch)?;
         Ok(())
     }
 
     fn log_remove_upto(&self, upto: u64) -> Result<(), BackendError> {
         let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=upto.to_be_bytes()) {
+        for kv in self.trees().log.range(..=upto.to_be_bytes()) {
             batch.remove(kv?.0);
         }
-        self.log.apply_batch(batch)?;
+        self.trees().log.apply_batch(batch)?;
         Ok(())
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+        Ok(self.trees().meta.get(key)?.map(|v| v.to_vec()))
     }
 
     fn meta_put(&self, key: &str, value: Vec<u8>) -> Result<(), BackendError> {
-        self.meta.insert(key, value)?;
+        self.trees().meta.insert(key, value)?;
         Ok(())
     }
 
     fn flush(&self) -> Result<(), BackendError> {
-        self.db.flush()?;
+        self.trees().db.flush()?;
         Ok(())
     }
 }
