@@ -15,8 +15,9 @@
 //!  Output::Relay ─▶ LinkTable::send ─▶ control queue ─▶ control writer ─▶ QUIC
 //! ```
 //!
-//! Lock order: the table's lock is taken after the core's (by the runner) or alone; never
-//! is another lock taken while it is held.
+//! Lock order: the table's lock is taken after the core's (by the runner, which may also
+//! hold the session registry's) or alone; outside the runner no other lock is taken while
+//! it is held.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;

@@ -1,10 +1,10 @@
-//! The edge's async shell: [`run`], and [`Edge`], the handles its tasks share.
+//! The edge's async shell: [`run`], and `Edge`, the handles its tasks share.
 //!
-//! Every input reaches the core through one function, [`Edge::apply`]: it locks the core,
+//! Every input reaches the core through one function, `Edge::apply`: it locks the core,
 //! hands it the input with the time, drains the core's output queue into one runner
-//! ([`Edge::run_outputs`]), releases the lock, then wakes the sessions that got frames
+//! (`Edge::run_outputs`), releases the lock, then wakes the sessions that got frames
 //! and makes the hook calls. Nothing else touches the core except read-only queries
-//! ([`Edge::read_core`]).
+//! (`Edge::read_core`).
 //!
 //! ```text
 //!  session task (subscribe, unsubscribe, disconnect) ─┐
@@ -18,13 +18,14 @@
 //!                                                         unlock; wake sessions; run hooks
 //! ```
 //!
-//! The handles each do one job: [`Sessions`] (connections and their send queues),
-//! [`Links`] (relay links to distributors), [`Tasks`] (everything spawned, for a complete
+//! The handles each do one job: `Sessions` (connections and their send queues),
+//! `Links` (relay links to distributors), `Tasks` (everything spawned, for a complete
 //! shutdown), [`Counters`]. Under the core's lock the runner only moves frames into
 //! queues; relay frames are encoded by each link's writer task, after the lock.
 //!
-//! Locks: the core's lock first, then (inside the runner only) the session registry's or
-//! the link table's; neither of those is ever held while another lock is taken.
+//! Locks: the core's lock first, then (inside the runner only) the session registry's and
+//! the link table's. Outside the runner neither of those is held while another lock is
+//! taken; runners are serialized by the core's lock, so no cycle can form.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

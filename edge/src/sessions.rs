@@ -11,8 +11,9 @@
 //! out under one lock wakes each recipient once, and its one write carries all of that
 //! burst's frames for it.
 //!
-//! Lock order: the registry's lock is taken after the core's (by the runner) or alone;
-//! never is another lock taken while it is held.
+//! Lock order: the registry's lock is taken after the core's (by the runner, which may
+//! also hold the link table's) or alone; outside the runner no other lock is taken while
+//! it is held.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
