@@ -7,7 +7,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use firetower_distributor::core::DistributorCore;
-use firetower_edge::core::EdgeCore;
+use firetower_edge::core::{EdgeCore, Output};
 use firetower_proto::client::{encode_delivery, parse_client_frame};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, Deliver, RelayFrame};
@@ -97,17 +97,18 @@ fn bench_fanout(c: &mut Criterion) {
         }
         core.handle_interest_ack(1, "room", 1);
         while core.poll_output().is_some() {}
-        let data = format!("\"{}\"", "x".repeat(126));
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(126)));
         let mut seq = 0u64;
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 seq += 1;
-                if let Some(f) =
-                    core.handle_deliver("room", 1, seq, data.as_bytes(), Default::default())
-                {
-                    for conn in f.conns {
-                        let _ = queues[conn as usize].try_send(f.frame.clone());
+                core.handle_deliver("room", 1, seq, data.clone(), Default::default());
+                while let Some(output) = core.poll_output() {
+                    if let Output::Deliver(f) = output {
+                        for &conn in f.conns.iter() {
+                            let _ = queues[conn as usize].try_send(f.frame.clone());
+                        }
                     }
                 }
                 // Keep the queues from filling: drain what this iteration queued.

@@ -65,6 +65,10 @@ pub struct Config {
     pub rpc_timeout_ms: u64,
     /// The most client connections at once (HTTP 503 beyond).
     pub max_connections: usize,
+    /// How long a shutdown waits for the edge's tasks (clients' close handshakes, the
+    /// metastore deregistration, relay links) before stopping the rest where they are.
+    /// Long enough for a close handshake (1 s) and a deregistration (`rpc_timeout_ms`).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             subscribe_timeout_ms: 5000,
             rpc_timeout_ms: 2000,
             max_connections: 1_000_000,
+            shutdown_grace_ms: 5000,
         }
     }
 }

@@ -1,9 +1,30 @@
 //! The edge's decisions, sans-IO: local subscriptions, interest toward the owners, the
 //! order filter on deliveries, and the fan-out list of each message.
 //!
-//! Inputs are `handle_*` calls (client frames after the hooks, relay frames, watch events,
-//! link state, ticks); outputs are [`Output`]s taken with [`EdgeCore::poll_output`], plus
-//! the fan-out that [`EdgeCore::handle_deliver`] returns directly (the hot path).
+//! Inputs are `handle_*` calls, with time passed in; every output, the hot path's
+//! deliveries included, goes into one queue that the shell drains with
+//! [`EdgeCore::poll_output`] after each input and carries out in order (`node::Edge::apply`
+//! is the only caller). Nothing comes back as a return value, so nothing can be forgotten.
+//!
+//! ```text
+//!  client (after the hooks)   handle_subscribe / handle_unsubscribe / handle_disconnect
+//!  relay lanes                handle_deliver / handle_fence       ┐
+//!  relay control              handle_interest_ack                 │
+//!  metastore watch            handle_watch                        ├─▶ EdgeCore ─▶ poll_output()
+//!  link state                 handle_link_up / handle_link_down   │
+//!  timer                      handle_tick(now)                    ┘
+//!
+//!  Output::Deliver(Fanout)        queue one framed message to these connections
+//!  Output::Subscribed / SubscribeFailed / Unsubscribed
+//!                                 answer a connection (and run on_subscribe)
+//!  Output::Left                   a connection no longer holds these topics (on_unsubscribe)
+//!  Output::Relay                  send a relay frame (Interest, SlotsSynced) to a distributor
+//!  Output::Connect / Disconnect   keep or drop the relay link to a distributor
+//!  Output::AckHot                 tell the metastore this edge receives a hot topic's route
+//! ```
+//!
+//! Queries (`routing`, `interest_slots`, `publish_route`, `counters`) read state and emit
+//! nothing.
 //!
 //! A subscriber is acknowledged only once the topic's owner has acknowledged this edge's
 //! interest at the owner's current epoch; from then on every message the owner sequences
@@ -12,14 +33,17 @@
 //! even when an old and a new owner both send during a slot move.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use firetower_proto::client::{encode_delivery, ClientError, ErrorCode};
+use firetower_proto::client::{ClientError, ErrorCode};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, Interest, RelayFrame, SlotsSynced};
 use firetower_proto::routing::{edge_route_topic, RoutingTable};
 use firetower_proto::{slot_of, Slot};
 use tokio::time::{Duration, Instant};
+
+use crate::frame::delivery_frame;
 
 /// A client connection, numbered by the shell.
 pub type ConnId = u64;
@@ -39,22 +63,30 @@ pub const DEPARTED_TOPICS: usize = 64;
 /// How often an unanswered hot-topic ack is sent again.
 const HOT_ACK_RESEND: Duration = Duration::from_secs(2);
 
-/// Something the shell must do.
+/// Something the shell must do. Outputs are carried out in the order they were emitted:
+/// everything that goes to one connection's send queue or to one distributor's link keeps
+/// that order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Send a relay frame to a distributor over its link.
+    /// Queue a message to its local subscribers (a delivery, or one held back while a
+    /// split topic changed route, now due). The hot path: one per message passed on.
+    Deliver(Fanout),
+    /// Send a relay frame to a distributor over its link (if it is up).
     Relay { distributor: u64, frame: RelayFrame },
     /// These topics are now subscribed for the connection: ack them to the client and run
     /// the on_subscribe hook.
     Subscribed { conn: ConnId, topics: Vec<String> },
     /// These subscriptions could not be made effective: tell the client, run no hook.
     SubscribeFailed { conn: ConnId, error: ClientError },
+    /// Ack an unsubscribe to the client: the topics it asked about, held or not.
+    Unsubscribed { conn: ConnId, topics: Vec<String> },
+    /// The connection no longer holds these topics (an unsubscribe, or its disconnect):
+    /// run the on_unsubscribe hook.
+    Left { conn: ConnId, topics: Vec<String> },
     /// Open (and keep open) a relay link to this distributor.
     Connect { distributor: u64 },
     /// Close the relay link to this distributor.
     Disconnect { distributor: u64 },
-    /// Deliveries held back while a split topic changed route, now due.
-    Deliver(Fanout),
     /// Tell the metastore that this edge receives the route of `topic` prepared at `since`.
     AckHot { topic: String, since: u64 },
 }
@@ -67,11 +99,22 @@ pub struct MessageTags {
     pub route_tag: u64,
 }
 
-/// A message to pass to local subscribers: one encoded frame, many connections.
+/// A message to pass to local subscribers: one frame, many connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fanout {
+    /// The complete WebSocket text frame (header and JSON), built once: every recipient's
+    /// send queue gets a clone of these bytes.
     pub frame: Bytes,
-    pub conns: Vec<ConnId>,
+    /// The recipients. Shared with the topic until its subscribers change, so a delivery
+    /// costs no allocation for its recipient list.
+    pub conns: Arc<[ConnId]>,
+}
+
+impl Fanout {
+    /// The client frame's JSON (the WebSocket payload).
+    pub fn json(&self) -> &[u8] {
+        crate::frame::payload(&self.frame)
+    }
 }
 
 /// One route of a client topic: the name this edge receives it under. A never-split topic
@@ -97,8 +140,12 @@ struct Route {
 
 #[derive(Debug, Default)]
 struct LocalTopic {
-    /// Acknowledged subscribers: they receive deliveries.
+    /// Acknowledged subscribers: they receive deliveries. Changed only through
+    /// `add_subscriber` and `drop_conn`, which keep `recipients` in step.
     subscribers: BTreeSet<ConnId>,
+    /// `subscribers` as the list each [`Fanout`] shares; rebuilt at the first delivery
+    /// after a change (so a burst of subscribes costs one rebuild, not one each).
+    recipients: Option<Arc<[ConnId]>>,
     /// Waiting for every route's InterestAck, with the time they asked.
     pending: BTreeMap<ConnId, Instant>,
     routes: VecDeque<Route>,
@@ -117,6 +164,39 @@ struct LocalTopic {
 impl LocalTopic {
     fn count(&self) -> u64 {
         (self.subscribers.len() + self.pending.len()) as u64
+    }
+
+    fn add_subscriber(&mut self, conn: ConnId) {
+        if self.subscribers.insert(conn) {
+            self.recipients = None;
+        }
+    }
+
+    /// Removes the connection, acknowledged or waiting.
+    fn drop_conn(&mut self, conn: ConnId) {
+        if self.subscribers.remove(&conn) {
+            self.recipients = None;
+        }
+        self.pending.remove(&conn);
+    }
+
+    /// The current subscribers, shared.
+    fn recipients(&mut self) -> Arc<[ConnId]> {
+        let subscribers = &self.subscribers;
+        self.recipients
+            .get_or_insert_with(|| subscribers.iter().copied().collect())
+            .clone()
+    }
+
+    /// The message to pass on to the subscribers, if there are any.
+    fn fanout(&mut self, topic: &str, text: &str, epoch: u64, seq: u64) -> Option<Fanout> {
+        if self.subscribers.is_empty() {
+            return None;
+        }
+        Some(Fanout {
+            frame: delivery_frame(topic, text, epoch, seq),
+            conns: self.recipients(),
+        })
     }
 
     /// Remembers `id`; false when it was seen already.
@@ -424,7 +504,7 @@ impl EdgeCore {
                 continue;
             };
             if is_ready {
-                entry.subscribers.insert(conn);
+                entry.add_subscriber(conn);
                 ready.push(topic.clone());
             } else {
                 entry.pending.insert(conn, now);
@@ -453,10 +533,12 @@ impl EdgeCore {
         }
     }
 
-    /// A connection unsubscribes. Returns the topics it was subscribed to among `topics`.
-    pub fn handle_unsubscribe(&mut self, conn: ConnId, topics: &[String]) -> Vec<String> {
+    /// A connection unsubscribes from `topics`: the client gets its ack
+    /// ([`Output::Unsubscribed`], every topic it named), then [`Output::Left`] names the
+    /// ones it held.
+    pub fn handle_unsubscribe(&mut self, conn: ConnId, topics: Vec<String>) {
         let mut removed = Vec::new();
-        for topic in topics {
+        for topic in &topics {
             let Some(mine) = self.conns.get_mut(&conn) else {
                 break;
             };
@@ -469,15 +551,21 @@ impl EdgeCore {
         if self.conns.get(&conn).is_some_and(BTreeSet::is_empty) {
             self.conns.remove(&conn);
         }
-        removed
+        self.outputs
+            .push_back(Output::Unsubscribed { conn, topics });
+        if !removed.is_empty() {
+            self.outputs.push_back(Output::Left {
+                conn,
+                topics: removed,
+            });
+        }
     }
 
     fn remove_subscriber(&mut self, conn: ConnId, topic: &str) {
         let Some(entry) = self.topics.get_mut(topic) else {
             return;
         };
-        entry.subscribers.remove(&conn);
-        entry.pending.remove(&conn);
+        entry.drop_conn(conn);
         let names: Vec<String> = entry.routes.iter().map(|r| r.name.clone()).collect();
         if entry.count() == 0 {
             // Tell the owners at once that we no longer need it.
@@ -500,8 +588,8 @@ impl EdgeCore {
         }
     }
 
-    /// A connection is gone. Returns every topic it was subscribed to (for the hooks).
-    pub fn handle_disconnect(&mut self, conn: ConnId) -> Vec<String> {
+    /// A connection is gone: [`Output::Left`] names every topic it held (for the hooks).
+    pub fn handle_disconnect(&mut self, conn: ConnId) {
         let topics: Vec<String> = self
             .conns
             .remove(&conn)
@@ -510,17 +598,34 @@ impl EdgeCore {
         for topic in &topics {
             self.remove_subscriber(conn, topic);
         }
-        topics
+        if !topics.is_empty() {
+            self.outputs.push_back(Output::Left { conn, topics });
+        }
     }
 
-    /// A delivery from a distributor under route name `name`: the frame to send and who
-    /// gets it, unless it is stale, a second copy, held for a later route, or unwanted.
+    /// A delivery from a distributor under route name `name`: [`Output::Deliver`] with the
+    /// frame and who gets it, unless it is stale, a second copy, held for a later route, or
+    /// unwanted. `data` is a slice of the relay stream's buffer; it is copied once, into
+    /// the client frame (or, when held, into a buffer of its own).
     pub fn handle_deliver(
         &mut self,
         name: &str,
         epoch: u64,
         seq: u64,
-        data: &[u8],
+        data: Bytes,
+        tags: MessageTags,
+    ) {
+        if let Some(fanout) = self.deliver(name, epoch, seq, data, tags) {
+            self.outputs.push_back(Output::Deliver(fanout));
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        seq: u64,
+        data: Bytes,
         tags: MessageTags,
     ) -> Option<Fanout> {
         let MessageTags { msg_id, route_tag } = tags;
@@ -541,10 +646,10 @@ impl EdgeCore {
             self.counters.stale_deliveries += 1;
             return None;
         }
-        if std::str::from_utf8(data).is_err() {
+        let Ok(text) = std::str::from_utf8(&data) else {
             self.counters.bad_deliveries += 1;
             return None;
-        }
+        };
         route_name.last = (epoch, seq);
         let Some(entry) = self.topics.get_mut(&route_name.base) else {
             self.counters.unwanted_deliveries += 1;
@@ -571,7 +676,9 @@ impl EdgeCore {
                 held.pop_front();
                 self.counters.held_dropped += 1;
             }
-            held.push_back((Bytes::copy_from_slice(data), msg_id));
+            // A copy of its own: a slice of the stream's buffer would keep the whole
+            // received packet (batch) alive for as long as the message is held.
+            held.push_back((Bytes::copy_from_slice(&data), msg_id));
             return None;
         }
         if !entry.renumber {
@@ -583,17 +690,10 @@ impl EdgeCore {
                 return None;
             }
             entry.client_last = (epoch, seq);
-            if entry.subscribers.is_empty() {
-                return None;
-            }
-            let text = std::str::from_utf8(data).ok()?;
-            return Some(Fanout {
-                frame: encode_delivery(name, text, epoch, seq),
-                conns: entry.subscribers.iter().copied().collect(),
-            });
+            return entry.fanout(name, text, epoch, seq);
         }
         let base = route_name.base.clone();
-        deliver_renumbered(entry, &base, data, msg_id, &mut self.counters)
+        deliver_renumbered(entry, &base, text, msg_id, &mut self.counters)
     }
 
     /// The owner acknowledged our interest in route name `name` at `epoch`: subscribers
@@ -620,7 +720,7 @@ impl EdgeCore {
         };
         let pending = std::mem::take(&mut entry.pending);
         for conn in pending.into_keys() {
-            entry.subscribers.insert(conn);
+            entry.add_subscriber(conn);
             self.outputs.push_back(Output::Subscribed {
                 conn,
                 topics: vec![topic.to_string()],
@@ -693,8 +793,11 @@ impl EdgeCore {
                 due.extend(r.held.drain(..));
             }
             for (data, id) in due {
-                if let Some(fanout) =
-                    deliver_renumbered(entry, topic, &data, id, &mut self.counters)
+                // Checked to be UTF-8 when it arrived.
+                let Ok(text) = std::str::from_utf8(&data) else {
+                    continue;
+                };
+                if let Some(fanout) = deliver_renumbered(entry, topic, text, id, &mut self.counters)
                 {
                     self.outputs.push_back(Output::Deliver(fanout));
                 }
@@ -950,7 +1053,7 @@ impl EdgeCore {
 fn deliver_renumbered(
     entry: &mut LocalTopic,
     topic: &str,
-    data: &[u8],
+    text: &str,
     msg_id: u64,
     counters: &mut CoreCounters,
 ) -> Option<Fanout> {
@@ -960,14 +1063,7 @@ fn deliver_renumbered(
     }
     let (epoch, seq) = entry.client_last;
     entry.client_last = (epoch, seq + 1);
-    if entry.subscribers.is_empty() {
-        return None;
-    }
-    let text = std::str::from_utf8(data).ok()?;
-    Some(Fanout {
-        frame: encode_delivery(topic, text, epoch, seq + 1),
-        conns: entry.subscribers.iter().copied().collect(),
-    })
+    entry.fanout(topic, text, epoch, seq + 1)
 }
 
 /// Keeps the metastore's list of this edge's slots in step with the local subscriptions:

@@ -3,28 +3,51 @@
 //! Clients speak the Firetower JSON protocol ([`firetower_proto::client`]) over WebSocket at
 //! `/ws`. The edge tells the owning distributors which topics it needs over the QUIC relay,
 //! registers its slots with the metastore, and fans each delivery out to its local
-//! subscribers: encoded once, queued to each connection's bounded send queue, written in
+//! subscribers: framed once, queued to each connection's bounded send queue, written in
 //! batches.
 //!
 //! # Layout
 //! - [`core`]: the sans-IO decisions (subscriptions, interest, order filter, fan-out list).
-//! - [`node`]: [`run`], the async shell (relay links, metastore, send queues, counters).
-//! - [`ws`]: one connection: HTTP routes, the WebSocket session, hooks, the writer.
-//! - `send`: WebSocket framing of outgoing frames, the bounded send queue, vectored writes.
+//!   Inputs are `handle_*` calls; every output goes into one queue ([`core::Output`]).
+//! - [`node`]: [`run`], and `Edge`, the shell's shared handles. `Edge::apply` is the one
+//!   way an input reaches the core: lock, handle, drain the outputs into one runner,
+//!   unlock, wake sessions, run hooks.
+//! - `sessions`: the session registry (connections, their send queues, the slow-client
+//!   policy, kicks).
+//! - `links`: the link manager (a relay link per distributor: connect with backoff, the
+//!   control stream and its writer, the lane readers).
+//! - `tasks`: every spawned task, tracked, so [`run`] returns only once all have ended.
+//! - `ws`: one connection: HTTP routes, the WebSocket session, the writer.
+//! - `frame`: client frames on the wire (WebSocket header + JSON), a delivery's built in
+//!   one allocation.
+//! - `send`: the bounded send queue and vectored writes.
 //! - [`hooks`]: the per-connection callbacks for embedding the edge.
-//! - [`config`], [`error`].
+//! - [`counters`], [`config`], [`error`].
+//!
+//! # A delivery's bytes
+//! From the QUIC read to the client's socket a delivery's payload is copied once by the
+//! edge: into its client frame. The relay reader decodes frames from the `Bytes` chunks
+//! QUIC hands out (the data field is a slice of them; a frame split across two chunks is
+//! gathered first, one copy of that frame), the core writes the WebSocket header, the JSON
+//! envelope and the data into one buffer, and every recipient's queue shares that buffer
+//! until its vectored write. A delivery held back during a hot topic's route change is
+//! copied once more, so as not to pin the received packet.
 
 pub mod config;
 pub mod core;
+pub mod counters;
 pub mod error;
+mod frame;
 pub mod hooks;
+mod links;
 pub mod node;
 mod send;
+mod sessions;
+mod tasks;
 mod ws;
 
 pub use config::{Config, SlowPolicy};
+pub use counters::Counters;
 pub use error::{ConfigError, NodeError};
 pub use hooks::{AllowAll, Hooks, Identity, ReadDecision, Rejection};
-pub use node::{
-    run, run_tcp, Counters, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_KICKED, CLOSE_SLOW_CONSUMER,
-};
+pub use node::{run, run_tcp, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_KICKED, CLOSE_SLOW_CONSUMER};

@@ -1,39 +1,21 @@
 //! The path from a fan-out to a client's socket.
 //!
-//! A delivery is framed as a WebSocket text frame once ([`text_frame`]) and the same bytes
+//! A delivery's WebSocket frame is built once (`frame::delivery_frame`) and the same bytes
 //! are queued to every recipient. Each connection has a bounded [`SendQueue`]; its session
 //! task takes every queued frame at once and hands them to the socket in one vectored
 //! write ([`write_frames`]), with no copy per recipient.
 //!
-//! Waking a session is deferred until the state lock is released (see
-//! `node::StateGuard`): a burst of relay frames fanned out under one lock wakes each
-//! recipient once, and its one write carries all of that burst's frames for it.
+//! Waking a session is deferred until every lock is released (see `sessions::Wakes`): a
+//! burst of relay frames fanned out under one lock wakes each recipient once, and its one
+//! write carries all of that burst's frames for it.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Mutex;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
-
-/// Frames a text payload as one unmasked (server-to-client) WebSocket frame.
-pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let mut out = BytesMut::with_capacity(len + 10);
-    out.put_u8(0x81); // FIN, opcode text
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
-    out.put_slice(payload);
-    out.freeze()
-}
 
 /// What [`SendQueue::push`] did with a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -144,20 +126,8 @@ pub(crate) async fn write_frames<IO: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::text_frame;
     use tokio::io::AsyncReadExt;
-
-    #[test]
-    fn frames_carry_the_right_length_encoding() {
-        let short = text_frame(b"hi");
-        assert_eq!(&short[..], b"\x81\x02hi");
-        let medium = text_frame(&[b'a'; 300]);
-        assert_eq!(&medium[..4], &[0x81, 126, 1, 44]);
-        assert_eq!(medium.len(), 304);
-        let long = text_frame(&vec![b'b'; 70_000]);
-        assert_eq!(long[1], 127);
-        assert_eq!(u64::from_be_bytes(long[2..10].try_into().unwrap()), 70_000);
-        assert_eq!(long.len(), 70_010);
-    }
 
     #[test]
     fn a_full_queue_refuses_and_take_wakes_again_when_more_remain() {

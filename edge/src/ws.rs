@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use firetower_net::Connector;
 use firetower_proto::client::{
-    encode_ack, parse_client_frame, validate_json_data, AckKind, ClientError, ClientFrame,
-    ErrorCode, LEGACY_HEARTBEAT,
+    parse_client_frame, validate_json_data, ClientError, ClientFrame, ErrorCode, LEGACY_HEARTBEAT,
 };
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
@@ -31,8 +31,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::hooks::{Identity, ReadDecision};
-use crate::node::{Closer, Shared, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
+use crate::node::Edge;
 use crate::send::{write_frames, SendQueue};
+use crate::sessions::{Closer, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
 
 /// The largest HTTP request head accepted.
 const MAX_HEAD: usize = 8 << 10;
@@ -42,12 +43,12 @@ const MAX_FRAMES_PER_WRITE: usize = 1024;
 const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve_conn<C, IO>(shared: Arc<Shared<C>>, mut io: IO)
+pub(crate) async fn serve_conn<C, IO>(edge: Arc<Edge<C>>, mut io: IO)
 where
     C: Connector,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
     let (request, leftover) = match tokio::time::timeout(timeout, read_head(&mut io)).await {
         Ok(Ok(r)) => r,
         Ok(Err((status, reason))) => {
@@ -64,7 +65,7 @@ where
         return;
     }
     match request.uri().path() {
-        "/ws" => upgrade(shared, io, request, leftover).await,
+        "/ws" => upgrade(edge, io, request, leftover).await,
         "/" | "/index.html" => {
             let _ = respond(
                 &mut io,
@@ -78,11 +79,11 @@ where
             let _ = respond(&mut io, 200, "text/plain", b"ok").await;
         }
         "/metrics" => {
-            let body = metrics(&shared);
+            let body = metrics(&edge);
             let _ = respond(&mut io, 200, "text/plain; version=0.0.4", body.as_bytes()).await;
         }
         "/api/topic" => {
-            let (status, body) = topic_status(&shared, request.uri().query().unwrap_or("")).await;
+            let (status, body) = topic_status(&edge, request.uri().query().unwrap_or("")).await;
             let _ = respond(&mut io, status, "application/json", body.as_bytes()).await;
         }
         _ => {
@@ -153,8 +154,8 @@ async fn respond<IO: AsyncWrite + Unpin>(
     io.shutdown().await
 }
 
-fn metrics<C: Connector>(shared: &Shared<C>) -> String {
-    let c = &shared.counters;
+fn metrics<C: Connector>(edge: &Edge<C>) -> String {
+    let c = &edge.counters;
     let mut out = String::new();
     for (name, value) in [
         ("connections_open", &c.connections_open),
@@ -173,12 +174,12 @@ fn metrics<C: Connector>(shared: &Shared<C>) -> String {
     ] {
         out.push_str(&format!(
             "firetower_edge_{name}{{edge=\"{}\"}} {}\n",
-            shared.config.id,
+            edge.config.id,
             value.load(Ordering::Relaxed)
         ));
     }
     // The core's own counters (order filter, split-topic route changes).
-    let core = shared.lock().core.counters().clone();
+    let core = edge.read_core(|core| core.counters().clone());
     for (name, value) in [
         ("stale_deliveries", core.stale_deliveries),
         ("unwanted_deliveries", core.unwanted_deliveries),
@@ -190,14 +191,14 @@ fn metrics<C: Connector>(shared: &Shared<C>) -> String {
     ] {
         out.push_str(&format!(
             "firetower_edge_{name}{{edge=\"{}\"}} {value}\n",
-            shared.config.id
+            edge.config.id
         ));
     }
     out
 }
 
 /// `/api/topic?topic=T`: TopicStatus from the distributors, as JSON.
-async fn topic_status<C: Connector>(shared: &Shared<C>, query: &str) -> (u16, String) {
+async fn topic_status<C: Connector>(edge: &Edge<C>, query: &str) -> (u16, String) {
     let topic = query.split('&').find_map(|kv| kv.strip_prefix("topic="));
     let Some(topic) = topic.map(percent_decode) else {
         return (400, r#"{"error":"missing query parameter topic"}"#.into());
@@ -208,10 +209,10 @@ async fn topic_status<C: Connector>(shared: &Shared<C>, query: &str) -> (u16, St
             serde_json::json!({ "error": format!("topic: {e}") }).to_string(),
         );
     }
-    let Some(addr) = shared.any_distributor_grpc(&topic) else {
+    let Some(addr) = edge.any_distributor_grpc(&topic) else {
         return (503, r#"{"error":"no distributor is known"}"#.into());
     };
-    let Ok(channel) = shared.distributors.get(&addr) else {
+    let Ok(channel) = edge.distributors.get(&addr) else {
         return (503, r#"{"error":"bad distributor address"}"#.into());
     };
     let mut client = DistributorClient::new(channel);
@@ -219,7 +220,7 @@ async fn topic_status<C: Connector>(shared: &Shared<C>, query: &str) -> (u16, St
         topic: topic.clone(),
         owner_only: false,
     });
-    request.set_timeout(Duration::from_millis(shared.config.rpc_timeout_ms));
+    request.set_timeout(Duration::from_millis(edge.config.rpc_timeout_ms));
     match client.topic_status(request).await {
         Ok(reply) => {
             let r = reply.into_inner();
@@ -266,7 +267,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 async fn upgrade<C, IO>(
-    shared: Arc<Shared<C>>,
+    edge: Arc<Edge<C>>,
     mut io: IO,
     request: http::Request<()>,
     leftover: Vec<u8>,
@@ -274,8 +275,8 @@ async fn upgrade<C, IO>(
     C: Connector,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let counters = shared.counters.clone();
-    if counters.connections_open.load(Ordering::Relaxed) as usize >= shared.config.max_connections {
+    let counters = edge.counters.clone();
+    if counters.connections_open.load(Ordering::Relaxed) as usize >= edge.config.max_connections {
         counters.connections_refused.fetch_add(1, Ordering::Relaxed);
         let _ = respond(&mut io, 503, "text/plain", b"connection limit reached").await;
         return;
@@ -293,8 +294,8 @@ async fn upgrade<C, IO>(
             return;
         }
     };
-    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let identity = match shared.hooks.on_connect(conn, &request) {
+    let conn = edge.next_conn.fetch_add(1, Ordering::Relaxed);
+    let identity = match edge.hooks.on_connect(conn, &request) {
         Ok(id) => Arc::new(id),
         Err(rejection) => {
             counters.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -323,23 +324,23 @@ async fn upgrade<C, IO>(
     // before the session, which lives as long as the connection.
     drop((head, response, request));
     let config = WebSocketConfig::default()
-        .read_buffer_size(shared.config.read_buffer_bytes)
+        .read_buffer_size(edge.config.read_buffer_bytes)
         // Only control frames go through tungstenite's buffer (deliveries bypass it).
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(shared.config.max_frame_bytes))
-        .max_frame_size(Some(shared.config.max_frame_bytes));
+        .max_message_size(Some(edge.config.max_frame_bytes))
+        .max_frame_size(Some(edge.config.max_frame_bytes));
     let ws = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(config)).await;
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
     counters.connections_total.fetch_add(1, Ordering::Relaxed);
     let closer = Arc::new(Closer::default());
-    let queue = shared.add_conn(conn, identity.clone(), closer.clone());
-    session(&shared, conn, &identity, ws, queue, &closer).await;
-    let topics = shared.remove_conn(conn);
-    if !topics.is_empty() {
-        shared.hooks.on_unsubscribe(&identity, &topics);
-    }
-    shared.hooks.on_offline(&identity);
+    let queue = edge.sessions.add(conn, identity.clone(), closer.clone());
+    session(&edge, conn, &identity, ws, queue, &closer).await;
+    // on_unsubscribe (for the topics it held) runs from the core's output, while the
+    // session is still registered; then it goes, then on_offline.
+    edge.apply(|core, _| core.handle_disconnect(conn));
+    edge.sessions.remove(conn);
+    edge.hooks.on_offline(&identity);
     counters.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -350,7 +351,7 @@ enum End {
 }
 
 async fn session<C, IO>(
-    shared: &Arc<Shared<C>>,
+    edge: &Arc<Edge<C>>,
     conn: u64,
     identity: &Identity,
     mut ws: WebSocketStream<IO>,
@@ -360,7 +361,7 @@ async fn session<C, IO>(
     C: Connector,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = &shared.config;
+    let config = &edge.config;
     let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
     let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
@@ -382,7 +383,7 @@ async fn session<C, IO>(
                 // Writers take turns (a bounded number at a time): while one writes, the
                 // others' frames pile up, so under load each write carries more of them.
                 // The turn covers what the socket takes at once, never a wait for it.
-                let turn = shared.write_turns.acquire().await;
+                let turn = edge.write_turns.acquire().await;
                 queue.take(&mut batch, MAX_FRAMES_PER_WRITE);
                 if batch.is_empty() {
                     continue;
@@ -408,12 +409,12 @@ async fn session<C, IO>(
                 batch.clear();
                 match result {
                     Ok(Ok(())) => {
-                        shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+                        edge.counters.writes.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(_)) => break End::Gone,
                     Err(_) => {
                         torn = written > 0;
-                        shared.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
+                        edge.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
                         break End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: write timed out".into());
                     }
                 }
@@ -422,11 +423,10 @@ async fn session<C, IO>(
                 last_heard = tokio::time::Instant::now();
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        handle_text(shared, conn, identity, text.as_str());
+                        handle_text(edge, conn, identity, text.as_str());
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        let mut state = shared.lock();
-                        shared.push_error(&mut state, conn, &ClientError::new(
+                        edge.sessions.send_error(conn, &ClientError::new(
                             ErrorCode::BinaryUnsupported,
                             "binary frames are not part of the protocol; send JSON text frames",
                         ));
@@ -434,7 +434,7 @@ async fn session<C, IO>(
                     Some(Ok(Message::Close(_))) | None => break End::Gone,
                     Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
                     Some(Err(WsError::Capacity(e))) => {
-                        shared.counters.closed_too_large.fetch_add(1, Ordering::Relaxed);
+                        edge.counters.closed_too_large.fetch_add(1, Ordering::Relaxed);
                         break End::Close(1009, format!("frame too large: {e}; the limit is {} bytes", config.max_frame_bytes));
                     }
                     Some(Err(_)) => break End::Gone,
@@ -442,8 +442,8 @@ async fn session<C, IO>(
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= pong_timeout {
-                    shared.counters.closed_heartbeat.fetch_add(1, Ordering::Relaxed);
-                    shared.hooks.on_read_timeout(identity);
+                    edge.counters.closed_heartbeat.fetch_add(1, Ordering::Relaxed);
+                    edge.hooks.on_read_timeout(identity);
                     break End::Close(CLOSE_HEARTBEAT_TIMEOUT, format!("no pong within {} ms", config.pong_timeout_ms));
                 }
                 let mut result = ws.feed(Message::Ping(Default::default())).await;
@@ -470,13 +470,14 @@ async fn session<C, IO>(
     }
 }
 
-/// Handles one client text frame.
-fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Identity, text: &str) {
-    let frame = match parse_client_frame(text, shared.config.max_topics_per_conn) {
+/// Handles one client text frame. What the core decides goes through `Edge::apply`; the
+/// session's own answers (a malformed frame, a refusal by the hooks, no route for a
+/// publish) go straight to its send queue.
+fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity, text: &str) {
+    let frame = match parse_client_frame(text, edge.config.max_topics_per_conn) {
         Ok(f) => f,
         Err(error) => {
-            let mut state = shared.lock();
-            shared.push_error(&mut state, conn, &error);
+            edge.sessions.send_error(conn, &error);
             return;
         }
     };
@@ -484,46 +485,28 @@ fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Iden
         ClientFrame::Heartbeat => {}
         ClientFrame::Subscribe { topics } => {
             let asked: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
-            let allowed = shared.hooks.before_subscribe(identity, asked.clone());
-            let denied: Vec<&String> = asked.iter().filter(|t| !allowed.contains(t)).collect();
-            let allowed: Vec<String> = allowed.into_iter().filter(|t| asked.contains(t)).collect();
-            let mut state = shared.lock();
-            for topic in denied {
-                shared.push_error(
-                    &mut state,
+            let allowed = edge.hooks.before_subscribe(identity, asked.clone());
+            for topic in asked.iter().filter(|t| !allowed.contains(t)) {
+                edge.sessions.send_error(
                     conn,
                     &ClientError::new(ErrorCode::Denied, "subscribe refused by the server")
                         .with_topic(topic.as_str()),
                 );
             }
+            let allowed: Vec<String> = allowed.into_iter().filter(|t| asked.contains(t)).collect();
             if !allowed.is_empty() {
-                state
-                    .core
-                    .handle_subscribe(tokio::time::Instant::now(), conn, allowed);
+                edge.apply(|core, now| core.handle_subscribe(now, conn, allowed));
             }
-            let calls = shared.drain(&mut state);
-            drop(state);
-            shared.run_hooks(calls);
         }
         ClientFrame::Unsubscribe { topics } => {
             let topics: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
-            let mut state = shared.lock();
-            let removed = state.core.handle_unsubscribe(conn, &topics);
-            shared.push_bytes(&mut state, conn, encode_ack(AckKind::Unsubscribed, &topics));
-            let calls = shared.drain(&mut state);
-            drop(state);
-            shared.run_hooks(calls);
-            if !removed.is_empty() {
-                shared.hooks.on_unsubscribe(identity, &removed);
-            }
+            edge.apply(|core, _| core.handle_unsubscribe(conn, topics));
         }
         ClientFrame::Publish { topic, data } => {
-            let (topic, data) = match shared.hooks.on_read(identity, &topic, data) {
+            let (topic, data) = match edge.hooks.on_read(identity, &topic, data) {
                 ReadDecision::Allow => (topic.into_owned(), data.to_string()),
                 ReadDecision::Deny(reason) => {
-                    let mut state = shared.lock();
-                    shared.push_error(
-                        &mut state,
+                    edge.sessions.send_error(
                         conn,
                         &ClientError::new(ErrorCode::Denied, reason).with_topic(topic.as_ref()),
                     );
@@ -533,9 +516,7 @@ fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Iden
                     if validate_topic(&topic).is_err()
                         || validate_json_data(data.as_bytes()).is_err()
                     {
-                        let mut state = shared.lock();
-                        shared.push_error(
-                            &mut state,
+                        edge.sessions.send_error(
                             conn,
                             &ClientError::new(
                                 ErrorCode::Denied,
@@ -548,10 +529,8 @@ fn handle_text<C: Connector>(shared: &Arc<Shared<C>>, conn: u64, identity: &Iden
                     (topic, data)
                 }
             };
-            if !shared.client_publish(&topic, &data) {
-                let mut state = shared.lock();
-                shared.push_error(
-                    &mut state,
+            if !edge.client_publish(topic.clone(), Bytes::from(data)) {
+                edge.sessions.send_error(
                     conn,
                     &ClientError::new(
                         ErrorCode::Unavailable,

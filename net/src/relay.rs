@@ -8,11 +8,14 @@
 //! holds while a large message on one lane does not stall the others.
 //!
 //! Every stream has one writer task that takes every queued frame (up to
-//! [`MAX_FRAMES_PER_WRITE`]) and hands them to QUIC in one call.
+//! [`MAX_FRAMES_PER_WRITE`]) and hands them to QUIC in one call: [`write_frames`] for
+//! frames encoded by whoever queued them, [`write_relay_frames`] for frames queued as
+//! [`RelayFrame`] values, which it encodes itself (so that the edge never encodes a frame
+//! while it holds its core's lock, and the queue keeps their order).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use firetower_proto::relay::v1::RelayFrame;
-use firetower_proto::relay::{decode_frame, encode_frame, DEFAULT_MAX_FRAME_LEN};
+use firetower_proto::relay::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME_LEN};
 use firetower_proto::FrameError;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -56,9 +59,13 @@ pub enum ReadError {
 }
 
 /// Reads length-prefixed frames from one QUIC receive stream.
+///
+/// The chunks QUIC hands out are [`Bytes`] (slices of the received packets); they go to a
+/// [`FrameDecoder`] as they are, so a frame within one chunk is decoded in place and its
+/// payload is never copied (see [`firetower_proto::relay`]).
 pub struct FrameReader {
     stream: quinn::RecvStream,
-    buf: BytesMut,
+    decoder: FrameDecoder,
     chunks: Vec<Bytes>,
 }
 
@@ -66,7 +73,7 @@ impl FrameReader {
     pub fn new(stream: quinn::RecvStream) -> Self {
         FrameReader {
             stream,
-            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_LEN),
             chunks: vec![Bytes::new(); READ_CHUNKS],
         }
     }
@@ -78,15 +85,8 @@ impl FrameReader {
             Some(frame) => out.push(frame),
             None => return Ok(false),
         }
-        while !self.buf.is_empty() {
-            match decode_frame(&self.buf, DEFAULT_MAX_FRAME_LEN) {
-                Ok((frame, used)) => {
-                    let _ = self.buf.split_to(used);
-                    out.push(frame);
-                }
-                Err(FrameError::Incomplete) => break,
-                Err(e) => return Err(e.into()),
-            }
+        while let Some(frame) = self.decoder.next_frame()? {
+            out.push(frame);
         }
         Ok(true)
     }
@@ -94,15 +94,8 @@ impl FrameReader {
     /// The next frame; `Ok(None)` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<RelayFrame>, ReadError> {
         loop {
-            if !self.buf.is_empty() {
-                match decode_frame(&self.buf, DEFAULT_MAX_FRAME_LEN) {
-                    Ok((frame, used)) => {
-                        let _ = self.buf.split_to(used);
-                        return Ok(Some(frame));
-                    }
-                    Err(FrameError::Incomplete) => {}
-                    Err(e) => return Err(e.into()),
-                }
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(frame));
             }
             match self
                 .stream
@@ -112,14 +105,14 @@ impl FrameReader {
             {
                 Some(n) => {
                     for chunk in &mut self.chunks[..n] {
-                        self.buf.extend_from_slice(&std::mem::take(chunk));
+                        self.decoder.push(std::mem::take(chunk));
                     }
                 }
-                None if self.buf.is_empty() => return Ok(None),
+                None if self.decoder.buffered() == 0 => return Ok(None),
                 None => {
                     return Err(ReadError::Stream(format!(
                         "stream ended inside a frame ({} bytes left)",
-                        self.buf.len()
+                        self.decoder.buffered()
                     )))
                 }
             }
@@ -146,6 +139,37 @@ where
             return;
         }
         batch.clear();
+    }
+    let _ = stream.finish();
+}
+
+/// Like [`write_frames`], for frames queued unencoded: the writer encodes each batch into
+/// one buffer (one QUIC write), outside whatever lock the producers held when they queued.
+pub async fn write_relay_frames(
+    mut stream: quinn::SendStream,
+    mut queue: mpsc::Receiver<RelayFrame>,
+) {
+    let mut batch: Vec<RelayFrame> = Vec::with_capacity(16);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_FRAMES_PER_WRITE {
+            match queue.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        let mut out = Vec::with_capacity(batch.iter().map(|f| f.encoded_len() + 5).sum::<usize>());
+        for frame in batch.drain(..) {
+            encode_frame(&frame, &mut out);
+        }
+        // Handed to QUIC as one owned chunk: no further copy.
+        if stream
+            .write_all_chunks(&mut [Bytes::from(out)])
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
     let _ = stream.finish();
 }

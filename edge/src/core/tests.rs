@@ -24,6 +24,23 @@ fn drain(core: &mut EdgeCore) -> Vec<Output> {
     std::iter::from_fn(|| core.poll_output()).collect()
 }
 
+/// One delivery: what it emits must be at most one [`Output::Deliver`], returned.
+fn deliver(
+    core: &mut EdgeCore,
+    name: &str,
+    epoch: u64,
+    seq: u64,
+    data: &'static [u8],
+    tags: MessageTags,
+) -> Option<Fanout> {
+    core.handle_deliver(name, epoch, seq, Bytes::from_static(data), tags);
+    match &drain(core)[..] {
+        [] => None,
+        [Output::Deliver(fanout)] => Some(fanout.clone()),
+        other => panic!("a delivery emitted {other:?}"),
+    }
+}
+
 fn interest(topic: &str, subscribers: u64, epoch: u64) -> Output {
     Output::Relay {
         distributor: 1,
@@ -63,8 +80,7 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     core.handle_subscribe(now, 10, vec!["chat".into()]);
     assert_eq!(drain(&mut core), vec![interest("chat", 1, 4)]);
     assert!(
-        core.handle_deliver("chat", 4, 1, b"1", MessageTags::default())
-            .is_none(),
+        deliver(&mut core, "chat", 4, 1, b"1", MessageTags::default()).is_none(),
         "not acked yet"
     );
     core.handle_interest_ack(1, "chat", 4);
@@ -86,26 +102,26 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
     );
     core.handle_tick(now);
     assert_eq!(drain(&mut core), vec![interest("chat", 2, 4)]);
-    let fan = core
-        .handle_deliver("chat", 4, 2, br#"{"a":1}"#, MessageTags::default())
-        .unwrap();
-    assert_eq!(fan.conns, vec![10, 11]);
+    let fan = deliver(
+        &mut core,
+        "chat",
+        4,
+        2,
+        br#"{"a":1}"#,
+        MessageTags::default(),
+    )
+    .unwrap();
+    assert_eq!(&fan.conns[..], [10, 11]);
     assert_eq!(
-        &fan.frame[..],
+        fan.json(),
         br#"{"type":"publish","topic":"chat","data":{"a":1},"epoch":4,"seq":2}"#
     );
     // Stale and duplicate deliveries are dropped.
-    assert!(core
-        .handle_deliver("chat", 4, 2, b"1", MessageTags::default())
-        .is_none());
-    assert!(core
-        .handle_deliver("chat", 3, 9, b"1", MessageTags::default())
-        .is_none());
+    assert!(deliver(&mut core, "chat", 4, 2, b"1", MessageTags::default()).is_none());
+    assert!(deliver(&mut core, "chat", 3, 9, b"1", MessageTags::default()).is_none());
     assert_eq!(core.counters().stale_deliveries, 2);
     // A newer epoch restarts seq.
-    assert!(core
-        .handle_deliver("chat", 5, 1, b"1", MessageTags::default())
-        .is_some());
+    assert!(deliver(&mut core, "chat", 5, 1, b"1", MessageTags::default()).is_some());
 }
 
 #[test]
@@ -118,17 +134,37 @@ fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
     core.handle_interest_ack(1, "b", 4);
     drain(&mut core);
     assert_eq!(core.interest_slots().count(), 2);
+    core.handle_unsubscribe(10, vec!["a".into(), "zzz".into()]);
     assert_eq!(
-        core.handle_unsubscribe(10, &["a".into(), "zzz".into()]),
-        vec!["a".to_string()]
+        drain(&mut core),
+        vec![
+            interest("a", 0, 4),
+            Output::Unsubscribed {
+                conn: 10,
+                topics: vec!["a".into(), "zzz".into()]
+            },
+            Output::Left {
+                conn: 10,
+                topics: vec!["a".into()]
+            },
+        ]
     );
-    assert_eq!(drain(&mut core), vec![interest("a", 0, 4)]);
-    assert_eq!(core.handle_disconnect(10), vec!["b".to_string()]);
-    assert_eq!(drain(&mut core), vec![interest("b", 0, 4)]);
+    core.handle_disconnect(10);
+    assert_eq!(
+        drain(&mut core),
+        vec![
+            interest("b", 0, 4),
+            Output::Left {
+                conn: 10,
+                topics: vec!["b".into()]
+            },
+        ]
+    );
+    // A connection that held nothing leaves without a hook call.
+    core.handle_disconnect(10);
+    assert_eq!(drain(&mut core), vec![]);
     assert_eq!(core.interest_slots().count(), 0);
-    assert!(core
-        .handle_deliver("b", 4, 1, b"1", MessageTags::default())
-        .is_none());
+    assert!(deliver(&mut core, "b", 4, 1, b"1", MessageTags::default()).is_none());
 }
 
 #[test]
@@ -208,10 +244,10 @@ fn an_owner_change_re_announces_to_the_new_owner() {
     );
     // The subscriber stays effective across the move.
     assert_eq!(
-        core.handle_deliver("chat", 9, 1, b"1", MessageTags::default())
+        deliver(&mut core, "chat", 9, 1, b"1", MessageTags::default())
             .unwrap()
-            .conns,
-        vec![10]
+            .conns[..],
+        [10]
     );
 }
 
@@ -267,7 +303,7 @@ fn tags(msg_id: u64, route_tag: u64) -> MessageTags {
 
 /// (epoch, seq, data) of a delivery frame.
 fn parsed(f: &Fanout) -> (u64, u64, String) {
-    let v: serde_json::Value = serde_json::from_slice(&f.frame).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(f.json()).unwrap();
     (
         v["epoch"].as_u64().unwrap(),
         v["seq"].as_u64().unwrap(),
@@ -294,7 +330,7 @@ fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
     core.handle_subscribe(now, 10, vec!["live".into()]);
     core.handle_interest_ack(1, "live", 4);
     drain(&mut core);
-    let f = core.handle_deliver("live", 4, 1, b"1", tags(1, 0)).unwrap();
+    let f = deliver(&mut core, "live", 4, 1, b"1", tags(1, 0)).unwrap();
     assert_eq!(
         parsed(&f),
         (4, 1, "1".into()),
@@ -319,14 +355,10 @@ fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
 
     // Old-view message 2 (tag 0) passes at once; dual message 3 (tag 5) comes on both
     // routes and is held on both; message 4 (committed view) only on the new route.
-    assert!(core
-        .handle_deliver("live", 4, 2, b"2", tags(2, 0))
-        .is_some());
-    assert!(core.handle_deliver(&sub, 4, 1, b"3", tags(3, 5)).is_none());
-    assert!(core.handle_deliver(&sub, 4, 2, b"4", tags(4, 6)).is_none());
-    assert!(core
-        .handle_deliver("live", 4, 3, b"3", tags(3, 5))
-        .is_none());
+    assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 0)).is_some());
+    assert!(deliver(&mut core, &sub, 4, 1, b"3", tags(3, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"4", tags(4, 6)).is_none());
+    assert!(deliver(&mut core, "live", 4, 3, b"3", tags(3, 5)).is_none());
     // Committed at 6, but the old route is not fenced that far yet: no switch.
     core.handle_watch(now, hot("live", 4, 0, 5, true, 6));
     core.handle_fence("live", 5);
@@ -342,10 +374,10 @@ fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
         out.contains(&interest("live", 0, 4)),
         "the old name is withdrawn"
     );
-    let f = core.handle_deliver(&sub, 4, 3, b"5", tags(5, 6)).unwrap();
+    let f = deliver(&mut core, &sub, 4, 3, b"5", tags(5, 6)).unwrap();
     assert_eq!(parsed(&f), (6, 3, "5".into()));
     // A late second copy (a retried fan-out) is dropped.
-    assert!(core.handle_deliver(&sub, 4, 4, b"5", tags(5, 6)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 4, b"5", tags(5, 6)).is_none());
     assert_eq!(core.counters().duplicate_deliveries, 1);
     assert_eq!(core.counters().route_switches, 1);
     assert_eq!(core.counters().forced_switches, 0);
@@ -364,12 +396,82 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
     core.handle_interest_ack(1, &sub, 4);
     core.handle_watch(now, hot("live", 2, 0, 5, true, 6));
     drain(&mut core);
-    assert!(core
-        .handle_deliver("live", 4, 1, b"1", tags(1, 5))
-        .is_none());
+    assert!(deliver(&mut core, "live", 4, 1, b"1", tags(1, 5)).is_none());
     core.handle_tick(now + SWITCH_TIMEOUT - Duration::from_millis(1));
     assert_eq!(delivered(drain(&mut core)), vec![]);
     core.handle_tick(now + SWITCH_TIMEOUT);
     assert_eq!(delivered(drain(&mut core)).len(), 1);
     assert_eq!(core.counters().forced_switches, 1);
+}
+
+/// The hot path reports through the queue like every other input: one `Deliver` per
+/// message, the frame built once, the recipient list shared until the subscribers change.
+#[test]
+fn a_delivery_is_one_output_with_a_shared_recipient_list() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["chat".into()]);
+    core.handle_subscribe(now, 11, vec!["chat".into()]);
+    core.handle_interest_ack(1, "chat", 4);
+    drain(&mut core);
+    core.handle_deliver("chat", 4, 1, Bytes::from_static(b"1"), tags(1, 0));
+    core.handle_deliver("chat", 4, 2, Bytes::from_static(b"2"), tags(2, 0));
+    let out = drain(&mut core);
+    let [Output::Deliver(a), Output::Deliver(b)] = &out[..] else {
+        panic!("expected two deliveries, got {out:?}");
+    };
+    assert_eq!(
+        a.frame,
+        crate::frame::text_frame(&firetower_proto::client::encode_delivery("chat", "1", 4, 1))
+    );
+    assert_eq!(&a.conns[..], [10, 11]);
+    assert!(Arc::ptr_eq(&a.conns, &b.conns), "one list for both");
+    // A new subscriber: the next delivery has a new list, which includes it.
+    core.handle_subscribe(now, 12, vec!["chat".into()]);
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::Subscribed {
+            conn: 12,
+            topics: vec!["chat".into()]
+        }]
+    );
+    let c = deliver(&mut core, "chat", 4, 3, b"3", tags(3, 0)).unwrap();
+    assert_eq!(&c.conns[..], [10, 11, 12]);
+    // One that leaves: gone from the next list.
+    core.handle_unsubscribe(11, vec!["chat".into()]);
+    drain(&mut core);
+    let d = deliver(&mut core, "chat", 4, 4, b"4", tags(4, 0)).unwrap();
+    assert_eq!(&d.conns[..], [10, 12]);
+    // Not UTF-8: counted, nothing emitted.
+    assert!(deliver(&mut core, "chat", 4, 5, b"\xff", tags(5, 0)).is_none());
+    assert_eq!(core.counters().bad_deliveries, 1);
+}
+
+/// A fence and deliveries handled in one burst (one lock, one drain): the held
+/// deliveries the fence releases come out ahead of the burst's later deliveries.
+#[test]
+fn a_burst_keeps_released_deliveries_ahead_of_later_ones() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_watch(now, hot("live", 4, 0, 5, false, 5));
+    let sub = edge_route_topic(7, "live", 4);
+    core.handle_interest_ack(1, &sub, 4);
+    core.handle_watch(now, hot("live", 4, 0, 5, true, 6));
+    drain(&mut core);
+    // Held on the new route until the old one is fenced.
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 5)).is_none());
+    // One burst: the fence completes the switch, then the new route delivers again.
+    core.handle_fence("live", 6);
+    core.handle_deliver(&sub, 4, 2, Bytes::from_static(b"2"), tags(2, 6));
+    core.handle_deliver("live", 4, 9, Bytes::from_static(b"9"), tags(9, 0));
+    let out = drain(&mut core);
+    assert_eq!(
+        delivered(out.clone()),
+        vec![(6, 1, "1".into()), (6, 2, "2".into())]
+    );
+    // The old name was withdrawn before the later delivery: nothing came of it.
+    assert!(out.contains(&interest("live", 0, 4)));
+    assert_eq!(core.counters().unwanted_deliveries, 1);
 }

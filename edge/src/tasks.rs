@@ -1,0 +1,142 @@
+//! Every task the edge spawns, tracked, so that [`crate::run`] returns only once all of
+//! them have ended and dropped what they held (sockets, streams, queues).
+//!
+//! Each task holds a token while it lives; [`Tasks::shutdown`] waits until no token is
+//! left, and past its deadline tells the stragglers to stop, which they do at their next
+//! await (the task's future is then dropped, its sockets with it). Not a `JoinSet`: a
+//! finished task's memory stays in a `JoinSet` until someone joins it, and the edge spawns
+//! a task per connection for as long as it runs.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+struct Inner {
+    /// Tasks spawned and not yet dropped.
+    live: AtomicUsize,
+    /// Notified when `live` falls to zero.
+    idle: Notify,
+    /// Set once the shutdown deadline has passed: every task stops where it is.
+    abort: watch::Sender<bool>,
+}
+
+/// Held by a task for as long as it lives.
+struct Token(Arc<Inner>);
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The edge's tasks.
+#[derive(Clone)]
+pub(crate) struct Tasks {
+    inner: Arc<Inner>,
+}
+
+impl Tasks {
+    pub(crate) fn new() -> Self {
+        Tasks {
+            inner: Arc::new(Inner {
+                live: AtomicUsize::new(0),
+                idle: Notify::new(),
+                abort: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Spawns a tracked task.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.live.fetch_add(1, Ordering::AcqRel);
+        let token = Token(self.inner.clone());
+        let mut abort = self.inner.abort.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = abort.wait_for(|a| *a) => {}
+            }
+            // The task's future (and everything it held) is gone before the token.
+            drop(token);
+        });
+    }
+
+    /// How many tracked tasks are alive.
+    pub(crate) fn live(&self) -> usize {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// Waits until every task has ended (tasks spawned meanwhile included). At `deadline`
+    /// the remaining ones are stopped where they are, and waited for.
+    pub(crate) async fn shutdown(&self, deadline: Instant) {
+        if tokio::time::timeout_at(deadline, self.idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                tasks = self.live(),
+                "tasks still running at the shutdown deadline; stopping them"
+            );
+            self.inner.abort.send_replace(true);
+            self.idle().await;
+        }
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop to zero in between is not missed.
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn shutdown_waits_for_every_task_and_stops_stragglers_at_the_deadline() {
+        let tasks = Tasks::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        // One that ends by itself after 1 s and spawns another on its way out.
+        let inner = tasks.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            inner.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = done_tx.send(());
+            });
+        });
+        // One that would never end, holding a resource whose drop we can see.
+        let (held_tx, mut held_rx) = tokio::sync::mpsc::channel::<()>(1);
+        tasks.spawn(async move {
+            let _held = held_tx;
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(tasks.live(), 2);
+        let start = Instant::now();
+        tasks.shutdown(start + Duration::from_millis(300)).await;
+        assert_eq!(tasks.live(), 0);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(
+            done_rx.await.is_ok(),
+            "the task spawned late ran to its end"
+        );
+        assert!(
+            held_rx.recv().await.is_none(),
+            "the straggler dropped what it held"
+        );
+    }
+}
