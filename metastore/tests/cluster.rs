@@ -906,6 +906,12 @@ async fn a_write_without_a_quorum_does_not_hold_a_stopping_node() -> Result<()> 
         .await
         .context("the write outlived its node")??
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    // Raft's shutdown fails the write (UNAVAILABLE), unless the stopping node cut the
+    // connection first (the client then sees the transport error, UNKNOWN): either way the
+    // write failed and did not hold the node.
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::Unknown),
+        "{status}"
+    );
     Ok(())
 }
