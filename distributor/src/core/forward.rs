@@ -161,10 +161,11 @@ enum NameState {
 struct NameRun {
     name: String,
     state: NameState,
-    /// The first forward key of this name's run, made at its first forward and kept for
-    /// every retry, so the owner sequences the run once however often a lost reply makes
-    /// us retry.
-    keys: Option<u64>,
+    /// The registration incarnation and first forward key of this name's run, made at its
+    /// first forward and kept for every retry (a re-registration meanwhile included: the
+    /// owner knows the keys under the first incarnation), so the owner sequences the run
+    /// once however often a lost reply makes us retry.
+    keys: Option<(u64, u64)>,
     /// The owner a forward went to without a clear answer: only it may be tried again.
     uncertain: Option<u64>,
 }
@@ -525,15 +526,15 @@ impl DistributorCore {
         let attempt = self.publishes.next_attempt;
         self.publishes.next_attempt += 1;
         let count = op.messages.len() as u64;
-        let first_key = match name.keys {
-            Some(k) => k,
+        let (incarnation, first_key) = match name.keys {
+            Some(keys) => keys,
             None => {
                 let k = self.publishes.next_number;
                 self.publishes.next_number += count;
-                k
+                (self.incarnation, k)
             }
         };
-        let (origin, incarnation) = (self.id, self.incarnation);
+        let origin = self.id;
         let Some(op) = self.publishes.ops.get_mut(&op_id) else {
             return Ok(());
         };
@@ -550,7 +551,7 @@ impl DistributorCore {
                 .collect(),
         };
         let name = &mut op.names[index];
-        name.keys = Some(first_key);
+        name.keys = Some((incarnation, first_key));
         name.state = NameState::InFlight { attempt, owner };
         self.publishes.attempts.insert(attempt, (op_id, index));
         self.counters.forwarded += count;

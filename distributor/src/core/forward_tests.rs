@@ -281,6 +281,25 @@ fn an_unclear_forward_is_retried_only_at_the_same_owner_with_the_same_keys() {
     assert_eq!(core.publishes_in_progress(), 0);
 }
 
+/// Found by sim seed 150: the reply to a forward was lost while this node registered again;
+/// the retry went out under the new incarnation, the owner did not recognise its keys and
+/// sequenced the message twice.
+#[test]
+fn a_retry_after_registering_again_keeps_the_first_incarnation_and_keys() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, _, _, first) = forwards(&drain(&mut core)).remove(0);
+    core.handle_forward_result(t0, attempt, ForwardResult::Unclear("reset".into()));
+    core.handle_registered(7);
+    core.handle_timeout(t0 + RETRY_POLL);
+    let (_, _, _, again) = forwards(&drain(&mut core)).remove(0);
+    assert_eq!(
+        (again.origin, again.incarnation, again.messages),
+        (first.origin, first.incarnation, first.messages)
+    );
+}
+
 #[test]
 fn an_owner_that_moved_mid_forward_sends_the_run_to_the_new_owner() {
     let mut core = core_owning("mine");
