@@ -432,12 +432,18 @@ impl DistributorCore {
         if op.reroute && !in_flight {
             let (tag, names) = self.routing.publish_route(&op.topic);
             let mut old: Vec<NameRun> = std::mem::take(&mut op.names);
+            // Under the same route tag, a name already done stays done. Under a new one,
+            // every name is published again: a name done under the old tag reached only
+            // the edges on it then, and an edge that joins it for the new route asks only
+            // for what was published since that change (found by sim seed 87). Edges drop
+            // the second copies by message id.
+            let same_route = tag == op.route_tag;
             op.names = names
                 .into_iter()
                 .map(|name| match old.iter().position(|n| n.name == name) {
-                    // Positions of a name already done stay; a name refused as stale
-                    // starts afresh under the new tag.
-                    Some(i) if matches!(old[i].state, NameState::Done(_)) => old.remove(i),
+                    Some(i) if same_route && matches!(old[i].state, NameState::Done(_)) => {
+                        old.remove(i)
+                    }
                     _ => NameRun::new(name),
                 })
                 .collect();

@@ -252,6 +252,44 @@ fn a_stale_route_waits_for_the_view_and_routes_again_to_the_sub_topics() {
     );
 }
 
+/// Found by sim seed 87: a message done on `T#0` under the old tag, and refused as stale on
+/// `T#1`, was routed again only to `T#1`; an edge that then joined `T#0` for the new route
+/// asked only for what came since that change, and never got the message.
+#[test]
+fn a_new_route_tag_publishes_every_name_again_even_those_already_done() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    core.handle_watch(t0, split("live", 2, 7));
+    drain(&mut core);
+    let op = core.handle_publish(t0, "live", vec![data("1")]);
+    let sent = forwards(&drain(&mut core));
+    assert_eq!(sent.len(), 2);
+    let first = sent.iter().find(|f| f.3.topic == "live#0").unwrap().0;
+    let second = sent.iter().find(|f| f.3.topic == "live#1").unwrap().0;
+    core.handle_forward_result(t0, first, sequenced(&[(5, 1)]));
+    core.handle_forward_result(
+        t0,
+        second,
+        ForwardResult::Answered(RunOutcome::StaleRoute { since: 9 }),
+    );
+    assert!(drain(&mut core).is_empty());
+    core.handle_watch(t0, split("live", 2, 9));
+    let again = forwards(&drain(&mut core));
+    let mut names: Vec<(String, u64)> = again
+        .iter()
+        .map(|(_, _, _, r)| (r.topic.clone(), r.route_tag))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![("live#0".to_string(), 9), ("live#1".to_string(), 9)]
+    );
+    for (attempt, ..) in &again {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(5, 2)]));
+    }
+    assert_eq!(replies(&drain(&mut core))[0].0, op);
+}
+
 #[test]
 fn an_unclear_forward_is_retried_only_at_the_same_owner_with_the_same_keys() {
     let mut core = core_owning("mine");
