@@ -79,4 +79,19 @@ pub const SEEDS: &[(u64, &str)] = &[
          the held deliveries were queued behind the later ones of the batch and a client saw \
          the epoch go back. Fixed: the edge passes them on before the next frame",
     ),
+    (
+        87,
+        "hot topics: a publish done on T#0 and T#1 under the old route tag was refused as stale \
+         on the others and routed again only to the names not done; after the change an edge \
+         on T#0 asked only for what came since the change and a client never got the message. \
+         Fixed: under a new route tag every name is published again (unit test \
+         a_new_route_tag_publishes_every_name_again_even_those_already_done)",
+    ),
+    (
+        150,
+        "a forward whose reply was lost was retried after the forwarder registered again, under \
+         its new incarnation: the owner did not recognise the keys and sequenced the message \
+         twice. Fixed: a retry keeps the first incarnation with its keys (unit test \
+         a_retry_after_registering_again_keeps_the_first_incarnation_and_keys)",
+    ),
 ];
