@@ -434,7 +434,7 @@ where
         kicks: Kicks::default(),
         timer: Notify::new(),
         proposals: proposals_tx,
-        tasks: Tasks::default(),
+        tasks: Tasks::new(),
         config: config.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -555,8 +555,12 @@ where
         state.waiters.clear();
     }
     // The endpoint closed every link, so each edge's task ends, and with the links gone so
-    // do their writers; a forward in flight ends within its deadline (`rpc_timeout_ms`).
-    shared.tasks.wait_idle().await;
+    // do their writers; a forward in flight ends within its deadline (`rpc_timeout_ms`),
+    // and anything left after that is stopped where it is.
+    shared
+        .tasks
+        .shutdown(tokio::time::Instant::now() + config.rpc_timeout())
+        .await;
     endpoint.wait_idle().await;
     result
 }

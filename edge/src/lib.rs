@@ -16,7 +16,8 @@
 //!   policy, kicks).
 //! - `links`: the link manager (a relay link per distributor: connect with backoff, the
 //!   control stream and its writer, the lane readers).
-//! - `tasks`: every spawned task, tracked, so [`run`] returns only once all have ended.
+//! - every spawned task is tracked by `firetower_net::Tasks`, so [`run`] returns only once
+//!   all have ended.
 //! - `ws`: one connection: HTTP routes, the WebSocket session, the writer.
 //! - `frame`: client frames on the wire (WebSocket header + JSON), a delivery's built in
 //!   one allocation.
@@ -43,7 +44,6 @@ mod links;
 pub mod node;
 mod send;
 mod sessions;
-mod tasks;
 mod ws;
 
 pub use config::{Config, SlowPolicy};

@@ -50,7 +50,7 @@ use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
 use crate::links::{link_task, LinkTable, Links};
 use crate::sessions::{SessionTable, Sessions, Wakes};
-use crate::tasks::Tasks;
+use firetower_net::Tasks;
 
 pub use crate::counters::Counters;
 pub use crate::sessions::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_KICKED, CLOSE_SLOW_CONSUMER};

@@ -1,89 +1,152 @@
 //! Tasks a node spawns and must see end before its `run` returns.
 //!
-//! A node's `run` returns only after every task it spawned has ended and released what it
-//! held (sockets, storage), so a stop followed by a start in the same process (tests, `dev`,
-//! the simulator's crash and restart) never races with a task of the previous run.
-//! [`Tasks`] counts the tasks spawned through it; [`Tasks::wait_idle`] waits until none is
-//! left. Unlike a `JoinSet` it keeps nothing of a task that has ended, so a long-lived node
-//! that spawns a task per connection or per forward does not accumulate anything.
+//! A node's `run` returns only after every task it spawned has ended and dropped what it
+//! held (sockets, streams, queues, storage), so a stop followed by a start in the same
+//! process (tests, `dev`, the simulator's crash and restart) never races with a task of the
+//! previous run. The distributor and the edge spawn through [`Tasks`].
+//!
+//! Each task holds a token while it lives; [`Tasks::shutdown`] waits until no token is
+//! left, and past its deadline tells the stragglers to stop, which they do at their next
+//! await (the task's future is then dropped, its sockets with it). Not a `JoinSet`: a
+//! finished task's memory stays in a `JoinSet` until someone joins it, and the edge spawns
+//! a task per connection for as long as it runs.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
-/// A counter of running tasks.
-#[derive(Clone, Debug)]
-pub struct Tasks {
-    running: Arc<watch::Sender<usize>>,
+struct Inner {
+    /// Tasks spawned and not yet dropped.
+    live: AtomicUsize,
+    /// Notified when `live` falls to zero.
+    idle: Notify,
+    /// Set once the shutdown deadline has passed: every task stops where it is.
+    abort: watch::Sender<bool>,
 }
 
-impl Default for Tasks {
-    fn default() -> Self {
-        Tasks {
-            running: Arc::new(watch::channel(0).0),
+/// Held by a task for as long as it lives.
+struct Token(Arc<Inner>);
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
         }
     }
 }
 
-/// Held by a running task; its drop (the task ended, or was aborted) counts it out.
-struct Running(Arc<watch::Sender<usize>>);
+/// A node's tasks.
+#[derive(Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+impl Default for Tasks {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Tasks {
-    /// Spawns `task` on the current runtime, counted until it ends.
-    pub fn spawn<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.running.send_modify(|n| *n += 1);
-        let running = Running(self.running.clone());
+    pub fn new() -> Self {
+        Tasks {
+            inner: Arc::new(Inner {
+                live: AtomicUsize::new(0),
+                idle: Notify::new(),
+                abort: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Spawns a tracked task.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.live.fetch_add(1, Ordering::AcqRel);
+        let token = Token(self.inner.clone());
+        let mut abort = self.inner.abort.subscribe();
         tokio::spawn(async move {
-            let _running = running;
-            task.await;
+            tokio::select! {
+                _ = task => {}
+                _ = abort.wait_for(|a| *a) => {}
+            }
+            // The task's future (and everything it held) is gone before the token.
+            drop(token);
         });
     }
 
-    /// Tasks still running.
-    pub fn running(&self) -> usize {
-        *self.running.borrow()
+    /// How many tracked tasks are alive.
+    pub fn live(&self) -> usize {
+        self.inner.live.load(Ordering::Acquire)
     }
 
-    /// Waits until every task spawned through this has ended.
-    pub async fn wait_idle(&self) {
-        let mut running = self.running.subscribe();
-        let _ = running.wait_for(|n| *n == 0).await;
+    /// Waits until every task has ended (tasks spawned meanwhile included). At `deadline`
+    /// the remaining ones are stopped where they are, and waited for.
+    pub async fn shutdown(&self, deadline: Instant) {
+        if tokio::time::timeout_at(deadline, self.idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                tasks = self.live(),
+                "tasks still running at the shutdown deadline; stopping them"
+            );
+            self.inner.abort.send_replace(true);
+            self.idle().await;
+        }
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop to zero in between is not missed.
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
-    async fn waits_for_every_task_and_keeps_nothing_of_ended_ones() {
-        let tasks = Tasks::default();
-        let (release, released) = watch::channel(false);
-        for _ in 0..3 {
-            let mut released = released.clone();
-            tasks.spawn(async move {
-                let _ = released.wait_for(|r| *r).await;
+    async fn shutdown_waits_for_every_task_and_stops_stragglers_at_the_deadline() {
+        let tasks = Tasks::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        // One that ends by itself after 1 s and spawns another on its way out.
+        let inner = tasks.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            inner.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = done_tx.send(());
             });
-        }
-        assert_eq!(tasks.running(), 3);
-        let idle = tokio::spawn({
-            let tasks = tasks.clone();
-            async move { tasks.wait_idle().await }
         });
-        tokio::task::yield_now().await;
-        assert!(!idle.is_finished());
-        let _ = release.send(true);
-        let _ = idle.await;
-        assert_eq!(tasks.running(), 0);
+        // One that would never end, holding a resource whose drop we can see.
+        let (held_tx, mut held_rx) = tokio::sync::mpsc::channel::<()>(1);
+        tasks.spawn(async move {
+            let _held = held_tx;
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(tasks.live(), 2);
+        let start = Instant::now();
+        tasks.shutdown(start + Duration::from_millis(300)).await;
+        assert_eq!(tasks.live(), 0);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(
+            done_rx.await.is_ok(),
+            "the task spawned late ran to its end"
+        );
+        assert!(
+            held_rx.recv().await.is_none(),
+            "the straggler dropped what it held"
+        );
     }
 }
