@@ -2,6 +2,7 @@
 //! asserts the commands it makes.
 
 use super::forward::RETRY_POLL;
+use super::tests::{drain, hot, move_slot};
 use super::*;
 use firetower_proto::SLOT_COUNT;
 
@@ -41,41 +42,9 @@ fn core_owning(mine: &str) -> DistributorCore {
     core
 }
 
-fn drain(core: &mut DistributorCore) -> Vec<Command> {
-    std::iter::from_fn(|| core.poll_command()).collect()
-}
-
-fn moved(slot: u16, to: u64, revision: u64) -> pb::WatchEvent {
-    pb::WatchEvent {
-        event: Some(pb::watch_event::Event::Delta(pb::Delta {
-            revision,
-            changes: vec![pb::Change {
-                change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
-                    slot: slot as u32,
-                    distributor_id: to,
-                    epoch: revision,
-                })),
-            }],
-        })),
-    }
-}
-
+/// A committed split of `topic` into `shards` at `revision`.
 fn split(topic: &str, shards: u32, revision: u64) -> pb::WatchEvent {
-    pb::WatchEvent {
-        event: Some(pb::watch_event::Event::Delta(pb::Delta {
-            revision,
-            changes: vec![pb::Change {
-                change: Some(pb::change::Change::HotTopicSet(pb::HotTopic {
-                    topic: topic.into(),
-                    shards,
-                    prev_shards: 0,
-                    since: revision,
-                    committed: true,
-                    revision,
-                })),
-            }],
-        })),
-    }
+    hot(topic, shards, revision, true, revision)
 }
 
 /// The forwards among `commands`: (attempt, owner, addr, run).
@@ -308,7 +277,7 @@ fn an_unclear_forward_is_retried_only_at_the_same_owner_with_the_same_keys() {
     // The slot moves to distributor 3: the earlier owner may have sequenced it, so it is
     // not sent to 3, and the publisher is told.
     let slot = slot_of("theirs");
-    core.handle_watch(t1, moved(slot, 3, 9));
+    core.handle_watch(t1, move_slot(slot, 3, 9));
     assert_eq!(
         replies(&drain(&mut core)),
         vec![(
@@ -351,7 +320,7 @@ fn an_owner_that_moved_mid_forward_sends_the_run_to_the_new_owner() {
         ForwardResult::Answered(RunOutcome::NotOwner { owner: 3 }),
     );
     assert!(drain(&mut core).is_empty(), "waits for its own view");
-    core.handle_watch(t0, moved(slot_of("theirs"), 3, 9));
+    core.handle_watch(t0, move_slot(slot_of("theirs"), 3, 9));
     let (attempt, owner, addr, _) = forwards(&drain(&mut core)).remove(0);
     assert_eq!((owner, addr.as_str()), (3, "d3"));
     core.handle_forward_result(t0, attempt, sequenced(&[(9, 1)]));
@@ -433,7 +402,7 @@ fn a_publish_with_no_owner_fails_at_its_deadline_and_not_before() {
     let mut core = core_owning("mine");
     let t0 = Instant::now();
     // Nobody owns the slot any more.
-    core.handle_watch(t0, moved(slot_of("orphan"), 0, 9));
+    core.handle_watch(t0, move_slot(slot_of("orphan"), 0, 9));
     let op = core.handle_publish(t0, "orphan", vec![data("1")]);
     assert!(drain(&mut core).is_empty());
     let mut now = t0;
@@ -471,7 +440,7 @@ fn a_connection_that_could_not_be_made_is_retried_at_the_next_owner() {
     let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
     core.handle_forward_result(t0, attempt, ForwardResult::NotSent("refused".into()));
     // Certainly not sequenced at 2: the new owner may take it.
-    core.handle_watch(t0, moved(slot_of("theirs"), 3, 9));
+    core.handle_watch(t0, move_slot(slot_of("theirs"), 3, 9));
     let (attempt, owner, ..) = forwards(&drain(&mut core)).remove(0);
     assert_eq!(owner, 3);
     core.handle_forward_result(t0, attempt, sequenced(&[(9, 1)]));

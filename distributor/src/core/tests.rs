@@ -4,7 +4,7 @@ use super::*;
 use firetower_proto::SLOT_COUNT;
 
 /// Every command the core made since the last call.
-fn drain(core: &mut DistributorCore) -> Vec<Command> {
+pub(super) fn drain(core: &mut DistributorCore) -> Vec<Command> {
     std::iter::from_fn(|| core.poll_command()).collect()
 }
 
@@ -65,7 +65,7 @@ fn snapshot(owner_of: impl Fn(usize) -> u64, epoch: u64, edges: Vec<(u32, u64)>)
     }
 }
 
-fn move_slot(slot: Slot, to: u64, epoch: u64) -> pb::WatchEvent {
+pub(super) fn move_slot(slot: Slot, to: u64, epoch: u64) -> pb::WatchEvent {
     pb::WatchEvent {
         event: Some(pb::watch_event::Event::Delta(pb::Delta {
             revision: epoch,
@@ -246,7 +246,13 @@ fn edge_down_drops_its_interest_and_the_topic_table_is_bounded() {
     assert_eq!(core.topic_count("a").unwrap(), TopicCount::default());
 }
 
-fn hot(topic: &str, shards: u32, since: u64, committed: bool, revision: u64) -> pb::WatchEvent {
+pub(super) fn hot(
+    topic: &str,
+    shards: u32,
+    since: u64,
+    committed: bool,
+    revision: u64,
+) -> pb::WatchEvent {
     pb::WatchEvent {
         event: Some(pb::watch_event::Event::Delta(pb::Delta {
             revision,
