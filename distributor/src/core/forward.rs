@@ -31,7 +31,7 @@
 //! - Past the op's deadline (`publish_retry_ms` after it began), a name that must wait fails
 //!   the op ([`PublishError::NoOwner`] or [`PublishError::RouteUnsettled`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use firetower_proto::slot_of;
@@ -203,6 +203,9 @@ struct Op {
 #[derive(Debug)]
 pub(crate) struct Publishes {
     ops: BTreeMap<OpId, Op>,
+    /// The waiting ops by wake-up time (each op's `wake_at`), so the next timeout and the
+    /// due ops are found without a pass over every op on each input.
+    wakes: BTreeSet<(Instant, OpId)>,
     attempts: HashMap<AttemptId, (OpId, usize)>,
     next_op: u64,
     next_attempt: u64,
@@ -216,6 +219,7 @@ impl Publishes {
     pub(crate) fn new(retry: Duration) -> Self {
         Publishes {
             ops: BTreeMap::new(),
+            wakes: BTreeSet::new(),
             attempts: HashMap::new(),
             next_op: 1,
             next_attempt: 1,
@@ -227,6 +231,26 @@ impl Publishes {
     /// Ops in progress (bounded by the callers: gRPC calls in flight, relay read loops).
     pub(crate) fn len(&self) -> usize {
         self.ops.len()
+    }
+
+    /// Sets (or clears) when a waiting op tries again.
+    fn set_wake(&mut self, op_id: OpId, at: Option<Instant>) {
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return;
+        };
+        if let Some(old) = op.wake_at.take() {
+            self.wakes.remove(&(old, op_id));
+        }
+        if let Some(at) = at {
+            op.wake_at = Some(at);
+            self.wakes.insert((at, op_id));
+        }
+    }
+
+    /// Removes an op that has its outcome.
+    fn remove(&mut self, op_id: OpId) -> Option<Op> {
+        self.set_wake(op_id, None);
+        self.ops.remove(&op_id)
     }
 
     fn new_op(&mut self) -> OpId {
@@ -376,10 +400,10 @@ impl DistributorCore {
         self.handle_tick(now);
         let due: Vec<OpId> = self
             .publishes
-            .ops
+            .wakes
             .iter()
-            .filter(|(_, op)| op.wake_at.is_some_and(|at| at <= now))
-            .map(|(id, _)| *id)
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, op)| *op)
             .collect();
         for op in due {
             self.drive(now, op);
@@ -389,12 +413,7 @@ impl DistributorCore {
     /// When [`Self::handle_timeout`] is next due: the earliest waiting publish, or the end
     /// of the load window.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ops = self
-            .publishes
-            .ops
-            .values()
-            .filter_map(|op| op.wake_at)
-            .min();
+        let ops = self.publishes.wakes.first().map(|(at, _)| *at);
         let window = self
             .window_start
             .map(|start| start + Duration::from_millis(self.hot_policy.window_ms));
@@ -406,13 +425,7 @@ impl DistributorCore {
 
     /// The routing changed: every waiting publish tries again now.
     pub(super) fn retry_waiting(&mut self, now: Instant) {
-        let waiting: Vec<OpId> = self
-            .publishes
-            .ops
-            .iter()
-            .filter(|(_, op)| op.wake_at.is_some())
-            .map(|(id, _)| *id)
-            .collect();
+        let waiting: Vec<OpId> = self.publishes.wakes.iter().map(|(_, op)| *op).collect();
         for op in waiting {
             self.drive(now, op);
         }
@@ -421,10 +434,10 @@ impl DistributorCore {
     /// Tries every waiting name of an op (routing the topic again first when an owner
     /// refused the route), then settles it.
     fn drive(&mut self, now: Instant, op_id: OpId) {
+        self.publishes.set_wake(op_id, None);
         let Some(op) = self.publishes.ops.get_mut(&op_id) else {
             return;
         };
-        op.wake_at = None;
         let in_flight = op
             .names
             .iter()
@@ -587,7 +600,7 @@ impl DistributorCore {
                 Some(NameState::Done(p)) => p.iter().map(|p| Position { shards, ..*p }).collect(),
                 _ => Vec::new(),
             };
-            self.publishes.ops.remove(&op_id);
+            self.publishes.remove(op_id);
             self.commands.push_back(Command::Reply {
                 op: op_id,
                 outcome: Outcome::Published(positions),
@@ -622,11 +635,12 @@ impl DistributorCore {
             self.fail(op_id, error);
             return;
         }
-        op.wake_at = Some((now + RETRY_POLL).min(op.deadline));
+        let at = (now + RETRY_POLL).min(op.deadline);
+        self.publishes.set_wake(op_id, Some(at));
     }
 
     fn fail(&mut self, op_id: OpId, error: PublishError) {
-        if let Some(op) = self.publishes.ops.remove(&op_id) {
+        if let Some(op) = self.publishes.remove(op_id) {
             for name in op.names {
                 if let NameState::InFlight { attempt, .. } = name.state {
                     self.publishes.attempts.remove(&attempt);
