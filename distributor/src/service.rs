@@ -329,6 +329,18 @@ impl<C: Connector> Distributor for DistributorService<C> {
         let mut results = vec![dpb::PublishReply::default(); count];
         let mut first_failure: Option<(usize, Status)> = None;
         for (indexes, group) in futures::future::join_all(groups).await {
+            // One position per message, or the batch is not answered as a success.
+            let group = group.and_then(|positions| {
+                if positions.len() == indexes.len() {
+                    Ok(positions)
+                } else {
+                    Err(Status::internal(format!(
+                        "{} positions for {} messages",
+                        positions.len(),
+                        indexes.len()
+                    )))
+                }
+            });
             match group {
                 Ok(positions) => {
                     for (i, position) in indexes.iter().zip(&positions) {
