@@ -56,6 +56,37 @@ async fn wait_committed(
     }
 }
 
+/// Waits until every distributor in `clients` routes `topic` over `shards` sub-topics:
+/// the metastore commits a split once the edges joined it, and each distributor learns it
+/// from its own watch stream a moment later.
+async fn wait_distributors_split(
+    clients: &mut [DistributorClient<tonic::transport::Channel>],
+    topic: &str,
+    shards: usize,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for client in clients.iter_mut() {
+        loop {
+            let status = client
+                .topic_status(dpb::TopicStatusRequest {
+                    topic: topic.to_string(),
+                    owner_only: false,
+                })
+                .await?
+                .into_inner();
+            if status.shards.len() == shards {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "a distributor never routed {topic} over {shards} sub-topics: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 /// One counter from an edge's `/metrics`.
 async fn edge_metric(addr: &str, name: &str) -> Result<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,6 +228,7 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
     for id in 1..=3 {
         clients.push(cluster.distributor(id).await?);
     }
+    wait_distributors_split(&mut clients, topic, 8).await?;
     let published: Vec<u64> = (0..300).collect();
     for &n in &published {
         let reply = publish_n(&mut clients[(n % 3) as usize], topic, n).await?;
