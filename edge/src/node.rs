@@ -193,7 +193,7 @@ impl<C: Connector> Edge<C> {
         // Encoded by the link's writer task.
         control
             .try_send(RelayFrame {
-                frame: Some(Frame::ClientPublish(ClientPublish { topic, data })),
+                frame: Some(Frame::ClientPublish(ClientPublish { topic, data, id: 0 })),
             })
             .is_ok()
     }

@@ -62,6 +62,9 @@ pub enum ErrorCode {
     BinaryUnsupported,
     /// Too many frames too fast.
     RateLimited,
+    /// The cluster could not take the publish in time (its queues toward the subscribers
+    /// stayed full); retry later, slower.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -76,7 +79,26 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
         }
+    }
+
+    /// The code named `name` (as [`ErrorCode::as_str`] writes it), e.g. from a relay
+    /// `ClientPublishDone`.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        const ALL: [ErrorCode; 10] = [
+            ErrorCode::BadJson,
+            ErrorCode::UnknownType,
+            ErrorCode::BadTopic,
+            ErrorCode::TooManyTopics,
+            ErrorCode::TooLarge,
+            ErrorCode::Denied,
+            ErrorCode::Unavailable,
+            ErrorCode::BinaryUnsupported,
+            ErrorCode::RateLimited,
+            ErrorCode::Overloaded,
+        ];
+        ALL.into_iter().find(|code| code.as_str() == name)
     }
 }
 
@@ -332,6 +354,26 @@ fn t_str(t: Option<&RawValue>) -> Result<Option<String>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_error_code_reads_back_from_its_name() {
+        for name in [
+            "bad_json",
+            "unknown_type",
+            "bad_topic",
+            "too_many_topics",
+            "too_large",
+            "denied",
+            "unavailable",
+            "binary_unsupported",
+            "rate_limited",
+            "overloaded",
+        ] {
+            let code = ErrorCode::from_name(name).map(ErrorCode::as_str);
+            assert_eq!(code, Some(name));
+        }
+        assert_eq!(ErrorCode::from_name("nope"), None);
+    }
+
     use super::*;
 
     #[test]
