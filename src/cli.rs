@@ -85,16 +85,22 @@ pub enum Command {
         #[arg(long)]
         legacy_heartbeat: bool,
     },
-    /// Publish one message through a distributor.
+    /// Publish one message through a distributor, or (`--stream`) every line of standard
+    /// input over one PublishStream.
     Publish {
         /// A distributor's gRPC address.
         #[arg(long, default_value = "127.0.0.1:6667")]
         distributor: String,
-        #[arg(long)]
-        topic: String,
+        #[arg(long, required_unless_present = "stream")]
+        topic: Option<String>,
         /// The message: one JSON value.
-        #[arg(long)]
-        data: String,
+        #[arg(long, required_unless_present = "stream")]
+        data: Option<String>,
+        /// Read newline-delimited `topic<TAB>json` from standard input and publish every
+        /// line over one PublishStream, many in flight; prints `line=N epoch=E seq=S` or
+        /// `line=N error=CODE: message` per line as answers come (in any order).
+        #[arg(long, conflicts_with_all = ["topic", "data"])]
+        stream: bool,
     },
     /// Show the metastore cluster: leader, voters, each node's applied index, members, slots.
     Status {
@@ -309,12 +315,121 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Publish {
             distributor,
+            stream: true,
+            ..
+        } => publish_stream(&distributor).await,
+        Command::Publish {
+            distributor,
             topic,
             data,
-        } => publish(&distributor, topic, data).await,
+            ..
+        } => {
+            publish(
+                &distributor,
+                topic.unwrap_or_default(),
+                data.unwrap_or_default(),
+            )
+            .await
+        }
         Command::Status { metastore, json } => status::run(&parse_addrs(&metastore)?, json).await,
         Command::Hot { action } => hot(action).await,
     }
+}
+
+/// A client of the distributor at `distributor` (host:port).
+async fn distributor_client(
+    distributor: &str,
+) -> Result<
+    firetower_proto::distributor::v1::distributor_client::DistributorClient<
+        tonic::transport::Channel,
+    >,
+    Failure,
+> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{distributor}"))
+        .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Unavailable(format!("{distributor}: {e}")))?;
+    Ok(firetower_proto::distributor::v1::distributor_client::DistributorClient::new(channel))
+}
+
+/// `publish --stream`: every line of standard input (`topic<TAB>json`) over one
+/// PublishStream, the line number as the message id. A line that does not parse is
+/// reported and skipped; the command fails if any line was not published.
+async fn publish_stream(distributor: &str) -> Result<(), Failure> {
+    use firetower_proto::distributor::v1 as dpb;
+    use tokio::io::AsyncBufReadExt;
+    use tokio_stream::StreamExt;
+    let mut client = distributor_client(distributor).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<dpb::PublishStreamRequest>(1024);
+    let bad_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader_bad = bad_lines.clone();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut number = 0u64;
+        while let Ok(Some(line)) = lines.next_line().await {
+            number += 1;
+            let Some((topic, data)) = line.split_once('\t') else {
+                if !line.trim().is_empty() {
+                    println!("line={number} error=bad_line: expected topic<TAB>json");
+                    reader_bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                continue;
+            };
+            let request = dpb::PublishStreamRequest {
+                id: number,
+                topic: topic.to_string(),
+                data: data.as_bytes().to_vec().into(),
+            };
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut replies = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| Failure::Unavailable(s.message().to_string()))?
+        .into_inner();
+    let (mut published, mut failed) = (0u64, 0u64);
+    while let Some(reply) = replies.next().await {
+        let reply = reply.map_err(|s| {
+            Failure::Other(anyhow::anyhow!(
+                "stream ended: {:?}: {}",
+                s.code(),
+                s.message()
+            ))
+        })?;
+        match reply.result {
+            Some(dpb::publish_stream_reply::Result::Position(p)) => {
+                published += 1;
+                println!("line={} epoch={} seq={}", reply.id, p.epoch, p.seq);
+            }
+            Some(dpb::publish_stream_reply::Result::Error(e)) => {
+                failed += 1;
+                println!(
+                    "line={} error={:?}: {}",
+                    reply.id,
+                    tonic::Code::from_i32(e.code),
+                    e.message
+                );
+            }
+            None => failed += 1,
+        }
+    }
+    let _ = reader.await;
+    let bad = bad_lines.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("published {published}, failed {failed}, bad lines {bad}");
+    if failed + bad > 0 {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "{} of {} lines were not published",
+            failed + bad,
+            published + failed + bad
+        )));
+    }
+    Ok(())
 }
 
 async fn publish(distributor: &str, topic: String, data: String) -> Result<(), Failure> {
@@ -323,14 +438,7 @@ async fn publish(distributor: &str, topic: String, data: String) -> Result<(), F
         .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
     firetower_proto::client::validate_json_data(data.as_bytes())
         .map_err(|e| Failure::Usage(format!("--data: {e}")))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{distributor}"))
-        .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(2));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Failure::Unavailable(format!("{distributor}: {e}")))?;
-    let mut client = dpb::distributor_client::DistributorClient::new(channel);
+    let mut client = distributor_client(distributor).await?;
     match client
         .publish(dpb::PublishRequest {
             topic,

@@ -31,9 +31,16 @@ pub struct Config {
     /// QUIC streams per edge that carry deliveries; a topic always uses the same one, so a
     /// large message on one topic only delays the topics that share its lane.
     pub relay_lanes: usize,
-    /// Frames queued per lane before the edge counts as unable to keep up and its link is
-    /// closed (it reconnects and re-announces).
-    pub lane_queue_frames: usize,
+    /// Bytes queued toward one edge (over all its lanes) before publishes whose
+    /// subscribers sit behind that edge wait for room (up to their deadline, then
+    /// RESOURCE_EXHAUSTED / `overloaded`). The edge stops reading a lane while its clients'
+    /// queues are full, so this is where a burst toward slow clients slows the publisher.
+    pub lane_queue_bytes: usize,
+    /// Bytes queued toward one edge beyond which its link is closed as stuck (only reached
+    /// when many publishers pass the room check at once).
+    pub lane_hard_bytes: usize,
+    /// Unanswered messages on one PublishStream before the server stops reading it.
+    pub max_stream_in_flight: usize,
     /// How long a publish keeps retrying through ownership changes before UNAVAILABLE.
     pub publish_retry_ms: u64,
     /// Bound on each call to the metastore or another distributor.
@@ -90,7 +97,9 @@ impl Default for Config {
             max_batch: 1000,
             max_topics: 1_000_000,
             relay_lanes: 4,
-            lane_queue_frames: 1 << 16,
+            lane_queue_bytes: 4 << 20,
+            lane_hard_bytes: 64 << 20,
+            max_stream_in_flight: 1000,
             publish_retry_ms: 5000,
             rpc_timeout_ms: 2000,
             hot: HotPolicy::default(),
@@ -143,8 +152,20 @@ impl Config {
         if !(1..=32).contains(&self.relay_lanes) {
             return Err(ConfigError::new("relay_lanes", "must be 1 ..= 32"));
         }
-        if self.lane_queue_frames < 16 {
-            return Err(ConfigError::new("lane_queue_frames", "must be at least 16"));
+        if self.lane_queue_bytes < (64 << 10) {
+            return Err(ConfigError::new(
+                "lane_queue_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if self.lane_hard_bytes < self.lane_queue_bytes.saturating_mul(2) {
+            return Err(ConfigError::new(
+                "lane_hard_bytes",
+                "must be at least twice lane_queue_bytes",
+            ));
+        }
+        if self.max_stream_in_flight == 0 {
+            return Err(ConfigError::new("max_stream_in_flight", "must be positive"));
         }
         let hot = &self.hot;
         if hot.merge_load >= hot.split_load {
@@ -165,6 +186,10 @@ impl Config {
             return Err(ConfigError::new("hot.max_shards", "must be 2 ..= 256"));
         }
         Ok(())
+    }
+
+    pub(crate) fn publish_retry(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.publish_retry_ms)
     }
 
     pub(crate) fn rpc_timeout(&self) -> std::time::Duration {

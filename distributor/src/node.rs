@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,9 +18,12 @@ use firetower_net::relay::{close_code, encode, write_frames, FrameReader};
 use firetower_net::{
     spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration, Tasks,
 };
+use firetower_proto::client::ErrorCode;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::metastore::v1 as pb;
-use firetower_proto::relay::v1::{relay_frame::Frame, Fence, InterestAck, RelayFrame};
+use firetower_proto::relay::v1::{
+    relay_frame::Frame, ClientPublish, ClientPublishDone, Fence, InterestAck, RelayFrame,
+};
 use firetower_proto::slot_of;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -30,13 +33,18 @@ use tonic::transport::server::Connected;
 use crate::config::Config;
 use crate::core::{
     AttemptId, Command, CoreCounters, Delivery, DistributorCore, ForwardResult, ForwardRun,
-    HotProposal, OpId, Outcome,
+    HotProposal, OpId, Outcome, PublishError,
 };
 use crate::error::NodeError;
-use crate::service::{forward_request, forward_result, with_timeout, DistributorService};
+use crate::service::{
+    forward_request, forward_results, status_of, with_timeout, DistributorService,
+};
 
 /// Control frames queued to one edge before its link counts as stuck.
-const CONTROL_QUEUE: usize = 4096;
+const CONTROL_QUEUE: usize = 1 << 14;
+/// Client publishes from one edge waiting for room or for the core (the edge bounds its
+/// unanswered publishes below this).
+const CLIENT_PUBLISH_QUEUE: usize = 1 << 13;
 /// How long an edge has to send Hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,12 +56,89 @@ pub(crate) enum LaneFrame {
     Other(RelayFrame),
 }
 
-impl From<LaneFrame> for Bytes {
-    fn from(frame: LaneFrame) -> Bytes {
-        match frame {
-            LaneFrame::Deliver(delivery) => delivery.frame(),
-            LaneFrame::Other(frame) => encode(&frame),
+impl LaneFrame {
+    /// The frame's size on the wire (estimated without encoding for other frames).
+    fn len(&self) -> usize {
+        match self {
+            LaneFrame::Deliver(delivery) => delivery.len(),
+            LaneFrame::Other(frame) => prost::Message::encoded_len(frame) + 8,
         }
+    }
+}
+
+/// The bytes queued toward one edge, over all its lanes, against the budget
+/// (`lane_queue_bytes`). Publishes whose subscribers sit behind an edge over budget wait
+/// for it to drain ([`Shared::admit`]); that is how a full client queue at the edge slows a
+/// publisher instead of losing its messages.
+#[derive(Debug)]
+pub(crate) struct LaneBytes {
+    queued: AtomicUsize,
+    budget: usize,
+    /// Woken (all waiters) when the queued bytes fall back under the budget.
+    drained: Notify,
+    /// How many links are over budget (shared by all links: the fast path of `admit`).
+    over: Arc<AtomicUsize>,
+}
+
+impl LaneBytes {
+    fn add(&self, n: usize) -> usize {
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before < self.budget && before + n >= self.budget {
+            self.over.fetch_add(1, Ordering::AcqRel);
+        }
+        before + n
+    }
+
+    fn release(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Ordering::AcqRel);
+        if before >= self.budget && before - n < self.budget {
+            self.over.fetch_sub(1, Ordering::AcqRel);
+            self.drained.notify_waiters();
+        }
+    }
+
+    fn over_budget(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= self.budget
+    }
+}
+
+/// A lane frame with its bytes counted against its link's budget until the lane writer
+/// takes it (then it is in QUIC's hands, bounded by the stream's flow control).
+#[derive(Debug)]
+pub(crate) struct CountedFrame {
+    frame: Option<LaneFrame>,
+    len: usize,
+    bytes: Arc<LaneBytes>,
+}
+
+impl CountedFrame {
+    fn new(frame: LaneFrame, bytes: &Arc<LaneBytes>) -> (Self, usize) {
+        let len = frame.len();
+        let queued = bytes.add(len);
+        let counted = CountedFrame {
+            frame: Some(frame),
+            len,
+            bytes: bytes.clone(),
+        };
+        (counted, queued)
+    }
+}
+
+impl From<CountedFrame> for Bytes {
+    fn from(mut counted: CountedFrame) -> Bytes {
+        match counted.frame.take() {
+            Some(LaneFrame::Deliver(delivery)) => delivery.frame(),
+            Some(LaneFrame::Other(frame)) => encode(&frame),
+            None => Bytes::new(),
+        }
+    }
+}
+
+impl Drop for CountedFrame {
+    /// Taken by the writer or dropped unsent (its link closed): either way its bytes leave
+    /// the budget, exactly once.
+    fn drop(&mut self) {
+        self.bytes.release(self.len);
     }
 }
 
@@ -71,25 +156,39 @@ impl From<ControlFrame> for Bytes {
 pub(crate) struct EdgeLink {
     generation: u64,
     conn: quinn::Connection,
-    lanes: Vec<mpsc::Sender<LaneFrame>>,
+    lanes: Vec<mpsc::Sender<CountedFrame>>,
+    bytes: Arc<LaneBytes>,
     control: mpsc::Sender<ControlFrame>,
 }
 
 /// The relay links to edges, by edge id: the one job of queueing frames on them.
-#[derive(Default)]
 pub(crate) struct Links {
     links: HashMap<u64, EdgeLink>,
+    /// Bytes toward one edge beyond which its link is closed as stuck.
+    hard_bytes: usize,
 }
 
 impl Links {
-    /// Queues `frame` on lane `lane` of `edge`'s link. `false`: the lane is full (the link
-    /// is stuck).
+    /// Queues `frame` on lane `lane` of `edge`'s link. `false`: the link is stuck (over
+    /// the hard bound in bytes, or its lane's frame bound).
     fn queue(&self, edge: u64, lane: usize, frame: LaneFrame) -> bool {
         match self.links.get(&edge) {
-            Some(link) => link.lanes[lane].try_send(frame).is_ok(),
+            Some(link) => {
+                let (counted, queued) = CountedFrame::new(frame, &link.bytes);
+                queued <= self.hard_bytes && link.lanes[lane].try_send(counted).is_ok()
+            }
             // No link: nothing to queue on (the edge re-announces when it links again).
             None => true,
         }
+    }
+
+    /// The links of `edges` that are over their byte budget.
+    fn over_budget(&self, edges: &[u64]) -> Option<Arc<LaneBytes>> {
+        edges
+            .iter()
+            .filter_map(|edge| self.links.get(edge))
+            .find(|link| link.bytes.over_budget())
+            .map(|link| link.bytes.clone())
     }
 
     /// Queues a control frame to `edge`. `false`: the control queue is full.
@@ -118,8 +217,11 @@ pub(crate) struct State {
     pub(crate) core: DistributorCore,
     links: Links,
     /// Publish ops whose outcome someone awaits (a gRPC call). Bounded by the calls in
-    /// flight; an op without a waiter (a client publish) only logs its failure.
+    /// flight.
     pub(crate) waiters: HashMap<OpId, oneshot::Sender<Outcome>>,
+    /// Client publishes to answer with `ClientPublishDone`: op → (edge, the edge's id).
+    /// Bounded by the edges' unanswered publishes (each edge bounds its own).
+    client_waiters: HashMap<OpId, (u64, u64)>,
 }
 
 /// Counters, readable from outside (tests, metrics).
@@ -138,6 +240,11 @@ pub struct Counters {
     pub hot_proposals: AtomicU64,
     /// Deliveries replayed to edges that joined a split topic's route late.
     pub replayed: AtomicU64,
+    /// Publishes that waited for room on the lanes toward their subscribers.
+    pub admission_waits: AtomicU64,
+    /// Publishes refused (RESOURCE_EXHAUSTED / `overloaded`) because that room did not come
+    /// before their deadline.
+    pub admission_refused: AtomicU64,
 }
 
 impl Counters {
@@ -197,8 +304,12 @@ pub(crate) struct Shared<C: Connector> {
     timer: Notify,
     /// Where hot-topic proposals go (one task makes them, in order).
     proposals: mpsc::UnboundedSender<HotProposal>,
-    /// Edge links, their stream writers and forwards: `run` waits for them to end.
-    tasks: Tasks,
+    /// Edge links, their stream writers, forwards and publish streams: `run` waits for
+    /// them to end.
+    pub(crate) tasks: Tasks,
+    /// How many edge links are over their byte budget: while 0, publishes need no room
+    /// check.
+    over_links: Arc<AtomicUsize>,
 }
 
 impl<C: Connector> Shared<C> {
@@ -214,7 +325,7 @@ impl<C: Connector> Shared<C> {
         input: impl FnOnce(&mut State, tokio::time::Instant) -> R,
     ) -> R {
         let now = tokio::time::Instant::now();
-        let mut forwards = Vec::new();
+        let mut forwards: Vec<(AttemptId, u64, String, ForwardRun)> = Vec::new();
         let (result, sooner) = {
             let mut guard = self.lock();
             let state = &mut *guard;
@@ -228,9 +339,20 @@ impl<C: Connector> Shared<C> {
             let sooner = after.is_some_and(|a| before.is_none_or(|b| a < b));
             (result, sooner)
         };
+        // One call per owner carries all of this step's runs for it, in the order the core
+        // made them: a topic's runs of one group reach the owner together and in order.
+        let mut by_owner: Vec<(u64, String, Vec<(AttemptId, ForwardRun)>)> = Vec::new();
         for (attempt, owner, addr, run) in forwards {
-            self.tasks
-                .spawn(forward(self.clone(), attempt, owner, addr, run));
+            match by_owner
+                .iter_mut()
+                .find(|(o, a, _)| *o == owner && *a == addr)
+            {
+                Some((_, _, runs)) => runs.push((attempt, run)),
+                None => by_owner.push((owner, addr, vec![(attempt, run)])),
+            }
+        }
+        for (owner, addr, runs) in by_owner {
+            self.tasks.spawn(forward(self.clone(), owner, addr, runs));
         }
         // The timer task sleeps until the core's next timeout; wake it only when that came
         // sooner (its own input always moves it later, so it never wakes itself).
@@ -288,16 +410,7 @@ impl<C: Connector> Shared<C> {
                     frame: Some(Frame::InterestAck(InterestAck { topic, epoch })),
                 });
                 if !state.links.control(edge, ack) {
-                    self.counters
-                        .links_overloaded
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(edge, "control queue full; closing the edge's link");
-                    if state
-                        .links
-                        .close_overloaded(edge, b"control queue overflow")
-                    {
-                        state.core.handle_edge_down(edge);
-                    }
+                    self.control_overflow(state, edge);
                 }
             }
             Command::Forward {
@@ -306,19 +419,80 @@ impl<C: Connector> Shared<C> {
                 addr,
                 run,
             } => forwards.push((attempt, owner, addr, run)),
-            Command::Reply { op, outcome } => match state.waiters.remove(&op) {
-                Some(waiter) => {
+            Command::Reply { op, outcome } => {
+                if let Some(waiter) = state.waiters.remove(&op) {
                     let _ = waiter.send(outcome);
-                }
-                None => {
-                    if let Outcome::Failed(error) = outcome {
-                        tracing::warn!(%error, "a client publish could not be delivered");
+                } else if let Some((edge, id)) = state.client_waiters.remove(&op) {
+                    let done = client_publish_done(id, &outcome);
+                    // A full control queue closes the link (as for an InterestAck): the
+                    // edge then tells its publishers the outcome is unknown.
+                    if !state.links.control(edge, ControlFrame(done)) {
+                        self.control_overflow(state, edge);
                     }
                 }
-            },
+            }
             Command::Propose(proposal) => {
                 tracing::info!(topic = %proposal.topic, shards = proposal.shards, "proposing a hot-topic change");
                 let _ = self.proposals.send(proposal);
+            }
+        }
+    }
+
+    /// An edge's control queue is full: its link is closed (it reconnects and announces
+    /// again).
+    fn control_overflow(&self, state: &mut State, edge: u64) {
+        self.counters
+            .links_overloaded
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(edge, "control queue full; closing the edge's link");
+        if state
+            .links
+            .close_overloaded(edge, b"control queue overflow")
+        {
+            state.core.handle_edge_down(edge);
+        }
+    }
+
+    /// Waits until the lanes toward the subscribers of `topic` that this node serves have
+    /// room (every such edge link under its byte budget), or fails at `deadline` with
+    /// RESOURCE_EXHAUSTED. Called before a publish enters the core, so a publish that could
+    /// not be queued in time gets an error, never a success.
+    pub(crate) async fn admit(
+        &self,
+        topic: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), tonic::Status> {
+        let mut edges = Vec::new();
+        loop {
+            if self.over_links.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            let full = {
+                let state = self.lock();
+                edges.clear();
+                state.core.local_edges(topic, &mut edges);
+                state.links.over_budget(&edges)
+            };
+            let Some(full) = full else {
+                return Ok(());
+            };
+            let drained = full.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !full.over_budget() {
+                continue;
+            }
+            self.counters
+                .admission_waits
+                .fetch_add(1, Ordering::Relaxed);
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                self.counters
+                    .admission_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "the queues toward the subscribers of {topic:?} stayed full until the \
+                     publish deadline; publish slower or retry"
+                )));
             }
         }
     }
@@ -352,24 +526,56 @@ impl<C: Connector> Shared<C> {
     }
 }
 
-/// Makes one forward (`ForwardBatch`) and tells the core what became of it.
+/// Makes one forward (`ForwardBatch`) of `runs` to `owner` and tells the core what became
+/// of each.
 async fn forward<C: Connector>(
     shared: Arc<Shared<C>>,
-    attempt: AttemptId,
     owner: u64,
     addr: String,
-    run: ForwardRun,
+    runs: Vec<(AttemptId, ForwardRun)>,
 ) {
-    let result = match shared.peers.get(&addr) {
-        Err(reason) => ForwardResult::NotSent(reason),
+    let (attempts, runs): (Vec<AttemptId>, Vec<ForwardRun>) = runs.into_iter().unzip();
+    let results = match shared.peers.get(&addr) {
+        Err(reason) => vec![ForwardResult::NotSent(reason); attempts.len()],
         Ok(channel) => {
             let mut client = DistributorClient::new(channel).max_encoding_message_size(64 << 20);
-            let request = with_timeout(forward_request(run), shared.config.rpc_timeout());
+            let request = with_timeout(forward_request(runs), shared.config.rpc_timeout());
             let reply = client.forward_batch(request).await.map(|r| r.into_inner());
-            forward_result(owner, reply)
+            forward_results(owner, attempts.len(), reply)
         }
     };
-    shared.apply(|state, now| state.core.handle_forward_result(now, attempt, result));
+    shared.apply(|state, now| {
+        for (attempt, result) in attempts.into_iter().zip(results) {
+            state.core.handle_forward_result(now, attempt, result);
+        }
+    });
+}
+
+/// The `ClientPublishDone` answering a client publish: an empty error code when sequenced,
+/// else the client-protocol code that says what the client should do.
+fn client_publish_done(id: u64, outcome: &Outcome) -> RelayFrame {
+    let (code, message) = match outcome {
+        Outcome::Published(_) => (None, String::new()),
+        Outcome::Refused(refused) => (
+            Some(ErrorCode::Unavailable),
+            format!("the publish was refused as a forwarded run: {refused:?}"),
+        ),
+        Outcome::Failed(error) => {
+            let code = match status_of(error).code() {
+                tonic::Code::ResourceExhausted => ErrorCode::Overloaded,
+                tonic::Code::InvalidArgument => ErrorCode::Denied,
+                _ => ErrorCode::Unavailable,
+            };
+            (Some(code), error.to_string())
+        }
+    };
+    RelayFrame {
+        frame: Some(Frame::ClientPublishDone(ClientPublishDone {
+            id,
+            error_code: code.map_or_else(String::new, |c| c.as_str().to_string()),
+            message,
+        })),
+    }
 }
 
 /// Runs a distributor until `shutdown` completes.
@@ -425,8 +631,12 @@ where
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             core,
-            links: Links::default(),
+            links: Links {
+                links: HashMap::new(),
+                hard_bytes: config.lane_hard_bytes,
+            },
             waiters: HashMap::new(),
+            client_waiters: HashMap::new(),
         }),
         peers: Channels::new(connector.clone()),
         counters,
@@ -435,6 +645,7 @@ where
         timer: Notify::new(),
         proposals: proposals_tx,
         tasks: Tasks::new(),
+        over_links: Arc::new(AtomicUsize::new(0)),
         config: config.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -553,6 +764,7 @@ where
         let mut state = shared.lock();
         state.links.links.clear();
         state.waiters.clear();
+        state.client_waiters.clear();
     }
     // The endpoint closed every link, so each edge's task ends, and with the links gone so
     // do their writers; a forward in flight ends within its deadline (`rpc_timeout_ms`),
@@ -606,14 +818,22 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         }
     };
     let mut lanes = Vec::with_capacity(shared.config.relay_lanes);
+    // Bytes are the bound (`lane_hard_bytes`); the frame bound only keeps the channel finite.
+    let lane_frames = (shared.config.lane_hard_bytes / 32).max(1024);
     for _ in 0..shared.config.relay_lanes {
         let Ok(stream) = conn.open_uni().await else {
             return;
         };
-        let (tx, rx) = mpsc::channel::<LaneFrame>(shared.config.lane_queue_frames);
+        let (tx, rx) = mpsc::channel::<CountedFrame>(lane_frames);
         shared.tasks.spawn(write_frames(stream, rx));
         lanes.push(tx);
     }
+    let bytes = Arc::new(LaneBytes {
+        queued: AtomicUsize::new(0),
+        budget: shared.config.lane_queue_bytes,
+        drained: Notify::new(),
+        over: shared.over_links.clone(),
+    });
     let (control, control_rx) = mpsc::channel::<ControlFrame>(CONTROL_QUEUE);
     shared.tasks.spawn(write_frames(send, control_rx));
     let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -624,6 +844,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                 generation,
                 conn: conn.clone(),
                 lanes,
+                bytes,
                 control: control.clone(),
             },
         ) {
@@ -634,6 +855,14 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         state.core.handle_edge_up(edge);
     });
     tracing::info!(edge, "edge linked");
+
+    // The edge's client publishes, in the order it sent them, through one task: a publish
+    // that waits for room never holds up the edge's Interest frames on this stream. The
+    // edge bounds its unanswered publishes; one beyond this bound is answered `overloaded`.
+    let (publishes, publishes_rx) = mpsc::channel::<ClientPublish>(CLIENT_PUBLISH_QUEUE);
+    shared
+        .tasks
+        .spawn(client_publishes(shared.clone(), edge, publishes_rx));
 
     loop {
         let frame = match reader.next().await {
@@ -681,7 +910,25 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                     .counters
                     .client_publishes
                     .fetch_add(1, Ordering::Relaxed);
-                client_publish(&shared, publish.topic, publish.data);
+                if let Err(mpsc::error::TrySendError::Full(publish)) = publishes.try_send(publish) {
+                    let done = client_publish_done(
+                        publish.id,
+                        &Outcome::Failed(PublishError::Refused {
+                            owner: shared.config.id,
+                            code: tonic::Code::ResourceExhausted as i32,
+                            message: format!(
+                                "more than {CLIENT_PUBLISH_QUEUE} client publishes from edge \
+                                 {edge} wait at distributor {}",
+                                shared.config.id
+                            ),
+                        }),
+                    );
+                    shared.apply(|state, _| {
+                        if !state.links.control(edge, ControlFrame(done)) {
+                            shared.control_overflow(state, edge);
+                        }
+                    });
+                }
             }
             _ => {
                 shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -703,20 +950,68 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
     });
 }
 
-/// A publish an edge passed on for a client: published through the core like any other
-/// (sequenced inline when this node owns the topic, so one edge's publishes of an owned
-/// topic keep their order); nobody waits for its outcome, a failure is logged.
-fn client_publish<C: Connector>(shared: &Arc<Shared<C>>, topic: String, data: Bytes) {
-    if firetower_proto::topic::validate_topic(&topic).is_err()
-        || data.len() > shared.config.max_data_bytes
-        || firetower_proto::client::validate_json_data(&data).is_err()
-    {
-        shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-        return;
+/// Publishes an edge's client publishes, in order: each is checked as `Publish` checks
+/// its message, waits for room toward its subscribers (up to `publish_retry_ms`), and goes
+/// through the core like any other publish (sequenced inline when this node owns the
+/// topic; otherwise it queues behind the topic's earlier ops, so one edge's publishes of a
+/// topic keep their order). A publish with an id is answered with `ClientPublishDone`.
+async fn client_publishes<C: Connector>(
+    shared: Arc<Shared<C>>,
+    edge: u64,
+    mut publishes: mpsc::Receiver<ClientPublish>,
+) {
+    let retry = Duration::from_millis(shared.config.publish_retry_ms);
+    while let Some(publish) = publishes.recv().await {
+        let ClientPublish { topic, data, id } = publish;
+        let checked = firetower_proto::topic::validate_topic(&topic)
+            .map_err(|e| format!("topic: {e}"))
+            .and_then(|()| {
+                if data.len() > shared.config.max_data_bytes {
+                    return Err(format!(
+                        "data: {} bytes exceeds the limit of {} bytes",
+                        data.len(),
+                        shared.config.max_data_bytes
+                    ));
+                }
+                firetower_proto::client::validate_json_data(&data).map_err(|e| format!("data: {e}"))
+            });
+        let refused = match checked {
+            Err(message) => {
+                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                Some((tonic::Code::InvalidArgument, message))
+            }
+            Ok(()) => match shared
+                .admit(&topic, tokio::time::Instant::now() + retry)
+                .await
+            {
+                Err(status) => Some((status.code(), status.message().to_string())),
+                Ok(()) => None,
+            },
+        };
+        shared.apply(|state, now| match refused {
+            Some((code, message)) => {
+                if id != 0 {
+                    let done = client_publish_done(
+                        id,
+                        &Outcome::Failed(PublishError::Refused {
+                            owner: shared.config.id,
+                            code: code as i32,
+                            message,
+                        }),
+                    );
+                    if !state.links.control(edge, ControlFrame(done)) {
+                        shared.control_overflow(state, edge);
+                    }
+                }
+            }
+            None => {
+                let op = state.core.handle_publish(now, &topic, vec![data]);
+                if id != 0 {
+                    state.client_waiters.insert(op, (edge, id));
+                }
+            }
+        });
     }
-    shared.apply(|state, now| {
-        state.core.handle_publish(now, &topic, vec![data]);
-    });
 }
 
 /// Runs a distributor on a TCP listener and a UDP socket, loading TLS from the config:

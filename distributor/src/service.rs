@@ -17,11 +17,16 @@ use firetower_proto::client::validate_json_data;
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::distributor::v1::distributor_server::{Distributor, DistributorServer};
-use firetower_proto::distributor::v1::forward_batch_reply::Outcome as WireOutcome;
+use firetower_proto::distributor::v1::run_outcome::Outcome as WireOutcome;
 use firetower_proto::routing::route_topics;
 use firetower_proto::slot_of;
 use firetower_proto::topic::{validate_route_topic, validate_topic};
-use tonic::{Code, Request, Response, Status};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::core::{ForwardRun, Outcome, Position, PublishError, RunOutcome};
 use crate::node::Shared;
@@ -125,33 +130,75 @@ pub(crate) fn peer<C: Connector>(
     Some(DistributorClient::new(channel).max_encoding_message_size(64 << 20))
 }
 
-/// The `ForwardBatch` request of a run.
-pub(crate) fn forward_request(run: ForwardRun) -> dpb::ForwardBatchRequest {
-    dpb::ForwardBatchRequest {
-        topic: run.topic,
-        origin: run.origin,
-        incarnation: run.incarnation,
-        messages: run
-            .messages
-            .into_iter()
-            .map(|(key, msg_id, data)| dpb::ForwardedMessage {
-                key,
-                route_tag: run.route_tag,
-                msg_id,
-                data,
-            })
-            .collect(),
-    }
+/// The `ForwardBatch` request carrying `runs`, in order.
+pub(crate) fn forward_request(runs: Vec<ForwardRun>) -> dpb::ForwardBatchRequest {
+    let runs = runs
+        .into_iter()
+        .map(|run| dpb::ForwardRun {
+            topic: run.topic,
+            origin: run.origin,
+            incarnation: run.incarnation,
+            messages: run
+                .messages
+                .into_iter()
+                .map(|(key, msg_id, data)| dpb::ForwardedMessage {
+                    key,
+                    route_tag: run.route_tag,
+                    msg_id,
+                    data,
+                })
+                .collect(),
+        })
+        .collect();
+    dpb::ForwardBatchRequest { runs }
 }
 
-/// What an owner's answer to a forward says, in the core's terms.
-pub(crate) fn forward_result(
+/// What an owner's answer to a forward of `runs` runs says, in the core's terms: one result
+/// per run, in order.
+pub(crate) fn forward_results(
     owner: u64,
+    runs: usize,
     reply: Result<dpb::ForwardBatchReply, Status>,
-) -> crate::core::ForwardResult {
+) -> Vec<crate::core::ForwardResult> {
     use crate::core::ForwardResult;
-    match reply {
-        Ok(reply) => match reply.outcome {
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(status) => {
+            let result = if never_sent(&status) {
+                ForwardResult::NotSent(status.message().to_string())
+            } else {
+                match status.code() {
+                    // The owner looked at the call and refused it: a retry would be refused
+                    // again.
+                    Code::InvalidArgument
+                    | Code::ResourceExhausted
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::Unimplemented => ForwardResult::Failed(PublishError::Refused {
+                        owner,
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }),
+                    // A timeout, a lost connection, an unknown failure: it may have been
+                    // sequenced.
+                    _ => ForwardResult::Unclear(status.message().to_string()),
+                }
+            };
+            return vec![result; runs];
+        }
+    };
+    if reply.outcomes.len() != runs {
+        let message = format!(
+            "the answer has {} outcomes for {runs} runs",
+            reply.outcomes.len()
+        );
+        // Which runs were sequenced is unknown: treat them as a lost answer.
+        return vec![ForwardResult::Unclear(message); runs];
+    }
+    reply
+        .outcomes
+        .into_iter()
+        .map(|outcome| match outcome.outcome {
             Some(WireOutcome::Sequenced(p)) => ForwardResult::Answered(RunOutcome::Sequenced(
                 p.results
                     .iter()
@@ -168,28 +215,18 @@ pub(crate) fn forward_result(
             Some(WireOutcome::NotOwner(n)) => {
                 ForwardResult::Answered(RunOutcome::NotOwner { owner: n.owner })
             }
+            Some(WireOutcome::Error(e)) => ForwardResult::Failed(PublishError::Refused {
+                owner,
+                code: e.code,
+                message: e.message,
+            }),
             None => ForwardResult::Failed(PublishError::Refused {
                 owner,
                 code: Code::Internal as i32,
                 message: "the answer has no outcome".to_string(),
             }),
-        },
-        Err(status) if never_sent(&status) => ForwardResult::NotSent(status.message().to_string()),
-        Err(status) => match status.code() {
-            // The owner looked at the run and refused it: a retry would be refused again.
-            Code::InvalidArgument
-            | Code::ResourceExhausted
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented => ForwardResult::Failed(PublishError::Refused {
-                owner,
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            }),
-            // A timeout, a lost connection, an unknown failure: it may have been sequenced.
-            _ => ForwardResult::Unclear(status.message().to_string()),
-        },
-    }
+        })
+        .collect()
 }
 
 /// A call that failed before the request went out: the connection could not be made (tonic
@@ -205,12 +242,15 @@ fn never_sent(status: &Status) -> bool {
     false
 }
 
-/// Publishes one topic's messages (checked) through the core and waits for the outcome.
+/// Publishes one topic's messages (checked) through the core and waits for the outcome:
+/// first room on the lanes toward the topic's subscribers (up to `publish_retry_ms`).
 async fn publish<C: Connector>(
     shared: &Arc<Shared<C>>,
     topic: &str,
     messages: Vec<Bytes>,
 ) -> Result<Vec<Position>, Status> {
+    let deadline = tokio::time::Instant::now() + shared.config.publish_retry();
+    shared.admit(topic, deadline).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared.apply(|state, now| {
         let op = state.core.handle_publish(now, topic, messages);
@@ -276,8 +316,178 @@ async fn status_one<C: Connector>(
     }
 }
 
+/// Serves one PublishStream: reads messages while fewer than `max_stream_in_flight` are
+/// unanswered, takes what has arrived together (one room check per topic, one step into
+/// the core, one op per topic's run, so a topic's messages keep stream order), and answers
+/// each message by id as its op ends. One task per stream, none per message.
+async fn serve_publish_stream<C: Connector>(
+    shared: Arc<Shared<C>>,
+    mut requests: Streaming<dpb::PublishStreamRequest>,
+    replies: mpsc::Sender<Result<dpb::PublishStreamReply, Status>>,
+) {
+    type Pending = futures::future::BoxFuture<'static, (Vec<u64>, Result<Outcome, Status>)>;
+    let max = shared.config.max_stream_in_flight;
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut in_flight = 0usize;
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            biased;
+            Some((ids, outcome)) = pending.next(), if !pending.is_empty() => {
+                in_flight -= ids.len();
+                for reply in stream_replies(ids, outcome) {
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            first = requests.next(), if open && in_flight < max => {
+                let mut batch = Vec::new();
+                match first {
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "publish stream ended with an error");
+                        open = false;
+                    }
+                    None => open = false,
+                }
+                // Whatever else has already arrived, up to the bound.
+                while open && in_flight + batch.len() < max {
+                    match requests.next().now_or_never() {
+                        Some(Some(Ok(m))) => batch.push(m),
+                        Some(Some(Err(_)) | None) => open = false,
+                        None => break,
+                    }
+                }
+                in_flight += batch.len();
+                let (ready, refused) = stream_batch(&shared, batch).await;
+                for reply in refused {
+                    in_flight -= 1;
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+                for (ids, rx) in ready {
+                    pending.push(Box::pin(async move {
+                        let outcome = rx
+                            .await
+                            .map_err(|_| Status::unavailable("the distributor is shutting down"));
+                        (ids, outcome)
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Checks a stream's batch, waits for room per topic and publishes it in one step: returns
+/// the ops to wait for (with their messages' ids) and the replies for refused messages.
+async fn stream_batch<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    batch: Vec<dpb::PublishStreamRequest>,
+) -> (
+    Vec<(Vec<u64>, oneshot::Receiver<Outcome>)>,
+    Vec<dpb::PublishStreamReply>,
+) {
+    let mut refused = Vec::new();
+    let mut groups: Vec<(String, Vec<u64>, Vec<Bytes>)> = Vec::new();
+    for m in batch {
+        let checked = validate_topic(&m.topic)
+            .map_err(|e| Status::invalid_argument(format!("topic: {e}")))
+            .and_then(|()| check_data(shared, "", &m.data));
+        if let Err(status) = checked {
+            refused.push(stream_error(m.id, &status));
+            continue;
+        }
+        match groups.iter_mut().find(|(topic, _, _)| *topic == m.topic) {
+            Some((_, ids, data)) => {
+                ids.push(m.id);
+                data.push(m.data);
+            }
+            None => groups.push((m.topic, vec![m.id], vec![m.data])),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + shared.config.publish_retry();
+    let mut admitted = Vec::with_capacity(groups.len());
+    for (topic, ids, data) in groups {
+        match shared.admit(&topic, deadline).await {
+            Ok(()) => admitted.push((topic, ids, data)),
+            Err(status) => refused.extend(ids.iter().map(|id| stream_error(*id, &status))),
+        }
+    }
+    let mut ready = Vec::with_capacity(admitted.len());
+    shared.apply(|state, now| {
+        for (topic, ids, data) in admitted {
+            let (tx, rx) = oneshot::channel();
+            let op = state.core.handle_publish(now, &topic, data);
+            state.waiters.insert(op, tx);
+            ready.push((ids, rx));
+        }
+    });
+    (ready, refused)
+}
+
+fn stream_error(id: u64, status: &Status) -> dpb::PublishStreamReply {
+    dpb::PublishStreamReply {
+        id,
+        result: Some(dpb::publish_stream_reply::Result::Error(
+            dpb::PublishStreamError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            },
+        )),
+    }
+}
+
+/// The replies to one op's messages.
+fn stream_replies(ids: Vec<u64>, outcome: Result<Outcome, Status>) -> Vec<dpb::PublishStreamReply> {
+    match outcome.and_then(published) {
+        Ok(positions) if positions.len() == ids.len() => ids
+            .into_iter()
+            .zip(positions)
+            .map(|(id, position)| dpb::PublishStreamReply {
+                id,
+                result: Some(dpb::publish_stream_reply::Result::Position(reply_of(
+                    &position,
+                ))),
+            })
+            .collect(),
+        Ok(positions) => {
+            let status = Status::internal(format!(
+                "{} positions for {} messages",
+                positions.len(),
+                ids.len()
+            ));
+            ids.into_iter()
+                .map(|id| stream_error(id, &status))
+                .collect()
+        }
+        Err(status) => ids
+            .into_iter()
+            .map(|id| stream_error(id, &status))
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl<C: Connector> Distributor for DistributorService<C> {
+    type PublishStreamStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<dpb::PublishStreamReply, Status>> + Send>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<dpb::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let requests = request.into_inner();
+        // Replies wait here while the client is slow to read them; past this bound the
+        // stream stops reading requests too.
+        let (tx, rx) = mpsc::channel(self.shared.config.max_stream_in_flight.min(1024));
+        self.shared
+            .tasks
+            .spawn(serve_publish_stream(self.shared.clone(), requests, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn publish(
         &self,
         request: Request<dpb::PublishRequest>,
@@ -372,64 +582,85 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::ForwardBatchRequest>,
     ) -> Result<Response<dpb::ForwardBatchReply>, Status> {
-        let run = request.into_inner();
-        validate_route_topic(&run.topic)
-            .map_err(|e| Status::invalid_argument(format!("topic: {e}")))?;
+        let request = request.into_inner();
         let max = self.shared.config.max_batch;
-        if run.messages.len() > max {
+        let total: usize = request.runs.iter().map(|r| r.messages.len()).sum();
+        if total > max {
             return Err(Status::invalid_argument(format!(
-                "messages: {} messages exceed the batch limit of {max}",
-                run.messages.len()
+                "runs: {total} messages exceed the batch limit of {max}"
             )));
         }
-        let route_tag = run.messages.first().map_or(0, |m| m.route_tag);
-        for (i, m) in run.messages.iter().enumerate() {
-            if m.route_tag != route_tag {
-                return Err(Status::invalid_argument(format!(
-                    "messages[{i}].route_tag: a run has one route tag"
-                )));
+        let mut runs = Vec::with_capacity(request.runs.len());
+        for (r, run) in request.runs.into_iter().enumerate() {
+            validate_route_topic(&run.topic)
+                .map_err(|e| Status::invalid_argument(format!("runs[{r}].topic: {e}")))?;
+            let route_tag = run.messages.first().map_or(0, |m| m.route_tag);
+            for (i, m) in run.messages.iter().enumerate() {
+                if m.route_tag != route_tag {
+                    return Err(Status::invalid_argument(format!(
+                        "runs[{r}].messages[{i}].route_tag: a run has one route tag"
+                    )));
+                }
+                check_data(&self.shared, &format!("runs[{r}].messages[{i}]."), &m.data)?;
             }
-            check_data(&self.shared, &format!("messages[{i}]."), &m.data)?;
+            runs.push(ForwardRun {
+                topic: run.topic,
+                origin: run.origin,
+                incarnation: run.incarnation,
+                route_tag,
+                messages: run
+                    .messages
+                    .into_iter()
+                    .map(|m| (m.key, m.msg_id, m.data))
+                    .collect(),
+            });
         }
-        let run = ForwardRun {
-            topic: run.topic,
-            origin: run.origin,
-            incarnation: run.incarnation,
-            route_tag,
-            messages: run
-                .messages
-                .into_iter()
-                .map(|m| (m.key, m.msg_id, m.data))
-                .collect(),
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Room on the lanes toward the runs' subscribers, then every run in one step, in
+        // order: a name's runs are sequenced in call order.
+        let deadline = tokio::time::Instant::now() + self.shared.config.rpc_timeout() / 2;
+        for run in &runs {
+            self.shared.admit(&run.topic, deadline).await?;
+        }
+        let mut waiting = Vec::with_capacity(runs.len());
         self.shared.apply(|state, _| {
-            let op = state.core.handle_forwarded_run(run);
-            state.waiters.insert(op, tx);
+            for run in runs {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let op = state.core.handle_forwarded_run(run);
+                state.waiters.insert(op, tx);
+                waiting.push(rx);
+            }
         });
-        let outcome = rx
-            .await
-            .map_err(|_| Status::unavailable("the distributor is shutting down"))?;
-        let outcome = match outcome {
-            Outcome::Published(positions) => WireOutcome::Sequenced(dpb::Positions {
-                results: positions.iter().map(reply_of).collect(),
-            }),
-            Outcome::Refused(RunOutcome::StaleRoute { since }) => {
-                WireOutcome::StaleRoute(dpb::StaleRoute { since })
-            }
-            Outcome::Refused(RunOutcome::NotOwner { owner }) => {
-                WireOutcome::NotOwner(dpb::NotOwner { owner })
-            }
-            Outcome::Refused(RunOutcome::Sequenced(positions)) => {
-                WireOutcome::Sequenced(dpb::Positions {
-                    results: positions.iter().map(reply_of).collect(),
-                })
-            }
-            Outcome::Failed(error) => return Err(status_of(&error)),
-        };
-        Ok(Response::new(dpb::ForwardBatchReply {
-            outcome: Some(outcome),
-        }))
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            let outcome = rx
+                .await
+                .map_err(|_| Status::unavailable("the distributor is shutting down"))?;
+            let outcome = match outcome {
+                Outcome::Published(positions)
+                | Outcome::Refused(RunOutcome::Sequenced(positions)) => {
+                    WireOutcome::Sequenced(dpb::Positions {
+                        results: positions.iter().map(reply_of).collect(),
+                    })
+                }
+                Outcome::Refused(RunOutcome::StaleRoute { since }) => {
+                    WireOutcome::StaleRoute(dpb::StaleRoute { since })
+                }
+                Outcome::Refused(RunOutcome::NotOwner { owner }) => {
+                    WireOutcome::NotOwner(dpb::NotOwner { owner })
+                }
+                Outcome::Failed(error) => {
+                    let status = status_of(&error);
+                    WireOutcome::Error(dpb::RunError {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    })
+                }
+            };
+            outcomes.push(dpb::RunOutcome {
+                outcome: Some(outcome),
+            });
+        }
+        Ok(Response::new(dpb::ForwardBatchReply { outcomes }))
     }
 
     async fn topic_status(

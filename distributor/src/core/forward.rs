@@ -30,8 +30,18 @@
 //!   fails ([`PublishError::Uncertain`]) rather than risk a second copy.
 //! - Past the op's deadline (`publish_retry_ms` after it began), a name that must wait fails
 //!   the op ([`PublishError::NoOwner`] or [`PublishError::RouteUnsettled`]).
+//!
+//! Order, per topic: the ops of one topic that this node accepted are published in the
+//! order it accepted them (so one publisher's messages keep its order, whichever path they
+//! take). A topic's ops move in *groups*: while some op of the topic is unfinished (in
+//! flight, or waiting to retry), later ops of the topic queue behind it; when the last op
+//! of the active group finishes, every queued op becomes the next group and is tried at
+//! once, in order. One group's runs reach each owner in one `ForwardBatch` call (the
+//! shell sends all the forwards of one step to an owner together), where the owner
+//! sequences them in call order under one step; so within a group the runs of a name get
+//! the same answer, in order, and a later group starts only after the earlier one is done.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use firetower_proto::slot_of;
@@ -199,10 +209,21 @@ struct Op {
     last: String,
 }
 
+/// A topic's unfinished ops: the active group (being published) and the ops queued behind
+/// it, in the order this node accepted them.
+#[derive(Debug, Default)]
+struct TopicOps {
+    active: BTreeSet<OpId>,
+    queued: VecDeque<OpId>,
+}
+
 /// The publish ops of one node, with their bounds. Part of [`DistributorCore`].
 #[derive(Debug)]
 pub(crate) struct Publishes {
     ops: BTreeMap<OpId, Op>,
+    /// Topics with unfinished ops (an op finished at once, the common case of an owned
+    /// topic, never enters). Bounded by the ops.
+    topics: HashMap<String, TopicOps>,
     /// The waiting ops by wake-up time (each op's `wake_at`), so the next timeout and the
     /// due ops are found without a pass over every op on each input.
     wakes: BTreeSet<(Instant, OpId)>,
@@ -219,6 +240,7 @@ impl Publishes {
     pub(crate) fn new(retry: Duration) -> Self {
         Publishes {
             ops: BTreeMap::new(),
+            topics: HashMap::new(),
             wakes: BTreeSet::new(),
             attempts: HashMap::new(),
             next_op: 1,
@@ -304,7 +326,17 @@ impl DistributorCore {
             last: String::from("no distributor owns the topic's slot yet"),
         };
         self.publishes.ops.insert(op_id, op);
+        if let Some(ops) = self.publishes.topics.get_mut(topic) {
+            // An earlier op of the topic is unfinished: this one waits its turn.
+            ops.queued.push_back(op_id);
+            return op_id;
+        }
         self.drive(now, op_id);
+        if self.publishes.ops.contains_key(&op_id) {
+            let mut ops = TopicOps::default();
+            ops.active.insert(op_id);
+            self.publishes.topics.insert(topic.to_string(), ops);
+        }
         op_id
     }
 
@@ -361,7 +393,7 @@ impl DistributorCore {
                         got: positions.len(),
                         want: op.messages.len(),
                     };
-                    self.fail(op_id, error);
+                    self.fail(now, op_id, error);
                     return;
                 }
                 name.state = NameState::Done(positions);
@@ -387,7 +419,7 @@ impl DistributorCore {
                 op.last = format!("owner {owner}: {reason}");
             }
             ForwardResult::Failed(error) => {
-                self.fail(op_id, error);
+                self.fail(now, op_id, error);
                 return;
             }
         }
@@ -467,7 +499,7 @@ impl DistributorCore {
         }
         for index in 0..op_len(self, op_id) {
             if let Err(error) = self.try_name(op_id, index) {
-                self.fail(op_id, error);
+                self.fail(now, op_id, error);
                 return;
             }
         }
@@ -600,11 +632,13 @@ impl DistributorCore {
                 Some(NameState::Done(p)) => p.iter().map(|p| Position { shards, ..*p }).collect(),
                 _ => Vec::new(),
             };
+            let topic = op.topic.clone();
             self.publishes.remove(op_id);
             self.commands.push_back(Command::Reply {
                 op: op_id,
                 outcome: Outcome::Published(positions),
             });
+            self.finished(now, &topic, op_id);
             return;
         }
         let waiting = op.reroute || op.names.iter().any(|n| n.state == NameState::Waiting);
@@ -632,14 +666,14 @@ impl DistributorCore {
                     last: op.last.clone(),
                 }
             };
-            self.fail(op_id, error);
+            self.fail(now, op_id, error);
             return;
         }
         let at = (now + RETRY_POLL).min(op.deadline);
         self.publishes.set_wake(op_id, Some(at));
     }
 
-    fn fail(&mut self, op_id: OpId, error: PublishError) {
+    fn fail(&mut self, now: Instant, op_id: OpId, error: PublishError) {
         if let Some(op) = self.publishes.remove(op_id) {
             for name in op.names {
                 if let NameState::InFlight { attempt, .. } = name.state {
@@ -650,6 +684,28 @@ impl DistributorCore {
                 op: op_id,
                 outcome: Outcome::Failed(error),
             });
+            self.finished(now, &op.topic, op_id);
+        }
+    }
+
+    /// An op of `topic` has its outcome: when it was the last of the active group, the
+    /// queued ops become the next group and are tried now, in the order they came.
+    fn finished(&mut self, now: Instant, topic: &str, op_id: OpId) {
+        let Some(ops) = self.publishes.topics.get_mut(topic) else {
+            return;
+        };
+        ops.active.remove(&op_id);
+        if !ops.active.is_empty() {
+            return;
+        }
+        if ops.queued.is_empty() {
+            self.publishes.topics.remove(topic);
+            return;
+        }
+        let group: Vec<OpId> = ops.queued.drain(..).collect();
+        ops.active.extend(group.iter().copied());
+        for op in group {
+            self.drive(now, op);
         }
     }
 

@@ -499,3 +499,57 @@ fn an_answer_with_the_wrong_number_of_positions_fails_the_publish() {
         )]
     );
 }
+
+/// One publisher's messages keep its order across a slot move: the later publishes of a
+/// topic wait behind an earlier one that is being retried, then go together, in order.
+#[test]
+fn later_publishes_of_a_topic_wait_behind_a_retried_one_and_then_go_together_in_order() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let first = core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, owner, ..) = forwards(&drain(&mut core)).remove(0);
+    assert_eq!(owner, 2);
+    // While the first is in flight, two more of the same topic queue behind it, and one of
+    // another topic goes at once.
+    let second = core.handle_publish(t0, "theirs", vec![data("2")]);
+    let third = core.handle_publish(t0, "theirs", vec![data("3")]);
+    assert!(
+        forwards(&drain(&mut core)).is_empty(),
+        "queued behind the first"
+    );
+    core.handle_publish(t0, "other", vec![data("x")]);
+    assert_eq!(
+        forwards(&drain(&mut core)).len(),
+        1,
+        "another topic is not held"
+    );
+    // The slot moved: the first is refused and waits; the queued ones still wait.
+    core.handle_forward_result(
+        t0,
+        attempt,
+        ForwardResult::Answered(RunOutcome::NotOwner { owner: 3 }),
+    );
+    assert!(forwards(&drain(&mut core)).is_empty());
+    core.handle_watch(t0, move_slot(slot_of("theirs"), 3, 9));
+    let retried = forwards(&drain(&mut core));
+    assert_eq!(retried.len(), 1, "only the first is retried: {retried:?}");
+    assert_eq!(retried[0].1, 3);
+    core.handle_forward_result(t0, retried[0].0, sequenced(&[(9, 1)]));
+    let commands = drain(&mut core);
+    assert_eq!(replies(&commands)[0].0, first);
+    // The queued two go now, in one step, to the new owner, in the order they came.
+    let group = forwards(&commands);
+    let sent: Vec<(u64, Bytes)> = group
+        .iter()
+        .map(|(_, owner, _, run)| (*owner, run.messages[0].2.clone()))
+        .collect();
+    assert_eq!(sent, vec![(3, data("2")), (3, data("3"))]);
+    for (i, (attempt, ..)) in group.iter().enumerate() {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(9, 2 + i as u64)]));
+    }
+    let done: Vec<OpId> = replies(&drain(&mut core)).iter().map(|r| r.0).collect();
+    assert_eq!(done, vec![second, third]);
+    // Nothing of the topic is left waiting: the next publish goes at once.
+    core.handle_publish(t0, "theirs", vec![data("4")]);
+    assert_eq!(forwards(&drain(&mut core)).len(), 1);
+}

@@ -795,6 +795,27 @@ impl DistributorCore {
 
     /// The owner's view of a topic's subscribers, or `Err(owner)` when another
     /// distributor (or nobody, 0) owns it.
+    /// The edges that this node relays `topic`'s messages to: for each name the topic is
+    /// published under (itself, or its sub-topics when split; a route name `T#k` as is)
+    /// whose slot this node owns, the edges with subscribers there. For the room check
+    /// before a publish.
+    pub fn local_edges(&self, topic: &str, edges: &mut Vec<u64>) {
+        let (_, names) = self.routing.publish_route(topic);
+        for name in names {
+            let route = self.routing.route(slot_of(&name));
+            if route.distributor != self.id {
+                continue;
+            }
+            if let Some(state) = self.topics.get(&name) {
+                for (edge, (n, _)) in &state.interest {
+                    if *n > 0 && !edges.contains(edge) {
+                        edges.push(*edge);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn topic_count(&self, topic: &str) -> Result<TopicCount, u64> {
         let route = self.routing.route(slot_of(topic));
         if route.distributor != self.id {
