@@ -283,6 +283,49 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
     Ok(())
 }
 
+/// One WebSocket client publishes to a topic split 8 ways as fast as it can write: every
+/// subscriber, on both edges, gets every message once and in the order it was published
+/// (the client publishes go through the plain topic's owner, which forwards each
+/// sub-topic's copy in one ordered group per step, never one task per message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_publisher_to_a_split_topic_keeps_its_order() -> Result<()> {
+    let _one = ONE_CLUSTER.lock().await;
+    let cluster = Cluster::start(3, 2).await?;
+    cluster.wait_ready(READY).await?;
+    let topic = "arena-ws";
+    let meta = meta(&cluster);
+    let mut readers = subscribers(&cluster, topic, 6).await?;
+    meta.set_hot_topic(topic.to_string(), 8).await?;
+    wait_committed(&meta, topic, 8).await?;
+    let mut clients = Vec::new();
+    for id in 1..=3 {
+        clients.push(cluster.distributor(id).await?);
+    }
+    wait_distributors_split(&mut clients, topic, 8).await?;
+    let mut publisher = Client::connect(cluster.edge_addr(1)).await?;
+    let published: Vec<u64> = (0..1000).collect();
+    for n in &published {
+        publisher
+            .send(&format!(
+                r#"{{"type":"publish","topic":"{topic}","data":{{"n":{n}}}}}"#
+            ))
+            .await?;
+    }
+    let (mut answers, _) = publisher.spawn_reader();
+    for (c, (rx, _)) in readers.iter_mut().enumerate() {
+        let got = collect(c, rx, topic, published.len()).await?;
+        if let Err(e) = check_exactly_once_in_order(c, &got, &published) {
+            let mut frames = Vec::new();
+            while let Ok(f) = answers.try_recv() {
+                frames.push(f);
+            }
+            bail!("{e}; the publisher got {frames:?}");
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// Split, re-split and merge a topic while a publisher keeps publishing through all three
 /// distributors: every subscriber gets every message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -583,11 +583,21 @@ impl<C: Connector> Distributor for DistributorService<C> {
         request: Request<dpb::ForwardBatchRequest>,
     ) -> Result<Response<dpb::ForwardBatchReply>, Status> {
         let request = request.into_inner();
+        // A run is at most a batch (one op's messages); a call carries a step's runs to this
+        // owner (a group of a topic's ops, bounded by `core::GROUP_COPIES`, or a split
+        // batch's sub-topics).
         let max = self.shared.config.max_batch;
         let total: usize = request.runs.iter().map(|r| r.messages.len()).sum();
-        if total > max {
+        let max_total = max.saturating_mul(64);
+        if total > max_total {
             return Err(Status::invalid_argument(format!(
-                "runs: {total} messages exceed the batch limit of {max}"
+                "runs: {total} messages exceed the call limit of {max_total}"
+            )));
+        }
+        if let Some(r) = request.runs.iter().position(|r| r.messages.len() > max) {
+            return Err(Status::invalid_argument(format!(
+                "runs[{r}]: {} messages exceed the batch limit of {max}",
+                request.runs[r].messages.len()
             )));
         }
         let mut runs = Vec::with_capacity(request.runs.len());

@@ -53,6 +53,11 @@ use super::{Command, CoreError, DistributorCore, ForwardKey, PublishOutcome};
 /// peer may come back without the routing changing).
 pub const RETRY_POLL: Duration = Duration::from_millis(50);
 
+/// The most message copies (messages × the names they go to) in one group of a topic's
+/// ops: what one group sends to its owners in one step. The owner accepts up to 64 runs'
+/// worth of `max_batch` in one call, so a group never comes near that.
+pub const GROUP_COPIES: usize = 4096;
+
 /// A publish in progress at this node (or a forwarded run being answered).
 pub type OpId = u64;
 /// One forward of one name's run to its owner.
@@ -691,7 +696,13 @@ impl DistributorCore {
     /// An op of `topic` has its outcome: when it was the last of the active group, the
     /// queued ops become the next group and are tried now, in the order they came.
     fn finished(&mut self, now: Instant, topic: &str, op_id: OpId) {
-        let Some(ops) = self.publishes.topics.get_mut(topic) else {
+        let names = self.routing.publish_route(topic).1.len().max(1);
+        let Publishes {
+            topics,
+            ops: all_ops,
+            ..
+        } = &mut self.publishes;
+        let Some(ops) = topics.get_mut(topic) else {
             return;
         };
         ops.active.remove(&op_id);
@@ -699,10 +710,22 @@ impl DistributorCore {
             return;
         }
         if ops.queued.is_empty() {
-            self.publishes.topics.remove(topic);
+            topics.remove(topic);
             return;
         }
-        let group: Vec<OpId> = ops.queued.drain(..).collect();
+        // The next group: the queued ops, in order, up to GROUP_COPIES copies (at least one
+        // op); the rest stay queued for the group after.
+        let mut group = Vec::new();
+        let mut copies = 0;
+        while let Some(&next) = ops.queued.front() {
+            let weight = all_ops.get(&next).map_or(0, |op| op.messages.len()) * names;
+            if !group.is_empty() && copies + weight > GROUP_COPIES {
+                break;
+            }
+            copies += weight;
+            group.push(next);
+            ops.queued.pop_front();
+        }
         ops.active.extend(group.iter().copied());
         for op in group {
             self.drive(now, op);

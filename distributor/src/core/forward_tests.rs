@@ -553,3 +553,25 @@ fn later_publishes_of_a_topic_wait_behind_a_retried_one_and_then_go_together_in_
     core.handle_publish(t0, "theirs", vec![data("4")]);
     assert_eq!(forwards(&drain(&mut core)).len(), 1);
 }
+
+/// A long queue of a topic's publishes goes out in bounded groups, each after the one
+/// before it is done (so no owner is sent more than a call can carry).
+#[test]
+fn queued_publishes_go_in_groups_of_at_most_group_copies() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    core.handle_publish(t0, "theirs", vec![data("0")]);
+    let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
+    let queued = super::forward::GROUP_COPIES + 10;
+    for _ in 0..queued {
+        core.handle_publish(t0, "theirs", vec![data("1")]);
+    }
+    assert!(forwards(&drain(&mut core)).is_empty());
+    core.handle_forward_result(t0, attempt, sequenced(&[(5, 1)]));
+    let group = forwards(&drain(&mut core));
+    assert_eq!(group.len(), super::forward::GROUP_COPIES);
+    for (i, (attempt, ..)) in group.iter().enumerate() {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(5, 2 + i as u64)]));
+    }
+    assert_eq!(forwards(&drain(&mut core)).len(), 10, "then the rest");
+}
