@@ -152,6 +152,9 @@ impl From<ControlFrame> for Bytes {
     }
 }
 
+/// The runs of one step for one owner: (owner, its gRPC address, (attempt, run) in order).
+type OwnerRuns = (u64, String, Vec<(AttemptId, ForwardRun)>);
+
 /// One edge's relay link.
 pub(crate) struct EdgeLink {
     generation: u64,
@@ -341,7 +344,7 @@ impl<C: Connector> Shared<C> {
         };
         // One call per owner carries all of this step's runs for it, in the order the core
         // made them: a topic's runs of one group reach the owner together and in order.
-        let mut by_owner: Vec<(u64, String, Vec<(AttemptId, ForwardRun)>)> = Vec::new();
+        let mut by_owner: Vec<OwnerRuns> = Vec::new();
         for (attempt, owner, addr, run) in forwards {
             match by_owner
                 .iter_mut()
