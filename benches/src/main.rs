@@ -45,6 +45,8 @@ enum PublishMode {
     Grpc,
     GrpcBatch,
     Ws,
+    /// One PublishStream per publisher with `--in-flight` unanswered messages.
+    Stream,
 }
 
 #[derive(Parser, Debug)]
@@ -73,6 +75,9 @@ struct Args {
     /// Messages per PublishBatch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Unanswered messages per PublishStream (`--publish stream`).
+    #[arg(long, default_value_t = 1000)]
+    in_flight: usize,
     /// Concurrent publishers.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
@@ -325,6 +330,7 @@ async fn publisher(
     publishers: usize,
     plan: Arc<Plan>,
     args_batch: usize,
+    in_flight: usize,
     distributors: Vec<String>,
     shared: Arc<Shared>,
     published: Arc<Vec<AtomicU64>>,
@@ -345,6 +351,39 @@ async fn publisher(
     } else {
         None
     };
+    // PublishStream: requests go through a channel, a task reads the answers and gives
+    // back one permit per answer; any error answer fails the run.
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut stream = None;
+    if plan.publish == PublishMode::Stream {
+        let (tx, rx) = tokio::sync::mpsc::channel::<dpb::PublishStreamRequest>(1024);
+        let mut replies = grpc
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let answered = permits.clone();
+        let reader = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while let Some(reply) = replies.message().await? {
+                answered.add_permits(1);
+                if let Some(dpb::publish_stream_reply::Result::Error(e)) = reply.result {
+                    errors.push(format!(
+                        "message {}: code {}: {}",
+                        reply.id, e.code, e.message
+                    ));
+                }
+            }
+            anyhow::ensure!(
+                errors.is_empty(),
+                "{} stream errors, first {:?}",
+                errors.len(),
+                errors.first()
+            );
+            Ok::<(), anyhow::Error>(())
+        });
+        stream = Some((tx, reader));
+    }
+    let mut next_id = 0u64;
     let mut next_n = vec![0u64; plan.topics];
     let mut sent = 0u64;
     let mut k = 0usize;
@@ -396,12 +435,31 @@ async fn publisher(
                 grpc.publish_batch(dpb::PublishBatchRequest { messages })
                     .await?;
             }
+            (PublishMode::Stream, _) => {
+                let Some((tx, _)) = stream.as_ref() else {
+                    bail!("no stream");
+                };
+                for m in messages {
+                    permits.acquire().await?.forget();
+                    next_id += 1;
+                    tx.send(dpb::PublishStreamRequest {
+                        id: next_id,
+                        topic: m.topic,
+                        data: m.data,
+                    })
+                    .await?;
+                }
+            }
             _ => {
                 for m in messages {
                     grpc.publish(m).await?;
                 }
             }
         }
+    }
+    if let Some((tx, reader)) = stream {
+        drop(tx);
+        reader.await??;
     }
     Ok(sent)
 }
@@ -533,6 +591,7 @@ async fn main() -> Result<()> {
                 publishers,
                 plan.clone(),
                 args.batch,
+                args.in_flight,
                 distributors.clone(),
                 shared.clone(),
                 published.clone(),
