@@ -38,6 +38,7 @@ pub mod config;
 pub mod core;
 pub mod counters;
 pub mod error;
+pub mod flow;
 mod frame;
 pub mod hooks;
 mod links;
@@ -46,7 +47,7 @@ mod send;
 mod sessions;
 mod ws;
 
-pub use config::{Config, SlowPolicy};
+pub use config::Config;
 pub use counters::Counters;
 pub use error::{ConfigError, NodeError};
 pub use hooks::{AllowAll, Hooks, Identity, ReadDecision, Rejection};
