@@ -414,81 +414,149 @@ async fn unsubscribe_status_and_bad_input() -> Result<()> {
     Ok(())
 }
 
-/// A client that never reads is dropped by policy (close 4001) and does not hold up the
-/// others.
+/// A client that stops reading is closed with 4001 once its send queue has stayed over its
+/// budget for `slow_after_ms`; meanwhile the lane feeding it pauses (it does not drop), and
+/// every client that keeps reading gets every message, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_client_is_dropped_and_others_keep_up() -> Result<()> {
+async fn a_client_that_stops_reading_is_closed_and_nobody_else_loses_a_frame() -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    const BUDGET: usize = 64 << 10;
+    const SLOW_AFTER_MS: u64 = 1500;
     let cluster = Cluster::start_with(
         1,
         1,
         EdgeTuning {
-            send_queue_frames: 16,
-            slow_close_after_drops: 8,
+            send_queue_bytes: BUDGET,
+            slow_after_ms: SLOW_AFTER_MS,
             ..EdgeTuning::default()
         },
     )
     .await?;
     cluster.wait_ready(READY).await?;
-    let mut fast = Client::connect(cluster.edge_addr(1)).await?;
-    fast.subscribe(&["firehose".into()]).await?;
+    let mut fast_rx = Vec::new();
+    for _ in 0..3 {
+        let mut fast = Client::connect(cluster.edge_addr(1)).await?;
+        fast.subscribe(&["firehose".into()]).await?;
+        fast_rx.push(fast.spawn_reader().0);
+    }
     let mut slow = Client::connect(cluster.edge_addr(1)).await?;
     slow.subscribe(&["firehose".into()]).await?;
-    // `slow` stops reading now. 64 KiB messages fill its socket buffers quickly.
-    let (mut fast_rx, _fast) = fast.spawn_reader();
+    // `slow` is not polled from here on. 32 MiB is more than the loopback socket buffers
+    // on both sides and the budget take.
     let mut d = cluster.distributor(1).await?;
-    let payload = format!("\"{}\"", "y".repeat(60 << 10));
-    let total = 400u64;
-    for _ in 0..total {
-        d.publish(dpb::PublishRequest {
-            topic: "firehose".into(),
-            data: payload.clone().into(),
-        })
-        .await?;
+    let total = 2000u64;
+    let started = tokio::time::Instant::now();
+    // Published from a task: the test watches for the close meanwhile (the close frame
+    // can follow only if the client reads within a second of it, see below).
+    let mut publisher = tokio::spawn(async move {
+        let padding = "y".repeat(16 << 10);
+        for n in 0..total {
+            d.publish(dpb::PublishRequest {
+                topic: "firehose".into(),
+                data: format!(r#"{{"n":{n},"p":"{padding}"}}"#).into(),
+            })
+            .await?;
+        }
+        anyhow::Ok(tokio::time::Instant::now())
+    });
+    let counters = &cluster.edge_counters[&1];
+    let slack = Duration::from_secs(5);
+    let mut published = None;
+    while counters.closed_slow.load(Relaxed) == 0 {
+        if published.is_none() && publisher.is_finished() {
+            published = Some((&mut publisher).await??);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut got = 0;
-    while got < total {
-        match tokio::time::timeout(Duration::from_secs(20), fast_rx.recv()).await {
-            Ok(Some(Frame::Publish { .. })) => got += 1,
-            other => bail!("fast client after {got}: {other:?}"),
+    if let Some(published) = published {
+        // Everything is published: the close is due within slow_after of the burst.
+        let deadline = published + Duration::from_millis(SLOW_AFTER_MS) + slack;
+        while counters.closed_slow.load(Relaxed) == 0 {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the client that stopped reading was not closed within {SLOW_AFTER_MS} ms + \
+                 {slack:?} of the burst (lane pauses: {})",
+                counters.lane_pauses.load(Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let counters = &cluster.edge_counters[&1];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while counters
-        .closed_slow
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the slow client was not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     ensure!(
-        counters
-            .frames_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 8
+        started.elapsed() >= Duration::from_millis(SLOW_AFTER_MS),
+        "closed before it can have been over its budget for {SLOW_AFTER_MS} ms"
     );
-    // The slow client, reading at last, finds the 4001 close after what was queued.
+    // The slow client, reading at last, finds a gap-free prefix of the messages, then the
+    // 4001 close with the rule that closed it.
     let (mut slow_rx, _slow) = slow.spawn_reader();
+    let mut next = 0u64;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), slow_rx.recv()).await {
-            Ok(Some(Frame::Publish { .. })) => continue,
+            Ok(Some(Frame::Publish { data, .. })) => {
+                ensure!(
+                    number(&data)? == next,
+                    "the slow client skipped to {data:.20}"
+                );
+                next += 1;
+            }
             Ok(Some(Frame::Closed(code, reason))) => {
                 ensure!(
-                    code == firetower_edge::CLOSE_SLOW_CONSUMER,
-                    "code {code} {reason}"
+                    code == firetower_edge::CLOSE_SLOW_CONSUMER
+                        && reason == "slow consumer: send queue over 65536 bytes for 1500 ms",
+                    "close {code} {reason}"
                 );
                 break;
             }
-            Ok(None) => break, // The socket was reset after the close; the counter proved it.
-            other => bail!("slow client: {other:?}"),
+            other => bail!("slow client after {next} messages: {other:?}"),
         }
+    }
+    ensure!(
+        next < total,
+        "the slow client got everything: it was not slow"
+    );
+    if published.is_none() {
+        publisher.await??;
+    }
+    // Every fast reader got every message exactly once, in order.
+    for (i, rx) in fast_rx.iter_mut().enumerate() {
+        for n in 0..total {
+            match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(Frame::Publish { data, .. })) => ensure!(
+                    number(&data)? == n,
+                    "fast reader {i}: expected message {n}, got {data:.20}"
+                ),
+                other => bail!("fast reader {i} after {n} messages: {other:?}"),
+            }
+        }
+    }
+    ensure!(
+        counters.closed_slow.load(Relaxed) == 1,
+        "a fast reader was closed"
+    );
+    ensure!(
+        counters.lane_pauses.load(Relaxed) >= 1,
+        "the lane never paused"
+    );
+    // Everything queued was written (or went with the closed connection).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while counters.queued_bytes.load(Relaxed) != 0 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} bytes stay queued",
+            counters.queued_bytes.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+/// The `n` of a test message `{"n":…,"p":…}`.
+fn number(data: &str) -> Result<u64> {
+    let value: serde_json::Value = serde_json::from_str(data)?;
+    value["n"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no n in {data:.40}"))
 }
 
 /// Killing a distributor moves its slots to the other; messages published afterwards are
