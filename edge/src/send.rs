@@ -59,6 +59,19 @@ impl Flow {
         self.changed.notified()
     }
 
+    /// Counts `bytes` about to be queued (see [`SendQueue::push`]): once per fan-out, not
+    /// once per recipient, to keep the shared gauge off the per-recipient path.
+    pub(crate) fn reserve(&self, bytes: usize) {
+        self.gauge().fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Takes back reserved bytes that were not queued.
+    pub(crate) fn unreserve(&self, bytes: usize) {
+        if bytes > 0 {
+            self.release(bytes, false);
+        }
+    }
+
     /// Takes `bytes` off the total; `back_within`: a connection came back within its
     /// budget (or stopped counting) meanwhile.
     fn release(&self, bytes: usize, back_within: bool) {
@@ -126,7 +139,9 @@ impl SendQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame without waking the session (see [`Pushed`]).
+    /// Queues a frame without waking the session (see [`Pushed`]). Its bytes must have
+    /// been counted in the edge's total already ([`Flow::reserve`]); when the frame is not
+    /// queued, the caller takes them back ([`Flow::unreserve`]).
     pub(crate) fn push(&self, now: Instant, frame: Bytes) -> Pushed {
         let len = frame.len();
         let mut state = self.lock();
@@ -136,7 +151,6 @@ impl SendQueue {
         match state.budget.queue(&self.flow.limits, now, len) {
             Ok(over) => {
                 state.frames.push_back(frame);
-                self.flow.gauge().fetch_add(len as u64, Ordering::Relaxed);
                 Pushed::Queued {
                     first: state.frames.len() == 1,
                     over,
@@ -285,7 +299,10 @@ mod tests {
         let flow = flow();
         let q = SendQueue::new(flow.clone());
         let now = Instant::now();
-        let b = Bytes::from_static;
+        let b = |bytes: &'static [u8]| {
+            flow.reserve(bytes.len());
+            Bytes::from_static(bytes)
+        };
         assert_eq!(
             q.push(now, b(b"a")),
             Pushed::Queued {
@@ -314,7 +331,10 @@ mod tests {
         );
         let mut out = Vec::new();
         q.take(&mut out, 2);
-        assert_eq!(out, vec![b(b"a"), b(b"b")]);
+        assert_eq!(
+            out,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
         // Taken is not written: still counted, still over.
         assert_eq!(flow.total(), 3);
         assert!(matches!(q.blocking(now), Blocking::Until(_)));
@@ -325,7 +345,7 @@ mod tests {
         assert_eq!(q.blocking(now), Blocking::No);
         out.clear();
         q.take(&mut out, 2);
-        assert_eq!(out, vec![b(b"c")]);
+        assert_eq!(out, vec![Bytes::from_static(b"c")]);
         assert_eq!(
             q.push(now, b(b"e")),
             Pushed::Queued {
@@ -333,7 +353,7 @@ mod tests {
                 over: false
             }
         );
-        // Two frames of two bytes would pass the hard cap of 4 bytes with the two queued.
+        // Two more bytes reach the hard cap of 4 bytes; one more would pass it.
         assert_eq!(
             q.push(now, b(b"ff")),
             Pushed::Queued {
@@ -346,6 +366,9 @@ mod tests {
             Pushed::HardCap(Slow::HardCap { hard_cap: 4 })
         );
         assert_eq!(q.push(now, b(b"h")), Pushed::Closing);
+        // Refused frames are taken back by the caller.
+        flow.unreserve(2);
+        assert_eq!(flow.total(), 4);
         assert_eq!(q.blocking(now), Blocking::No, "closing holds nobody up");
         q.release();
         assert_eq!(flow.total(), 0);

@@ -265,11 +265,19 @@ pub(crate) struct SessionTable<'a> {
 }
 
 impl SessionTable<'_> {
-    /// Queues a framed WebSocket frame to a connection. Returns whether the frame was
-    /// queued; the caller counts queued frames (once per fan-out, not once per recipient).
-    /// A frame is refused only for a connection that is closing (counted in
-    /// `frames_dropped`), or that it would take past its hard cap (which closes it).
-    fn push(&mut self, now: Instant, conn: ConnId, frame: &Bytes, wakes: &mut Wakes) -> bool {
+    /// Queues a framed WebSocket frame to a connection, its bytes counted in the edge's
+    /// total already (see [`Flow::reserve`]). Returns whether the frame was queued; the
+    /// caller counts queued frames (once per fan-out, not once per recipient) and takes
+    /// back the bytes of those refused. A frame is refused only for a connection that is
+    /// gone, or closing (counted in `frames_dropped`), or that it would take past its hard
+    /// cap (which closes it).
+    fn push_reserved(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        frame: &Bytes,
+        wakes: &mut Wakes,
+    ) -> bool {
         let Some(session) = self.table.get(&conn) else {
             return false;
         };
@@ -302,11 +310,16 @@ impl SessionTable<'_> {
 
     /// Queues one text frame (JSON) to a connection.
     pub(crate) fn push_json(&mut self, now: Instant, conn: ConnId, json: &[u8], wakes: &mut Wakes) {
-        if self.push(now, conn, &text_frame(json), wakes) {
+        let frame = text_frame(json);
+        let flow = &self.sessions.flow;
+        flow.reserve(frame.len());
+        if self.push_reserved(now, conn, &frame, wakes) {
             self.sessions
                 .counters
                 .frames_queued
                 .fetch_add(1, Ordering::Relaxed);
+        } else {
+            flow.unreserve(frame.len());
         }
     }
 
@@ -326,14 +339,18 @@ impl SessionTable<'_> {
 
     /// Queues one message to each of its recipients: the same bytes for all.
     pub(crate) fn fanout(&mut self, now: Instant, fanout: &Fanout, wakes: &mut Wakes) {
+        let (len, recipients) = (fanout.frame.len(), fanout.conns.len());
+        let flow = &self.sessions.flow;
+        flow.reserve(len * recipients);
         let mut queued = 0;
         for &conn in fanout.conns.iter() {
-            queued += u64::from(self.push(now, conn, &fanout.frame, wakes));
+            queued += usize::from(self.push_reserved(now, conn, &fanout.frame, wakes));
         }
+        flow.unreserve(len * (recipients - queued));
         self.sessions
             .counters
             .frames_queued
-            .fetch_add(queued, Ordering::Relaxed);
+            .fetch_add(queued as u64, Ordering::Relaxed);
     }
 
     /// Stops or resumes the reading of a connection's socket.
