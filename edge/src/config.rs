@@ -6,10 +6,13 @@ use firetower_net::tls::TlsFiles;
 
 use crate::error::ConfigError;
 
-/// The most unanswered client publishes `max_publishes_in_flight` may allow per relay link:
-/// half the link's control queue, so that the publishes queued on it (each one is
-/// unanswered) leave the other half for Interest and the other control frames.
-pub const MAX_PUBLISHES_IN_FLIGHT: usize = crate::links::CONTROL_QUEUE / 2;
+/// The most unanswered client publishes `max_publishes_in_flight` may allow per relay link.
+/// Each one can sit in the edge's control queue toward the distributor (65536 frames) and
+/// its answer in the distributor's control queue toward the edge (16384 frames, where a
+/// frame that does not fit closes the link): half of the smaller, so the other frames
+/// (Interest, InterestAck, Kick) always fit beside them.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 8192;
+const _: () = assert!(MAX_PUBLISHES_IN_FLIGHT <= crate::links::CONTROL_QUEUE / 2);
 
 /// The largest frame a relay lane can carry (a delivery's data is smaller still): the hard
 /// cap must leave room for one of them above the budget, so a client that keeps reading is
@@ -53,7 +56,7 @@ pub struct Config {
     /// Client publishes sent on one relay link and not yet answered by the distributor.
     /// Beyond it a publishing connection's socket is not read until an answer makes room,
     /// so TCP pushes back on the publisher. At most [`MAX_PUBLISHES_IN_FLIGHT`], so the
-    /// link's control queue always has room for Interest.
+    /// link's control queues (both ways) always have room for the other frames.
     pub max_publishes_in_flight: usize,
     /// An unanswered client publish is failed (`unavailable`: it may or may not have been
     /// delivered) after this long, and its room on the link is freed. Longer than the
@@ -217,7 +220,8 @@ impl Config {
             return Err(ConfigError::new(
                 "max_publishes_in_flight",
                 format!(
-                    "({}) must be at most {MAX_PUBLISHES_IN_FLIGHT} (half a link's control queue)",
+                    "({}) must be at most {MAX_PUBLISHES_IN_FLIGHT} (half the smaller control \
+                     queue of a link)",
                     self.max_publishes_in_flight
                 ),
             ));

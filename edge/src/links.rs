@@ -46,8 +46,8 @@ use crate::node::Edge;
 
 /// Control frames queued to one distributor; beyond this, frames are dropped (and logged).
 /// Interest lost this way is sent again on the next change, link or owner change. Client
-/// publishes take at most half of it (`config::MAX_PUBLISHES_IN_FLIGHT`): each queued one
-/// is unanswered, and the core bounds those per link.
+/// publishes take at most an eighth of it (`config::MAX_PUBLISHES_IN_FLIGHT`): each queued
+/// one is unanswered, and the core bounds those per link.
 pub(crate) const CONTROL_QUEUE: usize = 1 << 16;
 
 /// The most delivery data a lane reader queues to clients before it looks at their
