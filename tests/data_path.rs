@@ -414,81 +414,199 @@ async fn unsubscribe_status_and_bad_input() -> Result<()> {
     Ok(())
 }
 
-/// A client that never reads is dropped by policy (close 4001) and does not hold up the
-/// others.
+/// A client that stops reading is closed with 4001 once its send queue has stayed over its
+/// budget for `slow_after_ms`; meanwhile the lane feeding it pauses (it does not drop), a
+/// topic on another lane keeps flowing, and every client that keeps reading gets every
+/// message, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_client_is_dropped_and_others_keep_up() -> Result<()> {
+async fn a_client_that_stops_reading_is_closed_and_nobody_else_loses_a_frame() -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    use tokio::time::Instant;
+    const BUDGET: usize = 64 << 10;
+    const SLOW_AFTER_MS: u64 = 1500;
     let cluster = Cluster::start_with(
         1,
         1,
         EdgeTuning {
-            send_queue_frames: 16,
-            slow_close_after_drops: 8,
+            send_queue_bytes: BUDGET,
+            slow_after_ms: SLOW_AFTER_MS,
             ..EdgeTuning::default()
         },
     )
     .await?;
     cluster.wait_ready(READY).await?;
-    let mut fast = Client::connect(cluster.edge_addr(1)).await?;
-    fast.subscribe(&["firehose".into()]).await?;
+    let mut fast_rx = Vec::new();
+    for _ in 0..3 {
+        let mut fast = Client::connect(cluster.edge_addr(1)).await?;
+        fast.subscribe(&["firehose".into()]).await?;
+        fast_rx.push(fast.spawn_reader().0);
+    }
+    // A topic on another relay lane (the distributor's lane is the slot modulo
+    // `relay_lanes`, 4 by default).
+    let lane = |topic: &str| firetower_proto::slot_of(topic) % 4;
+    let side_topic = (0..)
+        .map(|i| format!("side-{i}"))
+        .find(|t| lane(t) != lane("firehose"))
+        .unwrap_or_default();
+    let mut side = Client::connect(cluster.edge_addr(1)).await?;
+    side.subscribe(std::slice::from_ref(&side_topic)).await?;
+    let (mut side_rx, _side) = side.spawn_reader();
     let mut slow = Client::connect(cluster.edge_addr(1)).await?;
     slow.subscribe(&["firehose".into()]).await?;
-    // `slow` stops reading now. 64 KiB messages fill its socket buffers quickly.
-    let (mut fast_rx, _fast) = fast.spawn_reader();
+    // `slow` is not polled from here on. 32 MiB is more than the loopback socket buffers
+    // on both sides and the budget take.
     let mut d = cluster.distributor(1).await?;
-    let payload = format!("\"{}\"", "y".repeat(60 << 10));
-    let total = 400u64;
-    for _ in 0..total {
-        d.publish(dpb::PublishRequest {
-            topic: "firehose".into(),
-            data: payload.clone().into(),
-        })
-        .await?;
-    }
-    let mut got = 0;
-    while got < total {
-        match tokio::time::timeout(Duration::from_secs(20), fast_rx.recv()).await {
-            Ok(Some(Frame::Publish { .. })) => got += 1,
-            other => bail!("fast client after {got}: {other:?}"),
+    let mut d_side = cluster.distributor(1).await?;
+    let total = 2000u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    // Published from a task: the test watches the readers and the close meanwhile (the
+    // close frame can follow only if the client reads within a second of it, see below).
+    let mut publisher = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let padding = "y".repeat(16 << 10);
+            for n in 0..total {
+                d.publish(dpb::PublishRequest {
+                    topic: "firehose".into(),
+                    data: format!(r#"{{"n":{n},"p":"{padding}"}}"#).into(),
+                })
+                .await?;
+                sent.store(n + 1, Relaxed);
+            }
+            anyhow::Ok(Instant::now())
         }
-    }
+    });
     let counters = &cluster.edge_counters[&1];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while counters
-        .closed_slow
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the slow client was not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let slack = Duration::from_secs(5);
+    let mut got: Vec<Vec<u64>> = vec![Vec::new(); fast_rx.len()];
+    let mut progress = Instant::now();
+    let mut published: Option<Instant> = None;
+    let mut side_checked = false;
+    while counters.closed_slow.load(Relaxed) == 0 {
+        for (rx, got) in fast_rx.iter_mut().zip(&mut got) {
+            while let Ok(frame) = rx.try_recv() {
+                match frame {
+                    Frame::Publish { data, .. } => got.push(number(&data)?),
+                    other => bail!("fast reader: {other:?}"),
+                }
+                progress = Instant::now();
+            }
+        }
+        if published.is_none() && publisher.is_finished() {
+            published = Some((&mut publisher).await??);
+        }
+        let behind = got.iter().map(Vec::len).min().unwrap_or(0) as u64;
+        if !side_checked
+            && progress.elapsed() >= Duration::from_millis(300)
+            && sent.load(Relaxed) > behind
+        {
+            // The fast readers are stuck behind the slow one: the firehose lane waits for
+            // it. Another lane is not held up.
+            d_side
+                .publish(dpb::PublishRequest {
+                    topic: side_topic.clone(),
+                    data: "\"side\"".into(),
+                })
+                .await?;
+            match tokio::time::timeout(Duration::from_secs(1), side_rx.recv()).await {
+                Ok(Some(Frame::Publish { topic, .. })) if topic == side_topic => {}
+                other => bail!("another lane was held up too: {other:?}"),
+            }
+            ensure!(
+                counters.closed_slow.load(Relaxed) == 0,
+                "inconclusive: the slow client was closed before the other lane's delivery"
+            );
+            side_checked = true;
+        }
+        if let Some(published) = published {
+            // Everything is published: the close is due within slow_after of the burst.
+            ensure!(
+                published.elapsed() < Duration::from_millis(SLOW_AFTER_MS) + slack,
+                "the client that stopped reading was not closed within {SLOW_AFTER_MS} ms + \
+                 {slack:?} of the burst (lane pauses: {})",
+                counters.lane_pauses.load(Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     ensure!(
-        counters
-            .frames_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 8
+        started.elapsed() >= Duration::from_millis(SLOW_AFTER_MS),
+        "closed before it can have been over its budget for {SLOW_AFTER_MS} ms"
     );
-    // The slow client, reading at last, finds the 4001 close after what was queued.
+    ensure!(
+        side_checked,
+        "the fast readers never waited for the slow one"
+    );
+    // The slow client, reading at last, finds a gap-free prefix of the messages, then the
+    // 4001 close with the rule that closed it.
     let (mut slow_rx, _slow) = slow.spawn_reader();
+    let mut next = 0u64;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), slow_rx.recv()).await {
-            Ok(Some(Frame::Publish { .. })) => continue,
+            Ok(Some(Frame::Publish { data, .. })) => {
+                ensure!(
+                    number(&data)? == next,
+                    "the slow client skipped to {data:.20}"
+                );
+                next += 1;
+            }
             Ok(Some(Frame::Closed(code, reason))) => {
                 ensure!(
-                    code == firetower_edge::CLOSE_SLOW_CONSUMER,
-                    "code {code} {reason}"
+                    code == firetower_edge::CLOSE_SLOW_CONSUMER
+                        && reason == "slow consumer: send queue over 65536 bytes for 1500 ms",
+                    "close {code} {reason}"
                 );
                 break;
             }
-            Ok(None) => break, // The socket was reset after the close; the counter proved it.
-            other => bail!("slow client: {other:?}"),
+            other => bail!("slow client after {next} messages: {other:?}"),
         }
+    }
+    ensure!(
+        next < total,
+        "the slow client got everything: it was not slow"
+    );
+    if published.is_none() {
+        publisher.await??;
+    }
+    // Every fast reader got every message exactly once, in order.
+    for (i, (rx, got)) in fast_rx.iter_mut().zip(&mut got).enumerate() {
+        while (got.len() as u64) < total {
+            match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(Frame::Publish { data, .. })) => got.push(number(&data)?),
+                other => bail!("fast reader {i} after {} messages: {other:?}", got.len()),
+            }
+        }
+        ensure!(
+            got.iter().copied().eq(0..total),
+            "fast reader {i} got the messages out of order or twice"
+        );
+    }
+    ensure!(
+        counters.closed_slow.load(Relaxed) == 1,
+        "a fast reader was closed"
+    );
+    // Everything queued was written (or went with the closed connection).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counters.queued_bytes.load(Relaxed) != 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "{} bytes stay queued",
+            counters.queued_bytes.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+/// The `n` of a test message `{"n":…,"p":…}`.
+fn number(data: &str) -> Result<u64> {
+    let value: serde_json::Value = serde_json::from_str(data)?;
+    value["n"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no n in {data:.40}"))
 }
 
 /// Killing a distributor moves its slots to the other; messages published afterwards are

@@ -6,16 +6,18 @@ use firetower_net::tls::TlsFiles;
 
 use crate::error::ConfigError;
 
-/// What to do when a connection's send queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlowPolicy {
-    /// Drop the frame (counted); after `slow_close_after_drops` drops, close the
-    /// connection with code 4001.
-    DropThenClose,
-    /// Close the connection at the first drop (code 4001).
-    Close,
-}
+/// The most unanswered client publishes `max_publishes_in_flight` may allow per relay link.
+/// Each one can sit in the edge's control queue toward the distributor (65536 frames) and
+/// its answer in the distributor's control queue toward the edge (16384 frames, where a
+/// frame that does not fit closes the link): half of the smaller, so the other frames
+/// (Interest, InterestAck, Kick) always fit beside them.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 8192;
+const _: () = assert!(MAX_PUBLISHES_IN_FLIGHT <= crate::links::CONTROL_QUEUE / 2);
+
+/// The largest frame a relay lane can carry (a delivery's data is smaller still): the hard
+/// cap must leave room for one of them above the budget, so a client that keeps reading is
+/// never closed for one large message.
+const LARGEST_DELIVERY: usize = firetower_proto::relay::DEFAULT_MAX_FRAME_LEN;
 
 /// Everything an edge needs to know. Durations are in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,10 +37,32 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// The most topics one connection may hold.
     pub max_topics_per_conn: usize,
-    /// Frames queued per connection before the slow-client policy applies.
-    pub send_queue_frames: usize,
-    pub slow_policy: SlowPolicy,
-    pub slow_close_after_drops: u32,
+    /// Bytes queued for one connection (frames not yet written to its socket) beyond which
+    /// the relay lanes that feed it stop reading until it drains: a burst waits in QUIC's
+    /// flow control instead of in the edge's memory. Frames are never dropped for a
+    /// connection that stays open.
+    pub send_queue_bytes: usize,
+    /// A connection whose queue stays over `send_queue_bytes` this long is not draining:
+    /// it is closed with 4001, so the lanes it holds up flow again. Bounds every lane pause.
+    pub slow_after_ms: u64,
+    /// A connection whose queue would grow past this is closed with 4001 at once. The
+    /// budget can be overshot (a lane applies a whole group of deliveries before it pauses,
+    /// several lanes can feed one connection); this bounds one connection's memory anyway.
+    pub send_queue_hard_bytes: usize,
+    /// Bytes queued over all connections beyond which every lane stops reading, until the
+    /// total drops below half of this: bounds the edge's memory when many connections are
+    /// within their budget but not draining.
+    pub queue_high_bytes: usize,
+    /// Client publishes sent on one relay link and not yet answered by the distributor.
+    /// Beyond it a publishing connection's socket is not read until an answer makes room,
+    /// so TCP pushes back on the publisher. At most [`MAX_PUBLISHES_IN_FLIGHT`], so the
+    /// link's control queues (both ways) always have room for the other frames.
+    pub max_publishes_in_flight: usize,
+    /// An unanswered client publish is failed (`unavailable`: it may or may not have been
+    /// delivered) after this long, and its room on the link is freed. Longer than the
+    /// distributors' publish deadline (`publish_retry_ms`, 5000) plus a forward, so it only
+    /// fires when a distributor lost the publish.
+    pub publish_answer_timeout_ms: u64,
     /// A WebSocket ping goes out this often.
     pub heartbeat_interval_ms: u64,
     /// The connection closes (code 4000) when nothing, not even a pong, arrived for this long.
@@ -82,9 +106,12 @@ impl Default for Config {
             lease_ttl_ms: 3000,
             max_frame_bytes: 64 << 10,
             max_topics_per_conn: 256,
-            send_queue_frames: 1024,
-            slow_policy: SlowPolicy::DropThenClose,
-            slow_close_after_drops: 256,
+            send_queue_bytes: 1 << 20,
+            slow_after_ms: 5000,
+            send_queue_hard_bytes: 8 << 20,
+            queue_high_bytes: 64 << 20,
+            max_publishes_in_flight: 4096,
+            publish_answer_timeout_ms: 15_000,
             heartbeat_interval_ms: 10_000,
             pong_timeout_ms: 25_000,
             legacy_heartbeat: false,
@@ -125,7 +152,13 @@ impl Config {
             ("rpc_timeout_ms", self.rpc_timeout_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_topics_per_conn", self.max_topics_per_conn as u64),
-            ("send_queue_frames", self.send_queue_frames as u64),
+            ("send_queue_bytes", self.send_queue_bytes as u64),
+            ("slow_after_ms", self.slow_after_ms),
+            (
+                "max_publishes_in_flight",
+                self.max_publishes_in_flight as u64,
+            ),
+            ("publish_answer_timeout_ms", self.publish_answer_timeout_ms),
             ("max_connections", self.max_connections as u64),
         ];
         for (field, value) in positive {
@@ -160,6 +193,39 @@ impl Config {
                 "must be at most 16 MiB",
             ));
         }
+        let (budget, hard) = (self.send_queue_bytes, self.send_queue_hard_bytes);
+        let least_hard = budget
+            .saturating_mul(2)
+            .max(budget.saturating_add(LARGEST_DELIVERY));
+        if hard < least_hard {
+            return Err(ConfigError::new(
+                "send_queue_hard_bytes",
+                format!(
+                    "({hard}) must be at least twice send_queue_bytes ({budget}) and at least \
+                     {LARGEST_DELIVERY} bytes above it: {least_hard}"
+                ),
+            ));
+        }
+        if self.queue_high_bytes < hard {
+            return Err(ConfigError::new(
+                "queue_high_bytes",
+                format!(
+                    "({}) must be at least send_queue_hard_bytes ({hard}), so one connection \
+                     alone never stops every lane",
+                    self.queue_high_bytes
+                ),
+            ));
+        }
+        if self.max_publishes_in_flight > MAX_PUBLISHES_IN_FLIGHT {
+            return Err(ConfigError::new(
+                "max_publishes_in_flight",
+                format!(
+                    "({}) must be at most {MAX_PUBLISHES_IN_FLIGHT} (half the smaller control \
+                     queue of a link)",
+                    self.max_publishes_in_flight
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -181,7 +247,52 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(bad.validate().unwrap_err().field, "pong_timeout_ms");
-        let bad = Config { id: 0, ..ok };
+        let bad = Config {
+            id: 0,
+            ..ok.clone()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "id");
+    }
+
+    #[test]
+    fn validate_checks_the_flow_bounds_against_each_other() {
+        let ok = Config {
+            id: 1,
+            metastore: vec!["127.0.0.1:7101".into()],
+            ..Config::default()
+        };
+        // A small budget is fine as long as the hard cap leaves room for a large delivery.
+        let small = Config {
+            send_queue_bytes: 16 << 10,
+            ..ok.clone()
+        };
+        assert_eq!(small.validate(), Ok(()));
+        let bad = Config {
+            send_queue_hard_bytes: ok.send_queue_bytes,
+            ..ok.clone()
+        };
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field, "send_queue_hard_bytes");
+        assert!(err.reason.contains("1048576"), "{err}");
+        let bad = Config {
+            send_queue_bytes: 0,
+            ..ok.clone()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "send_queue_bytes");
+        let bad = Config {
+            queue_high_bytes: 4 << 20,
+            ..ok.clone()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "queue_high_bytes");
+        let bad = Config {
+            max_publishes_in_flight: MAX_PUBLISHES_IN_FLIGHT + 1,
+            ..ok.clone()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "max_publishes_in_flight");
+        let bad = Config {
+            slow_after_ms: 0,
+            ..ok
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "slow_after_ms");
     }
 }

@@ -8,8 +8,10 @@
 //!
 //! ```text
 //!  client (after the hooks)   handle_subscribe / handle_unsubscribe / handle_disconnect
-//!  relay lanes                handle_deliver / handle_fence       ┐
+//!                             handle_client_publish               ┐
+//!  relay lanes                handle_deliver / handle_fence       │
 //!  relay control              handle_interest_ack                 │
+//!                             handle_publish_done                 │
 //!  metastore watch            handle_watch                        ├─▶ EdgeCore ─▶ poll_output()
 //!  link state                 handle_link_up / handle_link_down   │
 //!  timer                      handle_tick(now)                    ┘
@@ -18,7 +20,11 @@
 //!  Output::Subscribed / SubscribeFailed / Unsubscribed
 //!                                 answer a connection (and run on_subscribe)
 //!  Output::Left                   a connection no longer holds these topics (on_unsubscribe)
-//!  Output::Relay                  send a relay frame (Interest, SlotsSynced) to a distributor
+//!  Output::Relay                  send a relay frame (Interest, SlotsSynced, ClientPublish)
+//!                                 to a distributor
+//!  Output::PublishFailed          tell a publishing connection its publish failed
+//!  Output::PauseReads / ResumeReads
+//!                                 stop / resume reading a publisher's socket (see [`publish`])
 //!  Output::Connect / Disconnect   keep or drop the relay link to a distributor
 //!  Output::AckHot                 tell the metastore this edge receives a hot topic's route
 //! ```
@@ -44,6 +50,9 @@ use firetower_proto::{slot_of, Slot};
 use tokio::time::{Duration, Instant};
 
 use crate::frame::delivery_frame;
+
+mod publish;
+pub use publish::{PublishCounters, DEFAULT_ANSWER_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
 
 /// A client connection, numbered by the shell.
 pub type ConnId = u64;
@@ -89,6 +98,13 @@ pub enum Output {
     Disconnect { distributor: u64 },
     /// Tell the metastore that this edge receives the route of `topic` prepared at `since`.
     AckHot { topic: String, since: u64 },
+    /// A client publish failed (the distributor's answer, no route, a lost link, no
+    /// answer in time): send the connection this error frame.
+    PublishFailed { conn: ConnId, error: ClientError },
+    /// A publish of this connection waits: stop reading its socket (keep writing to it).
+    PauseReads { conn: ConnId },
+    /// The connection has no waiting publish any more: read its socket again.
+    ResumeReads { conn: ConnId },
 }
 
 /// What a delivery carries besides its sequence: the message id every copy shares, and
@@ -271,6 +287,8 @@ pub struct EdgeCore {
     /// still in flight from before (through the other route, or a replay) is not passed on
     /// a second time.
     departed: VecDeque<(String, VecDeque<u64>)>,
+    /// Client publishes: numbered, bounded per link, ordered per topic.
+    publishes: publish::Publishes,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
 }
@@ -291,6 +309,7 @@ impl EdgeCore {
             hot_acks: BTreeMap::new(),
             epoch_floor: HashMap::new(),
             departed: VecDeque::new(),
+            publishes: publish::Publishes::default(),
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
         }
@@ -589,7 +608,9 @@ impl EdgeCore {
     }
 
     /// A connection is gone: [`Output::Left`] names every topic it held (for the hooks).
-    pub fn handle_disconnect(&mut self, conn: ConnId) {
+    /// Its waiting publishes are dropped; those sent are still answered (to nobody).
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.publishes_disconnect(now, conn);
         let topics: Vec<String> = self
             .conns
             .remove(&conn)
@@ -934,6 +955,7 @@ impl EdgeCore {
     /// then say that every slot it owns is synced.
     pub fn handle_link_up(&mut self, distributor: u64) {
         self.links.insert(distributor);
+        self.publishes_link_up(distributor);
         let mut names: Vec<String> = self
             .names
             .keys()
@@ -953,15 +975,21 @@ impl EdgeCore {
     }
 
     /// The relay link to `distributor` is down. Acked topics stay acked: the owner keeps
-    /// sending to us through the metastore fallback until we re-announce.
-    pub fn handle_link_down(&mut self, distributor: u64) {
+    /// sending to us through the metastore fallback until we re-announce. The client
+    /// publishes sent on it and not answered fail with `unavailable` (they may or may not
+    /// have been delivered).
+    pub fn handle_link_down(&mut self, now: Instant, distributor: u64) {
+        // First, so that no waiting publish is routed to it.
         self.links.remove(&distributor);
+        self.publishes_link_down(now, distributor);
     }
 
     /// Periodic work: send changed subscriber counts, fail subscribes that waited longer
     /// than the subscribe timeout, move on from route changes stuck past
-    /// [`SWITCH_TIMEOUT`], and ack prepared hot-topic routes to the metastore.
+    /// [`SWITCH_TIMEOUT`], ack prepared hot-topic routes to the metastore, and fail client
+    /// publishes left unanswered past the answer timeout.
     pub fn handle_tick(&mut self, now: Instant) {
+        self.publishes_tick(now);
         let dirty = std::mem::take(&mut self.dirty);
         for name in dirty {
             self.send_interest(&name);

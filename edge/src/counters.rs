@@ -11,9 +11,19 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     /// Frames queued to clients (deliveries, acks, errors).
     pub frames_queued: AtomicU64,
-    /// Frames dropped because a send queue was full.
+    /// Frames not queued because their connection was already closing (it is closed, as
+    /// slow or kicked or at shutdown, and would never write them). Nothing is dropped for
+    /// a connection that stays open: this stays 0 unless connections are closed.
     pub frames_dropped: AtomicU64,
+    /// Bytes queued to clients and not yet written to their sockets, over all connections
+    /// (a gauge; the edge-wide watermark applies to it).
+    pub queued_bytes: AtomicU64,
+    /// Connections closed with 4001: over their send budget for `slow_after_ms`, past the
+    /// hard cap, or a write that took longer than `write_timeout_ms`.
     pub closed_slow: AtomicU64,
+    /// Times a relay lane stopped reading because a connection it feeds was over its send
+    /// budget or the edge's queued bytes were over the high watermark.
+    pub lane_pauses: AtomicU64,
     pub closed_heartbeat: AtomicU64,
     pub closed_too_large: AtomicU64,
     /// Client frames answered with an error frame.

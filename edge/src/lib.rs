@@ -3,25 +3,28 @@
 //! Clients speak the Firetower JSON protocol ([`firetower_proto::client`]) over WebSocket at
 //! `/ws`. The edge tells the owning distributors which topics it needs over the QUIC relay,
 //! registers its slots with the metastore, and fans each delivery out to its local
-//! subscribers: framed once, queued to each connection's bounded send queue, written in
-//! batches.
+//! subscribers: framed once, queued to each connection's send queue (bounded in bytes;
+//! a full one slows the relay lane down rather than losing a frame), written in batches.
 //!
 //! # Layout
-//! - [`core`]: the sans-IO decisions (subscriptions, interest, order filter, fan-out list).
+//! - [`core`]: the sans-IO decisions (subscriptions, interest, order filter, fan-out list;
+//!   client publishes: numbering, the bound per link, the order across an owner change).
 //!   Inputs are `handle_*` calls; every output goes into one queue ([`core::Output`]).
+//! - [`flow`]: the sans-IO flow-control rules: a connection's byte budget, when it is
+//!   slow, the edge-wide watermark.
 //! - [`node`]: [`run`], and `Edge`, the shell's shared handles. `Edge::apply` is the one
 //!   way an input reaches the core: lock, handle, drain the outputs into one runner,
 //!   unlock, wake sessions, run hooks.
-//! - `sessions`: the session registry (connections, their send queues, the slow-client
-//!   policy, kicks).
+//! - `sessions`: the session registry (connections, their send queues and read gates, the
+//!   slow-consumer closes, kicks).
 //! - `links`: the link manager (a relay link per distributor: connect with backoff, the
-//!   control stream and its writer, the lane readers).
+//!   control stream and its writer, the lane readers and their backpressure).
 //! - every spawned task is tracked by `firetower_net::Tasks`, so [`run`] returns only once
 //!   all have ended.
 //! - `ws`: one connection: HTTP routes, the WebSocket session, the writer.
 //! - `frame`: client frames on the wire (WebSocket header + JSON), a delivery's built in
 //!   one allocation.
-//! - `send`: the bounded send queue and vectored writes.
+//! - `send`: the send queue (bytes counted until written) and vectored writes.
 //! - [`hooks`]: the per-connection callbacks for embedding the edge.
 //! - [`counters`], [`config`], [`error`].
 //!
@@ -38,6 +41,7 @@ pub mod config;
 pub mod core;
 pub mod counters;
 pub mod error;
+pub mod flow;
 mod frame;
 pub mod hooks;
 mod links;
@@ -46,7 +50,7 @@ mod send;
 mod sessions;
 mod ws;
 
-pub use config::{Config, SlowPolicy};
+pub use config::Config;
 pub use counters::Counters;
 pub use error::{ConfigError, NodeError};
 pub use hooks::{AllowAll, Hooks, Identity, ReadDecision, Rejection};

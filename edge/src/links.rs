@@ -2,18 +2,26 @@
 //! for, kept open with backoff until the core lets it go.
 //!
 //! A link has a *control* stream (Hello, Interest, SlotsSynced, ClientPublish, KickDone
-//! out; InterestAck and Kick in) and the distributor's *lanes* of deliveries, each read by
-//! its own task. Frames for the control stream are queued unencoded ([`RelayFrame`]), in
+//! out; InterestAck, ClientPublishDone and Kick in) and the distributor's *lanes* of
+//! deliveries, each read by its own task. Frames for the control stream are queued unencoded ([`RelayFrame`]), in
 //! the order they were decided (the runner queues the core's frames while it holds the
 //! core's lock); the link's writer task encodes them, a batch at a time, outside any lock
 //! ([`firetower_net::relay::write_relay_frames`]).
 //!
 //! ```text
 //!  Output::Connect ─▶ LinkTable::open ─▶ link_task ─▶ serve_link ─┬─ control writer (encodes)
-//!                                          (backoff)              ├─ control reader ─▶ apply(interest_ack) / kick
-//!                                                                 └─ lane_reader × lanes ─▶ apply(deliver, fence)
+//!                                          (backoff)              ├─ control reader ─▶ apply(interest_ack, publish_done) / kick
+//!                                                                 └─ lane_reader × lanes ─▶ apply(deliver, fence), then wait
 //!  Output::Relay ─▶ LinkTable::send ─▶ control queue ─▶ control writer ─▶ QUIC
 //! ```
+//!
+//! **Backpressure.** A lane reader applies its deliveries a group at a time (at most
+//! [`LANE_GROUP_BYTES`] of data) and, before it reads on, waits while a connection that
+//! group queued frames to is over its send budget, or while the edge's queued total is over
+//! the high watermark (see [`crate::flow`]). Not reading lets the lane's QUIC stream window
+//! fill, so the distributor stops sending on that lane. Lanes that feed no such connection
+//! keep flowing. A connection over its budget for `slow_after_ms` is closed (4001), which
+//! ends the wait.
 //!
 //! Lock order: the table's lock is taken after the core's (by the runner, which may also
 //! hold the session registry's) or alone; outside the runner no other lock is taken while
@@ -30,13 +38,22 @@ use firetower_net::tls::RELAY_SERVER_NAME;
 use firetower_net::Connector;
 use firetower_proto::relay::v1::{relay_frame::Frame, Hello, KickDone, RelayFrame};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use crate::core::MessageTags;
+use crate::core::{ConnId, MessageTags};
+use crate::flow::LaneHold;
 use crate::node::Edge;
 
 /// Control frames queued to one distributor; beyond this, frames are dropped (and logged).
-/// Interest lost this way is sent again on the next change, link or owner change.
-const CONTROL_QUEUE: usize = 1 << 16;
+/// Interest lost this way is sent again on the next change, link or owner change. Client
+/// publishes take at most an eighth of it (`config::MAX_PUBLISHES_IN_FLIGHT`): each queued
+/// one is unanswered, and the core bounds those per link.
+pub(crate) const CONTROL_QUEUE: usize = 1 << 16;
+
+/// The most delivery data a lane reader queues to clients before it looks at their
+/// budgets: bounds how far one lane can take a connection past its budget (a single read
+/// can return a whole QUIC stream window, 8 MiB).
+pub(crate) const LANE_GROUP_BYTES: usize = 64 << 10;
 
 /// One distributor the core wants a link to.
 struct LinkSlot {
@@ -64,15 +81,6 @@ impl Links {
     /// The locked table, for the runner.
     pub(crate) fn lock(&self) -> LinkTable<'_> {
         LinkTable(self.table.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// The control queue of the link to `distributor`, while it is up.
-    pub(crate) fn sender(&self, distributor: u64) -> Option<mpsc::Sender<RelayFrame>> {
-        self.lock()
-            .0
-            .get(&distributor)
-            .and_then(|l| l.control.as_ref())
-            .map(|(_, control)| control.clone())
     }
 
     /// A connected link's control queue; `None` when the core let the distributor go
@@ -233,7 +241,7 @@ async fn serve_link<C: Connector>(
     conn.close(close_code::SHUTDOWN.into(), b"edge link closed");
     edge.counters.relay_links_up.fetch_sub(1, Ordering::Relaxed);
     edge.links.detach(distributor, generation);
-    edge.apply(|core, _| core.handle_link_down(distributor));
+    edge.apply(|core, now| core.handle_link_down(now, distributor));
     tracing::info!(distributor, "relay link down");
 }
 
@@ -247,7 +255,18 @@ async fn read_control<C: Connector>(
     while let Ok(Some(frame)) = reader.next().await {
         match frame.frame {
             Some(Frame::InterestAck(ack)) => {
-                edge.apply(|core, _| core.handle_interest_ack(distributor, &ack.topic, ack.epoch))
+                edge.apply(|core, _| core.handle_interest_ack(distributor, &ack.topic, ack.epoch));
+            }
+            Some(Frame::ClientPublishDone(done)) => {
+                edge.apply(|core, now| {
+                    core.handle_publish_done(
+                        now,
+                        distributor,
+                        done.id,
+                        &done.error_code,
+                        &done.message,
+                    )
+                });
             }
             Some(Frame::Kick(kick)) => {
                 let closed = edge.sessions.kick(&kick.user_id);
@@ -264,31 +283,84 @@ async fn read_control<C: Connector>(
     }
 }
 
-/// Reads one lane of deliveries. Every frame one read completes is handled in one burst:
-/// one lock, one drain of the core's outputs, one wake per recipient.
+/// Reads one lane of deliveries. The frames one read completes are handled in groups of
+/// at most [`LANE_GROUP_BYTES`] of data: one lock, one drain of the core's outputs, one
+/// wake per recipient per group; after each group the lane waits as long as the
+/// connections it fed (or the edge as a whole) hold too much (see [`hold_lane`]).
 async fn lane_reader<C: Connector>(edge: Arc<Edge<C>>, stream: quinn::RecvStream) {
     let mut reader = FrameReader::new(stream);
     let mut frames = Vec::with_capacity(64);
+    let mut hold = LaneHold::default();
     while let Ok(true) = reader.next_batch(&mut frames).await {
-        edge.apply(|core, _| {
-            for frame in frames.drain(..) {
-                match frame.frame {
-                    Some(Frame::Deliver(d)) => core.handle_deliver(
-                        &d.topic,
-                        d.epoch,
-                        d.seq,
-                        d.data,
-                        MessageTags {
-                            msg_id: d.msg_id,
-                            route_tag: d.route_tag,
-                        },
-                    ),
-                    // A fence can complete a route change: the deliveries it releases are
-                    // queued in the core's one output queue ahead of this burst's later ones.
-                    Some(Frame::Fence(f)) => core.handle_fence(&f.topic, f.since),
-                    _ => {}
+        let mut pending = frames.drain(..).peekable();
+        while pending.peek().is_some() {
+            let mut bytes = 0;
+            let over = edge.apply(|core, _| {
+                while bytes < LANE_GROUP_BYTES {
+                    let Some(frame) = pending.next() else {
+                        break;
+                    };
+                    match frame.frame {
+                        Some(Frame::Deliver(d)) => {
+                            bytes += d.data.len();
+                            core.handle_deliver(
+                                &d.topic,
+                                d.epoch,
+                                d.seq,
+                                d.data,
+                                MessageTags {
+                                    msg_id: d.msg_id,
+                                    route_tag: d.route_tag,
+                                },
+                            )
+                        }
+                        // A fence can complete a route change: the deliveries it releases
+                        // are queued in the core's one output queue ahead of this group's
+                        // later ones.
+                        Some(Frame::Fence(f)) => core.handle_fence(&f.topic, f.since),
+                        _ => {}
+                    }
                 }
-            }
-        });
+            });
+            hold_lane(&edge, over, &mut hold).await;
+        }
+    }
+}
+
+/// Waits, before a lane reads on, while a connection in `over` (fed by the lane's last
+/// group, then over its budget) still is over its budget and open, or while the edge's
+/// queued total is over the high watermark (until it is below the low one, or for at most
+/// `slow_after_ms`). A connection over its budget for `slow_after_ms` is closed as slow,
+/// which ends the wait for it. Counts each pause in `lane_pauses`.
+async fn hold_lane<C: Connector>(edge: &Edge<C>, mut over: Vec<ConnId>, hold: &mut LaneHold) {
+    let flow = edge.sessions.flow();
+    let mut paused = false;
+    let mut stop = edge.stop.clone();
+    loop {
+        // Armed before the state is read, so a change in between still wakes us.
+        let changed = flow.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let now = Instant::now();
+        let conns_until = if over.is_empty() {
+            None
+        } else {
+            edge.sessions.holding_up(&mut over, now)
+        };
+        let mark_until = hold.watermark(&flow.limits, now, flow.total());
+        let until = match (conns_until, mark_until) {
+            (None, None) => return,
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+        };
+        if !paused {
+            paused = true;
+            edge.counters.lane_pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = &mut changed => {}
+            _ = tokio::time::sleep_until(until) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }

@@ -7,16 +7,21 @@
 //! (`Edge::read_core`).
 //!
 //! ```text
-//!  session task (subscribe, unsubscribe, disconnect) ─┐
+//!  session task (subscribe, unsubscribe, publish,    ─┐
+//!                disconnect)                          │
 //!  lane readers (deliver, fence)                      │   lock core
-//!  control reader (interest ack), link up / down      ├─▶ core.handle_*(now, ..)
-//!  watch task (routing), tick task                    ┘   while let Some(o) = core.poll_output():
+//!  control reader (interest ack, publish done),       ├─▶ core.handle_*(now, ..)
+//!  link up / down, watch task (routing), tick task    ┘   while let Some(o) = core.poll_output():
 //!                                                           Deliver, Subscribed, .. ─▶ Sessions (send queues)
+//!                                                           PauseReads / ResumeReads ─▶ Sessions (read gates)
 //!                                                           Relay                  ─▶ Links (control queue, unencoded)
 //!                                                           Connect / Disconnect   ─▶ Links + Tasks (link task)
 //!                                                           AckHot                 ─▶ metastore task's queue
 //!                                                         unlock; wake sessions; run hooks
 //! ```
+//!
+//! `apply` returns the connections that are over their send budget after a frame was
+//! queued to them: a lane reader waits for those before it reads on (`links::lane_reader`).
 //!
 //! The handles each do one job: `Sessions` (connections and their send queues),
 //! `Links` (relay links to distributors), `Tasks` (everything spawned, for a complete
@@ -28,16 +33,14 @@
 //! taken; runners are serialized by the core's lock, so no cycle can form.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use firetower_net::relay::close_code;
 use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
 use firetower_proto::client::{encode_ack, AckKind};
 use firetower_proto::metastore::v1 as pb;
-use firetower_proto::relay::v1::{relay_frame::Frame, ClientPublish, RelayFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -45,7 +48,7 @@ use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::config::Config;
-use crate::core::{EdgeCore, Output, SlotSync};
+use crate::core::{ConnId, EdgeCore, Output, SlotSync};
 use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
 use crate::links::{link_task, LinkTable, Links};
@@ -100,21 +103,27 @@ struct AfterUnlock {
 impl<C: Connector> Edge<C> {
     /// Runs one input of the core and carries out everything it asked for: lock, handle,
     /// drain into the runner, unlock, wake the sessions that got frames, run the hooks.
-    /// The input closure gets the time; it must only call the core.
-    pub(crate) fn apply(self: &Arc<Self>, input: impl FnOnce(&mut EdgeCore, Instant)) {
+    /// The input closure gets the time; it must only call the core. Returns the
+    /// connections that were over their send budget after a frame was queued to them.
+    pub(crate) fn apply(
+        self: &Arc<Self>,
+        input: impl FnOnce(&mut EdgeCore, Instant),
+    ) -> Vec<ConnId> {
         let mut after = AfterUnlock::default();
         {
             let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
-            input(&mut core, Instant::now());
-            self.run_outputs(&mut core, &mut after);
+            let now = Instant::now();
+            input(&mut core, now);
+            self.run_outputs(now, &mut core, &mut after);
         }
-        after.wakes.wake_all();
+        let over = after.wakes.wake_all();
         for call in after.hooks {
             match call {
                 HookCall::Subscribed(who, topics) => self.hooks.on_subscribe(&who, &topics),
                 HookCall::Unsubscribed(who, topics) => self.hooks.on_unsubscribe(&who, &topics),
             }
         }
+        over
     }
 
     /// A read-only query of the core (routing, counters, slots); it emits nothing.
@@ -125,20 +134,21 @@ impl<C: Connector> Edge<C> {
     /// The runner: carries out the core's outputs in order, under the core's lock (so each
     /// send queue and each link's control queue gets them in the core's order). It only
     /// moves frames into queues; nothing is encoded for a link here.
-    fn run_outputs(self: &Arc<Self>, core: &mut EdgeCore, after: &mut AfterUnlock) {
+    fn run_outputs(self: &Arc<Self>, now: Instant, core: &mut EdgeCore, after: &mut AfterUnlock) {
         let mut sessions: Option<SessionTable<'_>> = None;
         let mut links: Option<LinkTable<'_>> = None;
         while let Some(output) = core.poll_output() {
             match output {
                 Output::Deliver(fanout) => sessions
                     .get_or_insert_with(|| self.sessions.lock())
-                    .fanout(&fanout, &mut after.wakes),
+                    .fanout(now, &fanout, &mut after.wakes),
                 Output::Relay { distributor, frame } => links
                     .get_or_insert_with(|| self.links.lock())
                     .send(distributor, frame),
                 Output::Subscribed { conn, topics } => {
                     let table = sessions.get_or_insert_with(|| self.sessions.lock());
                     table.push_json(
+                        now,
                         conn,
                         &encode_ack(AckKind::Subscribed, &topics),
                         &mut after.wakes,
@@ -147,12 +157,21 @@ impl<C: Connector> Edge<C> {
                         after.hooks.push(HookCall::Subscribed(who, topics));
                     }
                 }
-                Output::SubscribeFailed { conn, error } => sessions
+                Output::SubscribeFailed { conn, error } | Output::PublishFailed { conn, error } => {
+                    sessions
+                        .get_or_insert_with(|| self.sessions.lock())
+                        .push_error(now, conn, &error, &mut after.wakes)
+                }
+                Output::PauseReads { conn } => sessions
                     .get_or_insert_with(|| self.sessions.lock())
-                    .push_error(conn, &error, &mut after.wakes),
+                    .pause_reads(conn, true),
+                Output::ResumeReads { conn } => sessions
+                    .get_or_insert_with(|| self.sessions.lock())
+                    .pause_reads(conn, false),
                 Output::Unsubscribed { conn, topics } => sessions
                     .get_or_insert_with(|| self.sessions.lock())
                     .push_json(
+                        now,
                         conn,
                         &encode_ack(AckKind::Unsubscribed, &topics),
                         &mut after.wakes,
@@ -177,25 +196,6 @@ impl<C: Connector> Edge<C> {
                 }
             }
         }
-    }
-
-    /// Sends a client publish to its owner. False when no owner link is up.
-    pub(crate) fn client_publish(&self, topic: String, data: Bytes) -> bool {
-        let Some(owner) = self.read_core(|core| core.publish_route(&topic)) else {
-            return false;
-        };
-        let Some(control) = self.links.sender(owner) else {
-            return false;
-        };
-        self.counters
-            .client_publishes
-            .fetch_add(1, Ordering::Relaxed);
-        // Encoded by the link's writer task.
-        control
-            .try_send(RelayFrame {
-                frame: Some(Frame::ClientPublish(ClientPublish { topic, data, id: 0 })),
-            })
-            .is_ok()
     }
 
     /// The gRPC address of some distributor (for TopicStatus, which any of them forwards).
@@ -330,11 +330,17 @@ where
     let (hot_ack_tx, hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
     let edge = Arc::new(Edge {
         hooks,
-        core: Mutex::new(EdgeCore::new(
-            config.id,
-            config.max_topics_per_conn,
-            Duration::from_millis(config.subscribe_timeout_ms),
-        )),
+        core: Mutex::new(
+            EdgeCore::new(
+                config.id,
+                config.max_topics_per_conn,
+                Duration::from_millis(config.subscribe_timeout_ms),
+            )
+            .with_publish_limits(
+                config.max_publishes_in_flight,
+                Duration::from_millis(config.publish_answer_timeout_ms),
+            ),
+        ),
         sessions: Sessions::new(&config, counters.clone()),
         links: Links::new(),
         tasks: Tasks::new(),

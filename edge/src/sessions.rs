@@ -1,5 +1,5 @@
-//! The session registry: every open WebSocket connection's send queue, identity and
-//! closer, and the slow-client policy applied when a queue is full.
+//! The session registry: every open WebSocket connection's send queue, identity, closer
+//! and read gate, and the slow-consumer rules (see [`crate::flow`]) applied to them.
 //!
 //! Frames reach a connection two ways, both through here: the core's outputs, queued by
 //! the runner (`node::Edge::apply`) while it holds the core's lock, so that every queue
@@ -15,20 +15,22 @@
 //! also hold the link table's) or alone; outside the runner no other lock is taken while
 //! it is held.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use firetower_proto::client::{encode_error, ClientError};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::config::{Config, SlowPolicy};
+use crate::config::Config;
 use crate::core::{ConnId, Fanout};
 use crate::counters::Counters;
+use crate::flow::{FlowLimits, Slow};
 use crate::frame::text_frame;
 use crate::hooks::Identity;
-use crate::send::{Pushed, SendQueue};
+use crate::send::{Blocking, Flow, Pushed, SendQueue};
 
 /// Close code: no pong (or any frame) within the pong timeout.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
@@ -61,27 +63,69 @@ impl Closer {
     }
 }
 
+/// Whether a session reads its socket: paused while a publish it read waits for room on
+/// a relay link or for its topic's earlier publishes (see `core::publish`). Writing goes on
+/// meanwhile; TCP pushes back on the publishing client.
+#[derive(Debug, Default)]
+pub(crate) struct ReadGate {
+    paused: AtomicBool,
+    /// Wakes the session when reading resumes; a wake with no waiter is kept.
+    resumed: Notify,
+}
+
+impl ReadGate {
+    pub(crate) fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    fn set(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+        if !paused {
+            self.resumed.notify_one();
+        }
+    }
+
+    /// Waits until reading may have resumed (check [`ReadGate::paused`] again).
+    pub(crate) async fn resumed(&self) {
+        self.resumed.notified().await
+    }
+}
+
 /// One open connection.
 struct Session {
     /// What its session task writes to the socket.
     queue: Arc<SendQueue>,
-    /// Frames dropped because the queue was full (the slow-client policy counts them).
-    drops: u32,
     /// How the registry closes it (slow client, kick, shutdown).
     closer: Arc<Closer>,
+    /// Whether its session task reads its socket (publishes held by the core).
+    reads: Arc<ReadGate>,
     /// For the hooks the runner calls on its behalf, and for kicks by user id.
     identity: Arc<Identity>,
 }
 
-/// Send queues that became non-empty while a lock was held: woken once it is released.
+/// What queueing frames under a lock left for after it: the sessions to wake, and the
+/// connections that are now over their budget (a lane reader waits for them).
 #[derive(Default)]
-pub(crate) struct Wakes(Vec<Arc<SendQueue>>);
+pub(crate) struct Wakes {
+    queues: Vec<Arc<SendQueue>>,
+    over: Vec<ConnId>,
+    /// `over` as a set, to list each connection once.
+    over_set: HashSet<ConnId>,
+}
 
 impl Wakes {
-    /// Wakes every queued session. Call only with no lock held.
-    pub(crate) fn wake_all(self) {
-        for queue in self.0 {
+    /// Wakes every queued session. Call only with no lock held. Returns the connections
+    /// that were over their budget after a frame was queued to them.
+    pub(crate) fn wake_all(self) -> Vec<ConnId> {
+        for queue in self.queues {
             queue.wake();
+        }
+        self.over
+    }
+
+    fn over(&mut self, conn: ConnId) {
+        if self.over_set.insert(conn) {
+            self.over.push(conn);
         }
     }
 }
@@ -89,10 +133,8 @@ impl Wakes {
 /// The registry of open connections.
 pub(crate) struct Sessions {
     table: Mutex<HashMap<ConnId, Session>>,
-    /// Frames each new connection's queue holds.
-    queue_frames: usize,
-    /// Dropped frames after which the slow-client policy closes a connection.
-    drop_limit: u32,
+    /// The byte bounds and the edge's queued total, shared with every send queue.
+    flow: Arc<Flow>,
     counters: Arc<Counters>,
 }
 
@@ -100,13 +142,13 @@ impl Sessions {
     pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
         Sessions {
             table: Mutex::new(HashMap::new()),
-            queue_frames: config.send_queue_frames,
-            drop_limit: match config.slow_policy {
-                SlowPolicy::Close => 1,
-                SlowPolicy::DropThenClose => config.slow_close_after_drops.max(1),
-            },
+            flow: Arc::new(Flow::new(FlowLimits::from_config(config), counters.clone())),
             counters,
         }
+    }
+
+    pub(crate) fn flow(&self) -> &Flow {
+        &self.flow
     }
 
     /// The locked registry, for queueing many frames in one go.
@@ -117,35 +159,75 @@ impl Sessions {
         }
     }
 
-    /// Registers a new connection; returns its send queue.
+    /// Registers a new connection; returns its send queue and read gate.
     pub(crate) fn add(
         &self,
         conn: ConnId,
         identity: Arc<Identity>,
         closer: Arc<Closer>,
-    ) -> Arc<SendQueue> {
-        let queue = Arc::new(SendQueue::new(self.queue_frames));
+    ) -> (Arc<SendQueue>, Arc<ReadGate>) {
+        let queue = Arc::new(SendQueue::new(self.flow.clone()));
+        let reads = Arc::new(ReadGate::default());
         self.lock().table.insert(
             conn,
             Session {
                 queue: queue.clone(),
-                drops: 0,
                 closer,
+                reads: reads.clone(),
                 identity,
             },
         );
-        queue
+        (queue, reads)
     }
 
+    /// The connection is gone: what it had queued stops counting.
     pub(crate) fn remove(&self, conn: ConnId) {
-        self.lock().table.remove(&conn);
+        let session = self.lock().table.remove(&conn);
+        if let Some(session) = session {
+            session.queue.release();
+        }
     }
 
     /// Queues an error frame to one connection (the session's own answer to its client).
     pub(crate) fn send_error(&self, conn: ConnId, error: &ClientError) {
         let mut wakes = Wakes::default();
-        self.lock().push_error(conn, error, &mut wakes);
+        self.lock()
+            .push_error(Instant::now(), conn, error, &mut wakes);
         wakes.wake_all();
+    }
+
+    /// For a lane reader that queued frames to `conns` (which were then over their
+    /// budget): keeps those that still hold it up, closes those that are slow at `now`, and
+    /// returns when to look again at the latest (`None`: nobody holds it up any more).
+    pub(crate) fn holding_up(&self, conns: &mut Vec<ConnId>, now: Instant) -> Option<Instant> {
+        let table = self.lock();
+        let mut next: Option<Instant> = None;
+        conns.retain(|conn| {
+            let Some(session) = table.table.get(conn) else {
+                return false;
+            };
+            match session.queue.blocking(now) {
+                Blocking::No => false,
+                Blocking::Until(at) => {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    true
+                }
+                Blocking::Slow(slow) => {
+                    self.close_slow(session, slow);
+                    false
+                }
+            }
+        });
+        next
+    }
+
+    /// Closes a slow connection with 4001 (counted once).
+    fn close_slow(&self, session: &Session, slow: Slow) {
+        if session.queue.close() {
+            self.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason = %slow, "slow consumer closed");
+            session.closer.close(CLOSE_SLOW_CONSUMER, slow.to_string());
+        }
     }
 
     /// Closes every connection of `user_id`; returns how many.
@@ -157,6 +239,7 @@ impl Sessions {
         let mut closed = 0;
         for session in table.table.values() {
             if session.identity.user_id == user_id {
+                session.queue.close();
                 session
                     .closer
                     .close(CLOSE_KICKED, "kicked by the server".into());
@@ -169,6 +252,7 @@ impl Sessions {
     /// Closes every connection (shutdown).
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
         for session in self.lock().table.values() {
+            session.queue.close();
             session.closer.close(code, reason.to_string());
         }
     }
@@ -181,64 +265,99 @@ pub(crate) struct SessionTable<'a> {
 }
 
 impl SessionTable<'_> {
-    /// Queues a framed WebSocket frame to a connection under the slow-client policy.
-    /// Returns whether the frame was queued; the caller counts queued frames (once per
-    /// fan-out, not once per recipient).
-    fn push(&mut self, conn: ConnId, frame: &Bytes, wakes: &mut Wakes) -> bool {
-        let Some(session) = self.table.get_mut(&conn) else {
+    /// Queues a framed WebSocket frame to a connection, its bytes counted in the edge's
+    /// total already (see [`Flow::reserve`]). Returns whether the frame was queued; the
+    /// caller counts queued frames (once per fan-out, not once per recipient) and takes
+    /// back the bytes of those refused. A frame is refused only for a connection that is
+    /// gone, or closing (counted in `frames_dropped`), or that it would take past its hard
+    /// cap (which closes it).
+    fn push_reserved(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        frame: &Bytes,
+        wakes: &mut Wakes,
+    ) -> bool {
+        let Some(session) = self.table.get(&conn) else {
             return false;
         };
-        match session.queue.push(frame.clone()) {
-            Pushed::Queued => return true,
-            Pushed::QueuedFirst => {
-                wakes.0.push(session.queue.clone());
+        match session.queue.push(now, frame.clone()) {
+            Pushed::Queued { first, over } => {
+                if first {
+                    wakes.queues.push(session.queue.clone());
+                }
+                if over {
+                    wakes.over(conn);
+                }
                 return true;
             }
-            Pushed::Full => {
-                let counters = &self.sessions.counters;
-                counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                session.drops += 1;
-                let limit = self.sessions.drop_limit;
-                if session.drops == limit {
-                    counters.closed_slow.fetch_add(1, Ordering::Relaxed);
-                    session.closer.close(
-                        CLOSE_SLOW_CONSUMER,
-                        format!("slow consumer: {limit} frames dropped, send queue full"),
-                    );
-                }
+            Pushed::Closing => {}
+            Pushed::HardCap(slow) => {
+                // The queue is closing already; this counts the close once.
+                self.sessions
+                    .counters
+                    .closed_slow
+                    .fetch_add(1, Ordering::Relaxed);
+                session.closer.close(CLOSE_SLOW_CONSUMER, slow.to_string());
             }
         }
+        self.sessions
+            .counters
+            .frames_dropped
+            .fetch_add(1, Ordering::Relaxed);
         false
     }
 
     /// Queues one text frame (JSON) to a connection.
-    pub(crate) fn push_json(&mut self, conn: ConnId, json: &[u8], wakes: &mut Wakes) {
-        if self.push(conn, &text_frame(json), wakes) {
+    pub(crate) fn push_json(&mut self, now: Instant, conn: ConnId, json: &[u8], wakes: &mut Wakes) {
+        let frame = text_frame(json);
+        let flow = &self.sessions.flow;
+        flow.reserve(frame.len());
+        if self.push_reserved(now, conn, &frame, wakes) {
             self.sessions
                 .counters
                 .frames_queued
                 .fetch_add(1, Ordering::Relaxed);
+        } else {
+            flow.unreserve(frame.len());
         }
     }
 
-    pub(crate) fn push_error(&mut self, conn: ConnId, error: &ClientError, wakes: &mut Wakes) {
+    pub(crate) fn push_error(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        error: &ClientError,
+        wakes: &mut Wakes,
+    ) {
         self.sessions
             .counters
             .client_errors
             .fetch_add(1, Ordering::Relaxed);
-        self.push_json(conn, &encode_error(error), wakes);
+        self.push_json(now, conn, &encode_error(error), wakes);
     }
 
     /// Queues one message to each of its recipients: the same bytes for all.
-    pub(crate) fn fanout(&mut self, fanout: &Fanout, wakes: &mut Wakes) {
+    pub(crate) fn fanout(&mut self, now: Instant, fanout: &Fanout, wakes: &mut Wakes) {
+        let (len, recipients) = (fanout.frame.len(), fanout.conns.len());
+        let flow = &self.sessions.flow;
+        flow.reserve(len * recipients);
         let mut queued = 0;
         for &conn in fanout.conns.iter() {
-            queued += u64::from(self.push(conn, &fanout.frame, wakes));
+            queued += usize::from(self.push_reserved(now, conn, &fanout.frame, wakes));
         }
+        flow.unreserve(len * (recipients - queued));
         self.sessions
             .counters
             .frames_queued
-            .fetch_add(queued, Ordering::Relaxed);
+            .fetch_add(queued as u64, Ordering::Relaxed);
+    }
+
+    /// Stops or resumes the reading of a connection's socket.
+    pub(crate) fn pause_reads(&mut self, conn: ConnId, paused: bool) {
+        if let Some(session) = self.table.get(&conn) {
+            session.reads.set(paused);
+        }
     }
 
     /// Who the connection is, while it is registered.

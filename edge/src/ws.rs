@@ -8,6 +8,10 @@
 //! with the other recipients) goes to the socket in one vectored write. Tungstenite reads
 //! and writes the control frames (ping, pong, close); its buffer is flushed before each
 //! batch, so the two never interleave inside a frame.
+//!
+//! While a publish it read waits in the core (no room on its relay link, or its topic's
+//! owner changed), the session does not read its socket but keeps writing to it: TCP
+//! pushes back on the publishing client, and its deliveries keep flowing.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,12 +37,16 @@ use tokio_tungstenite::WebSocketStream;
 use crate::hooks::{Identity, ReadDecision};
 use crate::node::Edge;
 use crate::send::{write_frames, SendQueue};
-use crate::sessions::{Closer, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
+use crate::sessions::{Closer, ReadGate, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
 
 /// The largest HTTP request head accepted.
 const MAX_HEAD: usize = 8 << 10;
-/// The most frames one write takes from the send queue (bounds one batch's memory).
+/// The most frames one write takes from the send queue (bounds one batch's syscalls; its
+/// bytes are bounded by the queue's hard cap).
 const MAX_FRAMES_PER_WRITE: usize = 1024;
+/// A connection closed while a write is under way gets this long to finish that write, so
+/// that the close frame follows on a frame boundary; and this long to take the close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
@@ -163,6 +171,8 @@ fn metrics<C: Connector>(edge: &Edge<C>) -> String {
         ("connections_refused", &c.connections_refused),
         ("frames_queued", &c.frames_queued),
         ("frames_dropped", &c.frames_dropped),
+        ("queued_bytes", &c.queued_bytes),
+        ("lane_pauses", &c.lane_pauses),
         ("closed_slow", &c.closed_slow),
         ("closed_heartbeat", &c.closed_heartbeat),
         ("closed_too_large", &c.closed_too_large),
@@ -178,9 +188,15 @@ fn metrics<C: Connector>(edge: &Edge<C>) -> String {
             value.load(Ordering::Relaxed)
         ));
     }
-    // The core's own counters (order filter, split-topic route changes).
-    let core = edge.read_core(|core| core.counters().clone());
+    // The core's own counters (order filter, split-topic route changes, client publishes).
+    let (core, publishes) =
+        edge.read_core(|core| (core.counters().clone(), core.publish_counters().clone()));
     for (name, value) in [
+        ("publishes_sent", publishes.sent),
+        ("publishes_held", publishes.held),
+        ("publishes_failed", publishes.failed),
+        ("publish_answer_timeouts", publishes.timed_out),
+        ("publish_answers_unmatched", publishes.unmatched_answers),
         ("stale_deliveries", core.stale_deliveries),
         ("unwanted_deliveries", core.unwanted_deliveries),
         ("bad_deliveries", core.bad_deliveries),
@@ -334,11 +350,11 @@ async fn upgrade<C, IO>(
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
     counters.connections_total.fetch_add(1, Ordering::Relaxed);
     let closer = Arc::new(Closer::default());
-    let queue = edge.sessions.add(conn, identity.clone(), closer.clone());
-    session(&edge, conn, &identity, ws, queue, &closer).await;
+    let (queue, reads) = edge.sessions.add(conn, identity.clone(), closer.clone());
+    session(&edge, conn, &identity, ws, queue, &reads, &closer).await;
     // on_unsubscribe (for the topics it held) runs from the core's output, while the
     // session is still registered; then it goes, then on_offline.
-    edge.apply(|core, _| core.handle_disconnect(conn));
+    edge.apply(|core, now| core.handle_disconnect(now, conn));
     edge.sessions.remove(conn);
     edge.hooks.on_offline(&identity);
     counters.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -350,12 +366,36 @@ enum End {
     Gone,
 }
 
+/// How a batch's write ended.
+enum Written {
+    /// Completed, or failed.
+    Done(std::io::Result<()>),
+    /// Took longer than `write_timeout_ms`.
+    TimedOut,
+    /// The connection was closed (slow, kicked, shutdown) while it was under way; true if
+    /// it completed within [`CLOSE_GRACE`] all the same.
+    Closed(bool),
+}
+
+/// Whether `written` bytes of `frames` end exactly where a frame ends.
+fn at_frame_boundary(frames: &[Bytes], written: usize) -> bool {
+    let mut end = 0;
+    for frame in frames {
+        if end == written {
+            return true;
+        }
+        end += frame.len();
+    }
+    end == written
+}
+
 async fn session<C, IO>(
     edge: &Arc<Edge<C>>,
     conn: u64,
     identity: &Identity,
     mut ws: WebSocketStream<IO>,
     queue: Arc<SendQueue>,
+    reads: &ReadGate,
     closer: &Closer,
 ) where
     C: Connector,
@@ -388,6 +428,7 @@ async fn session<C, IO>(
                 if batch.is_empty() {
                     continue;
                 }
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
                 let mut written = 0;
                 let at_once = async {
                     // Pending control frames (a pong) first, then the batch.
@@ -397,29 +438,49 @@ async fn session<C, IO>(
                 .now_or_never();
                 drop(turn);
                 let result = match at_once {
-                    Some(result) => Ok(result),
+                    Some(result) => Written::Done(result),
                     None => {
                         let rest = async {
                             ws.flush().await.map_err(std::io::Error::other)?;
                             write_frames(ws.get_mut(), &batch, &mut written).await
                         };
-                        tokio::time::timeout(write_timeout, rest).await
+                        tokio::pin!(rest);
+                        tokio::select! {
+                            result = tokio::time::timeout(write_timeout, &mut rest) => {
+                                result.map_or(Written::TimedOut, Written::Done)
+                            }
+                            _ = closer.notify.notified() => {
+                                let done = tokio::time::timeout(CLOSE_GRACE, &mut rest).await;
+                                Written::Closed(matches!(done, Ok(Ok(()))))
+                            }
+                        }
                     }
                 };
-                batch.clear();
                 match result {
-                    Ok(Ok(())) => {
+                    Written::Done(Ok(())) => {
+                        queue.written(bytes);
                         edge.counters.writes.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Err(_)) => break End::Gone,
-                    Err(_) => {
-                        torn = written > 0;
+                    Written::Done(Err(_)) => break End::Gone,
+                    Written::TimedOut => {
+                        torn = !at_frame_boundary(&batch, written);
                         edge.counters.closed_slow.fetch_add(1, Ordering::Relaxed);
                         break End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: write timed out".into());
                     }
+                    Written::Closed(completed) => {
+                        torn = !completed && !at_frame_boundary(&batch, written);
+                        let (code, reason) = closer.reason().unwrap_or((1000, String::new()));
+                        break End::Close(code, reason);
+                    }
                 }
+                batch.clear();
             }
-            incoming = ws.next() => {
+            _ = reads.resumed(), if reads.paused() => {
+                // Reading resumes (checked at the top of the loop). The client was not
+                // silent meanwhile: we were not listening.
+                last_heard = tokio::time::Instant::now();
+            }
+            incoming = ws.next(), if !reads.paused() => {
                 last_heard = tokio::time::Instant::now();
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
@@ -441,7 +502,10 @@ async fn session<C, IO>(
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= pong_timeout {
+                if reads.paused() {
+                    // Not reading, so no pong can be seen: not the client's silence.
+                    last_heard = tokio::time::Instant::now();
+                } else if last_heard.elapsed() >= pong_timeout {
                     edge.counters.closed_heartbeat.fetch_add(1, Ordering::Relaxed);
                     edge.hooks.on_read_timeout(identity);
                     break End::Close(CLOSE_HEARTBEAT_TIMEOUT, format!("no pong within {} ms", config.pong_timeout_ms));
@@ -457,22 +521,27 @@ async fn session<C, IO>(
         }
     };
     if let End::Close(code, reason) = end {
+        // Nothing more is queued to it (counted as dropped), and no lane waits for it.
+        // Not for a client that left on its own: frames racing its departure are not
+        // counted as dropped.
+        queue.close();
         if torn {
             // The peer would read the close frame as the rest of a data frame.
-            let _ = tokio::time::timeout(Duration::from_secs(1), ws.get_mut().shutdown()).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.get_mut().shutdown()).await;
             return;
         }
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
     }
 }
 
-/// Handles one client text frame. What the core decides goes through `Edge::apply`; the
-/// session's own answers (a malformed frame, a refusal by the hooks, no route for a
-/// publish) go straight to its send queue.
+/// Handles one client text frame. What the core decides goes through `Edge::apply` (a
+/// publish too: the core numbers it, sends it or holds it, and may pause this session's
+/// reading); the session's own answers (a malformed frame, a refusal by the hooks) go
+/// straight to its send queue.
 fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity, text: &str) {
     let frame = match parse_client_frame(text, edge.config.max_topics_per_conn) {
         Ok(f) => f,
@@ -529,16 +598,10 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
                     (topic, data)
                 }
             };
-            if !edge.client_publish(topic.clone(), Bytes::from(data)) {
-                edge.sessions.send_error(
-                    conn,
-                    &ClientError::new(
-                        ErrorCode::Unavailable,
-                        "the topic's distributor cannot be reached right now; retry",
-                    )
-                    .with_topic(topic),
-                );
-            }
+            edge.counters
+                .client_publishes
+                .fetch_add(1, Ordering::Relaxed);
+            edge.apply(|core, now| core.handle_client_publish(now, conn, topic, Bytes::from(data)));
         }
     }
 }

@@ -76,8 +76,8 @@ pub struct Cluster {
 }
 
 pub struct EdgeTuning {
-    pub send_queue_frames: usize,
-    pub slow_close_after_drops: u32,
+    pub send_queue_bytes: usize,
+    pub slow_after_ms: u64,
     pub max_topics_per_conn: usize,
     /// The distributors' automatic hot-topic policy.
     pub hot: firetower_distributor::config::HotPolicy,
@@ -86,8 +86,8 @@ pub struct EdgeTuning {
 impl Default for EdgeTuning {
     fn default() -> Self {
         EdgeTuning {
-            send_queue_frames: 1024,
-            slow_close_after_drops: 256,
+            send_queue_bytes: firetower_edge::Config::default().send_queue_bytes,
+            slow_after_ms: firetower_edge::Config::default().slow_after_ms,
             max_topics_per_conn: 256,
             hot: firetower_distributor::config::HotPolicy::default(),
         }
@@ -188,8 +188,8 @@ impl Cluster {
             ws_advertise: ws.local_addr()?.to_string(),
             tls: self.tls(&format!("edge-{id}"))?,
             lease_ttl_ms: 1500,
-            send_queue_frames: tuning.send_queue_frames,
-            slow_close_after_drops: tuning.slow_close_after_drops,
+            send_queue_bytes: tuning.send_queue_bytes,
+            slow_after_ms: tuning.slow_after_ms,
             max_topics_per_conn: tuning.max_topics_per_conn,
             ..firetower_edge::Config::default()
         };

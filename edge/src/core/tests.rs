@@ -149,7 +149,7 @@ fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
             },
         ]
     );
-    core.handle_disconnect(10);
+    core.handle_disconnect(Instant::now(), 10);
     assert_eq!(
         drain(&mut core),
         vec![
@@ -161,7 +161,7 @@ fn last_unsubscribe_withdraws_interest_and_disconnect_cleans_up() {
         ]
     );
     // A connection that held nothing leaves without a hook call.
-    core.handle_disconnect(10);
+    core.handle_disconnect(Instant::now(), 10);
     assert_eq!(drain(&mut core), vec![]);
     assert_eq!(core.interest_slots().count(), 0);
     assert!(deliver(&mut core, "b", 4, 1, b"1", MessageTags::default()).is_none());
@@ -474,4 +474,235 @@ fn a_burst_keeps_released_deliveries_ahead_of_later_ones() {
     // The old name was withdrawn before the later delivery: nothing came of it.
     assert!(out.contains(&interest("live", 0, 4)));
     assert_eq!(core.counters().unwanted_deliveries, 1);
+}
+
+// Client publishes (core/publish.rs).
+
+fn move_slot(core: &mut EdgeCore, topic: &str, to: u64, epoch: u64) {
+    core.handle_watch(
+        Instant::now(),
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Delta(pb::Delta {
+                revision: epoch,
+                changes: vec![pb::Change {
+                    change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                        slot: slot_of(topic).into(),
+                        distributor_id: to,
+                        epoch,
+                    })),
+                }],
+            })),
+        },
+    );
+}
+
+/// The client publishes among `out`, as (distributor, id, topic, data).
+fn publishes(out: &[Output]) -> Vec<(u64, u64, String, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Relay {
+                distributor,
+                frame:
+                    RelayFrame {
+                        frame: Some(Frame::ClientPublish(p)),
+                    },
+            } => Some((
+                *distributor,
+                p.id,
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.data).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn publish(core: &mut EdgeCore, now: Instant, conn: ConnId, topic: &str, data: &'static str) {
+    core.handle_client_publish(now, conn, topic.into(), Bytes::from_static(data.as_bytes()));
+}
+
+#[test]
+fn a_publish_is_numbered_per_link_and_an_error_answer_reaches_its_publisher() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    publish(&mut core, now, 10, "chat", "1");
+    publish(&mut core, now, 11, "chat", "2");
+    assert_eq!(
+        publishes(&drain(&mut core)),
+        vec![
+            (1, 1, "chat".into(), "1".into()),
+            (1, 2, "chat".into(), "2".into())
+        ]
+    );
+    // Sequenced: nothing to say (the protocol has no publish ack).
+    core.handle_publish_done(now, 1, 1, "", "");
+    assert_eq!(drain(&mut core), vec![]);
+    core.handle_publish_done(now, 1, 2, "overloaded", "the lanes stayed full");
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::PublishFailed {
+            conn: 11,
+            error: ClientError::new(ErrorCode::Overloaded, "the lanes stayed full")
+                .with_topic("chat"),
+        }]
+    );
+    // A second answer, or one from another link, matches nothing.
+    core.handle_publish_done(now, 1, 2, "", "");
+    core.handle_publish_done(now, 2, 1, "", "");
+    assert_eq!(drain(&mut core), vec![]);
+    assert_eq!(core.publish_counters().unmatched_answers, 2);
+    assert_eq!(core.publish_counters().failed, 1);
+}
+
+#[test]
+fn publishes_beyond_the_in_flight_bound_pause_their_publishers_until_answers_make_room() {
+    let now = Instant::now();
+    let mut core = linked_core().with_publish_limits(2, Duration::from_secs(15));
+    publish(&mut core, now, 10, "a", "1");
+    publish(&mut core, now, 10, "a", "2");
+    assert_eq!(publishes(&drain(&mut core)).len(), 2);
+    // The link is full: the publisher's reading stops; so does another publisher's.
+    publish(&mut core, now, 10, "a", "3");
+    assert_eq!(drain(&mut core), vec![Output::PauseReads { conn: 10 }]);
+    publish(&mut core, now, 11, "b", "4");
+    assert_eq!(drain(&mut core), vec![Output::PauseReads { conn: 11 }]);
+    assert_eq!(core.publish_counters().held, 2);
+    // Each answer lets the next waiting publish go, in arrival order.
+    core.handle_publish_done(now, 1, 1, "", "");
+    let out = drain(&mut core);
+    assert_eq!(publishes(&out), vec![(1, 3, "a".into(), "3".into())]);
+    assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 10 }));
+    core.handle_publish_done(now, 1, 2, "", "");
+    let out = drain(&mut core);
+    assert_eq!(publishes(&out), vec![(1, 4, "b".into(), "4".into())]);
+    assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 11 }));
+}
+
+#[test]
+fn an_owner_change_holds_a_topics_publishes_until_the_old_owner_answered() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_link_up(2);
+    drain(&mut core);
+    publish(&mut core, now, 10, "chat", "1");
+    publish(&mut core, now, 10, "chat", "2");
+    assert_eq!(publishes(&drain(&mut core)).len(), 2);
+    move_slot(&mut core, "chat", 2, 9);
+    drain(&mut core);
+    // "3" must not overtake "1" and "2" by the new owner's shorter path.
+    publish(&mut core, now, 10, "chat", "3");
+    assert_eq!(drain(&mut core), vec![Output::PauseReads { conn: 10 }]);
+    // Another topic of the same slot owner is not held up by it.
+    publish(&mut core, now, 12, "other", "x");
+    assert_eq!(publishes(&drain(&mut core)).len(), 1);
+    core.handle_publish_done(now, 1, 1, "", "");
+    assert_eq!(
+        drain(&mut core),
+        vec![],
+        "one of the old owner's is still open"
+    );
+    core.handle_publish_done(now, 1, 2, "", "");
+    let out = drain(&mut core);
+    let to = core.publish_route("chat");
+    assert_eq!(to, Some(2));
+    assert_eq!(publishes(&out), vec![(2, 4, "chat".into(), "3".into())]);
+    assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 10 }));
+    // From now on the topic goes to its new owner without waiting.
+    publish(&mut core, now, 10, "chat", "4");
+    assert_eq!(
+        publishes(&drain(&mut core)),
+        vec![(2, 5, "chat".into(), "4".into())]
+    );
+}
+
+#[test]
+fn a_lost_link_fails_its_unanswered_publishes_and_no_route_fails_at_once() {
+    let now = Instant::now();
+    let mut core = linked_core().with_publish_limits(1, Duration::from_secs(15));
+    publish(&mut core, now, 10, "chat", "1");
+    publish(&mut core, now, 11, "chat", "2");
+    assert_eq!(publishes(&drain(&mut core)).len(), 1);
+    core.handle_link_down(now, 1);
+    let lost = ClientError::new(
+        ErrorCode::Unavailable,
+        "the relay link was lost; the publish may or may not have been delivered",
+    )
+    .with_topic("chat");
+    let unreachable = ClientError::new(
+        ErrorCode::Unavailable,
+        "the topic's distributor cannot be reached right now; retry",
+    )
+    .with_topic("chat");
+    assert_eq!(
+        drain(&mut core),
+        vec![
+            Output::PublishFailed {
+                conn: 10,
+                error: lost
+            },
+            // The waiting one has no route now.
+            Output::PublishFailed {
+                conn: 11,
+                error: unreachable.clone()
+            },
+            Output::ResumeReads { conn: 11 },
+        ]
+    );
+    publish(&mut core, now, 10, "chat", "3");
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::PublishFailed {
+            conn: 10,
+            error: unreachable
+        }]
+    );
+    // Back up: numbering goes on (an answer meant for the old link matches nothing).
+    core.handle_link_up(1);
+    drain(&mut core);
+    publish(&mut core, now, 10, "chat", "4");
+    assert_eq!(
+        publishes(&drain(&mut core)),
+        vec![(1, 2, "chat".into(), "4".into())]
+    );
+}
+
+#[test]
+fn an_unanswered_publish_fails_after_the_answer_timeout_and_frees_its_room() {
+    let t0 = Instant::now();
+    let mut core = linked_core().with_publish_limits(1, Duration::from_secs(15));
+    publish(&mut core, t0, 10, "chat", "1");
+    publish(&mut core, t0, 11, "chat", "2");
+    assert_eq!(publishes(&drain(&mut core)).len(), 1);
+    core.handle_tick(t0 + Duration::from_secs(14));
+    assert!(publishes(&drain(&mut core)).is_empty());
+    let t1 = t0 + Duration::from_secs(15);
+    core.handle_tick(t1);
+    let out = drain(&mut core);
+    assert!(matches!(
+        &out[0],
+        Output::PublishFailed { conn: 10, error } if error.code == ErrorCode::Unavailable
+            && error.message.contains("did not answer within 15000 ms")
+    ));
+    assert_eq!(publishes(&out), vec![(1, 2, "chat".into(), "2".into())]);
+    assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 11 }));
+    assert_eq!(core.publish_counters().timed_out, 1);
+    // Its late answer matches nothing.
+    core.handle_publish_done(t1, 1, 1, "", "");
+    assert_eq!(core.publish_counters().unmatched_answers, 1);
+}
+
+#[test]
+fn a_publisher_that_leaves_takes_its_waiting_publish_along() {
+    let now = Instant::now();
+    let mut core = linked_core().with_publish_limits(1, Duration::from_secs(15));
+    publish(&mut core, now, 10, "chat", "1");
+    publish(&mut core, now, 11, "chat", "2");
+    publish(&mut core, now, 12, "chat", "3");
+    drain(&mut core);
+    core.handle_disconnect(now, 11);
+    assert_eq!(drain(&mut core), vec![]);
+    core.handle_publish_done(now, 1, 1, "", "");
+    let out = drain(&mut core);
+    assert_eq!(publishes(&out), vec![(1, 2, "chat".into(), "3".into())]);
+    assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 12 }));
 }
