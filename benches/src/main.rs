@@ -256,6 +256,10 @@ struct Shared {
     base: Instant,
     stop: tokio::sync::watch::Receiver<bool>,
     received: AtomicU64,
+    /// Subscriber connections the server ended before the run did.
+    closed: AtomicU64,
+    /// When the last delivery arrived (ns since `base`).
+    last_delivery_ns: AtomicU64,
 }
 
 /// One subscriber: connect, subscribe, wait at the barrier, then record deliveries.
@@ -314,11 +318,17 @@ async fn subscriber(
         tokio::select! {
             r = read => match r {
                 Ok(true) => {}
-                _ => break,
+                _ => {
+                    shared.closed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
             },
             _ = stop.wait_for(|s| *s) => break,
         }
         shared.received.fetch_add(received, Ordering::Relaxed);
+        if let Some(at) = now {
+            shared.last_delivery_ns.fetch_max(at, Ordering::Relaxed);
+        }
     }
     Ok(stats)
 }
@@ -520,6 +530,8 @@ async fn main() -> Result<()> {
         base: Instant::now(),
         stop: stop_rx,
         received: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
     });
     let rss_before = server_pid.and_then(rss_bytes);
     let writes_before = edge_metric(&plan.edges, "writes").await;
@@ -571,6 +583,7 @@ async fn main() -> Result<()> {
     let published: Arc<Vec<AtomicU64>> =
         Arc::new((0..plan.topics).map(|_| AtomicU64::new(0)).collect());
     let mut seconds = 0.0;
+    let mut start_ns = 0u64;
     if plan.idle {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         rss_after = server_pid.and_then(rss_bytes);
@@ -604,6 +617,7 @@ async fn main() -> Result<()> {
             published_total += p.await??;
         }
         seconds = start.elapsed().as_secs_f64();
+        start_ns = start.duration_since(shared.base).as_nanos() as u64;
         // Let the deliveries drain: stop when nothing arrived for 1 s.
         let mut last = shared.received.load(Ordering::Relaxed);
         loop {
@@ -617,6 +631,11 @@ async fn main() -> Result<()> {
         rss_after = server_pid.and_then(rss_bytes).or(rss_after);
     }
     let _ = stop_tx.send(true);
+    let delivery_seconds = shared
+        .last_delivery_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(start_ns) as f64
+        / 1e9;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)?;
     let (mut delivered, mut duplicates, mut out_of_order) = (0u64, 0u64, 0u64);
     for s in subs {
@@ -659,12 +678,17 @@ async fn main() -> Result<()> {
         },
         expected_deliveries: expected,
         delivered,
-        deliveries_per_sec: if seconds > 0.0 {
-            delivered as f64 / seconds
+        // Over the time from the first publish to the last delivery: a publisher that
+        // finishes writing long before its messages are delivered (a WebSocket) is not
+        // credited with deliveries it has not caused yet.
+        deliveries_per_sec: if delivery_seconds > 0.0 {
+            delivered as f64 / delivery_seconds
         } else {
             0.0
         },
+        delivery_seconds,
         lost: expected.saturating_sub(delivered),
+        closed_connections: shared.closed.load(Ordering::Relaxed),
         duplicates,
         out_of_order,
         latency_us: Percentiles::of(&latency),

@@ -70,10 +70,17 @@ pub struct Report {
     pub publishes_per_sec: f64,
     pub expected_deliveries: u64,
     pub delivered: u64,
+    /// Deliveries per second from the first publish to the last delivery.
     pub deliveries_per_sec: f64,
+    /// Seconds from the first publish to the last delivery.
+    #[serde(default)]
+    pub delivery_seconds: f64,
     pub lost: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
+    /// Subscriber connections the server closed during the run (0 for a valid figure).
+    #[serde(default)]
+    pub closed_connections: u64,
     pub latency_us: Percentiles,
     pub connect_seconds: f64,
     pub connections_per_sec: f64,
