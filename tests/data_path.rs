@@ -657,3 +657,79 @@ async fn killing_a_distributor_moves_its_slots() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A client that stops reading and is given a minute before it counts as slow: its queue,
+/// the edge's lane and the distributor's lane fill, and then a gRPC publish to its topic
+/// waits and fails with RESOURCE_EXHAUSTED at the deadline instead of being acked. When the
+/// client reads again it gets every acked message, once and in order: nothing acked was
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_cannot_be_queued_gets_resource_exhausted_never_a_success() -> Result<()> {
+    let cluster = Cluster::start_with(
+        1,
+        1,
+        EdgeTuning {
+            send_queue_bytes: 64 << 10,
+            slow_after_ms: 60_000,
+            lane_queue_bytes: 64 << 10,
+            publish_retry_ms: 1000,
+            ..EdgeTuning::default()
+        },
+    )
+    .await?;
+    cluster.wait_ready(READY).await?;
+    let mut stalled = Client::connect(cluster.edge_addr(1)).await?;
+    stalled.subscribe(&["jam".into()]).await?;
+    // `stalled` is not polled until the publisher has been refused.
+    let mut d = cluster.distributor(1).await?;
+    let body = "x".repeat(16 << 10);
+    let mut acked = 0u64;
+    let refusal = loop {
+        let reply = d
+            .publish(dpb::PublishRequest {
+                topic: "jam".into(),
+                data: format!(r#"{{"n":{acked},"pad":"{body}"}}"#).into(),
+            })
+            .await;
+        match reply {
+            Ok(r) => {
+                ensure!(r.get_ref().seq == acked + 1, "seq {:?}", r.get_ref());
+                acked += 1;
+            }
+            Err(status) => break status,
+        }
+        // 100k messages of 16 KiB is 1.6 GB: far beyond every buffer on the way.
+        ensure!(acked < 100_000, "never refused");
+    };
+    ensure!(
+        refusal.code() == tonic::Code::ResourceExhausted,
+        "refused with {refusal:?}"
+    );
+    ensure!(
+        refusal.message().contains("stayed full"),
+        "refused with {refusal:?}"
+    );
+    ensure!(acked > 0, "the first publishes had room");
+    let (mut rx, _) = stalled.spawn_reader();
+    for n in 0..acked {
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Some(Frame::Publish { data, seq, .. })) => {
+                let v: serde_json::Value = serde_json::from_str(&data)?;
+                ensure!(
+                    v["n"].as_u64() == Some(n) && seq == n + 1,
+                    "message {n}: got n={:?} seq={seq}",
+                    v["n"]
+                );
+            }
+            other => bail!("message {n} of {acked}: {other:?}"),
+        }
+    }
+    ensure!(
+        cluster.edge_counters[&1]
+            .closed_slow
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

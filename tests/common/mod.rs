@@ -73,6 +73,8 @@ pub struct Cluster {
     pub edge_counters: HashMap<u64, Arc<firetower_edge::Counters>>,
     pki: DevPki,
     hot: firetower_distributor::config::HotPolicy,
+    lane_queue_bytes: usize,
+    publish_retry_ms: u64,
 }
 
 pub struct EdgeTuning {
@@ -81,6 +83,9 @@ pub struct EdgeTuning {
     pub max_topics_per_conn: usize,
     /// The distributors' automatic hot-topic policy.
     pub hot: firetower_distributor::config::HotPolicy,
+    /// The distributors' byte budget per edge link, and their publish deadline.
+    pub lane_queue_bytes: usize,
+    pub publish_retry_ms: u64,
 }
 
 impl Default for EdgeTuning {
@@ -90,6 +95,8 @@ impl Default for EdgeTuning {
             slow_after_ms: firetower_edge::Config::default().slow_after_ms,
             max_topics_per_conn: 256,
             hot: firetower_distributor::config::HotPolicy::default(),
+            lane_queue_bytes: firetower_distributor::Config::default().lane_queue_bytes,
+            publish_retry_ms: firetower_distributor::Config::default().publish_retry_ms,
         }
     }
 }
@@ -138,6 +145,8 @@ impl Cluster {
             edge_counters: HashMap::new(),
             pki: DevPki::new()?,
             hot: tuning.hot.clone(),
+            lane_queue_bytes: tuning.lane_queue_bytes,
+            publish_retry_ms: tuning.publish_retry_ms,
         };
         for id in 1..=distributors {
             cluster.start_distributor(id)?;
@@ -163,6 +172,9 @@ impl Cluster {
             tls: self.tls(&format!("distributor-{id}"))?,
             lease_ttl_ms: 1500,
             hot: self.hot.clone(),
+            lane_queue_bytes: self.lane_queue_bytes,
+            lane_hard_bytes: self.lane_queue_bytes * 16,
+            publish_retry_ms: self.publish_retry_ms,
             ..firetower_distributor::Config::default()
         };
         let addr = config.grpc_advertise.clone();
