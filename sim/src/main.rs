@@ -1,6 +1,8 @@
 //! `firetower-sim --seed N` runs one seed and prints its trace hash; `--seeds A..B` runs a
 //! range and ends with `N passed, M failed`. A failure prints the seed, the invariant, the
-//! simulated step and time, and how to reproduce it.
+//! simulated step and time, and how to reproduce it. `--keep-going` runs a failing seed to
+//! its end and also prints the first violation of every other invariant it broke (for
+//! sweeps: a seed that breaks one invariant early would otherwise hide the others).
 //!
 //! The simulation is only deterministic when tokio is built with `--cfg tokio_unstable`
 //! (turmoil then seeds each host's scheduler). Started without it, this binary re-runs
@@ -9,7 +11,7 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: firetower-sim --seed N | --seeds A..B [--check-determinism] [--jobs J] | --regressions");
+    eprintln!("usage: firetower-sim --seed N | --seeds A..B [--check-determinism] [--jobs J] | --regressions  [--keep-going]");
     ExitCode::from(64)
 }
 
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let check = args.iter().any(|a| a == "--check-determinism");
+    let keep_going = args.iter().any(|a| a == "--keep-going");
     let jobs = args
         .iter()
         .position(|a| a == "--jobs")
@@ -64,14 +67,14 @@ fn main() -> ExitCode {
         .max(1);
     match args.first().map(String::as_str) {
         Some("--seed") => match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
-            Some(seed) => run_one(seed),
+            Some(seed) => run_one(seed, keep_going),
             None => usage(),
         },
         Some("--regressions") => {
             let mut code = ExitCode::SUCCESS;
             for (seed, what) in firetower_sim::regressions::SEEDS {
                 println!("regression seed {seed}: {what}");
-                if run_range(*seed, seed + 1, false, 1) != ExitCode::SUCCESS {
+                if run_range(*seed, seed + 1, false, 1, keep_going) != ExitCode::SUCCESS {
                     code = ExitCode::FAILURE;
                 }
             }
@@ -82,7 +85,7 @@ fn main() -> ExitCode {
                 return usage();
             };
             match (a.parse::<u64>(), b.parse::<u64>()) {
-                (Ok(a), Ok(b)) if a < b => run_range(a, b, check, jobs),
+                (Ok(a), Ok(b)) if a < b => run_range(a, b, check, jobs, keep_going),
                 _ => usage(),
             }
         }
@@ -91,8 +94,8 @@ fn main() -> ExitCode {
 }
 
 /// Runs one seed in this process and prints its result line (and the failure report).
-fn run_one(seed: u64) -> ExitCode {
-    let outcome = match firetower_sim::run_seed(seed) {
+fn run_one(seed: u64, keep_going: bool) -> ExitCode {
+    let outcome = match firetower_sim::run_seed(seed, keep_going) {
         Ok(o) => o,
         Err(e) => {
             println!("seed {seed}: FAILED to run: {e:#}");
@@ -122,6 +125,14 @@ fn run_one(seed: u64) -> ExitCode {
                 outcome.trace_hash
             );
             println!("  {}", v.detail);
+            for l in &outcome.later {
+                println!(
+                    "  also invariant \"{}\" at simulated time {:.3}s: {}",
+                    l.invariant,
+                    l.at.as_secs_f64(),
+                    l.detail
+                );
+            }
             println!("  faults: {}", outcome.faults.join("; "));
             println!("  REPRODUCE WITH: cargo run -p firetower-sim --release -- --seed {seed}");
             ExitCode::FAILURE
@@ -132,9 +143,10 @@ fn run_one(seed: u64) -> ExitCode {
 /// Runs one seed in a fresh process (tokio numbers tasks process-wide, and the order in
 /// which a crashed host's tasks are dropped follows those numbers: a fresh process per seed
 /// keeps every seed's run independent of what ran before it).
-fn spawn_seed(seed: u64) -> std::io::Result<std::process::Child> {
+fn spawn_seed(seed: u64, keep_going: bool) -> std::io::Result<std::process::Child> {
     std::process::Command::new(std::env::current_exe()?)
         .args(["--seed", &seed.to_string()])
+        .args(keep_going.then_some("--keep-going"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -157,14 +169,18 @@ fn trace_of(output: &str) -> Option<&str> {
         .nth(1)
 }
 
-fn run_range(from: u64, to: u64, check: bool, jobs: usize) -> ExitCode {
+fn run_range(from: u64, to: u64, check: bool, jobs: usize, keep_going: bool) -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     let seeds: Vec<u64> = (from..to).collect();
     for chunk in seeds.chunks(jobs) {
         let mut children = Vec::new();
         for &seed in chunk {
-            let first = spawn_seed(seed);
-            let second = if check { Some(spawn_seed(seed)) } else { None };
+            let first = spawn_seed(seed, keep_going);
+            let second = if check {
+                Some(spawn_seed(seed, keep_going))
+            } else {
+                None
+            };
             children.push((seed, first, second));
         }
         for (seed, first, second) in children {

@@ -1,12 +1,16 @@
-//! The invariants, one file each. The first three are checked on every delivery (in
+//! The invariants, one file each. The first five are checked on every delivery (in
 //! [`crate::oracle::Oracle::delivery`]); the others at the end of each quiet phase (and
 //! [`hot_topics`] on every refused split or merge).
 
+pub mod as_published;
+pub mod duplicates;
+pub mod order;
+pub mod publisher_order;
+pub mod subscribed;
+
 pub mod completeness;
 pub mod convergence;
-pub mod duplicates;
 pub mod hot_topics;
-pub mod order;
 pub mod ownership;
-pub mod subscribed;
+pub mod progress;
 pub mod topic_status;

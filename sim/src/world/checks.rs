@@ -75,8 +75,9 @@ pub(super) async fn track_leader(ctx: &Ctx) {
     }
 }
 
-/// The checks at the end of a quiet phase.
-pub(super) async fn check_quiet(ctx: &Ctx, window: Option<(Duration, Duration)>) {
+/// The checks at the end of a quiet phase: the phase started at `window.0` (its settle
+/// part) and its window is `window.1`.
+pub(super) async fn check_quiet(ctx: &Ctx, window: Option<(Duration, (Duration, Duration))>) {
     // Metastore replicas agree (give them a moment), and ownership holds.
     let mut maps = Vec::new();
     for _ in 0..10 {
@@ -98,8 +99,16 @@ pub(super) async fn check_quiet(ctx: &Ctx, window: Option<(Duration, Duration)>)
                 invariants::ownership::check(&mut o, at, i + 1, map);
             }
         }
-        if let Some((a, b)) = window {
-            invariants::completeness::check(&mut o, a, b, at);
+        if let Some((phase_start, (a, b))) = window {
+            let covered = invariants::completeness::check(&mut o, a, b, at);
+            o.trace(
+                at,
+                &format!(
+                    "window {a:?}..{b:?}: {} gRPC and {} client publishes had to arrive, {} deliveries checked",
+                    covered.grpc, covered.client, covered.pairs
+                ),
+            );
+            invariants::progress::check(&mut o, phase_start, (a, b), covered, at);
         }
         o.trace(
             at,

@@ -17,57 +17,84 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{now, Ctx};
 use crate::net::SimConnector;
-use crate::oracle::PublishRecord;
+use crate::oracle::{Publisher, Stream};
+
+/// One message a publisher is told to send: its id, its topic and how many bytes of
+/// padding its payload carries (large-payload bursts).
+#[derive(Debug, Clone)]
+pub(super) struct Msg {
+    pub(super) id: u64,
+    pub(super) topic: String,
+    pub(super) pad: usize,
+}
 
 /// What the workload tells a WebSocket client to do.
 pub(super) enum Cmd {
     Subscribe(Vec<String>),
-    /// A client publish (over the WebSocket, through the edge's on_read and the owner).
-    Publish(String, u64),
+    /// Client publishes (over the WebSocket, through the edge's on_read and the owner),
+    /// written back to back and flushed once: one, or a burst.
+    Publish(Vec<Msg>),
     Unsubscribe(String),
     Close,
 }
 
-/// Sends messages `first..` (one `Publish`, or a `PublishBatch` when there are several)
-/// through distributor `dist` over gRPC, records each as sent now, and, in a task of its
-/// own, as acknowledged when the reply comes.
-pub(super) fn publish(ctx: &Rc<Ctx>, dist: String, topics: Vec<String>, first: u64) {
-    let mut records = Vec::new();
-    {
+/// Calls with more messages than this are traced as one line (bursts).
+const TRACED_ONE_BY_ONE: usize = 8;
+
+/// gRPC publisher `publisher` sends `messages` (one `Publish`, or a `PublishBatch` when
+/// there are several) through distributor `dist`, records each as sent now, and, in a task
+/// of its own, as acknowledged when the reply comes.
+pub(super) fn publish(ctx: &Rc<Ctx>, dist: String, publisher: u32, messages: Vec<Msg>) {
+    let Some(first) = messages.first().map(|m| m.id) else {
+        return;
+    };
+    let who = Publisher::Grpc(publisher);
+    let requests: Vec<dpb::PublishRequest> = {
         let mut o = ctx.oracle.borrow_mut();
         let at = now();
-        for (k, topic) in topics.iter().enumerate() {
-            let id = first + k as u64;
-            o.trace(at, &format!("publish #{id} {topic} via {dist}"));
-            o.publishes.push(PublishRecord {
-                id,
-                topic: topic.clone(),
-                sent: at,
-                acked: None,
-            });
-            records.push(o.publishes.len() - 1);
+        if messages.len() > TRACED_ONE_BY_ONE {
+            o.trace(
+                at,
+                &format!(
+                    "{who} publishes #{first}..#{} ({} messages, {} bytes of padding) via {dist}",
+                    first + messages.len() as u64 - 1,
+                    messages.len(),
+                    messages.iter().map(|m| m.pad).sum::<usize>()
+                ),
+            );
         }
-    }
+        messages
+            .iter()
+            .map(|m| {
+                if messages.len() <= TRACED_ONE_BY_ONE {
+                    o.trace(
+                        at,
+                        &format!("publish #{} {} via {dist} by {who}", m.id, m.topic),
+                    );
+                }
+                let data = o.send(at, m.id, &m.topic, who, Stream::Call(first), m.pad);
+                dpb::PublishRequest {
+                    topic: m.topic.clone(),
+                    data: data.into(),
+                }
+            })
+            .collect()
+    };
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
         let Ok(channel) = SimConnector.channel(&dist) else {
             return;
         };
-        let mut client = dpb::distributor_client::DistributorClient::new(channel);
-        let mut messages: Vec<dpb::PublishRequest> = topics
-            .iter()
-            .enumerate()
-            .map(|(k, topic)| dpb::PublishRequest {
-                topic: topic.clone(),
-                data: format!(r#"{{"id":{}}}"#, first + k as u64).into(),
-            })
-            .collect();
+        let mut client = dpb::distributor_client::DistributorClient::new(channel)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        let mut requests = requests;
         let call = async {
-            if messages.len() == 1 {
-                let m = messages.remove(0);
+            if requests.len() == 1 {
+                let m = requests.remove(0);
                 client.publish(m).await.map(|r| vec![r.into_inner()])
             } else {
-                let batch = dpb::PublishBatchRequest { messages };
+                let batch = dpb::PublishBatchRequest { messages: requests };
                 client
                     .publish_batch(batch)
                     .await
@@ -79,21 +106,23 @@ pub(super) fn publish(ctx: &Rc<Ctx>, dist: String, topics: Vec<String>, first: u
         let at = now();
         match result {
             Ok(Ok(replies)) => {
-                for ((k, r), index) in replies.iter().enumerate().zip(&records) {
+                if replies.len() > TRACED_ONE_BY_ONE {
                     o.trace(
                         at,
-                        &format!(
-                            "published #{} {} {}.{} to {} shards",
-                            first + k as u64,
-                            topics[k],
-                            r.epoch,
-                            r.seq,
-                            r.shards
-                        ),
+                        &format!("published #{first}..: {} positions", replies.len()),
                     );
-                    if let Some(p) = o.publishes.get_mut(*index) {
-                        p.acked = Some(at);
+                }
+                for (r, m) in replies.iter().zip(&messages) {
+                    if replies.len() <= TRACED_ONE_BY_ONE {
+                        o.trace(
+                            at,
+                            &format!(
+                                "published #{} {} {}.{} to {} shards",
+                                m.id, m.topic, r.epoch, r.seq, r.shards
+                            ),
+                        );
                     }
+                    o.acked(at, m.id);
                 }
             }
             Ok(Err(status)) => o.trace(at, &format!("publish #{first} failed {:?}", status.code())),
@@ -149,9 +178,15 @@ pub(super) async fn client_task(
             biased;
             cmd = cmds.recv() => {
                 let frame = match cmd {
-                    Some(Cmd::Subscribe(topics)) => format!(r#"{{"type":"subscribe","topic":"{}","data":""}}"#, topics.join(",")),
-                    Some(Cmd::Publish(topic, id)) => {
-                        format!(r#"{{"type":"publish","topic":"{topic}","data":{{"id":{id}}}}}"#)
+                    Some(Cmd::Subscribe(topics)) => {
+                        ctx.oracle.borrow_mut().subscribe_sent.push(now());
+                        format!(r#"{{"type":"subscribe","topic":"{}","data":""}}"#, topics.join(","))
+                    }
+                    Some(Cmd::Publish(messages)) => {
+                        if send_publishes(&ctx, c, &mut ws, messages).await.is_err() {
+                            return closed(&ctx, None, "send failed");
+                        }
+                        continue;
                     }
                     Some(Cmd::Unsubscribe(topic)) => {
                         let mut o = ctx.oracle.borrow_mut();
@@ -182,6 +217,56 @@ pub(super) async fn client_task(
     }
 }
 
+/// Writes client publishes back to back, each recorded as sent as it is written, and
+/// flushes them.
+async fn send_publishes<S>(
+    ctx: &Ctx,
+    c: usize,
+    ws: &mut S,
+    messages: Vec<Msg>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    if messages.len() > TRACED_ONE_BY_ONE {
+        if let (Some(a), Some(b)) = (messages.first(), messages.last()) {
+            ctx.oracle.borrow_mut().trace(
+                now(),
+                &format!(
+                    "client {c} publishes #{}..#{} ({} messages, {} bytes of padding)",
+                    a.id,
+                    b.id,
+                    messages.len(),
+                    messages.iter().map(|m| m.pad).sum::<usize>()
+                ),
+            );
+        }
+    }
+    for m in &messages {
+        let frame = {
+            let mut o = ctx.oracle.borrow_mut();
+            let at = now();
+            if messages.len() <= TRACED_ONE_BY_ONE {
+                o.trace(at, &format!("client {c} publishes #{} {}", m.id, m.topic));
+            }
+            let data = o.send(
+                at,
+                m.id,
+                &m.topic,
+                Publisher::Client(c),
+                Stream::Conn(c),
+                m.pad,
+            );
+            format!(
+                r#"{{"type":"publish","topic":"{}","data":{data}}}"#,
+                m.topic
+            )
+        };
+        ws.feed(Message::text(frame)).await?;
+    }
+    ws.flush().await
+}
+
 fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
     let mut o = ctx.oracle.borrow_mut();
     let at = now();
@@ -192,14 +277,11 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
             epoch,
             seq,
         }) => {
-            let id = serde_json::from_str::<serde_json::Value>(data)
-                .ok()
-                .and_then(|v| v["id"].as_u64())
-                .unwrap_or(0);
-            o.delivery(at, c, &topic, epoch, seq, id);
+            o.delivery(at, c, &topic, epoch, seq, data);
         }
         Ok(ServerFrame::Subscribed(topics)) => {
             o.trace(at, &format!("client {c} subscribed {topics:?}"));
+            o.subscribe_acked.push(at);
             if let Some(r) = o.clients.get_mut(c) {
                 for t in topics {
                     r.subscribed.entry(t).or_insert(at);
@@ -216,7 +298,18 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
             }
         }
         Ok(ServerFrame::Error { code, topic, .. }) => {
-            o.trace(at, &format!("client {c} error {code} {topic:?}"));
+            // An error about several topics names them joined by ',' in an order the edge
+            // does not fix (a hash set's): traced sorted, so the trace hash does not depend
+            // on the process's hash keys.
+            let mut topics: Vec<&str> = topic.iter().flat_map(|t| t.split(',')).collect();
+            topics.sort_unstable();
+            o.trace(at, &format!("client {c} error {code} {topics:?}"));
+            if topics.is_empty() {
+                o.refused(c, None);
+            }
+            for t in topics {
+                o.refused(c, Some(t));
+            }
         }
         Ok(ServerFrame::Heartbeat) => {}
         Err(e) => o.violate(

@@ -47,6 +47,9 @@ pub struct Outcome {
     pub faults: Vec<String>,
     /// The first broken invariant, with the step it was found at.
     pub violation: Option<(Violation, u64)>,
+    /// With `keep_going`: the first violation of each other invariant broken later in the
+    /// run (a seed that breaks one invariant early would otherwise hide the others).
+    pub later: Vec<Violation>,
 }
 
 /// The cluster's shape, drawn from the seed.
@@ -77,8 +80,8 @@ fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
-/// Runs one seed to the end (or the first violation).
-pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
+/// Runs one seed to the end, or to the first violation unless `keep_going`.
+pub fn run_seed(seed: u64, keep_going: bool) -> anyhow::Result<Outcome> {
     firetower_net::rng::seed_thread_rng(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = Shape {
@@ -143,12 +146,23 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
                 break;
             }
         }
-        if let Some(v) = ctx.oracle.borrow().violations.first() {
-            violation = Some((v.clone(), steps));
-            break;
+        if violation.is_none() {
+            if let Some(v) = ctx.oracle.borrow().violations.first() {
+                violation = Some((v.clone(), steps));
+                if !keep_going {
+                    break;
+                }
+            }
         }
     }
     let oracle = ctx.oracle.borrow();
+    let mut later: Vec<Violation> = Vec::new();
+    for v in &oracle.violations {
+        let first = violation.as_ref().map(|(f, _)| f.invariant);
+        if first != Some(v.invariant) && !later.iter().any(|l| l.invariant == v.invariant) {
+            later.push(v.clone());
+        }
+    }
     Ok(Outcome {
         seed,
         trace_hash: oracle.trace_hash(),
@@ -161,5 +175,6 @@ pub fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
         edges: shape.edges,
         faults: faults.log.clone(),
         violation,
+        later,
     })
 }

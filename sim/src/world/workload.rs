@@ -14,14 +14,20 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use super::checks::{check_quiet, track_leader, watch_ownership};
-use super::clients::{self, client_task, Cmd};
+use super::clients::{self, client_task, Cmd, Msg};
 use super::{now, Ctx};
 use crate::invariants;
 use crate::net::SimConnector;
 
+/// WebSocket clients connected at once, at most.
 const MAX_CLIENTS: usize = 12;
+/// WebSocket clients opened over a run, at most: closed ones (edge crashes close many at
+/// once) are replaced up to this, so every quiet window has subscribers to check.
+const MAX_CLIENTS_EVER: usize = 120;
 /// Workload topics per run.
 pub(super) const TOPICS: usize = 6;
+/// The driver's gRPC publishers (backends); each numbers its messages per topic.
+const GRPC_PUBLISHERS: u32 = 3;
 
 /// The phases of a run, in simulated seconds. Quiet phases have a settle part (no faults,
 /// workload on), a window (only publishes: these must all arrive) and a drain, then the
@@ -53,13 +59,119 @@ pub(super) fn phase_at(t: Duration) -> Option<(u64, u64, Phase)> {
     SCHEDULE.iter().copied().find(|(a, b, _)| *a <= s && s < *b)
 }
 
+/// The driver's own state: the clients it opened and the ids it handed out.
+struct Driver {
+    ctx: Rc<Ctx>,
+    clients: Vec<mpsc::UnboundedSender<Cmd>>,
+    next_id: u64,
+}
+
+impl Driver {
+    /// The clients still connected (indices into `clients`, which are the oracle's).
+    fn live(&self) -> Vec<usize> {
+        let o = self.ctx.oracle.borrow();
+        (0..self.clients.len())
+            .filter(|&c| o.clients.get(c).is_some_and(|r| r.connected))
+            .collect()
+    }
+
+    fn ids(&mut self, n: usize) -> u64 {
+        let first = self.next_id;
+        self.next_id += n as u64;
+        first
+    }
+
+    fn topic(&self, rng: &mut StdRng) -> String {
+        self.ctx.topics[rng.gen_range(0..self.ctx.topics.len())].clone()
+    }
+
+    /// Publishes one message over gRPC, or (every fourth publish) a `PublishBatch` of
+    /// three: two of one topic and one of the next topic, which exercises per-topic runs
+    /// forwarded to the owner in one `ForwardBatch` call. The batch choice uses no
+    /// randomness of its own.
+    fn publish(&mut self, rng: &mut StdRng) {
+        let t = rng.gen_range(0..self.ctx.topics.len());
+        let dist = self.ctx.dists[rng.gen_range(0..self.ctx.dists.len())].clone();
+        let publisher = rng.gen_range(0..GRPC_PUBLISHERS);
+        let topics: Vec<String> = if self.next_id % 4 == 3 {
+            let other = self.ctx.topics[(t + 1) % self.ctx.topics.len()].clone();
+            vec![
+                self.ctx.topics[t].clone(),
+                self.ctx.topics[t].clone(),
+                other,
+            ]
+        } else {
+            vec![self.ctx.topics[t].clone()]
+        };
+        let first = self.ids(topics.len());
+        let messages = topics
+            .into_iter()
+            .enumerate()
+            .map(|(k, topic)| Msg {
+                id: first + k as u64,
+                topic,
+                pad: 0,
+            })
+            .collect();
+        clients::publish(&self.ctx, dist, publisher, messages);
+    }
+
+    /// One client publish from a connected client.
+    fn client_publish(&mut self, rng: &mut StdRng, live: &[usize]) {
+        if live.is_empty() {
+            return;
+        }
+        let c = live[rng.gen_range(0..live.len())];
+        let topic = self.topic(rng);
+        let id = self.ids(1);
+        let _ = self.clients[c].send(Cmd::Publish(vec![Msg { id, topic, pad: 0 }]));
+    }
+
+    /// A burst from one publisher, meant to exceed per-connection queue budgets so that
+    /// backpressure runs (under faults too): a few hundred small messages to one topic, or
+    /// a few dozen large ones (8–48 KiB, under the 64 KiB limits of a client frame and a
+    /// message), from a WebSocket client or a gRPC publisher (one `PublishBatch`).
+    fn burst(&mut self, rng: &mut StdRng, live: &[usize]) {
+        let topic = self.topic(rng);
+        let large = rng.gen_bool(0.5);
+        let count = if large {
+            rng.gen_range(10..=30)
+        } else {
+            rng.gen_range(150..=400)
+        };
+        let first = self.ids(count);
+        let messages: Vec<Msg> = (0..count)
+            .map(|k| Msg {
+                id: first + k as u64,
+                topic: topic.clone(),
+                pad: if large {
+                    rng.gen_range(8 << 10..48 << 10)
+                } else {
+                    0
+                },
+            })
+            .collect();
+        if !live.is_empty() && rng.gen_bool(0.5) {
+            let c = live[rng.gen_range(0..live.len())];
+            let _ = self.clients[c].send(Cmd::Publish(messages));
+        } else {
+            let dist = self.ctx.dists[rng.gen_range(0..self.ctx.dists.len())].clone();
+            let publisher = rng.gen_range(0..GRPC_PUBLISHERS);
+            clients::publish(&self.ctx, dist, publisher, messages);
+        }
+    }
+}
+
 /// The workload and the checks.
 pub(super) async fn driver(ctx: Rc<Ctx>) {
     tokio::task::spawn_local(watch_ownership(ctx.clone()));
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0xD21E);
     let hot = Hot::new(&ctx, &mut rng);
-    let mut clients: Vec<mpsc::UnboundedSender<Cmd>> = Vec::new();
-    let mut next_id = 1u64;
+    let mut d = Driver {
+        ctx: ctx.clone(),
+        clients: Vec::new(),
+        next_id: 1,
+    };
     let mut last_leader_check = Duration::ZERO;
     let mut checked: BTreeSet<u64> = BTreeSet::new();
     loop {
@@ -71,15 +183,16 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
             last_leader_check = t;
             track_leader(&ctx).await;
         }
+        let live = d.live();
         match phase {
             Phase::Settle | Phase::Faults => {
                 match rng.gen_range(0..20) {
-                    0..=4 => publish(&ctx, &mut rng, &mut next_id),
-                    5..=7 if clients.len() < MAX_CLIENTS => {
+                    0..=4 => d.publish(&mut rng),
+                    5..=7 if live.len() < MAX_CLIENTS && d.clients.len() < MAX_CLIENTS_EVER => {
                         let edge = rng.gen_range(0..ctx.edges.len());
                         let c = ctx.oracle.borrow_mut().new_client(edge + 1);
                         let (tx, rx) = mpsc::unbounded_channel();
-                        clients.push(tx);
+                        d.clients.push(tx);
                         tokio::task::spawn_local(client_task(
                             ctx.clone(),
                             c,
@@ -87,34 +200,24 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
                             rx,
                         ));
                     }
-                    8..=11 if !clients.is_empty() => {
-                        let c = rng.gen_range(0..clients.len());
+                    8..=11 if !live.is_empty() => {
+                        let c = live[rng.gen_range(0..live.len())];
                         let n = rng.gen_range(1..=2);
-                        let topics: Vec<String> = (0..n)
-                            .map(|_| ctx.topics[rng.gen_range(0..ctx.topics.len())].clone())
-                            .collect();
-                        let _ = clients[c].send(Cmd::Subscribe(topics));
+                        let topics: Vec<String> = (0..n).map(|_| d.topic(&mut rng)).collect();
+                        let _ = d.clients[c].send(Cmd::Subscribe(topics));
                     }
-                    12..=13 if !clients.is_empty() => {
-                        let c = rng.gen_range(0..clients.len());
-                        let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
-                        let _ = clients[c].send(Cmd::Unsubscribe(topic));
+                    12..=13 if !live.is_empty() => {
+                        let c = live[rng.gen_range(0..live.len())];
+                        let topic = d.topic(&mut rng);
+                        let _ = d.clients[c].send(Cmd::Unsubscribe(topic));
                     }
-                    15..=16 if !clients.is_empty() => {
-                        let c = rng.gen_range(0..clients.len());
-                        let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
-                        let id = next_id;
-                        next_id += 1;
-                        ctx.oracle
-                            .borrow_mut()
-                            .trace(now(), &format!("client {c} publishes #{id} {topic}"));
-                        let _ = clients[c].send(Cmd::Publish(topic, id));
-                    }
-                    14 if !clients.is_empty() && phase == Phase::Faults => {
-                        let c = rng.gen_range(0..clients.len());
-                        let _ = clients[c].send(Cmd::Close);
+                    15..=16 => d.client_publish(&mut rng, &live),
+                    14 if !live.is_empty() && phase == Phase::Faults => {
+                        let c = live[rng.gen_range(0..live.len())];
+                        let _ = d.clients[c].send(Cmd::Close);
                     }
                     17 if rng.gen_ratio(1, 3) => hot.change(&ctx, &mut rng),
+                    18 if rng.gen_ratio(1, 8) => d.burst(&mut rng, &live),
                     _ => {}
                 }
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(10..60))).await;
@@ -123,7 +226,13 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
                 if hot.in_windows && rng.gen_ratio(1, 60) {
                     hot.change(&ctx, &mut rng);
                 }
-                publish(&ctx, &mut rng, &mut next_id);
+                if rng.gen_ratio(1, 150) {
+                    d.burst(&mut rng, &live);
+                } else if rng.gen_ratio(1, 3) {
+                    d.client_publish(&mut rng, &live);
+                } else {
+                    d.publish(&mut rng);
+                }
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
             }
             Phase::Drain => {
@@ -133,13 +242,21 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
                     .saturating_sub(Duration::from_millis(2500));
                 tokio::time::sleep(wait).await;
                 if checked.insert(start) {
-                    // The window is the phase before this drain.
+                    // The window is the phase before this drain, and the settle part the
+                    // one before the window.
                     let window = SCHEDULE
                         .iter()
                         .find(|(_, b, p)| *b == start && *p == Phase::Window)
                         .map(|(a, b, _)| (Duration::from_secs(*a), Duration::from_secs(*b)));
+                    let phase = window.map(|(a, b)| {
+                        let settle = SCHEDULE
+                            .iter()
+                            .find(|(_, e, p)| Duration::from_secs(*e) == a && *p == Phase::Settle)
+                            .map_or(a, |(s, _, _)| Duration::from_secs(*s));
+                        (settle, (a, b))
+                    });
                     ctx.checking.set(true);
-                    check_quiet(&ctx, window).await;
+                    check_quiet(&ctx, phase).await;
                     ctx.checking.set(false);
                 }
                 let rest = end_at.saturating_sub(now());
@@ -147,23 +264,6 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
             }
         }
     }
-}
-
-/// Publishes one message, or (every fourth publish) a `PublishBatch` of three: two of one
-/// topic and one of the next topic, which exercises per-topic runs forwarded to the owner
-/// in one `ForwardBatch` call. The batch choice uses no randomness of its own.
-fn publish(ctx: &Rc<Ctx>, rng: &mut StdRng, next_id: &mut u64) {
-    let first = *next_id;
-    let t = rng.gen_range(0..ctx.topics.len());
-    let dist = ctx.dists[rng.gen_range(0..ctx.dists.len())].clone();
-    let topics: Vec<String> = if first % 4 == 3 {
-        let other = ctx.topics[(t + 1) % ctx.topics.len()].clone();
-        vec![ctx.topics[t].clone(), ctx.topics[t].clone(), other]
-    } else {
-        vec![ctx.topics[t].clone()]
-    };
-    *next_id += topics.len() as u64;
-    clients::publish(ctx, dist, topics, first);
 }
 
 /// Splits and merges of the workload topics (hot topics), through the metastore API an
