@@ -939,7 +939,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
             }
         }
     }
-    shared.apply(|state, _| {
+    shared.apply(|state, now| {
         if state
             .links
             .links
@@ -948,6 +948,20 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         {
             state.links.links.remove(&edge);
             state.core.handle_edge_down(edge);
+            // The edge failed the publishes it had sent on this link (`unavailable`) and
+            // its publishers go on: a late retry here would land after their next ones
+            // (found by sim seed 110).
+            let mut abandoned: Vec<OpId> = state
+                .client_waiters
+                .iter()
+                .filter(|(_, (from, _))| *from == edge)
+                .map(|(op, _)| *op)
+                .collect();
+            abandoned.sort_unstable();
+            for op in abandoned {
+                state.client_waiters.remove(&op);
+                state.core.handle_publish_abandoned(now, op, edge);
+            }
             tracing::info!(edge, "edge unlinked");
         }
     });

@@ -62,7 +62,8 @@ pub(crate) fn status_of(error: &PublishError) -> Status {
     let code = match error {
         PublishError::NoOwner { .. }
         | PublishError::RouteUnsettled { .. }
-        | PublishError::Uncertain { .. } => Code::Unavailable,
+        | PublishError::Uncertain { .. }
+        | PublishError::Abandoned { .. } => Code::Unavailable,
         PublishError::Core(_) => Code::ResourceExhausted,
         PublishError::Refused { code, .. } => Code::from_i32(*code),
         PublishError::BadAnswer { .. } => Code::Internal,

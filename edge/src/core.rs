@@ -798,10 +798,6 @@ impl EdgeCore {
                 return;
             };
             let mut due: Vec<(Bytes, u64)> = Vec::new();
-            if !fenced {
-                // Forced: the next route may lack what only the first one got.
-                due.extend(old.held);
-            }
             // A new epoch for the clients: the next route's owners number differently.
             let epoch = entry
                 .client_last
@@ -812,6 +808,14 @@ impl EdgeCore {
             entry.client_last = (epoch, 0);
             if let Some(r) = entry.routes.front_mut() {
                 due.extend(r.held.drain(..));
+            }
+            if !fenced {
+                // Forced: the next route may lack what only the first one got. Those go
+                // last: what both carry comes in the next route's order, which includes the
+                // owner's replay of what was published before our interest reached it,
+                // while the first route may have missed those messages and held later ones
+                // (found by sim seed 29: an edge cut off from the owner during the change).
+                due.extend(old.held);
             }
             for (data, id) in due {
                 // Checked to be UTF-8 when it arrived.

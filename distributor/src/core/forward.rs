@@ -122,6 +122,11 @@ pub enum PublishError {
     /// The owner's answer broke the protocol.
     #[error("owner {owner} answered {got} positions for {want} messages")]
     BadAnswer { owner: u64, got: usize, want: usize },
+    /// The edge that passed the client publish on lost its relay link, and with it the
+    /// publish's answer (the edge told its publisher `unavailable`): it is not tried any
+    /// further, so it cannot reach subscribers after that publisher's later messages.
+    #[error("edge {edge}'s relay link closed; the publish was abandoned")]
+    Abandoned { edge: u64 },
 }
 
 /// How a publish ended.
@@ -676,6 +681,13 @@ impl DistributorCore {
         }
         let at = (now + RETRY_POLL).min(op.deadline);
         self.publishes.set_wake(op_id, Some(at));
+    }
+
+    /// Gives up on a publish whose answer nobody waits for any more (its publisher's edge
+    /// went away): no further forward or retry. A forward already in flight may still be
+    /// sequenced; its answer is ignored. The op's [`Command::Reply`] says `Abandoned`.
+    pub fn handle_publish_abandoned(&mut self, now: Instant, op_id: OpId, edge: u64) {
+        self.fail(now, op_id, PublishError::Abandoned { edge });
     }
 
     fn fail(&mut self, now: Instant, op_id: OpId, error: PublishError) {

@@ -554,6 +554,33 @@ fn later_publishes_of_a_topic_wait_behind_a_retried_one_and_then_go_together_in_
     assert_eq!(forwards(&drain(&mut core)).len(), 1);
 }
 
+/// An abandoned publish (its edge's link closed) is answered `Abandoned` at once, is never
+/// retried, and the topic's next publish goes without waiting for it.
+#[test]
+fn an_abandoned_publish_is_not_retried_and_does_not_hold_the_topic() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    let first = core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
+    core.handle_forward_result(
+        t0,
+        attempt,
+        ForwardResult::NotSent("connection refused".into()),
+    );
+    assert!(forwards(&drain(&mut core)).is_empty());
+    core.handle_publish_abandoned(t0, first, 9);
+    assert_eq!(
+        replies(&drain(&mut core)),
+        vec![(first, Outcome::Failed(PublishError::Abandoned { edge: 9 }))]
+    );
+    core.handle_timeout(t0 + RETRY_POLL);
+    assert!(forwards(&drain(&mut core)).is_empty(), "not retried");
+    core.handle_publish(t0 + RETRY_POLL, "theirs", vec![data("2")]);
+    let sent = forwards(&drain(&mut core));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].3.messages[0].2, data("2"));
+}
+
 /// A long queue of a topic's publishes goes out in bounded groups, each after the one
 /// before it is done (so no owner is sent more than a call can carry).
 #[test]

@@ -71,6 +71,13 @@ struct TopicState {
     history: VecDeque<(u64, Delivery)>,
     /// The bytes of `history`'s frames, at most [`HISTORY_BYTES`].
     history_bytes: usize,
+    /// The highest route tag sequenced here. A tag proves its hot-topic entry exists, so a
+    /// publish tagged below it was routed by an older view, even while this owner's own view
+    /// lags behind both: it is refused as stale like one below the view's entry. Otherwise
+    /// a publisher's later message, sent through a distributor with the older view, would
+    /// pass through the old route ahead of its earlier one, which the edges hold for the new
+    /// route (found by sim seed 188).
+    route_floor: u64,
 }
 
 /// Deliveries kept per split (sub-)topic for edges that join its route late: a few hundred
@@ -642,8 +649,16 @@ impl DistributorCore {
                 });
             }
         }
+        if let Some(state) = self.topics.get(topic) {
+            if route_tag < state.route_floor {
+                return Ok(PublishOutcome::StaleRoute {
+                    since: state.route_floor,
+                });
+            }
+        }
         let edges = self.targets(topic, slot, route.epoch);
         let state = self.topic_entry(topic)?;
+        state.route_floor = state.route_floor.max(route_tag);
         if state.epoch != route.epoch {
             state.epoch = route.epoch;
             state.seq = 0;

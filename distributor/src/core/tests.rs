@@ -321,6 +321,32 @@ fn a_stale_route_is_refused_and_a_moved_on_view_fences_its_edges() {
 }
 
 #[test]
+fn a_tag_below_one_already_sequenced_is_stale_even_before_the_view_shows_its_entry() {
+    let mut core = DistributorCore::new(1, 100);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    // This owner's view has no hot entry for "live" yet; a publisher whose view has the
+    // prepared split (tag 8) reaches it first, then one whose view is as old as ours.
+    assert!(matches!(
+        core.sequence("live", 8).unwrap(),
+        PublishOutcome::Sequenced { seq: 1, .. }
+    ));
+    assert_eq!(
+        core.sequence("live", 0).unwrap(),
+        PublishOutcome::StaleRoute { since: 8 }
+    );
+    assert!(matches!(
+        core.sequence("live", 8).unwrap(),
+        PublishOutcome::Sequenced { seq: 2, .. }
+    ));
+    // Other topics are not affected.
+    assert!(matches!(
+        core.sequence("other", 0).unwrap(),
+        PublishOutcome::Sequenced { seq: 1, .. }
+    ));
+}
+
+#[test]
 fn an_edge_joining_a_route_late_gets_what_was_published_since_the_change() {
     let mut core = DistributorCore::new(1, 100);
     core.handle_registered(1);

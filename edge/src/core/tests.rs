@@ -404,6 +404,35 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
     assert_eq!(core.counters().forced_switches, 1);
 }
 
+/// A forced switch passes the next route's held deliveries in its order first (they
+/// include its owner's replay of what came before the edge joined), then what only the
+/// first route held: the first route may have missed earlier messages a publisher sent.
+#[test]
+fn a_forced_switch_keeps_the_next_routes_order_and_appends_what_only_the_first_held() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
+    let sub = edge_route_topic(7, "live", 2);
+    core.handle_interest_ack(1, &sub, 4);
+    drain(&mut core);
+    // Message 1 never reached the old route here (the link was down); 2 and 3 came on it.
+    assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 5)).is_none());
+    assert!(deliver(&mut core, "live", 4, 3, b"3", tags(3, 5)).is_none());
+    // The new route's owner replays 1 and 2, and then 4 comes; 3 is lost on this route.
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"2", tags(2, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 3, b"4", tags(4, 5)).is_none());
+    core.handle_tick(now + SWITCH_TIMEOUT);
+    let got: Vec<String> = delivered(drain(&mut core))
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect();
+    assert_eq!(got, vec!["1", "2", "4", "3"]);
+    assert_eq!(core.counters().forced_switches, 1);
+}
+
 /// The hot path reports through the queue like every other input: one `Deliver` per
 /// message, the frame built once, the recipient list shared until the subscribers change.
 #[test]
