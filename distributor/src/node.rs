@@ -542,9 +542,21 @@ async fn forward<C: Connector>(
         Err(reason) => vec![ForwardResult::NotSent(reason); attempts.len()],
         Ok(channel) => {
             let mut client = DistributorClient::new(channel).max_encoding_message_size(64 << 20);
-            let request = with_timeout(forward_request(runs), shared.config.rpc_timeout());
-            let reply = client.forward_batch(request).await.map(|r| r.into_inner());
-            forward_results(owner, attempts.len(), reply)
+            let timeout = shared.config.rpc_timeout();
+            let request = with_timeout(forward_request(runs), timeout);
+            // The deadline is enforced here too, not only announced to the server: a reply
+            // lost on a wedged connection would otherwise hold the op, and every later
+            // publish of its topic queued behind it, for good (found by sim seed 103).
+            match tokio::time::timeout(timeout, client.forward_batch(request)).await {
+                Ok(reply) => forward_results(owner, attempts.len(), reply.map(|r| r.into_inner())),
+                Err(_) => vec![
+                    ForwardResult::Unclear(format!(
+                        "no answer within {} ms",
+                        timeout.as_millis()
+                    ));
+                    attempts.len()
+                ],
+            }
         }
     };
     shared.apply(|state, now| {

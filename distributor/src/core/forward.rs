@@ -717,7 +717,10 @@ impl DistributorCore {
         let Some(ops) = topics.get_mut(topic) else {
             return;
         };
+        // An op may end while still queued (abandoned): it leaves the queue too, or it would
+        // become an active op that never finishes and hold the topic for good.
         ops.active.remove(&op_id);
+        ops.queued.retain(|queued| *queued != op_id);
         if !ops.active.is_empty() {
             return;
         }

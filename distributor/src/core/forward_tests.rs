@@ -581,6 +581,28 @@ fn an_abandoned_publish_is_not_retried_and_does_not_hold_the_topic() {
     assert_eq!(sent[0].3.messages[0].2, data("2"));
 }
 
+/// A publish abandoned while it waits behind an earlier one of its topic leaves the queue:
+/// the ones after it go when the earlier one is done, and the topic is free again after.
+#[test]
+fn an_abandoned_queued_publish_leaves_the_queue() {
+    let mut core = core_owning("mine");
+    let t0 = Instant::now();
+    core.handle_publish(t0, "theirs", vec![data("1")]);
+    let (attempt, ..) = forwards(&drain(&mut core)).remove(0);
+    let second = core.handle_publish(t0, "theirs", vec![data("2")]);
+    let third = core.handle_publish(t0, "theirs", vec![data("3")]);
+    core.handle_publish_abandoned(t0, second, 9);
+    drain(&mut core);
+    core.handle_forward_result(t0, attempt, sequenced(&[(5, 1)]));
+    let group = forwards(&drain(&mut core));
+    assert_eq!(group.len(), 1, "only the third goes: {group:?}");
+    assert_eq!(group[0].3.messages[0].2, data("3"));
+    core.handle_forward_result(t0, group[0].0, sequenced(&[(5, 2)]));
+    assert_eq!(replies(&drain(&mut core))[0].0, third);
+    core.handle_publish(t0, "theirs", vec![data("4")]);
+    assert_eq!(forwards(&drain(&mut core)).len(), 1, "the topic is free");
+}
+
 /// A long queue of a topic's publishes goes out in bounded groups, each after the one
 /// before it is done (so no owner is sent more than a call can carry).
 #[test]
