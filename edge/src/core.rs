@@ -676,7 +676,15 @@ impl EdgeCore {
             self.counters.unwanted_deliveries += 1;
             return None;
         };
-        let Some(at) = entry.routes.iter().position(|r| r.name == name) else {
+        // A name can come back in the list (split, merge, split again before this edge
+        // switched): a delivery belongs to the latest route of that name that its tag
+        // knew of.
+        let at = entry
+            .routes
+            .iter()
+            .rposition(|r| r.name == name && r.since <= route_tag)
+            .or_else(|| entry.routes.iter().position(|r| r.name == name));
+        let Some(at) = at else {
             self.counters.unwanted_deliveries += 1;
             return None;
         };

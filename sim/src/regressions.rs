@@ -94,4 +94,34 @@ pub const SEEDS: &[(u64, &str)] = &[
          twice. Fixed: a retry keeps the first incarnation with its keys (unit test \
          a_retry_after_registering_again_keeps_the_first_incarnation_and_keys)",
     ),
+    (
+        188,
+        "per-publisher order: an owner whose view lagged sequenced a message tagged with a \
+         prepared split, then the same publisher's later message tagged with the old route; \
+         edges held the first for the new route and passed the second at once. Fixed: an \
+         owner refuses a tag below the highest it already sequenced on the name (unit test \
+         a_tag_below_one_already_sequenced_is_stale_even_before_the_view_shows_its_entry)",
+    ),
+    (51, "the same lagging-owner reordering, on a plain topic being split"),
+    (
+        29,
+        "per-publisher order: a forced route switch passed the old route's held messages \
+         before the new route's, which began with its owner's replay of messages the old \
+         route had missed. Fixed: the new route's held deliveries go first (unit test \
+         a_forced_switch_keeps_the_next_routes_order_and_appends_what_only_the_first_held)",
+    ),
+    (
+        110,
+        "per-publisher order: an edge's relay link closed, the client was told unavailable and \
+         published on, and the distributor's retry of the earlier publish arrived after the \
+         later ones. Fixed: a distributor abandons an edge's unfinished client publishes when \
+         its link closes (unit test an_abandoned_publish_is_not_retried_and_does_not_hold_the_topic)",
+    ),
+    (
+        14,
+        "completeness: a client publish abandoned while queued behind an earlier one of its \
+         topic stayed in the queue and held every later publish of the topic. Fixed: an op \
+         that ends while queued leaves the queue (unit test \
+         an_abandoned_queued_publish_leaves_the_queue)",
+    ),
 ];

@@ -433,6 +433,41 @@ fn a_forced_switch_keeps_the_next_routes_order_and_appends_what_only_the_first_h
     assert_eq!(core.counters().forced_switches, 1);
 }
 
+/// Split, merge and split again before the edge switched: the sub-topic is in the route
+/// list twice, and a delivery on it belongs to the route its tag knew of. One tagged with
+/// the second split waits for that route; it is not held by (and dropped with) the first.
+#[test]
+fn a_name_twice_in_the_route_list_takes_each_delivery_by_its_tag() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    let sub = edge_route_topic(7, "live", 2);
+    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
+    core.handle_interest_ack(1, &sub, 4);
+    core.handle_watch(now, hot("live", 2, 0, 5, true, 6));
+    core.handle_fence("live", 6);
+    // Merge prepared and committed; the edge has not switched back yet (sub not fenced).
+    core.handle_watch(now, hot("live", 0, 2, 8, false, 8));
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_watch(now, hot("live", 0, 2, 8, true, 9));
+    // Split again, onto the same sub-topic.
+    core.handle_watch(now, hot("live", 2, 0, 11, false, 11));
+    drain(&mut core);
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 6)).is_some());
+    assert!(deliver(&mut core, &sub, 4, 2, b"3", tags(3, 11)).is_none());
+    core.handle_fence(&sub, 9);
+    assert_eq!(delivered(drain(&mut core)), vec![]);
+    core.handle_watch(now, hot("live", 2, 0, 11, true, 12));
+    core.handle_fence("live", 12);
+    let got: Vec<String> = delivered(drain(&mut core))
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect();
+    assert_eq!(got, vec!["3"]);
+    assert_eq!(core.counters().forced_switches, 0);
+}
+
 /// The hot path reports through the queue like every other input: one `Deliver` per
 /// message, the frame built once, the recipient list shared until the subscribers change.
 #[test]

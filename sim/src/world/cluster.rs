@@ -155,6 +155,9 @@ pub(super) fn add_distributor(
         grpc_advertise: SocketAddr::new(ip, GRPC_PORT).to_string(),
         quic_advertise: SocketAddr::new(ip, QUIC_PORT).to_string(),
         lease_ttl_ms: 1500,
+        // Small relay lane budgets, so the workload's bursts run into them (backpressure
+        // from the edges' lanes to the publishers, under faults).
+        lane_queue_bytes: 64 << 10,
         ..firetower_distributor::Config::default()
     };
     sim.host(name.as_str(), move || {
@@ -202,6 +205,12 @@ fn add_edge(
         lease_ttl_ms: 1500,
         heartbeat_interval_ms: 2000,
         pong_timeout_ms: 6000,
+        // Small queue budgets, so the workload's bursts exceed them: a connection's queue
+        // (lanes pause), the edge's total (every lane pauses) and the client publishes in
+        // flight per link (publishers' sockets are not read).
+        send_queue_bytes: 64 << 10,
+        queue_high_bytes: 8 << 20,
+        max_publishes_in_flight: 64,
         ..firetower_edge::Config::default()
     };
     sim.host(name.as_str(), move || {
