@@ -104,6 +104,12 @@ pub const SEEDS: &[(u64, &str)] = &[
     ),
     (51, "the same lagging-owner reordering, on a plain topic being split"),
     (
+        193,
+        "the same lagging-owner reordering across two names of one topic (a sub-topic tagged \
+         with the old split after the plain name was sequenced with the merge's tag), during \
+         a slot move. Fixed: the floor is per topic, over all its names",
+    ),
+    (
         29,
         "per-publisher order: a forced route switch passed the old route's held messages \
          before the new route's, which began with its owner's replay of messages the old \

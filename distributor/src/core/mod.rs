@@ -71,13 +71,6 @@ struct TopicState {
     history: VecDeque<(u64, Delivery)>,
     /// The bytes of `history`'s frames, at most [`HISTORY_BYTES`].
     history_bytes: usize,
-    /// The highest route tag sequenced here. A tag proves its hot-topic entry exists, so a
-    /// publish tagged below it was routed by an older view, even while this owner's own view
-    /// lags behind both: it is refused as stale like one below the view's entry. Otherwise
-    /// a publisher's later message, sent through a distributor with the older view, would
-    /// pass through the old route ahead of its earlier one, which the edges hold for the new
-    /// route (found by sim seed 188).
-    route_floor: u64,
 }
 
 /// Deliveries kept per split (sub-)topic for edges that join its route late: a few hundred
@@ -225,6 +218,15 @@ pub struct DistributorCore {
     hot_policy: HotPolicy,
     /// When the current load window started (None: before the first tick).
     window_start: Option<Instant>,
+    /// Base topic → the highest route tag sequenced here on any of its names, while it is
+    /// ahead of this view's hot entry. A tag proves its entry exists, so a publish of any
+    /// name of the topic tagged below it was routed by an older view, even while this
+    /// owner's own view lags behind both: it is refused as stale like one below the view's
+    /// entry. Otherwise a publisher's later message, sent through a distributor with the
+    /// older view, could pass through the old route ahead of its earlier one, which the
+    /// edges hold for the new route (sim seeds 188 and 193). Pruned as the view catches up;
+    /// at most `max_topics` entries.
+    route_floors: HashMap<String, u64>,
 }
 
 /// A forwarded publish's key: (forwarder id, forwarder's registration incarnation, number).
@@ -266,6 +268,7 @@ impl DistributorCore {
             counters: CoreCounters::default(),
             hot_policy,
             window_start: None,
+            route_floors: HashMap::new(),
         }
     }
 
@@ -304,6 +307,12 @@ impl DistributorCore {
     /// again.
     pub fn handle_watch(&mut self, now: Instant, event: pb::WatchEvent) -> RoutingChanges {
         let changes = self.routing.apply(event);
+        let routing = &self.routing;
+        self.route_floors.retain(|base, floor| {
+            routing
+                .hot_route(base)
+                .is_none_or(|hot| hot.revision < *floor)
+        });
         // A changed hot entry fences its topics here, and drops the kept deliveries routed
         // by older changes. Its topics are the plain name and the sub-topics of the current
         // and the previous route (one change at a time: no edge is on an older one).
@@ -642,23 +651,14 @@ impl DistributorCore {
             // Not registered yet, or the view is older than this registration: wait.
             return Ok(PublishOutcome::NotOwner { owner: 0 });
         }
-        if let Some(hot) = self.routing.hot_route(base_topic(topic)) {
-            if route_tag < hot.revision {
-                return Ok(PublishOutcome::StaleRoute {
-                    since: hot.revision,
-                });
-            }
-        }
-        if let Some(state) = self.topics.get(topic) {
-            if route_tag < state.route_floor {
-                return Ok(PublishOutcome::StaleRoute {
-                    since: state.route_floor,
-                });
-            }
+        let base = base_topic(topic);
+        let view_floor = self.routing.hot_route(base).map_or(0, |hot| hot.revision);
+        let floor = view_floor.max(self.route_floors.get(base).copied().unwrap_or(0));
+        if route_tag < floor {
+            return Ok(PublishOutcome::StaleRoute { since: floor });
         }
         let edges = self.targets(topic, slot, route.epoch);
         let state = self.topic_entry(topic)?;
-        state.route_floor = state.route_floor.max(route_tag);
         if state.epoch != route.epoch {
             state.epoch = route.epoch;
             state.seq = 0;
@@ -668,6 +668,11 @@ impl DistributorCore {
         state.window_messages += 1;
         state.relayed += edges.len() as u64;
         let seq = state.seq;
+        if route_tag > floor
+            && (self.route_floors.contains_key(base) || self.route_floors.len() < self.max_topics)
+        {
+            self.route_floors.insert(base.to_string(), route_tag);
+        }
         tracing::trace!(distributor = self.id, topic, epoch = route.epoch, seq, route_tag, edges = ?edges, "sequenced");
         self.relayed += edges.len() as u64;
         Ok(PublishOutcome::Sequenced {

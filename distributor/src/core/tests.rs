@@ -339,11 +339,22 @@ fn a_tag_below_one_already_sequenced_is_stale_even_before_the_view_shows_its_ent
         core.sequence("live", 8).unwrap(),
         PublishOutcome::Sequenced { seq: 2, .. }
     ));
+    // Every name of the topic: a sub-topic tagged below it is stale too.
+    assert_eq!(
+        core.sequence("live#1", 6).unwrap(),
+        PublishOutcome::StaleRoute { since: 8 }
+    );
     // Other topics are not affected.
     assert!(matches!(
         core.sequence("other", 0).unwrap(),
         PublishOutcome::Sequenced { seq: 1, .. }
     ));
+    // Once the view shows the entry, the floor is the view's again.
+    core.handle_watch(Instant::now(), hot("live", 2, 8, true, 9));
+    assert_eq!(
+        core.sequence("live", 8).unwrap(),
+        PublishOutcome::StaleRoute { since: 9 }
+    );
 }
 
 #[test]
