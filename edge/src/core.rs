@@ -141,8 +141,8 @@ struct Route {
     name: String,
     /// The hot-entry revision this route was prepared at (0: the topic's first route).
     since: u64,
-    /// Held deliveries: (data, message id).
-    held: VecDeque<(Bytes, u64)>,
+    /// Held deliveries: (data, message id, route tag).
+    held: VecDeque<(Bytes, u64, u64)>,
     /// When this route was added (for [`SWITCH_TIMEOUT`]).
     added: Option<Instant>,
     /// Joined while the topic had subscribers here, during a change: its owner replays
@@ -707,7 +707,7 @@ impl EdgeCore {
             }
             // A copy of its own: a slice of the stream's buffer would keep the whole
             // received packet (batch) alive for as long as the message is held.
-            held.push_back((Bytes::copy_from_slice(&data), msg_id));
+            held.push_back((Bytes::copy_from_slice(&data), msg_id, route_tag));
             return None;
         }
         if !entry.renumber {
@@ -814,8 +814,22 @@ impl EdgeCore {
                 .max(self.routing.revision());
             entry.renumber = true;
             entry.client_last = (epoch, 0);
+            // The new first route passes on what it held, except what was published by a
+            // view that knew the route after it: that stays held, like a delivery that
+            // arrives now (see `deliver`), because the route after carries it too, in
+            // its own order (found by sim seed 500123: split 0 → 7 → 8 seen late by an
+            // edge, whose 7-way sub-topic is also one of the 8).
+            let next_since = entry.routes.get(1).map(|r| r.since);
             if let Some(r) = entry.routes.front_mut() {
-                due.extend(r.held.drain(..));
+                let mut covered = VecDeque::new();
+                for (data, id, tag) in r.held.drain(..) {
+                    if next_since.is_some_and(|since| tag >= since) {
+                        covered.push_back((data, id, tag));
+                    } else {
+                        due.push((data, id));
+                    }
+                }
+                r.held = covered;
             }
             if !fenced {
                 // Forced: the next route may lack what only the first one got. Those go
@@ -823,7 +837,7 @@ impl EdgeCore {
                 // owner's replay of what was published before our interest reached it,
                 // while the first route may have missed those messages and held later ones
                 // (found by sim seed 29: an edge cut off from the owner during the change).
-                due.extend(old.held);
+                due.extend(old.held.into_iter().map(|(data, id, _)| (data, id)));
             }
             for (data, id) in due {
                 // Checked to be UTF-8 when it arrived.

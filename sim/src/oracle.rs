@@ -84,7 +84,12 @@ pub struct ClientRecord {
 pub struct Latest {
     pub id: u64,
     pub n: u64,
+    pub sent: Duration,
     pub sent_mark: u64,
+    /// gRPC: the distributor it was sent to (its address, hashed).
+    pub via: Option<u64>,
+    /// gRPC: the number of names its reply reported, once acknowledged.
+    pub shards: Option<u32>,
 }
 
 /// One publish, over gRPC or from a WebSocket client.
@@ -104,6 +109,10 @@ pub struct PublishRecord {
     /// gRPC: when the success reply came.
     pub acked: Option<Duration>,
     pub acked_mark: Option<u64>,
+    /// gRPC: the distributor it was sent to (its address, hashed).
+    pub via: Option<u64>,
+    /// gRPC: the number of names its reply reported (0: the topic alone), once acknowledged.
+    pub shards: Option<u32>,
     /// WebSocket: an error frame for its topic (or for no topic) came back on the
     /// publisher's connection after it was sent, so it may not have been published.
     pub refused: bool,
@@ -119,6 +128,8 @@ pub struct Oracle {
     numbers: BTreeMap<(Publisher, String), u64>,
     /// A logical clock: one tick per publish sent or acknowledged.
     marks: u64,
+    /// Topic → when the driver's watch saw its hot-topic route change (a few dozen a run).
+    hot_changes: BTreeMap<String, Vec<Duration>>,
     /// When each subscribe frame was sent, and when each `subscribed` ack arrived (any
     /// client): what the progress check counts.
     pub subscribe_sent: Vec<Duration>,
@@ -139,6 +150,7 @@ impl Default for Oracle {
             by_id: BTreeMap::new(),
             numbers: BTreeMap::new(),
             marks: 0,
+            hot_changes: BTreeMap::new(),
             subscribe_sent: Vec::new(),
             subscribe_acked: Vec::new(),
             violations: Vec::new(),
@@ -234,17 +246,35 @@ impl Oracle {
             sent_mark,
             acked: None,
             acked_mark: None,
+            via: None,
+            shards: None,
             refused: false,
         });
         payload
     }
 
+    /// Message `id` was sent over gRPC to the distributor at `addr`.
+    pub fn sent_via(&mut self, id: u64, addr: &str) {
+        if let Some(p) = self.by_id.get(&id).and_then(|&i| self.publishes.get_mut(i)) {
+            p.via = Some(xxhash_rust::xxh3::xxh3_64(addr.as_bytes()));
+        }
+    }
+
+    /// The driver's watch saw `topic`'s hot-topic route change at `at`.
+    pub fn hot_changed(&mut self, at: Duration, topic: &str) {
+        self.hot_changes
+            .entry(topic.to_string())
+            .or_default()
+            .push(at);
+    }
+
     /// A gRPC publish of message `id` succeeded.
-    pub fn acked(&mut self, at: Duration, id: u64) {
+    pub fn acked(&mut self, at: Duration, id: u64, shards: u32) {
         let mark = self.mark();
         if let Some(p) = self.by_id.get(&id).and_then(|&i| self.publishes.get_mut(i)) {
             p.acked = Some(at);
             p.acked_mark = Some(mark);
+            p.shards = Some(shards);
         }
     }
 
@@ -314,7 +344,8 @@ impl Oracle {
         // Only a message that is what was published under its id can be placed in its
         // publisher's order (a mismatch is reported above).
         if let Some(record) = record.filter(|r| r.topic == topic) {
-            if let Err(detail) = invariants::publisher_order::check(client, &record) {
+            let changes = self.hot_changes.get(topic).map_or(&[][..], Vec::as_slice);
+            if let Err(detail) = invariants::publisher_order::check(client, &record, changes) {
                 found.push((
                     invariants::publisher_order::NAME,
                     format!("client {c} on {topic}: {detail}"),

@@ -130,4 +130,13 @@ pub const SEEDS: &[(u64, &str)] = &[
          that ends while queued leaves the queue (unit test \
          an_abandoned_queued_publish_leaves_the_queue)",
     ),
+    (
+        500123,
+        "per-publisher order: an edge saw a split 0 -> 7 and then 7 -> 8 late; its 7-way \
+         sub-topic is also one of the 8, and when it became the first route it passed on \
+         what it held, though the 8-way route carried those messages too behind an earlier \
+         one it had got by replay. Fixed: a route that becomes first keeps holding what the \
+         next route carries (unit test \
+         a_route_that_becomes_first_keeps_holding_what_the_next_route_carries)",
+    ),
 ];

@@ -468,6 +468,44 @@ fn a_name_twice_in_the_route_list_takes_each_delivery_by_its_tag() {
     assert_eq!(core.counters().forced_switches, 0);
 }
 
+/// Two changes seen late: the topic's routes are `live`, then the first split's sub-topic,
+/// then the second's. When the first switch happens, the middle route keeps holding what
+/// was published by a view that knew the last route: the last route carries it too, in its
+/// owner's order, which may put other messages before it.
+#[test]
+fn a_route_that_becomes_first_keeps_holding_what_the_next_route_carries() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    let first = edge_route_topic(7, "live", 2);
+    let shards = (3..=16)
+        .find(|n| edge_route_topic(7, "live", *n) != first)
+        .unwrap();
+    let second = edge_route_topic(7, "live", shards);
+    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
+    core.handle_watch(now, hot("live", 2, 0, 5, true, 6));
+    core.handle_watch(now, hot("live", shards, 2, 7, false, 7));
+    core.handle_interest_ack(1, &first, 4);
+    core.handle_interest_ack(1, &second, 4);
+    drain(&mut core);
+    // A = 10 (tag 7) reached the second route only (replayed there); B = 20 (tag 7) both.
+    assert!(deliver(&mut core, &second, 4, 1, b"10", tags(1, 7)).is_none());
+    assert!(deliver(&mut core, &first, 4, 1, b"20", tags(2, 7)).is_none());
+    assert!(deliver(&mut core, &second, 4, 2, b"20", tags(2, 7)).is_none());
+    // The first switch passes nothing: B waits for the second route.
+    core.handle_fence("live", 6);
+    assert_eq!(delivered(drain(&mut core)), vec![]);
+    core.handle_watch(now, hot("live", shards, 2, 7, true, 8));
+    core.handle_fence(&first, 8);
+    let got: Vec<String> = delivered(drain(&mut core))
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect();
+    assert_eq!(got, vec!["10", "20"], "A then B, each once");
+    assert_eq!(core.counters().route_switches, 2);
+}
+
 /// The hot path reports through the queue like every other input: one `Deliver` per
 /// message, the frame built once, the recipient list shared until the subscribers change.
 #[test]

@@ -48,6 +48,7 @@ pub(super) async fn watch_ownership(ctx: Rc<Ctx>) {
                     ),
                 );
                 ctx.hot.borrow_mut().insert(topic.clone(), route.shards);
+                o.hot_changed(at, topic);
             }
         }
     }

@@ -73,6 +73,7 @@ pub(super) fn publish(ctx: &Rc<Ctx>, dist: String, publisher: u32, messages: Vec
                     );
                 }
                 let data = o.send(at, m.id, &m.topic, who, Stream::Call(first), m.pad);
+                o.sent_via(m.id, &dist);
                 dpb::PublishRequest {
                     topic: m.topic.clone(),
                     data: data.into(),
@@ -122,7 +123,7 @@ pub(super) fn publish(ctx: &Rc<Ctx>, dist: String, publisher: u32, messages: Vec
                             ),
                         );
                     }
-                    o.acked(at, m.id);
+                    o.acked(at, m.id, r.shards);
                 }
             }
             Ok(Err(status)) => o.trace(at, &format!("publish #{first} failed {:?}", status.code())),
