@@ -114,7 +114,7 @@ pub const SEEDS: &[(u64, &str)] = &[
         "per-publisher order: a forced route switch passed the old route's held messages \
          before the new route's, which began with its owner's replay of messages the old \
          route had missed. Fixed: the new route's held deliveries go first (unit test \
-         a_forced_switch_keeps_the_next_routes_order_and_appends_what_only_the_first_held)",
+         a_forced_switch_merges_both_routes_held_deliveries)",
     ),
     (
         110,
@@ -138,5 +138,13 @@ pub const SEEDS: &[(u64, &str)] = &[
          one it had got by replay. Fixed: a route that becomes first keeps holding what the \
          next route carries (unit test \
          a_route_that_becomes_first_keeps_holding_what_the_next_route_carries)",
+    ),
+    (
+        79874,
+        "per-publisher order: a forced route switch after each route had lost part of a \
+         burst passed a late message of the new route before the old route's middle of the \
+         burst. Fixed: the merge keeps both orders where they share messages and puts the \
+         old route's rest before the new route's tail (unit test \
+         a_forced_switch_keeps_the_first_routes_order_for_what_the_next_route_lacks)",
     ),
 ];

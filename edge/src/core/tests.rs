@@ -404,11 +404,12 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
     assert_eq!(core.counters().forced_switches, 1);
 }
 
-/// A forced switch passes the next route's held deliveries in its order first (they
-/// include its owner's replay of what came before the edge joined), then what only the
-/// first route held: the first route may have missed earlier messages a publisher sent.
+/// A forced switch merges both routes' held deliveries: the next route's order for what
+/// it has (including its owner's replay of what came before the edge joined, which the
+/// first route missed), what only the first route held in its place, and what only the
+/// next route got after the last shared message at the end.
 #[test]
-fn a_forced_switch_keeps_the_next_routes_order_and_appends_what_only_the_first_held() {
+fn a_forced_switch_merges_both_routes_held_deliveries() {
     let now = Instant::now();
     let mut core = linked_core();
     core.handle_subscribe(now, 10, vec!["live".into()]);
@@ -429,7 +430,33 @@ fn a_forced_switch_keeps_the_next_routes_order_and_appends_what_only_the_first_h
         .into_iter()
         .map(|(_, _, data)| data)
         .collect();
-    assert_eq!(got, vec!["1", "2", "4", "3"]);
+    assert_eq!(got, vec!["1", "2", "3", "4"]);
+    assert_eq!(core.counters().forced_switches, 1);
+}
+
+/// A forced switch keeps the first route's order too: a message the first route held
+/// before one both carry comes before it, even when the next route never got it.
+#[test]
+fn a_forced_switch_keeps_the_first_routes_order_for_what_the_next_route_lacks() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
+    let sub = edge_route_topic(7, "live", 2);
+    core.handle_interest_ack(1, &sub, 4);
+    drain(&mut core);
+    // 1 and 2 on the old route; only 2 (and then 3) reached the new one.
+    assert!(deliver(&mut core, "live", 4, 1, b"1", tags(1, 5)).is_none());
+    assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 1, b"2", tags(2, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"3", tags(3, 5)).is_none());
+    core.handle_tick(now + SWITCH_TIMEOUT);
+    let got: Vec<String> = delivered(drain(&mut core))
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect();
+    assert_eq!(got, vec!["1", "2", "3"]);
     assert_eq!(core.counters().forced_switches, 1);
 }
 
