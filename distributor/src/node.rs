@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -875,9 +875,16 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
     // that waits for room never holds up the edge's Interest frames on this stream. The
     // edge bounds its unanswered publishes; one beyond this bound is answered `overloaded`.
     let (publishes, publishes_rx) = mpsc::channel::<ClientPublish>(CLIENT_PUBLISH_QUEUE);
-    shared
-        .tasks
-        .spawn(client_publishes(shared.clone(), edge, publishes_rx));
+    // Set (under the state lock) when this link ends: the edge has then failed every
+    // publish it sent on it, so the task publishes none of those still queued or waiting
+    // for room, and no answer meant for this link reaches the edge's next one.
+    let link_closed = Arc::new(AtomicBool::new(false));
+    shared.tasks.spawn(client_publishes(
+        shared.clone(),
+        edge,
+        publishes_rx,
+        link_closed.clone(),
+    ));
 
     loop {
         let frame = match reader.next().await {
@@ -952,6 +959,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         }
     }
     shared.apply(|state, now| {
+        link_closed.store(true, Ordering::Relaxed);
         if state
             .links
             .links
@@ -988,9 +996,14 @@ async fn client_publishes<C: Connector>(
     shared: Arc<Shared<C>>,
     edge: u64,
     mut publishes: mpsc::Receiver<ClientPublish>,
+    link_closed: Arc<AtomicBool>,
 ) {
     let retry = Duration::from_millis(shared.config.publish_retry_ms);
     while let Some(publish) = publishes.recv().await {
+        if link_closed.load(Ordering::Relaxed) {
+            // The edge answered these `unavailable` when the link went.
+            break;
+        }
         let ClientPublish { topic, data, id } = publish;
         let checked = firetower_proto::topic::validate_topic(&topic)
             .map_err(|e| format!("topic: {e}"))
@@ -1018,6 +1031,9 @@ async fn client_publishes<C: Connector>(
             },
         };
         shared.apply(|state, now| match refused {
+            // Read under the lock the link's end takes to abandon this edge's publishes:
+            // a publish that passed its room check after that is not started.
+            _ if link_closed.load(Ordering::Relaxed) => {}
             Some((code, message)) => {
                 if id != 0 {
                     let done = client_publish_done(

@@ -653,7 +653,13 @@ impl DistributorCore {
         }
         let base = base_topic(topic);
         let view_floor = self.routing.hot_route(base).map_or(0, |hot| hot.revision);
-        let floor = view_floor.max(self.route_floors.get(base).copied().unwrap_or(0));
+        // Empty unless some view lags a change here: no lookup per message then.
+        let seen_floor = if self.route_floors.is_empty() {
+            0
+        } else {
+            self.route_floors.get(base).copied().unwrap_or(0)
+        };
+        let floor = view_floor.max(seen_floor);
         if route_tag < floor {
             return Ok(PublishOutcome::StaleRoute { since: floor });
         }
