@@ -404,13 +404,9 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
     assert_eq!(core.counters().forced_switches, 1);
 }
 
-/// A forced switch merges both routes' held deliveries: the next route's order for what
-/// it has (including its owner's replay of what came before the edge joined, which the
-/// first route missed), what only the first route held in its place, and what only the
-/// next route got after the last shared message at the end.
-#[test]
-fn a_forced_switch_merges_both_routes_held_deliveries() {
-    let now = Instant::now();
+/// A core with one subscriber of "live", whose split into 2 (tag 5) is prepared and both
+/// routes acked: returns it and the edge's new sub-topic.
+fn prepared_split(now: Instant) -> (EdgeCore, String) {
     let mut core = linked_core();
     core.handle_subscribe(now, 10, vec!["live".into()]);
     core.handle_interest_ack(1, "live", 4);
@@ -418,6 +414,25 @@ fn a_forced_switch_merges_both_routes_held_deliveries() {
     let sub = edge_route_topic(7, "live", 2);
     core.handle_interest_ack(1, &sub, 4);
     drain(&mut core);
+    (core, sub)
+}
+
+/// The data of the deliveries the core has output since the last drain.
+fn delivered_data(core: &mut EdgeCore) -> Vec<String> {
+    delivered(drain(core))
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect()
+}
+
+/// A forced switch merges both routes' held deliveries: the next route's order for what
+/// it has (including its owner's replay of what came before the edge joined, which the
+/// first route missed), what only the first route held in its place, and what only the
+/// next route got after the last shared message at the end.
+#[test]
+fn a_forced_switch_merges_both_routes_held_deliveries() {
+    let now = Instant::now();
+    let (mut core, sub) = prepared_split(now);
     // Message 1 never reached the old route here (the link was down); 2 and 3 came on it.
     assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 5)).is_none());
     assert!(deliver(&mut core, "live", 4, 3, b"3", tags(3, 5)).is_none());
@@ -426,10 +441,7 @@ fn a_forced_switch_merges_both_routes_held_deliveries() {
     assert!(deliver(&mut core, &sub, 4, 2, b"2", tags(2, 5)).is_none());
     assert!(deliver(&mut core, &sub, 4, 3, b"4", tags(4, 5)).is_none());
     core.handle_tick(now + SWITCH_TIMEOUT);
-    let got: Vec<String> = delivered(drain(&mut core))
-        .into_iter()
-        .map(|(_, _, data)| data)
-        .collect();
+    let got = delivered_data(&mut core);
     assert_eq!(got, vec!["1", "2", "3", "4"]);
     assert_eq!(core.counters().forced_switches, 1);
 }
@@ -439,23 +451,14 @@ fn a_forced_switch_merges_both_routes_held_deliveries() {
 #[test]
 fn a_forced_switch_keeps_the_first_routes_order_for_what_the_next_route_lacks() {
     let now = Instant::now();
-    let mut core = linked_core();
-    core.handle_subscribe(now, 10, vec!["live".into()]);
-    core.handle_interest_ack(1, "live", 4);
-    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
-    let sub = edge_route_topic(7, "live", 2);
-    core.handle_interest_ack(1, &sub, 4);
-    drain(&mut core);
+    let (mut core, sub) = prepared_split(now);
     // 1 and 2 on the old route; only 2 (and then 3) reached the new one.
     assert!(deliver(&mut core, "live", 4, 1, b"1", tags(1, 5)).is_none());
     assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 5)).is_none());
     assert!(deliver(&mut core, &sub, 4, 1, b"2", tags(2, 5)).is_none());
     assert!(deliver(&mut core, &sub, 4, 2, b"3", tags(3, 5)).is_none());
     core.handle_tick(now + SWITCH_TIMEOUT);
-    let got: Vec<String> = delivered(drain(&mut core))
-        .into_iter()
-        .map(|(_, _, data)| data)
-        .collect();
+    let got = delivered_data(&mut core);
     assert_eq!(got, vec!["1", "2", "3"]);
     assert_eq!(core.counters().forced_switches, 1);
 }
@@ -487,10 +490,7 @@ fn a_name_twice_in_the_route_list_takes_each_delivery_by_its_tag() {
     assert_eq!(delivered(drain(&mut core)), vec![]);
     core.handle_watch(now, hot("live", 2, 0, 11, true, 12));
     core.handle_fence("live", 12);
-    let got: Vec<String> = delivered(drain(&mut core))
-        .into_iter()
-        .map(|(_, _, data)| data)
-        .collect();
+    let got = delivered_data(&mut core);
     assert_eq!(got, vec!["3"]);
     assert_eq!(core.counters().forced_switches, 0);
 }
@@ -525,10 +525,7 @@ fn a_route_that_becomes_first_keeps_holding_what_the_next_route_carries() {
     assert_eq!(delivered(drain(&mut core)), vec![]);
     core.handle_watch(now, hot("live", shards, 2, 7, true, 8));
     core.handle_fence(&first, 8);
-    let got: Vec<String> = delivered(drain(&mut core))
-        .into_iter()
-        .map(|(_, _, data)| data)
-        .collect();
+    let got = delivered_data(&mut core);
     assert_eq!(got, vec!["10", "20"], "A then B, each once");
     assert_eq!(core.counters().route_switches, 2);
 }
