@@ -175,6 +175,22 @@ struct LocalTopic {
     /// Recent message ids (split topics only), oldest first.
     recent: VecDeque<u64>,
     recent_set: HashSet<u64>,
+    /// Deliveries routed by a hot-topic view newer than this edge's, held until this
+    /// edge's view has caught up (see [`EdgeCore::deliver`]), then every later delivery of
+    /// the topic behind them, in arrival order. At most [`ROUTE_BUFFER`].
+    ahead: VecDeque<AheadDelivery>,
+    /// When a tick first saw `ahead` non-empty (for [`SWITCH_TIMEOUT`]).
+    ahead_seen: Option<Instant>,
+}
+
+/// A delivery held in [`LocalTopic::ahead`].
+#[derive(Debug)]
+struct AheadDelivery {
+    name: String,
+    epoch: u64,
+    seq: u64,
+    data: Bytes,
+    tags: MessageTags,
 }
 
 impl LocalTopic {
@@ -289,6 +305,8 @@ pub struct EdgeCore {
     departed: VecDeque<(String, VecDeque<u64>)>,
     /// Client publishes: numbered, bounded per link, ordered per topic.
     publishes: publish::Publishes,
+    /// Topics whose `ahead` holds deliveries.
+    ahead_topics: BTreeSet<String>,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
 }
@@ -310,6 +328,7 @@ impl EdgeCore {
             epoch_floor: HashMap::new(),
             departed: VecDeque::new(),
             publishes: publish::Publishes::default(),
+            ahead_topics: BTreeSet::new(),
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
         }
@@ -676,53 +695,91 @@ impl EdgeCore {
             self.counters.unwanted_deliveries += 1;
             return None;
         };
-        // A name can come back in the list (split, merge, split again before this edge
-        // switched): a delivery belongs to the latest route of that name that its tag
-        // knew of.
-        let at = entry
-            .routes
-            .iter()
-            .rposition(|r| r.name == name && r.since <= route_tag)
-            .or_else(|| entry.routes.iter().position(|r| r.name == name));
-        let Some(at) = at else {
-            self.counters.unwanted_deliveries += 1;
+        // A delivery routed by a newer view of the topic's hot entry than this edge's
+        // (its tag is above the last change this edge knows of) may belong to a route
+        // this edge has not joined yet: passing it now could put it ahead of an earlier
+        // message of its publisher that this edge missed on this route and gets from the
+        // new route's replay later (sim seeds 126851, 126944). It waits until this
+        // edge's view has caught up, and the topic's later deliveries wait behind it.
+        if !entry.ahead.is_empty()
+            || (route_tag > 0
+                && entry.routes.len() == 1
+                && route_tag
+                    > self
+                        .routing
+                        .hot_route(&route_name.base)
+                        .map_or(0, |h| h.revision))
+        {
+            if entry.ahead.is_empty() {
+                self.ahead_topics.insert(route_name.base.clone());
+            }
+            entry.ahead.push_back(AheadDelivery {
+                name: name.to_string(),
+                epoch,
+                seq,
+                // A copy of its own, like a held delivery (see `route_delivery`).
+                data: Bytes::copy_from_slice(&data),
+                tags,
+            });
+            if entry.ahead.len() >= ROUTE_BUFFER {
+                // Full: the view has not caught up for a long time; pass them on rather
+                // than lose any.
+                let base = route_name.base.clone();
+                self.release_ahead(&base, true);
+            }
             return None;
+        }
+        route_delivery(
+            entry,
+            &route_name.base,
+            name,
+            (epoch, seq),
+            text,
+            &data,
+            tags,
+            &mut self.counters,
+        )
+    }
+
+    /// Passes on (or routes to a held queue) the deliveries of `topic` held because they
+    /// were routed by a newer view than this edge's, up to the first one that still is,
+    /// or all of them with `force` (the view did not catch up within [`SWITCH_TIMEOUT`],
+    /// or too many wait).
+    fn release_ahead(&mut self, topic: &str, force: bool) {
+        let Some(entry) = self.topics.get_mut(topic) else {
+            self.ahead_topics.remove(topic);
+            return;
         };
-        // The first route holds, rather than passes on, what was published by a view that
-        // knew the next route: the next route carries it too (publishers send to both, and
-        // its owner replays what it had before our interest arrived), in an order
-        // consistent with what was published on the new route alone.
-        let covered = at == 0
-            && entry
-                .routes
-                .get(1)
-                .is_some_and(|next| route_tag >= next.since);
-        if at > 0 || covered {
-            // Held until the routes before it have drained (or, for the first route, in
-            // case the change has to be forced through).
-            let held = &mut entry.routes[at].held;
-            if held.len() >= ROUTE_BUFFER {
-                held.pop_front();
-                self.counters.held_dropped += 1;
+        let known = self.routing.hot_route(topic).map_or(0, |h| h.revision);
+        let mut ahead = std::mem::take(&mut entry.ahead);
+        while let Some(d) = ahead.pop_front() {
+            if !force && entry.routes.len() == 1 && d.tags.route_tag > known {
+                ahead.push_front(d);
+                break;
             }
-            // A copy of its own: a slice of the stream's buffer would keep the whole
-            // received packet (batch) alive for as long as the message is held.
-            held.push_back((Bytes::copy_from_slice(&data), msg_id, route_tag));
-            return None;
-        }
-        if !entry.renumber {
-            // A message routed by a hot-topic view may also come through another route of
-            // the topic (publishers send to both while a change is prepared, and this edge's
-            // view may not show the change yet): remember what passed.
-            if (route_tag > 0 || entry.routes.len() > 1) && !entry.first_sight(msg_id) {
-                self.counters.duplicate_deliveries += 1;
-                return None;
+            // Checked to be UTF-8 when it arrived.
+            let Ok(text) = std::str::from_utf8(&d.data) else {
+                continue;
+            };
+            let fanout = route_delivery(
+                entry,
+                topic,
+                &d.name,
+                (d.epoch, d.seq),
+                text,
+                &d.data,
+                d.tags,
+                &mut self.counters,
+            );
+            if let Some(fanout) = fanout {
+                self.outputs.push_back(Output::Deliver(fanout));
             }
-            entry.client_last = (epoch, seq);
-            return entry.fanout(name, text, epoch, seq);
         }
-        let base = route_name.base.clone();
-        deliver_renumbered(entry, &base, text, msg_id, &mut self.counters)
+        if ahead.is_empty() {
+            entry.ahead_seen = None;
+            self.ahead_topics.remove(topic);
+        }
+        entry.ahead = ahead;
     }
 
     /// The owner acknowledged our interest in route name `name` at `epoch`: subscribers
@@ -954,6 +1011,13 @@ impl EdgeCore {
             self.dirty.extend(names);
         }
         changed.extend(added.into_iter().map(|(_, topic)| topic));
+        // Deliveries that waited for this view go on: into the held queue of a route
+        // added just now, or to the subscribers.
+        for topic in hot_changed {
+            if self.ahead_topics.contains(topic) {
+                self.release_ahead(topic, false);
+            }
+        }
         changed.sort();
         changed.dedup();
         for topic in changed {
@@ -1057,6 +1121,18 @@ impl EdgeCore {
         for topic in changing {
             self.try_switch(&topic, Some(now));
         }
+        // Deliveries waiting for this edge's view of a hot entry: passed on anyway once
+        // they waited longer than a route change may.
+        let ahead: Vec<String> = self.ahead_topics.iter().cloned().collect();
+        for topic in ahead {
+            let Some(entry) = self.topics.get_mut(&topic) else {
+                self.ahead_topics.remove(&topic);
+                continue;
+            };
+            let seen = *entry.ahead_seen.get_or_insert(now);
+            let force = now.saturating_duration_since(seen) >= SWITCH_TIMEOUT;
+            self.release_ahead(&topic, force);
+        }
         self.ack_hot_routes(now);
     }
 
@@ -1158,6 +1234,68 @@ fn deliver_renumbered(
     let (epoch, seq) = entry.client_last;
     entry.client_last = (epoch, seq + 1);
     entry.fanout(topic, text, epoch, seq + 1)
+}
+
+/// Passes a delivery on to the topic's subscribers, or holds it in the queue of its route
+/// while a route change waits (see [`EdgeCore::deliver`]): the part of the order filter
+/// after the `(epoch, seq)` check and the wait for this edge's view.
+#[allow(clippy::too_many_arguments)]
+fn route_delivery(
+    entry: &mut LocalTopic,
+    topic: &str,
+    name: &str,
+    (epoch, seq): (u64, u64),
+    text: &str,
+    data: &Bytes,
+    tags: MessageTags,
+    counters: &mut CoreCounters,
+) -> Option<Fanout> {
+    let MessageTags { msg_id, route_tag } = tags;
+    // A name can come back in the list (split, merge, split again before this edge
+    // switched): a delivery belongs to the latest route of that name that its tag knew of.
+    let at = entry
+        .routes
+        .iter()
+        .rposition(|r| r.name == name && r.since <= route_tag)
+        .or_else(|| entry.routes.iter().position(|r| r.name == name));
+    let Some(at) = at else {
+        counters.unwanted_deliveries += 1;
+        return None;
+    };
+    // The first route holds, rather than passes on, what was published by a view that
+    // knew the next route: the next route carries it too (publishers send to both, and
+    // its owner replays what it had before our interest arrived), in an order consistent
+    // with what was published on the new route alone.
+    let covered = at == 0
+        && entry
+            .routes
+            .get(1)
+            .is_some_and(|next| route_tag >= next.since);
+    if at > 0 || covered {
+        // Held until the routes before it have drained (or, for the first route, in case
+        // the change has to be forced through).
+        let held = &mut entry.routes[at].held;
+        if held.len() >= ROUTE_BUFFER {
+            held.pop_front();
+            counters.held_dropped += 1;
+        }
+        // A copy of its own: a slice of the stream's buffer would keep the whole received
+        // packet (batch) alive for as long as the message is held.
+        held.push_back((Bytes::copy_from_slice(data), msg_id, route_tag));
+        return None;
+    }
+    if !entry.renumber {
+        // A message routed by a hot-topic view may also come through another route of the
+        // topic (publishers send to both while a change is prepared, and this edge's view
+        // may not show the change yet): remember what passed.
+        if (route_tag > 0 || entry.routes.len() > 1) && !entry.first_sight(msg_id) {
+            counters.duplicate_deliveries += 1;
+            return None;
+        }
+        entry.client_last = (epoch, seq);
+        return entry.fanout(name, text, epoch, seq);
+    }
+    deliver_renumbered(entry, topic, text, msg_id, counters)
 }
 
 /// Keeps the metastore's list of this edge's slots in step with the local subscriptions:

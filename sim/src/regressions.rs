@@ -147,4 +147,14 @@ pub const SEEDS: &[(u64, &str)] = &[
          old route's rest before the new route's tail (unit test \
          a_forced_switch_keeps_the_first_routes_order_for_what_the_next_route_lacks)",
     ),
+    (
+        126851,
+        "per-publisher order: an edge cut off from the metastore and the topic's owner missed \
+         a message on the old route, then passed the publisher's next one, routed by a split \
+         it had not seen yet, at once; the new route's replay brought the first one after \
+         it. Fixed: a delivery tagged above the edge's view of the topic's hot entry waits \
+         (with the topic's later ones) until the view catches up (unit test \
+         a_delivery_routed_by_a_newer_view_waits_for_this_edges_view)",
+    ),
+    (126944, "the same edge-view lag, with 4 distributors and 2 edges"),
 ];

@@ -404,6 +404,60 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
     assert_eq!(core.counters().forced_switches, 1);
 }
 
+/// An edge whose view lags a split it missed the start of: message 1 never reached it on
+/// the old route (cut off), message 2 of the same publisher, routed by the prepared split
+/// (tag 5), comes on the old route before this edge has seen the split. It must wait: the
+/// new route's owner replays 1 before 2 once the edge joins, and the switch passes both in
+/// that order (sim seeds 126851, 126944).
+#[test]
+fn a_delivery_routed_by_a_newer_view_waits_for_this_edges_view() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    drain(&mut core);
+    // Older views pass at once.
+    assert!(deliver(&mut core, "live", 4, 1, b"0", tags(10, 0)).is_some());
+    assert!(deliver(&mut core, "live", 4, 3, b"2", tags(2, 5)).is_none());
+    // The topic's later deliveries wait behind it, whatever their tag.
+    assert!(deliver(&mut core, "live", 4, 4, b"9", tags(11, 0)).is_none());
+    core.handle_tick(now);
+    assert_eq!(delivered_data(&mut core), Vec::<String>::new());
+    // The view catches up: 2 is held on the old route (the new one carries it too), 9
+    // (an older view's) passes.
+    core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
+    let sub = edge_route_topic(7, "live", 2);
+    assert_eq!(delivered_data(&mut core), vec!["9"]);
+    core.handle_interest_ack(1, &sub, 4);
+    // The new route's owner replays 1 and 2.
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"2", tags(2, 5)).is_none());
+    core.handle_watch(now, hot("live", 2, 0, 5, true, 6));
+    core.handle_fence("live", 6);
+    assert_eq!(delivered_data(&mut core), vec!["1", "2"]);
+    assert_eq!(core.counters().forced_switches, 0);
+}
+
+/// Deliveries that wait for this edge's view go on, in order, when it has not caught up
+/// within SWITCH_TIMEOUT (cut off from the metastore): late, never lost.
+#[test]
+fn deliveries_waiting_for_a_view_that_does_not_come_pass_after_the_timeout() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    drain(&mut core);
+    assert!(deliver(&mut core, "live", 4, 1, b"1", tags(1, 5)).is_none());
+    assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 0)).is_none());
+    core.handle_tick(now);
+    core.handle_tick(now + SWITCH_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(delivered_data(&mut core), Vec::<String>::new());
+    core.handle_tick(now + SWITCH_TIMEOUT);
+    assert_eq!(delivered_data(&mut core), vec!["1", "2"]);
+    // Nothing waits any more: the next one passes at once.
+    assert!(deliver(&mut core, "live", 4, 3, b"3", tags(3, 0)).is_some());
+}
+
 /// A core with one subscriber of "live", whose split into 2 (tag 5) is prepared and both
 /// routes acked: returns it and the edge's new sub-topic.
 fn prepared_split(now: Instant) -> (EdgeCore, String) {
