@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::config::Config;
-use crate::core::{ConnId, EdgeCore, Output, SlotSync};
+use crate::core::{ConnId, EdgeCore, Fanout, Output, SlotSync};
 use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
 use crate::links::{link_task, LinkTable, Links};
@@ -137,11 +137,25 @@ impl<C: Connector> Edge<C> {
     fn run_outputs(self: &Arc<Self>, now: Instant, core: &mut EdgeCore, after: &mut AfterUnlock) {
         let mut sessions: Option<SessionTable<'_>> = None;
         let mut links: Option<LinkTable<'_>> = None;
+        // Consecutive deliveries are queued together (see `SessionTable::fanout`); any
+        // other output first queues those before it, so a client's acks and errors keep
+        // their place among its deliveries.
+        let mut fanouts: Vec<Fanout> = Vec::new();
         while let Some(output) = core.poll_output() {
+            if let Output::Deliver(fanout) = output {
+                fanouts.push(fanout);
+                continue;
+            }
+            if !fanouts.is_empty() {
+                sessions.get_or_insert_with(|| self.sessions.lock()).fanout(
+                    now,
+                    &fanouts,
+                    &mut after.wakes,
+                );
+                fanouts.clear();
+            }
             match output {
-                Output::Deliver(fanout) => sessions
-                    .get_or_insert_with(|| self.sessions.lock())
-                    .fanout(now, &fanout, &mut after.wakes),
+                Output::Deliver(_) => {}
                 Output::Relay { distributor, frame } => links
                     .get_or_insert_with(|| self.links.lock())
                     .send(distributor, frame),
@@ -195,6 +209,13 @@ impl<C: Connector> Edge<C> {
                     let _ = self.hot_acks.try_send((topic, since));
                 }
             }
+        }
+        if !fanouts.is_empty() {
+            sessions.get_or_insert_with(|| self.sessions.lock()).fanout(
+                now,
+                &fanouts,
+                &mut after.wakes,
+            );
         }
     }
 

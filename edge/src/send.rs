@@ -142,28 +142,37 @@ impl SendQueue {
     /// Queues a frame without waking the session (see [`Pushed`]). Its bytes must have
     /// been counted in the edge's total already ([`Flow::reserve`]); when the frame is not
     /// queued, the caller takes them back ([`Flow::unreserve`]).
+    #[cfg(test)]
     pub(crate) fn push(&self, now: Instant, frame: Bytes) -> Pushed {
-        let len = frame.len();
+        self.push_all(now, std::slice::from_ref(&frame)).1
+    }
+
+    /// Queues frames in order under one lock, like [`SendQueue::push`] for each: returns
+    /// how many were queued (all, none, or the ones before the frame that would have passed
+    /// the hard cap) and how it ended (`first`: the queue was empty before).
+    pub(crate) fn push_all(&self, now: Instant, frames: &[Bytes]) -> (usize, Pushed) {
         let mut state = self.lock();
         if state.closing {
-            return Pushed::Closing;
+            return (0, Pushed::Closing);
         }
-        match state.budget.queue(&self.flow.limits, now, len) {
-            Ok(over) => {
-                state.frames.push_back(frame);
-                Pushed::Queued {
-                    first: state.frames.len() == 1,
-                    over,
+        let first = state.frames.is_empty() && !frames.is_empty();
+        let mut over = false;
+        for (queued, frame) in frames.iter().enumerate() {
+            match state.budget.queue(&self.flow.limits, now, frame.len()) {
+                Ok(now_over) => {
+                    over = now_over;
+                    state.frames.push_back(frame.clone());
+                }
+                Err(slow) => {
+                    state.closing = true;
+                    drop(state);
+                    // Lanes waiting for it to drain go on.
+                    self.flow.changed.notify_waiters();
+                    return (queued, Pushed::HardCap(slow));
                 }
             }
-            Err(slow) => {
-                state.closing = true;
-                drop(state);
-                // Lanes waiting for it to drain go on.
-                self.flow.changed.notify_waiters();
-                Pushed::HardCap(slow)
-            }
         }
+        (frames.len(), Pushed::Queued { first, over })
     }
 
     /// Wakes the session task.
@@ -390,6 +399,36 @@ mod tests {
         assert!(q.close());
         assert!(!q.close(), "closed once");
         assert_eq!(q.blocking(later), Blocking::No);
+    }
+
+    #[test]
+    fn push_all_queues_in_order_up_to_the_frame_that_would_pass_the_hard_cap() {
+        let flow = flow();
+        let q = SendQueue::new(flow.clone());
+        let now = Instant::now();
+        let frames: Vec<Bytes> = [&b"a"[..], b"bc", b"d", b"e"]
+            .iter()
+            .map(|b| Bytes::copy_from_slice(b))
+            .collect();
+        assert_eq!(
+            q.push_all(now, &frames[..2]),
+            (
+                2,
+                Pushed::Queued {
+                    first: true,
+                    over: true
+                }
+            )
+        );
+        // 3 bytes queued, hard cap 4: "d" fits, "e" would pass it.
+        assert_eq!(
+            q.push_all(now, &frames[2..]),
+            (1, Pushed::HardCap(Slow::HardCap { hard_cap: 4 }))
+        );
+        let mut out = Vec::new();
+        q.take(&mut out, 10);
+        assert_eq!(out, frames[..3].to_vec());
+        assert_eq!(q.push_all(now, &frames[..1]), (0, Pushed::Closing));
     }
 
     #[tokio::test]

@@ -294,23 +294,24 @@ pub(crate) struct SessionTable<'a> {
 }
 
 impl SessionTable<'_> {
-    /// Queues a framed WebSocket frame to a connection, its bytes counted in the edge's
-    /// total already (see [`Flow::reserve`]). Returns whether the frame was queued; the
+    /// Queues framed WebSocket frames to a connection, in order, their bytes counted in the
+    /// edge's total already (see [`Flow::reserve`]). Returns how many were queued; the
     /// caller counts queued frames (once per fan-out, not once per recipient) and takes
-    /// back the bytes of those refused. A frame is refused only for a connection that is
-    /// gone, or closing (counted in `frames_dropped`), or that it would take past its hard
+    /// back the bytes of those refused. Frames are refused only for a connection that is
+    /// gone, or closing (counted in `frames_dropped`), or that one would take past its hard
     /// cap (which closes it).
     fn push_reserved(
         &mut self,
         now: Instant,
         conn: ConnId,
-        frame: &Bytes,
+        frames: &[Bytes],
         wakes: &mut Wakes,
-    ) -> bool {
+    ) -> usize {
         let Some(session) = self.table.get(&conn) else {
-            return false;
+            return 0;
         };
-        match session.queue.push(now, frame.clone()) {
+        let (queued, pushed) = session.queue.push_all(now, frames);
+        match pushed {
             Pushed::Queued { first, over } => {
                 if first {
                     wakes.queues.push(session.queue.clone());
@@ -318,7 +319,6 @@ impl SessionTable<'_> {
                 if over {
                     wakes.over(conn);
                 }
-                return true;
             }
             Pushed::Closing => {}
             Pushed::HardCap(slow) => {
@@ -330,11 +330,14 @@ impl SessionTable<'_> {
                 session.closer.close(CLOSE_SLOW_CONSUMER, slow.to_string());
             }
         }
-        self.sessions
-            .counters
-            .frames_dropped
-            .fetch_add(1, Ordering::Relaxed);
-        false
+        let refused = frames.len() - queued;
+        if refused > 0 {
+            self.sessions
+                .counters
+                .frames_dropped
+                .fetch_add(refused as u64, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// Queues one text frame (JSON) to a connection.
@@ -342,7 +345,7 @@ impl SessionTable<'_> {
         let frame = text_frame(json);
         let flow = &self.sessions.flow;
         flow.reserve(frame.len());
-        if self.push_reserved(now, conn, &frame, wakes) {
+        if self.push_reserved(now, conn, std::slice::from_ref(&frame), wakes) == 1 {
             self.sessions
                 .counters
                 .frames_queued
@@ -366,16 +369,61 @@ impl SessionTable<'_> {
         self.push_json(now, conn, &encode_error(error), wakes);
     }
 
-    /// Queues one message to each of its recipients: the same bytes for all.
-    pub(crate) fn fanout(&mut self, now: Instant, fanout: &Fanout, wakes: &mut Wakes) {
-        let (len, recipients) = (fanout.frame.len(), fanout.conns.len());
-        let flow = &self.sessions.flow;
-        flow.reserve(len * recipients);
-        let mut queued = 0;
-        for &conn in fanout.conns.iter() {
-            queued += usize::from(self.push_reserved(now, conn, &fanout.frame, wakes));
+    /// Queues messages to their recipients: the same bytes for all of a message's. The
+    /// messages of one recipient list (one topic's subscribers) go to each recipient
+    /// together, in order, under one lock of its queue: a burst over a few topics costs one
+    /// table lookup and one lock per recipient and topic, not per message. A connection
+    /// that holds several of the topics gets each topic's messages in order, the topics'
+    /// groups one after the other.
+    pub(crate) fn fanout(&mut self, now: Instant, fanouts: &[Fanout], wakes: &mut Wakes) {
+        /// Recipient lists grouped at once; a burst over more topics goes in several rounds,
+        /// so grouping stays linear in the burst.
+        const GROUPS: usize = 32;
+        let mut groups: Vec<(&Arc<[ConnId]>, Vec<Bytes>)> = Vec::new();
+        for fanout in fanouts {
+            match groups
+                .iter_mut()
+                .find(|(conns, _)| Arc::ptr_eq(conns, &fanout.conns))
+            {
+                Some((_, frames)) => frames.push(fanout.frame.clone()),
+                None => {
+                    if groups.len() == GROUPS {
+                        for (conns, frames) in groups.drain(..) {
+                            self.fanout_group(now, conns, &frames, wakes);
+                        }
+                    }
+                    groups.push((&fanout.conns, vec![fanout.frame.clone()]));
+                }
+            }
         }
-        flow.unreserve(len * (recipients - queued));
+        for (conns, frames) in groups {
+            self.fanout_group(now, conns, &frames, wakes);
+        }
+    }
+
+    /// Queues `frames`, in order, to each of `conns`.
+    fn fanout_group(
+        &mut self,
+        now: Instant,
+        conns: &[ConnId],
+        frames: &[Bytes],
+        wakes: &mut Wakes,
+    ) {
+        let flow = &self.sessions.flow;
+        let total: usize = frames.iter().map(Bytes::len).sum::<usize>() * conns.len();
+        flow.reserve(total);
+        let mut queued_bytes = 0;
+        let mut queued = 0;
+        for &conn in conns {
+            let n = self.push_reserved(now, conn, frames, wakes);
+            queued += n;
+            queued_bytes += if n == frames.len() {
+                total / conns.len()
+            } else {
+                frames[..n].iter().map(Bytes::len).sum()
+            };
+        }
+        flow.unreserve(total - queued_bytes);
         self.sessions
             .counters
             .frames_queued
