@@ -47,6 +47,37 @@ pub struct Config {
     pub rpc_timeout_ms: u64,
     /// When this distributor proposes splitting or merging a hot topic on its own.
     pub hot: HotPolicy,
+    /// How much of each owned topic's recent messages is kept for recovery and History.
+    pub history: HistoryPolicy,
+}
+
+/// The history an owner keeps per topic, in memory: the newest messages within all three
+/// bounds. `messages` or `bytes` 0 turns it off (split topics still keep what their route
+/// changes need); `age_ms` 0 keeps messages of any age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryPolicy {
+    pub messages: usize,
+    /// Counted as encoded relay frames (data, topic and a few varints).
+    pub bytes: usize,
+    pub age_ms: u64,
+}
+
+impl Default for HistoryPolicy {
+    fn default() -> Self {
+        HistoryPolicy {
+            messages: 1000,
+            bytes: 1 << 20,
+            age_ms: 300_000,
+        }
+    }
+}
+
+impl HistoryPolicy {
+    /// Whether history is kept at all.
+    pub fn enabled(&self) -> bool {
+        self.messages > 0 && self.bytes > 0
+    }
 }
 
 /// Automatic hot-topic splits and merges, decided by the owner of a topic's slot from its
@@ -103,6 +134,7 @@ impl Default for Config {
             publish_retry_ms: 5000,
             rpc_timeout_ms: 2000,
             hot: HotPolicy::default(),
+            history: HistoryPolicy::default(),
         }
     }
 }

@@ -22,7 +22,8 @@ use firetower_proto::client::ErrorCode;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{
-    relay_frame::Frame, ClientPublish, ClientPublishDone, Fence, InterestAck, RelayFrame,
+    relay_frame::Frame, ClientPublish, ClientPublishDone, Deliver, Fence, InterestAck, Recovered,
+    RelayFrame,
 };
 use firetower_proto::slot_of;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,7 +34,7 @@ use tonic::transport::server::Connected;
 use crate::config::Config;
 use crate::core::{
     AttemptId, Command, CoreCounters, Delivery, DistributorCore, ForwardResult, ForwardRun,
-    HotProposal, OpId, Outcome, PublishError,
+    HistoryAnswer, HotProposal, OpId, Outcome, PublishError,
 };
 use crate::error::NodeError;
 use crate::service::{
@@ -408,6 +409,20 @@ impl<C: Connector> Shared<C> {
                     }
                 }
             }
+            Command::Recovered {
+                edge,
+                request_id,
+                topic,
+                answer,
+            } => {
+                let lane = slot_of(&topic) as usize % lanes;
+                for frame in recovered_frames(request_id, &topic, answer) {
+                    if !state.links.queue(edge, lane, LaneFrame::Other(frame)) {
+                        self.lane_overflow(state, edge);
+                        break;
+                    }
+                }
+            }
             Command::InterestAck { edge, topic, epoch } => {
                 let ack = ControlFrame(RelayFrame {
                     frame: Some(Frame::InterestAck(InterestAck { topic, epoch })),
@@ -641,7 +656,8 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let (proposals_tx, mut proposals_rx) = mpsc::unbounded_channel::<HotProposal>();
     let mut core =
-        DistributorCore::with_hot_policy(config.id, config.max_topics, config.hot.clone());
+        DistributorCore::with_hot_policy(config.id, config.max_topics, config.hot.clone())
+            .with_history(config.history);
     core.set_publish_retry(Duration::from_millis(config.publish_retry_ms));
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -919,6 +935,23 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                     tracing::warn!(edge, error = %e, "interest refused");
                 }
             }
+            Some(Frame::Recover(recover))
+                if firetower_proto::topic::validate_topic(&recover.topic).is_err() =>
+            {
+                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(edge, "recover of an invalid topic; ignored");
+            }
+            Some(Frame::Recover(recover)) => {
+                shared.apply(|state, _| {
+                    state.core.handle_recover(
+                        edge,
+                        &recover.topic,
+                        recover.epoch,
+                        recover.seq,
+                        recover.request_id,
+                    )
+                });
+            }
             Some(Frame::SlotsSynced(synced)) => {
                 shared.apply(|state, _| {
                     state
@@ -1096,4 +1129,37 @@ pub async fn run_udp_with_counters(
         counters,
     )
     .await
+}
+
+/// The most bytes of messages one `Recovered` frame carries (the relay takes frames up to
+/// 1 MiB, and one message is at most `max_data_bytes`, below that).
+const RECOVERED_FRAME_BYTES: usize = 512 << 10;
+
+/// The answer to a Recover as relay frames, back to back, `last` on the final one: each
+/// carries at most [`RECOVERED_FRAME_BYTES`] of messages (or one message).
+fn recovered_frames(request_id: u64, topic: &str, answer: HistoryAnswer) -> Vec<RelayFrame> {
+    let frame = |messages: Vec<Deliver>, last: bool| RelayFrame {
+        frame: Some(Frame::Recovered(Recovered {
+            request_id,
+            topic: topic.to_string(),
+            ok: answer.recovered,
+            epoch: answer.current.0,
+            seq: answer.current.1,
+            messages,
+            last,
+        })),
+    };
+    let mut frames = Vec::new();
+    let mut chunk: Vec<Deliver> = Vec::new();
+    let mut bytes = 0;
+    for delivery in &answer.messages {
+        if !chunk.is_empty() && bytes + delivery.len() > RECOVERED_FRAME_BYTES {
+            frames.push(frame(std::mem::take(&mut chunk), false));
+            bytes = 0;
+        }
+        bytes += delivery.len();
+        chunk.push(delivery.deliver().clone());
+    }
+    frames.push(frame(chunk, true));
+    frames
 }

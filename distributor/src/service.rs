@@ -264,6 +264,9 @@ async fn publish<C: Connector>(
 }
 
 /// One name's subscriber count and counters, from its owner (here or forwarded).
+/// The most messages one History call returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
 async fn status_one<C: Connector>(
     shared: &Arc<Shared<C>>,
     name: &str,
@@ -672,6 +675,87 @@ impl<C: Connector> Distributor for DistributorService<C> {
             });
         }
         Ok(Response::new(dpb::ForwardBatchReply { outcomes }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<dpb::HistoryRequest>,
+    ) -> Result<Response<dpb::HistoryReply>, Status> {
+        let dpb::HistoryRequest {
+            topic,
+            since,
+            limit,
+            forwarded,
+        } = request.into_inner();
+        validate_topic(&topic).map_err(|e| Status::invalid_argument(format!("topic: {e}")))?;
+        let limit = match limit as usize {
+            0 => MAX_HISTORY_LIMIT,
+            n => n.min(MAX_HISTORY_LIMIT),
+        };
+        let (answer, owner, split) = {
+            let state = self.shared.lock();
+            let routing = state.core.routing();
+            let split = routing
+                .hot_route(&topic)
+                .is_some_and(|h| h.shards > 0 || !h.committed);
+            let owner = routing.route(slot_of(&topic)).distributor;
+            let answer =
+                state
+                    .core
+                    .history(&topic, since.as_ref().map(|p| (p.epoch, p.seq)), limit);
+            (answer, owner, split)
+        };
+        if split {
+            // Each sub-topic has its own numbering; one stream for the topic is not built
+            // yet (docs/protocol.md, History).
+            return Err(Status::failed_precondition(format!(
+                "{topic:?} is split into sub-topics; its history is not served yet"
+            )));
+        }
+        if answer.current != (0, 0) {
+            return Ok(Response::new(dpb::HistoryReply {
+                topic,
+                current: Some(dpb::StreamPosition {
+                    epoch: answer.current.0,
+                    seq: answer.current.1,
+                }),
+                messages: answer
+                    .messages
+                    .iter()
+                    .map(|d| {
+                        let d = d.deliver();
+                        dpb::HistoryMessage {
+                            epoch: d.epoch,
+                            seq: d.seq,
+                            data: d.data.clone(),
+                        }
+                    })
+                    .collect(),
+                recovered: answer.recovered,
+            }));
+        }
+        if forwarded || owner == 0 || owner == self.shared.config.id {
+            return Err(Status::unavailable(format!(
+                "distributor {} does not own slot {} (owner: {owner})",
+                self.shared.config.id,
+                slot_of(&topic)
+            )));
+        }
+        let mut client = peer(&self.shared, owner).ok_or_else(|| {
+            Status::unavailable(format!("owner {owner} has no known gRPC address"))
+        })?;
+        let reply = client
+            .history(with_timeout(
+                dpb::HistoryRequest {
+                    topic,
+                    since,
+                    limit: limit as u32,
+                    forwarded: true,
+                },
+                self.shared.config.rpc_timeout(),
+            ))
+            .await?;
+        Ok(reply)
     }
 
     async fn topic_status(

@@ -22,11 +22,22 @@ use crate::topic::validate_topic;
 /// The legacy heartbeat text frame, sent by old clients and (optionally) by the server.
 pub const LEGACY_HEARTBEAT: &str = "heartbeat";
 
+/// A position in a topic's stream: the `(epoch, seq)` of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamPos {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
 /// A parsed client frame. Topics are validated and deduplicated, in the order given.
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame<'a> {
     Subscribe {
         topics: Vec<Cow<'a, str>>,
+        /// The positions the client last saw, for the topics it wants to recover (each
+        /// one of `topics`); empty in the original protocol.
+        since: Vec<(String, StreamPos)>,
     },
     Unsubscribe {
         topics: Vec<Cow<'a, str>>,
@@ -134,6 +145,8 @@ struct RawFrame<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    since: Option<std::collections::BTreeMap<String, StreamPos>>,
 }
 
 /// Parses one client text frame. `max_topics_per_frame` bounds how many topics one
@@ -154,9 +167,19 @@ pub fn parse_client_frame(
         .topic
         .ok_or_else(|| ClientError::new(ErrorCode::BadJson, "missing field \"topic\""))?;
     match kind.as_ref() {
-        "subscribe" => Ok(ClientFrame::Subscribe {
-            topics: split_topics(topic, max_topics_per_frame)?,
-        }),
+        "subscribe" => {
+            let topics = split_topics(topic, max_topics_per_frame)?;
+            let since: Vec<(String, StreamPos)> =
+                raw.since.unwrap_or_default().into_iter().collect();
+            if let Some((stray, _)) = since.iter().find(|(t, _)| !topics.iter().any(|s| s == t)) {
+                return Err(ClientError::new(
+                    ErrorCode::BadJson,
+                    format!("\"since\" names {stray:?}, which \"topic\" does not"),
+                )
+                .with_topic(stray.as_str()));
+            }
+            Ok(ClientFrame::Subscribe { topics, since })
+        }
         "unSubscribe" => Ok(ClientFrame::Unsubscribe {
             topics: split_topics(topic, max_topics_per_frame)?,
         }),
@@ -251,6 +274,56 @@ pub fn encode_ack<S: AsRef<str>>(kind: AckKind, topics: &[S]) -> Bytes {
     }
     out.push_str("]}");
     Bytes::from(out)
+}
+
+/// How a subscribe with a position went for one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// The missed deliveries follow the ack (none missed counts as recovered).
+    pub recovered: bool,
+    /// When not recovered: the topic's position now, if known.
+    pub position: Option<StreamPos>,
+}
+
+/// Encodes the ack of a subscribe with a position:
+/// `{"type":"subscribed","topic":["a"],"recovered":{"a":true}}`, and when not recovered,
+/// `"position":{"a":{"epoch":E,"seq":S}}` too (if known).
+pub fn encode_recovery_ack(topic: &str, recovery: Recovery) -> Bytes {
+    let mut out = String::with_capacity(96 + 3 * topic.len());
+    out.push_str(r#"{"type":"subscribed","topic":["#);
+    push_json_string(&mut out, topic);
+    out.push_str(r#"],"recovered":{"#);
+    push_json_string(&mut out, topic);
+    let _ = write!(out, ":{}}}", recovery.recovered);
+    if let (false, Some(p)) = (recovery.recovered, recovery.position) {
+        out.push_str(r#","position":{"#);
+        push_json_string(&mut out, topic);
+        let _ = write!(out, r#":{{"epoch":{},"seq":{}}}}}"#, p.epoch, p.seq);
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// Reads the recovery fields of a `subscribed` frame (the client side): per topic,
+/// whether it was recovered, and the positions given for those that were not.
+pub fn parse_recovery(
+    text: &str,
+) -> Result<
+    (
+        std::collections::BTreeMap<String, bool>,
+        std::collections::BTreeMap<String, StreamPos>,
+    ),
+    String,
+> {
+    #[derive(Deserialize)]
+    struct Ack {
+        #[serde(default)]
+        recovered: std::collections::BTreeMap<String, bool>,
+        #[serde(default)]
+        position: std::collections::BTreeMap<String, StreamPos>,
+    }
+    let ack: Ack = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok((ack.recovered, ack.position))
 }
 
 /// Encodes `{"type":"error","code":…,"message":…,"topic":…|null}`.
@@ -382,6 +455,7 @@ mod tests {
         assert_eq!(
             f,
             ClientFrame::Subscribe {
+                since: vec![],
                 topics: vec!["a".into(), "b".into()]
             }
         );
@@ -418,6 +492,7 @@ mod tests {
         assert_eq!(
             f,
             ClientFrame::Subscribe {
+                since: vec![],
                 topics: vec!["a".into(), "b".into()]
             }
         );
@@ -504,5 +579,71 @@ mod tests {
         assert!(validate_json_data(b"1 2").is_err());
         assert!(validate_json_data(b"").is_err());
         assert!(validate_json_data(&[0xff]).is_err());
+    }
+    #[test]
+    fn a_subscribe_may_carry_positions_for_its_topics() {
+        let f = parse_client_frame(
+            r#"{"type":"subscribe","topic":"a,b","since":{"a":{"epoch":3,"seq":17}}}"#,
+            8,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                topics: vec!["a".into(), "b".into()],
+                since: vec![("a".into(), StreamPos { epoch: 3, seq: 17 })],
+            }
+        );
+        // A position for a topic not subscribed, or a malformed one, is a precise error.
+        let e = parse_client_frame(
+            r#"{"type":"subscribe","topic":"a","since":{"b":{"epoch":1,"seq":1}}}"#,
+            8,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.topic.as_deref()),
+            (ErrorCode::BadJson, Some("b"))
+        );
+        for bad in [
+            r#"{"type":"subscribe","topic":"a","since":{"a":{"epoch":1}}}"#,
+            r#"{"type":"subscribe","topic":"a","since":{"a":{"epoch":-1,"seq":0}}}"#,
+            r#"{"type":"subscribe","topic":"a","since":["a"]}"#,
+        ] {
+            assert_eq!(
+                parse_client_frame(bad, 8).unwrap_err().code,
+                ErrorCode::BadJson,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn recovery_acks_say_per_topic_whether_it_worked_and_read_back() {
+        let ok = encode_recovery_ack(
+            "a",
+            Recovery {
+                recovered: true,
+                position: None,
+            },
+        );
+        assert_eq!(
+            &ok[..],
+            br#"{"type":"subscribed","topic":["a"],"recovered":{"a":true}}"#
+        );
+        let failed = encode_recovery_ack(
+            "a\"b",
+            Recovery {
+                recovered: false,
+                position: Some(StreamPos { epoch: 9, seq: 4 }),
+            },
+        );
+        let text = std::str::from_utf8(&failed).unwrap();
+        assert_eq!(
+            parse_server_frame(text).unwrap(),
+            ServerFrame::Subscribed(vec!["a\"b".into()])
+        );
+        let (recovered, position) = parse_recovery(text).unwrap();
+        assert_eq!(recovered.get("a\"b"), Some(&false));
+        assert_eq!(position.get("a\"b"), Some(&StreamPos { epoch: 9, seq: 4 }));
     }
 }

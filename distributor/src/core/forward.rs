@@ -319,6 +319,7 @@ impl DistributorCore {
     /// A publish of one topic's messages, checked by the caller, in order. Returns the op
     /// whose [`Command::Reply`] will carry the outcome (possibly among this call's commands).
     pub fn handle_publish(&mut self, now: Instant, topic: &str, messages: Vec<Bytes>) -> OpId {
+        self.advance_clock(now);
         let op_id = self.publishes.new_op();
         let messages: Vec<(u64, Bytes)> = messages
             .into_iter()
@@ -439,6 +440,7 @@ impl DistributorCore {
     /// Retries the waiting publishes that are due, and closes load windows
     /// ([`Self::handle_tick`]).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance_clock(now);
         self.handle_tick(now);
         let due: Vec<OpId> = self
             .publishes

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use firetower_proto::relay::v1::Deliver;
 use tokio::time::{Duration, Instant};
 
-use crate::config::HotPolicy;
+use crate::config::{HistoryPolicy, HotPolicy};
 
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::routing::{route_topics, HotRoute, RoutingChanges, RoutingTable};
@@ -64,13 +64,39 @@ struct TopicState {
     /// Consecutive windows above the split load / below the merge load.
     windows_over: u32,
     windows_under: u32,
-    /// Encoded deliveries of messages routed by a hot-topic view (route tag > 0), newest
-    /// last, at most [`HISTORY_FRAMES`]: an edge that joins this (sub-)topic while its
-    /// route changes gets the ones published since the change was prepared, which the
-    /// publishers sent here before the edge's interest arrived.
-    history: VecDeque<(u64, Delivery)>,
-    /// The bytes of `history`'s frames, at most [`HISTORY_BYTES`].
+    /// The topic's recent deliveries, newest last, within the [`HistoryPolicy`]: for
+    /// clients that recover ([`DistributorCore::handle_recover`]) and the History call.
+    /// Those routed by a hot-topic view (route tag > 0) are kept, at least
+    /// [`HISTORY_FRAMES`] and [`HISTORY_BYTES`] of them, even with the policy off: an edge
+    /// that joins this (sub-)topic while its route changes gets the ones published since
+    /// the change was prepared, which the publishers sent here before the edge's interest
+    /// arrived.
+    history: VecDeque<Kept>,
+    /// The bytes of `history`'s frames.
     history_bytes: usize,
+}
+
+/// One delivery in a topic's history.
+#[derive(Debug, Clone)]
+struct Kept {
+    /// The route tag it was published under.
+    tag: u64,
+    /// The core's clock when it was sequenced (see `DistributorCore::clock`).
+    at: Option<Instant>,
+    delivery: Delivery,
+}
+
+/// What the history holds after a position (see [`DistributorCore::history`]).
+#[derive(Debug, Clone)]
+pub struct HistoryAnswer {
+    /// The position asked for can be served: `messages` are all that followed it (up to
+    /// the limit). Without a position: true.
+    pub recovered: bool,
+    /// The topic's position now, `(epoch, last seq)`; (0, 0) when this distributor does
+    /// not own the topic.
+    pub current: (u64, u64),
+    /// Oldest first.
+    pub messages: Vec<Delivery>,
 }
 
 /// Deliveries kept per split (sub-)topic for edges that join its route late: a few hundred
@@ -78,6 +104,12 @@ struct TopicState {
 pub const HISTORY_FRAMES: usize = 1024;
 /// And at most this many bytes of them per (sub-)topic, whatever the message size.
 pub const HISTORY_BYTES: usize = 1 << 20;
+
+/// Whether a kept delivery was sequenced before `oldest` (see
+/// `DistributorCore::history_oldest`).
+fn aged(kept: &Kept, oldest: Option<Instant>) -> bool {
+    matches!((kept.at, oldest), (Some(at), Some(oldest)) if at < oldest)
+}
 
 /// What to do with a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +150,14 @@ pub enum Command {
     },
     /// Queue a hot-topic fence on its topic's lane, behind every delivery already queued.
     Fence(FenceOut),
+    /// Queue the answer to an edge's Recover on the topic's lane, behind every delivery
+    /// already queued.
+    Recovered {
+        edge: u64,
+        request_id: u64,
+        topic: String,
+        answer: HistoryAnswer,
+    },
     /// Acknowledge an edge's interest on its control stream.
     InterestAck {
         edge: u64,
@@ -227,6 +267,9 @@ pub struct DistributorCore {
     /// edges hold for the new route (sim seeds 188 and 193). Pruned as the view catches up;
     /// at most `max_topics` entries.
     route_floors: HashMap<String, u64>,
+    history_policy: HistoryPolicy,
+    /// The latest time an input brought (history ages are measured with it).
+    clock: Option<Instant>,
 }
 
 /// A forwarded publish's key: (forwarder id, forwarder's registration incarnation, number).
@@ -269,7 +312,15 @@ impl DistributorCore {
             hot_policy,
             window_start: None,
             route_floors: HashMap::new(),
+            history_policy: HistoryPolicy::default(),
+            clock: None,
         }
+    }
+
+    /// The same core, keeping each topic's history by `policy`.
+    pub fn with_history(mut self, policy: HistoryPolicy) -> Self {
+        self.history_policy = policy;
+        self
     }
 
     pub fn id(&self) -> u64 {
@@ -306,6 +357,7 @@ impl DistributorCore {
     /// entries fence their topics ([`Command::Fence`]); publishes waiting for an owner try
     /// again.
     pub fn handle_watch(&mut self, now: Instant, event: pb::WatchEvent) -> RoutingChanges {
+        self.advance_clock(now);
         let changes = self.routing.apply(event);
         let routing = &self.routing;
         self.route_floors.retain(|base, floor| {
@@ -332,8 +384,8 @@ impl DistributorCore {
                 let Some(state) = self.topics.get_mut(&name) else {
                     continue;
                 };
-                state.history.retain(|(tag, _)| *tag >= hot.since);
-                state.history_bytes = state.history.iter().map(|(_, d)| d.len()).sum();
+                state.history.retain(|k| k.tag >= hot.since);
+                state.history_bytes = state.history.iter().map(|k| k.delivery.len()).sum();
                 if route.distributor != self.id {
                     continue;
                 }
@@ -504,8 +556,8 @@ impl DistributorCore {
             state
                 .history
                 .iter()
-                .filter(|(tag, _)| *tag >= since)
-                .map(|(_, delivery)| delivery.clone())
+                .filter(|k| k.tag >= since)
+                .map(|k| k.delivery.clone())
                 .collect()
         } else {
             Vec::new()
@@ -541,7 +593,7 @@ impl DistributorCore {
         data: &Bytes,
         edges: Vec<u64>,
     ) {
-        if edges.is_empty() && route_tag == 0 {
+        if edges.is_empty() && route_tag == 0 && !self.history_policy.enabled() {
             return;
         }
         let delivery = Delivery::new(Deliver {
@@ -559,23 +611,154 @@ impl DistributorCore {
         }
     }
 
-    /// Keeps the delivery of a message routed by a hot-topic view (`route_tag` > 0) for
-    /// edges that join late. Bounded by [`HISTORY_FRAMES`] and [`HISTORY_BYTES`] per topic,
-    /// oldest dropped first.
+    /// Keeps a delivery in its topic's history (see [`TopicState::history`]), dropping the
+    /// oldest beyond the bounds.
     fn record_history(&mut self, topic: &str, route_tag: u64, delivery: &Delivery) {
-        if route_tag == 0 {
+        let policy = self.history_policy;
+        let (messages, bytes) = if route_tag > 0 {
+            (
+                policy.messages.max(HISTORY_FRAMES),
+                policy.bytes.max(HISTORY_BYTES),
+            )
+        } else if policy.enabled() {
+            (policy.messages, policy.bytes)
+        } else {
             return;
-        }
+        };
+        let oldest = self.history_oldest();
+        let at = self.clock;
         if let Some(state) = self.topics.get_mut(topic) {
-            state.history.push_back((route_tag, delivery.clone()));
+            state.history.push_back(Kept {
+                tag: route_tag,
+                at,
+                delivery: delivery.clone(),
+            });
             state.history_bytes += delivery.len();
-            while state.history.len() > HISTORY_FRAMES || state.history_bytes > HISTORY_BYTES {
+            while state.history.len() > messages
+                || state.history_bytes > bytes
+                || state
+                    .history
+                    .front()
+                    .is_some_and(|k| k.tag == 0 && aged(k, oldest))
+            {
                 match state.history.pop_front() {
-                    Some((_, old)) => state.history_bytes -= old.len(),
+                    Some(old) => state.history_bytes -= old.delivery.len(),
                     None => break,
                 }
             }
         }
+    }
+
+    /// Moves the core's clock to `now` (never back).
+    fn advance_clock(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+
+    /// The time before which kept messages are too old (None: no age bound, or no clock).
+    fn history_oldest(&self) -> Option<Instant> {
+        let age = self.history_policy.age_ms;
+        if age == 0 {
+            return None;
+        }
+        self.clock
+            .and_then(|now| now.checked_sub(Duration::from_millis(age)))
+    }
+
+    /// What `topic`'s history holds after `since` (`(epoch, seq)`), at most `limit`
+    /// messages: the first `limit` after `since`, or without it the newest `limit`. A
+    /// position is served when it is in the topic's current epoch, not ahead of it, and
+    /// every message after it is still kept (none aged out or dropped by the bounds).
+    pub fn history(&self, topic: &str, since: Option<(u64, u64)>, limit: usize) -> HistoryAnswer {
+        let route = self.routing.route(slot_of(topic));
+        if route.distributor != self.id || self.incarnation == 0 || route.epoch < self.incarnation {
+            return HistoryAnswer {
+                recovered: false,
+                current: (0, 0),
+                messages: Vec::new(),
+            };
+        }
+        let state = self.topics.get(topic);
+        let seq = state
+            .filter(|s| s.epoch == route.epoch)
+            .map_or(0, |s| s.seq);
+        let current = (route.epoch, seq);
+        let oldest = self.history_oldest();
+        // The kept messages of this epoch that have not aged out, oldest first.
+        let kept: Vec<&Delivery> = state
+            .map(|s| {
+                s.history
+                    .iter()
+                    .filter(|k| k.delivery.deliver().epoch == route.epoch && !aged(k, oldest))
+                    .map(|k| &k.delivery)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let refused = HistoryAnswer {
+            recovered: false,
+            current,
+            messages: Vec::new(),
+        };
+        let messages: Vec<Delivery> = match since {
+            None => {
+                let skip = kept.len().saturating_sub(limit);
+                kept[skip..].iter().map(|d| (*d).clone()).collect()
+            }
+            Some((epoch, after)) => {
+                if epoch != current.0 || after > current.1 {
+                    return refused;
+                }
+                if after < current.1 {
+                    // Every message after `after` must still be here.
+                    let first = kept.iter().position(|d| d.deliver().seq > after);
+                    match first.map(|i| kept[i].deliver().seq) {
+                        Some(seq) if seq == after + 1 => {}
+                        _ => return refused,
+                    }
+                }
+                kept.iter()
+                    .filter(|d| d.deliver().seq > after)
+                    .take(limit)
+                    .map(|d| (*d).clone())
+                    .collect()
+            }
+        };
+        HistoryAnswer {
+            recovered: true,
+            current,
+            messages,
+        }
+    }
+
+    /// An edge asks, for a client that subscribes with a position, for what `topic`'s
+    /// owner sequenced after `(epoch, seq)`: answered with [`Command::Recovered`] on the
+    /// topic's lane, behind every delivery of the topic already queued, so the deliveries
+    /// that follow it there are exactly the ones after the answer.
+    pub fn handle_recover(
+        &mut self,
+        edge: u64,
+        topic: &str,
+        epoch: u64,
+        seq: u64,
+        request_id: u64,
+    ) {
+        let answer = self.history(topic, Some((epoch, seq)), usize::MAX);
+        tracing::trace!(
+            distributor = self.id,
+            edge,
+            topic,
+            epoch,
+            seq,
+            recovered = answer.recovered,
+            current = ?answer.current,
+            messages = answer.messages.len(),
+            "recover"
+        );
+        self.commands.push_back(Command::Recovered {
+            edge,
+            request_id,
+            topic: topic.to_string(),
+            answer,
+        });
     }
 
     /// The edge has announced all its interest in these slots at these epochs.
@@ -719,6 +902,7 @@ impl DistributorCore {
     /// times every registered edge.
     /// Each proposal is a [`Command::Propose`].
     pub fn handle_tick(&mut self, now: Instant) {
+        self.advance_clock(now);
         let window = Duration::from_millis(self.hot_policy.window_ms);
         let Some(start) = self.window_start else {
             self.window_start = Some(now);

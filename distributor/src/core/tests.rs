@@ -458,3 +458,123 @@ fn sustained_load_proposes_a_split_and_sustained_quiet_a_merge() {
         }]
     );
 }
+
+/// A core that owns every slot at epoch 5, with history `policy`, edge 9 linked.
+fn owning_core(policy: HistoryPolicy) -> DistributorCore {
+    let mut core = DistributorCore::new(1, 100).with_history(policy);
+    core.handle_registered(1);
+    core.handle_watch(Instant::now(), snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    core
+}
+
+fn seqs(answer: &HistoryAnswer) -> Vec<u64> {
+    answer.messages.iter().map(|d| d.deliver().seq).collect()
+}
+
+#[test]
+fn history_serves_what_followed_a_position_in_the_current_epoch() {
+    let mut core = owning_core(HistoryPolicy {
+        messages: 5,
+        bytes: 1 << 20,
+        age_ms: 0,
+    });
+    // Kept even with no edge interested.
+    for i in 0..8u8 {
+        publish_tagged(&mut core, "chat", 0, Bytes::from(vec![b'0' + i]));
+    }
+    drain(&mut core);
+    // Bounded to the newest 5: seqs 4..=8.
+    let all = core.history("chat", None, 100);
+    assert!(all.recovered);
+    assert_eq!(all.current, (5, 8));
+    assert_eq!(seqs(&all), vec![4, 5, 6, 7, 8]);
+    assert_eq!(
+        seqs(&core.history("chat", None, 2)),
+        vec![7, 8],
+        "newest first cut"
+    );
+    // After seq 3: 4..=8; after 6 with limit 1: 7.
+    let after = core.history("chat", Some((5, 3)), 100);
+    assert!(after.recovered);
+    assert_eq!(seqs(&after), vec![4, 5, 6, 7, 8]);
+    assert_eq!(seqs(&core.history("chat", Some((5, 6)), 1)), vec![7]);
+    // Caught up: recovered, nothing to send.
+    let caught_up = core.history("chat", Some((5, 8)), 100);
+    assert!(caught_up.recovered && caught_up.messages.is_empty());
+    // Older than the history, another epoch, or ahead of the topic: refused with the
+    // current position.
+    for since in [(5, 2), (4, 7), (5, 9), (6, 1)] {
+        let refused = core.history("chat", Some(since), 100);
+        assert!(!refused.recovered, "{since:?}");
+        assert_eq!(refused.current, (5, 8));
+        assert!(refused.messages.is_empty());
+    }
+    // A topic never published: position (5, 0), and recovering from it works.
+    let fresh = core.history("quiet", Some((5, 0)), 100);
+    assert!(fresh.recovered && fresh.messages.is_empty());
+    assert_eq!(fresh.current, (5, 0));
+}
+
+#[test]
+fn history_ages_out_and_can_be_off() {
+    let mut core = owning_core(HistoryPolicy {
+        messages: 100,
+        bytes: 1 << 20,
+        age_ms: 1000,
+    });
+    let start = Instant::now();
+    core.handle_tick(start);
+    publish_tagged(&mut core, "chat", 0, Bytes::from_static(b"1"));
+    core.handle_tick(start + Duration::from_millis(600));
+    publish_tagged(&mut core, "chat", 0, Bytes::from_static(b"2"));
+    core.handle_tick(start + Duration::from_millis(1200));
+    // Seq 1 is older than a second now: a position before it cannot be served.
+    assert!(!core.history("chat", Some((5, 0)), 10).recovered);
+    assert_eq!(seqs(&core.history("chat", Some((5, 1)), 10)), vec![2]);
+
+    let mut off = owning_core(HistoryPolicy {
+        messages: 0,
+        ..HistoryPolicy::default()
+    });
+    publish_tagged(&mut off, "chat", 0, Bytes::from_static(b"1"));
+    assert!(!off.history("chat", Some((5, 0)), 10).recovered);
+    assert!(
+        off.history("chat", Some((5, 1)), 10).recovered,
+        "nothing missed"
+    );
+}
+
+#[test]
+fn a_recover_is_answered_on_the_topics_lane_and_a_non_owner_says_so() {
+    let mut core = owning_core(HistoryPolicy::default());
+    publish_tagged(&mut core, "chat", 0, Bytes::from_static(b"1"));
+    publish_tagged(&mut core, "chat", 0, Bytes::from_static(b"2"));
+    drain(&mut core);
+    core.handle_recover(9, "chat", 5, 1, 77);
+    match &drain(&mut core)[..] {
+        [Command::Recovered {
+            edge: 9,
+            request_id: 77,
+            topic,
+            answer,
+        }] => {
+            assert_eq!(topic, "chat");
+            assert!(answer.recovered);
+            assert_eq!(answer.current, (5, 2));
+            assert_eq!(seqs(answer), vec![2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The slot moves away: this distributor no longer answers for it.
+    core.handle_watch(Instant::now(), move_slot(slot_of("chat"), 2, 6));
+    drain(&mut core);
+    core.handle_recover(9, "chat", 5, 1, 78);
+    match &drain(&mut core)[..] {
+        [Command::Recovered { answer, .. }] => {
+            assert!(!answer.recovered);
+            assert_eq!(answer.current, (0, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+}
