@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use firetower_proto::client::{ClientError, ErrorCode};
+use firetower_proto::client::{ClientError, ErrorCode, Recovery, StreamPos};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::relay::v1::{relay_frame::Frame, Interest, RelayFrame, SlotsSynced};
 use firetower_proto::routing::{edge_route_topic, RoutingTable};
@@ -52,6 +52,7 @@ use tokio::time::{Duration, Instant};
 use crate::frame::delivery_frame;
 
 mod publish;
+mod recovery;
 pub use publish::{PublishCounters, DEFAULT_ANSWER_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
 
 /// A client connection, numbered by the shell.
@@ -85,6 +86,14 @@ pub enum Output {
     /// These topics are now subscribed for the connection: ack them to the client and run
     /// the on_subscribe hook.
     Subscribed { conn: ConnId, topics: Vec<String> },
+    /// A subscribe with a position is effective for `topic`: ack it to the client with how
+    /// the recovery went (see [`recovery`]) and run the on_subscribe hook. The missed
+    /// deliveries, if any, follow as [`Output::Deliver`]s to this connection alone.
+    SubscribedFrom {
+        conn: ConnId,
+        topic: String,
+        recovery: Recovery,
+    },
     /// These subscriptions could not be made effective: tell the client, run no hook.
     SubscribeFailed { conn: ConnId, error: ClientError },
     /// Ack an unsubscribe to the client: the topics it asked about, held or not.
@@ -164,6 +173,10 @@ struct LocalTopic {
     recipients: Option<Arc<[ConnId]>>,
     /// Waiting for every route's InterestAck, with the time they asked.
     pending: BTreeMap<ConnId, Instant>,
+    /// The positions given by waiting connections that subscribed with one.
+    positions: BTreeMap<ConnId, StreamPos>,
+    /// Connections waiting for the owner's answer to their recovery.
+    recovering: BTreeMap<ConnId, recovery::Recovering>,
     routes: VecDeque<Route>,
     /// Set once the topic has changed route (or was split when it became local): clients
     /// then get this edge's numbering, `(epoch, seq)` with a new epoch per route change,
@@ -195,7 +208,7 @@ struct AheadDelivery {
 
 impl LocalTopic {
     fn count(&self) -> u64 {
-        (self.subscribers.len() + self.pending.len()) as u64
+        (self.subscribers.len() + self.pending.len() + self.recovering.len()) as u64
     }
 
     fn add_subscriber(&mut self, conn: ConnId) {
@@ -210,6 +223,8 @@ impl LocalTopic {
             self.recipients = None;
         }
         self.pending.remove(&conn);
+        self.positions.remove(&conn);
+        self.recovering.remove(&conn);
     }
 
     /// The current subscribers, shared.
@@ -275,6 +290,11 @@ pub struct CoreCounters {
     /// Split-topic route changes completed, and those forced by [`SWITCH_TIMEOUT`].
     pub route_switches: u64,
     pub forced_switches: u64,
+    /// Subscribes with a position that were recovered, and those the owner could not
+    /// serve (see [`recovery`]); deliveries sent as recovered.
+    pub recoveries: u64,
+    pub recoveries_refused: u64,
+    pub recovered_deliveries: u64,
 }
 
 /// The edge state machine.
@@ -307,6 +327,11 @@ pub struct EdgeCore {
     publishes: publish::Publishes,
     /// Topics whose `ahead` holds deliveries.
     ahead_topics: BTreeSet<String>,
+    /// The positions of the subscribe being handled (see `handle_subscribe_from`).
+    wanted: BTreeMap<(ConnId, String), StreamPos>,
+    /// Recover requests sent: id → (topic, connection).
+    recoveries: HashMap<u64, (String, ConnId)>,
+    next_recovery: u64,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
 }
@@ -329,6 +354,9 @@ impl EdgeCore {
             departed: VecDeque::new(),
             publishes: publish::Publishes::default(),
             ahead_topics: BTreeSet::new(),
+            wanted: BTreeMap::new(),
+            recoveries: HashMap::new(),
+            next_recovery: 0,
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
         }
@@ -524,6 +552,11 @@ impl EdgeCore {
                             0,
                         ),
                         pending: BTreeMap::from([(conn, now)]),
+                        positions: self
+                            .wanted
+                            .get(&(conn, topic.clone()))
+                            .map(|p| BTreeMap::from([(conn, *p)]))
+                            .unwrap_or_default(),
                         recent,
                         recent_set,
                         ..LocalTopic::default()
@@ -538,17 +571,24 @@ impl EdgeCore {
                 continue;
             }
             let is_ready = self.topic_ready(&topic);
+            let wanted = self.wanted.get(&(conn, topic.clone())).copied();
             let Some(entry) = self.topics.get_mut(&topic) else {
                 continue;
             };
-            if is_ready {
+            if let Some(pos) = wanted {
+                entry.positions.insert(conn, pos);
+            }
+            if is_ready && wanted.is_none() {
                 entry.add_subscriber(conn);
                 ready.push(topic.clone());
-            } else {
+            } else if !is_ready {
                 entry.pending.insert(conn, now);
             }
             let names: Vec<String> = entry.routes.iter().map(|r| r.name.clone()).collect();
             self.dirty.extend(names);
+            if is_ready && wanted.is_some() {
+                self.start_recovery(now, &topic, conn);
+            }
         }
         if !ready.is_empty() {
             self.outputs.push_back(Output::Subscribed {
@@ -801,16 +841,24 @@ impl EdgeCore {
     }
 
     fn make_ready(&mut self, topic: &str) {
-        let Some(entry) = self.topics.get_mut(topic) else {
+        let Some(mut entry) = self.topics.get_mut(topic) else {
             return;
         };
         let pending = std::mem::take(&mut entry.pending);
-        for conn in pending.into_keys() {
-            entry.add_subscriber(conn);
-            self.outputs.push_back(Output::Subscribed {
-                conn,
-                topics: vec![topic.to_string()],
-            });
+        for (conn, asked) in pending {
+            if entry.positions.contains_key(&conn) {
+                self.start_recovery(asked, topic, conn);
+            } else {
+                entry.add_subscriber(conn);
+                self.outputs.push_back(Output::Subscribed {
+                    conn,
+                    topics: vec![topic.to_string()],
+                });
+            }
+            let Some(again) = self.topics.get_mut(topic) else {
+                return;
+            };
+            entry = again;
         }
     }
 
@@ -1091,6 +1139,9 @@ impl EdgeCore {
                     failed.entry(*conn).or_default().push(topic.clone());
                 }
             }
+        }
+        for (conn, topic) in self.recoveries_timed_out(now) {
+            failed.entry(conn).or_default().push(topic);
         }
         for (conn, topics) in failed {
             for topic in &topics {

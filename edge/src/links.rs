@@ -318,6 +318,8 @@ async fn lane_reader<C: Connector>(edge: Arc<Edge<C>>, stream: quinn::RecvStream
                         // are queued in the core's one output queue ahead of this group's
                         // later ones.
                         Some(Frame::Fence(f)) => core.handle_fence(&f.topic, f.since),
+                        // In lane order: the deliveries before it are in the answer.
+                        Some(Frame::Recovered(r)) => core.handle_recovered(r),
                         _ => {}
                     }
                 }

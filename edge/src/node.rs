@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use firetower_net::relay::close_code;
 use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
-use firetower_proto::client::{encode_ack, AckKind};
+use firetower_proto::client::{encode_ack, encode_recovery_ack, AckKind};
 use firetower_proto::metastore::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -169,6 +169,22 @@ impl<C: Connector> Edge<C> {
                     );
                     if let Some(who) = table.identity(conn) {
                         after.hooks.push(HookCall::Subscribed(who, topics));
+                    }
+                }
+                Output::SubscribedFrom {
+                    conn,
+                    topic,
+                    recovery,
+                } => {
+                    let table = sessions.get_or_insert_with(|| self.sessions.lock());
+                    table.push_json(
+                        now,
+                        conn,
+                        &encode_recovery_ack(&topic, recovery),
+                        &mut after.wakes,
+                    );
+                    if let Some(who) = table.identity(conn) {
+                        after.hooks.push(HookCall::Subscribed(who, vec![topic]));
                     }
                 }
                 Output::SubscribeFailed { conn, error } | Output::PublishFailed { conn, error } => {

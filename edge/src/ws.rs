@@ -552,7 +552,7 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
     };
     match frame {
         ClientFrame::Heartbeat => {}
-        ClientFrame::Subscribe { topics } => {
+        ClientFrame::Subscribe { topics, since } => {
             let asked: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
             let allowed = edge.hooks.before_subscribe(identity, asked.clone());
             for topic in asked.iter().filter(|t| !allowed.contains(t)) {
@@ -564,7 +564,11 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
             }
             let allowed: Vec<String> = allowed.into_iter().filter(|t| asked.contains(t)).collect();
             if !allowed.is_empty() {
-                edge.apply(|core, now| core.handle_subscribe(now, conn, allowed));
+                let since: Vec<_> = since
+                    .into_iter()
+                    .filter(|(t, _)| allowed.contains(t))
+                    .collect();
+                edge.apply(|core, now| core.handle_subscribe_from(now, conn, allowed, since));
             }
         }
         ClientFrame::Unsubscribe { topics } => {

@@ -304,17 +304,15 @@ pub fn encode_recovery_ack(topic: &str, recovery: Recovery) -> Bytes {
     Bytes::from(out)
 }
 
-/// Reads the recovery fields of a `subscribed` frame (the client side): per topic,
-/// whether it was recovered, and the positions given for those that were not.
-pub fn parse_recovery(
-    text: &str,
-) -> Result<
-    (
-        std::collections::BTreeMap<String, bool>,
-        std::collections::BTreeMap<String, StreamPos>,
-    ),
-    String,
-> {
+/// The recovery fields of a `subscribed` frame: per topic, whether it was recovered, and
+/// the positions given for those that were not.
+pub type RecoveryFields = (
+    std::collections::BTreeMap<String, bool>,
+    std::collections::BTreeMap<String, StreamPos>,
+);
+
+/// Reads the recovery fields of a `subscribed` frame (the client side).
+pub fn parse_recovery(text: &str) -> Result<RecoveryFields, String> {
     #[derive(Deserialize)]
     struct Ack {
         #[serde(default)]

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use firetower_net::tls::{DevPki, TlsFiles};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
@@ -491,6 +491,41 @@ impl Client {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("websocket error: {e}"),
                 None => return Ok(Some(Frame::Closed(1006, "eof".into()))),
+            }
+        }
+    }
+
+    /// Subscribes to one topic with the position last seen of it, and returns its ack's
+    /// recovery fields: whether it was recovered, and the position given if not.
+    pub async fn subscribe_from(
+        &mut self,
+        topic: &str,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(bool, Option<(u64, u64)>)> {
+        self.send(&format!(
+            r#"{{"type":"subscribe","topic":"{topic}","since":{{"{topic}":{{"epoch":{epoch},"seq":{seq}}}}}}}"#
+        ))
+        .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await;
+            match next {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    ensure!(
+                        to_frame(t.as_str())? == Frame::Subscribed(vec![topic.to_string()]),
+                        "expected the ack of {topic}, got {t}"
+                    );
+                    let (recovered, positions) =
+                        firetower_proto::client::parse_recovery(t.as_str())
+                            .map_err(anyhow::Error::msg)?;
+                    let Some(&recovered) = recovered.get(topic) else {
+                        bail!("the ack says nothing of recovery: {t}");
+                    };
+                    return Ok((recovered, positions.get(topic).map(|p| (p.epoch, p.seq))));
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => bail!("no ack of {topic}: {other:?}"),
             }
         }
     }

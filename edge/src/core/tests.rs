@@ -1,4 +1,5 @@
 use super::*;
+use firetower_proto::relay::v1::Recovered;
 use firetower_proto::SLOT_COUNT;
 
 fn snapshot(owner: u64, epoch: u64) -> pb::WatchEvent {
@@ -885,4 +886,182 @@ fn a_publisher_that_leaves_takes_its_waiting_publish_along() {
     let out = drain(&mut core);
     assert_eq!(publishes(&out), vec![(1, 2, "chat".into(), "3".into())]);
     assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 12 }));
+}
+
+fn pos(epoch: u64, seq: u64) -> StreamPos {
+    StreamPos { epoch, seq }
+}
+
+fn recovered(request_id: u64, ok: bool, current: (u64, u64), seqs: &[u64]) -> Recovered {
+    Recovered {
+        request_id,
+        topic: "live".into(),
+        ok,
+        epoch: current.0,
+        seq: current.1,
+        messages: seqs
+            .iter()
+            .map(|&seq| firetower_proto::relay::v1::Deliver {
+                topic: "live".into(),
+                epoch: current.0,
+                seq,
+                data: Bytes::from(seq.to_string()),
+                msg_id: seq,
+                route_tag: 0,
+            })
+            .collect(),
+        last: true,
+    }
+}
+
+/// The Recover requests among `out`: (owner, epoch, seq, request id).
+fn recovers(out: &[Output]) -> Vec<(u64, u64, u64, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Relay {
+                distributor,
+                frame:
+                    RelayFrame {
+                        frame: Some(Frame::Recover(r)),
+                    },
+            } => Some((*distributor, r.epoch, r.seq, r.request_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A subscribe with a position waits for the owner's answer (on the topic's lane): live
+/// deliveries before it go to the others only (the answer holds them), the answer's
+/// messages go to this connection alone after its ack, then it gets the live ones.
+#[test]
+fn a_subscribe_with_a_position_gets_what_it_missed_then_the_live_deliveries() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    drain(&mut core);
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 3))],
+    );
+    let out = drain(&mut core);
+    assert_eq!(recovers(&out), vec![(1, 4, 3, 1)]);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Subscribed { .. } | Output::SubscribedFrom { .. })));
+    // Seq 5 arrives before the answer: only connection 10 gets it.
+    let f = deliver(&mut core, "live", 4, 5, b"5", tags(5, 0)).unwrap();
+    assert_eq!(&f.conns[..], &[10]);
+    core.handle_recovered(recovered(1, true, (4, 5), &[4, 5]));
+    let out = drain(&mut core);
+    assert_eq!(
+        out[0],
+        Output::SubscribedFrom {
+            conn: 11,
+            topic: "live".into(),
+            recovery: Recovery {
+                recovered: true,
+                position: None
+            }
+        }
+    );
+    let sent: Vec<(Vec<ConnId>, (u64, u64, String))> = out[1..]
+        .iter()
+        .map(|o| match o {
+            Output::Deliver(f) => (f.conns.to_vec(), parsed(f)),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            (vec![11], (4, 4, "4".into())),
+            (vec![11], (4, 5, "5".into()))
+        ]
+    );
+    let f = deliver(&mut core, "live", 4, 6, b"6", tags(6, 0)).unwrap();
+    assert_eq!(&f.conns[..], &[10, 11]);
+    assert_eq!(core.counters().recoveries, 1);
+    assert_eq!(core.counters().recovered_deliveries, 2);
+}
+
+/// A position the owner cannot serve: the ack says so with the topic's position, and the
+/// connection gets the live deliveries from there.
+#[test]
+fn a_position_that_cannot_be_served_is_answered_with_the_current_one() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    // A new topic: the recovery starts once the interest is acked.
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(3, 9))],
+    );
+    assert!(recovers(&drain(&mut core)).is_empty());
+    core.handle_interest_ack(1, "live", 4);
+    assert_eq!(recovers(&drain(&mut core)), vec![(1, 3, 9, 1)]);
+    core.handle_recovered(recovered(1, false, (4, 7), &[]));
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::SubscribedFrom {
+            conn: 11,
+            topic: "live".into(),
+            recovery: Recovery {
+                recovered: false,
+                position: Some(pos(4, 7))
+            }
+        }]
+    );
+    let f = deliver(&mut core, "live", 4, 8, b"8", tags(8, 0)).unwrap();
+    assert_eq!(&f.conns[..], &[11]);
+    // A late or unknown answer changes nothing.
+    core.handle_recovered(recovered(1, true, (4, 8), &[8]));
+    core.handle_recovered(recovered(99, true, (4, 8), &[8]));
+    assert!(drain(&mut core).is_empty());
+}
+
+/// An unanswered recovery fails like a subscribe that waited too long; a split topic's
+/// position (numbered by each edge) is refused at once, without a position.
+#[test]
+fn recoveries_time_out_and_split_topics_are_not_recovered() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    drain(&mut core);
+    core.handle_tick(now + Duration::from_secs(5));
+    let out = drain(&mut core);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::SubscribeFailed { conn: 11, error } if error.code == ErrorCode::Unavailable)),
+        "{out:?}"
+    );
+    assert_eq!(core.conn_topics(11), 0);
+
+    let (mut core, _) = prepared_split(now);
+    core.handle_subscribe_from(
+        now,
+        12,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::SubscribedFrom {
+            conn: 12,
+            topic: "live".into(),
+            recovery: Recovery {
+                recovered: false,
+                position: None
+            }
+        }]
+    );
 }

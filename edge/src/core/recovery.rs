@@ -1,0 +1,205 @@
+//! Recovery, sans-IO: a client that subscribes with the position it last saw of a topic
+//! gets what the topic's owner sequenced after it, then the live deliveries, with no gap
+//! and no duplicate at the seam.
+//!
+//! ```text
+//!  client subscribe with "since"   handle_subscribe_from(now, conn, topics, since)
+//!  relay lane                      handle_recovered(now, Recovered)
+//!  timer                           handle_tick(now): unanswered past the subscribe timeout
+//!        │
+//!        ▼
+//!  Output::Relay(Recover{id})      to the topic's owner, once the topic's interest is acked
+//!  Output::SubscribedFrom          the ack, saying whether it was recovered (or the position)
+//!  Output::Deliver (one recipient) the missed deliveries, in order
+//! ```
+//!
+//! The owner answers on the topic's lane, behind every delivery of the topic it queued
+//! before: the deliveries before the answer are in it (if after the position), and those
+//! after it on the lane follow it. So the connection joins the topic's recipients when the
+//! answer's last frame arrives, and not before. Split topics (and topics that ever changed
+//! route here) are numbered by each edge, so their positions cannot be served: they are
+//! answered `recovered: false` at once, without a position.
+
+use std::sync::Arc;
+
+use firetower_proto::client::{Recovery, StreamPos};
+use firetower_proto::relay::v1::{relay_frame::Frame, Recover, Recovered, RelayFrame};
+use tokio::time::Instant;
+
+use super::{ConnId, EdgeCore, Fanout, Output};
+use crate::frame::delivery_frame;
+
+/// A connection waiting for its recovery of one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Recovering {
+    pub(super) since: StreamPos,
+    /// The request sent to the owner (0: not sent yet, the owner's link is down).
+    request: u64,
+    /// When the connection asked (for the subscribe timeout).
+    pub(super) asked: Instant,
+    /// The ack went out (with the answer's first frame).
+    acked: bool,
+}
+
+impl EdgeCore {
+    /// A connection subscribes to `topics`, with the position it last saw for those in
+    /// `since` (see [`EdgeCore::handle_subscribe`]; `since` names only topics of `topics`).
+    pub fn handle_subscribe_from(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        topics: Vec<String>,
+        since: Vec<(String, StreamPos)>,
+    ) {
+        if since.is_empty() {
+            return self.handle_subscribe(now, conn, topics);
+        }
+        for (topic, pos) in &since {
+            // Already held by this connection: recover from the position it gives now.
+            if let Some(entry) = self.topics.get_mut(topic) {
+                if entry.subscribers.contains(&conn) {
+                    entry.drop_conn(conn);
+                    entry.positions.insert(conn, *pos);
+                    self.start_recovery(now, topic, conn);
+                    continue;
+                }
+            }
+            self.wanted.insert((conn, topic.clone()), *pos);
+        }
+        self.handle_subscribe(now, conn, topics);
+        for (topic, _) in &since {
+            self.wanted.remove(&(conn, topic.clone()));
+        }
+    }
+
+    /// The topic's interest is acknowledged and the connection asked with a position:
+    /// ask the owner, or answer at once where no position can be served.
+    pub(super) fn start_recovery(&mut self, now: Instant, topic: &str, conn: ConnId) {
+        let link = self.owner_link(topic);
+        let split = self
+            .routing
+            .hot_route(topic)
+            .is_some_and(|h| h.shards > 0 || !h.committed);
+        let Some(entry) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let Some(since) = entry.positions.remove(&conn) else {
+            return;
+        };
+        if split || entry.renumber {
+            entry.add_subscriber(conn);
+            self.outputs.push_back(Output::SubscribedFrom {
+                conn,
+                topic: topic.to_string(),
+                recovery: Recovery {
+                    recovered: false,
+                    position: None,
+                },
+            });
+            return;
+        }
+        let mut waiting = Recovering {
+            since,
+            request: 0,
+            asked: now,
+            acked: false,
+        };
+        if let Some((owner, _)) = link {
+            self.next_recovery += 1;
+            waiting.request = self.next_recovery;
+            self.recoveries
+                .insert(waiting.request, (topic.to_string(), conn));
+            self.outputs.push_back(Output::Relay {
+                distributor: owner,
+                frame: RelayFrame {
+                    frame: Some(Frame::Recover(Recover {
+                        topic: topic.to_string(),
+                        epoch: since.epoch,
+                        seq: since.seq,
+                        request_id: waiting.request,
+                    })),
+                },
+            });
+        }
+        entry.recovering.insert(conn, waiting);
+    }
+
+    /// One frame of an owner's answer to a Recover, in lane order (see the module doc).
+    pub fn handle_recovered(&mut self, answer: Recovered) {
+        let Some((topic, conn)) = self.recoveries.get(&answer.request_id).cloned() else {
+            return; // The connection left, or gave up waiting.
+        };
+        if topic != answer.topic {
+            return;
+        }
+        let Some(entry) = self.topics.get_mut(&topic) else {
+            self.recoveries.remove(&answer.request_id);
+            return;
+        };
+        let Some(waiting) = entry.recovering.get_mut(&conn) else {
+            self.recoveries.remove(&answer.request_id);
+            return;
+        };
+        if waiting.request != answer.request_id {
+            return;
+        }
+        if !waiting.acked {
+            waiting.acked = true;
+            let position = (answer.epoch > 0).then_some(StreamPos {
+                epoch: answer.epoch,
+                seq: answer.seq,
+            });
+            self.outputs.push_back(Output::SubscribedFrom {
+                conn,
+                topic: topic.clone(),
+                recovery: Recovery {
+                    recovered: answer.ok,
+                    position: if answer.ok { None } else { position },
+                },
+            });
+        }
+        let since = waiting.since;
+        if answer.ok {
+            let to: Arc<[ConnId]> = Arc::from([conn]);
+            for m in &answer.messages {
+                if (m.epoch, m.seq) <= (since.epoch, since.seq) {
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(&m.data) else {
+                    self.counters.bad_deliveries += 1;
+                    continue;
+                };
+                self.counters.recovered_deliveries += 1;
+                self.outputs.push_back(Output::Deliver(Fanout {
+                    frame: delivery_frame(&topic, text, m.epoch, m.seq),
+                    conns: to.clone(),
+                }));
+            }
+        }
+        if answer.last {
+            entry.recovering.remove(&conn);
+            entry.add_subscriber(conn);
+            self.recoveries.remove(&answer.request_id);
+            if answer.ok {
+                self.counters.recoveries += 1;
+            } else {
+                self.counters.recoveries_refused += 1;
+            }
+        }
+    }
+
+    /// Recoveries unanswered past the subscribe timeout, by connection (the tick fails them
+    /// like subscribes that waited too long).
+    pub(super) fn recoveries_timed_out(&self, now: Instant) -> Vec<(ConnId, String)> {
+        let timeout = self.subscribe_timeout;
+        let mut out = Vec::new();
+        for (topic, entry) in &self.topics {
+            for (conn, waiting) in &entry.recovering {
+                if now.saturating_duration_since(waiting.asked) >= timeout {
+                    out.push((*conn, topic.clone()));
+                }
+            }
+        }
+        out
+    }
+}

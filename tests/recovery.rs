@@ -1,0 +1,192 @@
+//! Recovery end to end, on real sockets: a client that reconnects with the position it
+//! last saw gets exactly what was published meanwhile, in order, then the live messages,
+//! on the other edge too; a position that cannot be served is answered with the current
+//! one (another epoch, or the owner was killed); History over gRPC.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use common::{Client, Cluster, Frame};
+use firetower_proto::distributor::v1 as dpb;
+
+const READY: Duration = Duration::from_secs(30);
+
+async fn publish(
+    d: &mut dpb::distributor_client::DistributorClient<tonic::transport::Channel>,
+    topic: &str,
+    n: u64,
+) -> Result<(u64, u64)> {
+    let reply = d
+        .publish(dpb::PublishRequest {
+            topic: topic.into(),
+            data: format!(r#"{{"n":{n}}}"#).into(),
+        })
+        .await?
+        .into_inner();
+    Ok((reply.epoch, reply.seq))
+}
+
+/// The next `count` deliveries of `topic`: (epoch, seq, data).
+async fn deliveries(
+    client: &mut Client,
+    topic: &str,
+    count: usize,
+) -> Result<Vec<(u64, u64, String)>> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match client.next_frame(Duration::from_secs(10)).await? {
+            Some(Frame::Publish {
+                topic: t,
+                data,
+                epoch,
+                seq,
+            }) if t == topic => got.push((epoch, seq, data)),
+            other => bail!("after {} deliveries: {other:?}", got.len()),
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_to_the_other_edge_gets_exactly_what_it_missed() -> Result<()> {
+    let cluster = Cluster::start(2, 2).await?;
+    cluster.wait_ready(READY).await?;
+    let topic = "recover-chat";
+    let mut d = cluster.distributor(1).await?;
+
+    let mut first = Client::connect(cluster.edge_addr(1)).await?;
+    first.subscribe(&[topic.to_string()]).await?;
+    for n in 0..10 {
+        publish(&mut d, topic, n).await?;
+    }
+    let seen = deliveries(&mut first, topic, 10).await?;
+    let (epoch, last) = (seen[9].0, seen[9].1);
+    first.close().await;
+
+    let mut missed = Vec::new();
+    for n in 10..110 {
+        missed.push(publish(&mut d, topic, n).await?);
+    }
+    let mut second = Client::connect(cluster.edge_addr(2)).await?;
+    let (recovered, position) = second.subscribe_from(topic, epoch, last).await?;
+    ensure!(recovered && position.is_none(), "{recovered} {position:?}");
+    let got = deliveries(&mut second, topic, 100).await?;
+    for (i, (e, s, data)) in got.iter().enumerate() {
+        ensure!(
+            (*e, *s) == missed[i],
+            "delivery {i}: {:?}, published as {:?}",
+            (e, s),
+            missed[i]
+        );
+        ensure!(
+            *data == format!(r#"{{"n":{}}}"#, 10 + i),
+            "delivery {i}: {data}"
+        );
+    }
+    // Then the live ones, and nothing twice.
+    for n in 110..115 {
+        publish(&mut d, topic, n).await?;
+    }
+    let live = deliveries(&mut second, topic, 5).await?;
+    ensure!(
+        live.iter()
+            .map(|l| l.2.clone())
+            .eq((110..115).map(|n| format!(r#"{{"n":{n}}}"#))),
+        "{live:?}"
+    );
+    ensure!(
+        live[0].1 == last + 101,
+        "no gap or duplicate at the seam: {live:?}"
+    );
+    ensure!(
+        second
+            .next_frame(Duration::from_millis(300))
+            .await?
+            .is_none(),
+        "nothing more"
+    );
+
+    // Another epoch cannot be served: the ack gives the position now, and live ones follow.
+    let mut third = Client::connect(cluster.edge_addr(1)).await?;
+    let (recovered, position) = third.subscribe_from(topic, epoch + 1000, 3).await?;
+    ensure!(!recovered, "another epoch is not recovered");
+    ensure!(position == Some((epoch, last + 105)), "{position:?}");
+    publish(&mut d, topic, 115).await?;
+    let live = deliveries(&mut third, topic, 1).await?;
+    ensure!(live[0].1 == last + 106, "{live:?}");
+
+    // History over gRPC, through a distributor that may not own the topic.
+    for id in [1, 2] {
+        let mut d = cluster.distributor(id).await?;
+        let h = d
+            .history(dpb::HistoryRequest {
+                topic: topic.into(),
+                since: Some(dpb::StreamPosition { epoch, seq: last }),
+                limit: 3,
+                forwarded: false,
+            })
+            .await?
+            .into_inner();
+        ensure!(h.recovered, "distributor {id}: {h:?}");
+        let seqs: Vec<u64> = h.messages.iter().map(|m| m.seq).collect();
+        ensure!(seqs == vec![last + 1, last + 2, last + 3], "{seqs:?}");
+        ensure!(
+            h.current
+                == Some(dpb::StreamPosition {
+                    epoch,
+                    seq: last + 106
+                }),
+            "{h:?}"
+        );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_loses_its_history_and_clients_are_told() -> Result<()> {
+    let mut cluster = Cluster::start(2, 1).await?;
+    cluster.wait_ready(READY).await?;
+    // A topic distributor 2 owns, published through distributor 1.
+    let mut d1 = cluster.distributor(1).await?;
+    let mut topic = None;
+    for i in 0..200 {
+        let t = format!("recover-{i}");
+        let mine = d1
+            .topic_status(dpb::TopicStatusRequest {
+                topic: t.clone(),
+                owner_only: true,
+            })
+            .await;
+        if mine.is_err() {
+            topic = Some(t);
+            break;
+        }
+    }
+    let Some(topic) = topic else {
+        bail!("no topic owned by distributor 2 among 200");
+    };
+    let mut client = Client::connect(cluster.edge_addr(1)).await?;
+    client.subscribe(std::slice::from_ref(&topic)).await?;
+    let (epoch, seq) = publish(&mut d1, &topic, 0).await?;
+    deliveries(&mut client, &topic, 1).await?;
+    client.close().await;
+
+    if let Some(node) = cluster.distributors.get_mut(&2) {
+        node.kill();
+    }
+    cluster
+        .wait_slots_only_on(1, Duration::from_secs(30))
+        .await?;
+    let mut again = Client::connect(cluster.edge_addr(1)).await?;
+    let (recovered, position) = again.subscribe_from(&topic, epoch, seq).await?;
+    ensure!(!recovered, "the history died with its owner");
+    match position {
+        Some((e, s)) => ensure!(e != epoch && s == 0, "a new epoch starts: {position:?}"),
+        None => bail!("the new owner gives its position"),
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
