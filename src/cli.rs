@@ -102,6 +102,21 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["topic", "data"])]
         stream: bool,
     },
+    /// Print a topic's recent messages from its owner's history, oldest first
+    /// (`epoch=E seq=S data=JSON` per line), then the topic's position now.
+    History {
+        /// A distributor's gRPC address (any: it asks the topic's owner).
+        #[arg(long, default_value = "127.0.0.1:6667")]
+        distributor: String,
+        #[arg(long)]
+        topic: String,
+        /// Only what followed this position, `EPOCH:SEQ`; without it, the newest messages.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many messages (the server returns at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Show the metastore cluster: leader, voters, each node's applied index, members, slots.
     Status {
         /// Metastore addresses, comma-separated.
@@ -331,6 +346,12 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::History {
+            distributor,
+            topic,
+            since,
+            limit,
+        } => history(&distributor, topic, since.as_deref(), limit).await,
         Command::Status { metastore, json } => status::run(&parse_addrs(&metastore)?, json).await,
         Command::Hot { action } => hot(action).await,
     }
@@ -463,6 +484,65 @@ async fn publish(distributor: &str, topic: String, data: String) -> Result<(), F
             status.message()
         ))),
     }
+}
+
+/// `history`: prints the messages, then `current epoch=E seq=S`. A position that cannot be
+/// served (another epoch, older than the history, ahead of the topic) fails (exit 1),
+/// naming the topic's position.
+async fn history(
+    distributor: &str,
+    topic: String,
+    since: Option<&str>,
+    limit: u32,
+) -> Result<(), Failure> {
+    use firetower_proto::distributor::v1 as dpb;
+    firetower_proto::topic::validate_topic(&topic)
+        .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
+    let since = match since {
+        None => None,
+        Some(text) => {
+            let parsed = text
+                .split_once(':')
+                .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)));
+            let Some((epoch, seq)) = parsed else {
+                return Err(Failure::Usage(format!("--since {text:?} is not EPOCH:SEQ")));
+            };
+            Some(dpb::StreamPosition { epoch, seq })
+        }
+    };
+    let mut client = distributor_client(distributor).await?;
+    let reply = client
+        .history(dpb::HistoryRequest {
+            topic: topic.clone(),
+            since,
+            limit,
+            forwarded: false,
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::InvalidArgument => Failure::Usage(status.message().to_string()),
+            tonic::Code::Unavailable => Failure::Unavailable(status.message().to_string()),
+            code => Failure::Other(anyhow::anyhow!("{code:?}: {}", status.message())),
+        })?
+        .into_inner();
+    let current = reply.current.unwrap_or_default();
+    if !reply.recovered {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "{topic:?} has no history from that position: it is at {}:{} now",
+            current.epoch,
+            current.seq
+        )));
+    }
+    for m in &reply.messages {
+        println!(
+            "epoch={} seq={} data={}",
+            m.epoch,
+            m.seq,
+            String::from_utf8_lossy(&m.data)
+        );
+    }
+    println!("current epoch={} seq={}", current.epoch, current.seq);
+    Ok(())
 }
 
 async fn hot(action: HotAction) -> Result<(), Failure> {

@@ -1,7 +1,10 @@
 //! Recovery end to end, on real sockets: a client that reconnects with the position it
 //! last saw gets exactly what was published meanwhile, in order, then the live messages,
 //! on the other edge too; a position that cannot be served is answered with the current
-//! one (another epoch, or the owner was killed); History over gRPC.
+//! one (another epoch, or the owner was killed); History over gRPC and `firetower history`.
+
+// The CLI runs as a real process, in real time.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -141,6 +144,33 @@ async fn a_client_that_reconnects_to_the_other_edge_gets_exactly_what_it_missed(
             "{h:?}"
         );
     }
+    // And from the command line.
+    let cli = |since: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_firetower"))
+            .args(["history", "--distributor", &cluster.distributors[&2].addr])
+            .args(["--topic", topic, "--since", &since, "--limit", "2"])
+            .output()
+    };
+    let out = cli(format!("{epoch}:{last}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "epoch={epoch} seq={} data={{\"n\":10}}\nepoch={epoch} seq={} data={{\"n\":11}}\ncurrent epoch={epoch} seq={}\n",
+        last + 1,
+        last + 2,
+        last + 106
+    );
+    ensure!(text == expected, "{text}");
+    let out = cli(format!("{}:0", epoch + 1000))?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("it is at {epoch}:{}", last + 106)),
+        "{out:?}"
+    );
     cluster.shutdown().await;
     Ok(())
 }
