@@ -192,8 +192,6 @@ struct LocalTopic {
     /// edge's view has caught up (see [`EdgeCore::deliver`]), then every later delivery of
     /// the topic behind them, in arrival order. At most [`ROUTE_BUFFER`].
     ahead: VecDeque<AheadDelivery>,
-    /// When a tick first saw `ahead` non-empty (for [`SWITCH_TIMEOUT`]).
-    ahead_seen: Option<Instant>,
 }
 
 /// A delivery held in [`LocalTopic::ahead`].
@@ -740,7 +738,10 @@ impl EdgeCore {
         // this edge has not joined yet: passing it now could put it ahead of an earlier
         // message of its publisher that this edge missed on this route and gets from the
         // new route's replay later (sim seeds 126851, 126944). It waits until this
-        // edge's view has caught up, and the topic's later deliveries wait behind it.
+        // edge's view has caught up, however long that takes (passing it on after a
+        // timeout reorders it the same way when the view catches up later: sim seed
+        // 126851 again, an edge cut off from the metastore for 10 s), and the topic's
+        // later deliveries wait behind it.
         if !entry.ahead.is_empty()
             || (route_tag > 0
                 && entry.routes.len() == 1
@@ -783,8 +784,7 @@ impl EdgeCore {
 
     /// Passes on (or routes to a held queue) the deliveries of `topic` held because they
     /// were routed by a newer view than this edge's, up to the first one that still is,
-    /// or all of them with `force` (the view did not catch up within [`SWITCH_TIMEOUT`],
-    /// or too many wait).
+    /// or all of them with `force` (too many wait).
     fn release_ahead(&mut self, topic: &str, force: bool) {
         let Some(entry) = self.topics.get_mut(topic) else {
             self.ahead_topics.remove(topic);
@@ -816,7 +816,6 @@ impl EdgeCore {
             }
         }
         if ahead.is_empty() {
-            entry.ahead_seen = None;
             self.ahead_topics.remove(topic);
         }
         entry.ahead = ahead;
@@ -1172,17 +1171,11 @@ impl EdgeCore {
         for topic in changing {
             self.try_switch(&topic, Some(now));
         }
-        // Deliveries waiting for this edge's view of a hot entry: passed on anyway once
-        // they waited longer than a route change may.
+        // Deliveries waiting for this edge's view of a hot entry go on once it has caught
+        // up (also when no watch event named the topic, e.g. after a snapshot).
         let ahead: Vec<String> = self.ahead_topics.iter().cloned().collect();
         for topic in ahead {
-            let Some(entry) = self.topics.get_mut(&topic) else {
-                self.ahead_topics.remove(&topic);
-                continue;
-            };
-            let seen = *entry.ahead_seen.get_or_insert(now);
-            let force = now.saturating_duration_since(seen) >= SWITCH_TIMEOUT;
-            self.release_ahead(&topic, force);
+            self.release_ahead(&topic, false);
         }
         self.ack_hot_routes(now);
     }

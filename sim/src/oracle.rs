@@ -77,6 +77,10 @@ pub struct ClientRecord {
     pub latest_sent: BTreeMap<(Publisher, String), Latest>,
     /// (stream, topic) → the highest publisher number delivered from that stream.
     pub latest_in_stream: BTreeMap<(Stream, String), Latest>,
+    /// Topic → the position this client subscribed from (a reconnect with positions).
+    pub asked_from: BTreeMap<String, (u64, u64)>,
+    /// Topic → its recovery being checked (see [`invariants::recovery`]).
+    pub seams: BTreeMap<String, invariants::recovery::Seam>,
 }
 
 /// A delivered message, as per-publisher order remembers it.
@@ -332,6 +336,21 @@ impl Oracle {
                         last.0, last.1
                     ),
                 ));
+            }
+        }
+        if let Some(seam) = client.seams.get_mut(topic) {
+            match invariants::recovery::check(seam, at, epoch, seq) {
+                Ok(true) => {}
+                Ok(false) => {
+                    client.seams.remove(topic);
+                }
+                Err(detail) => {
+                    client.seams.remove(topic);
+                    found.push((
+                        invariants::recovery::NAME,
+                        format!("client {c} on {topic}: {detail}"),
+                    ));
+                }
             }
         }
         client.last.insert(topic.to_string(), (epoch, seq));

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use firetower_net::Connector;
-use firetower_proto::client::{parse_server_frame, ServerFrame};
+use firetower_proto::client::{parse_recovery, parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -31,6 +31,12 @@ pub(super) struct Msg {
 /// What the workload tells a WebSocket client to do.
 pub(super) enum Cmd {
     Subscribe(Vec<String>),
+    /// Subscribe to `topics`, recovering those in `since` from the position given (a
+    /// reconnect with its predecessor's positions).
+    SubscribeFrom {
+        topics: Vec<String>,
+        since: Vec<(String, (u64, u64))>,
+    },
     /// Client publishes (over the WebSocket, through the edge's on_read and the owner),
     /// written back to back and flushed once: one, or a burst.
     Publish(Vec<Msg>),
@@ -183,6 +189,24 @@ pub(super) async fn client_task(
                         ctx.oracle.borrow_mut().subscribe_sent.push(now());
                         format!(r#"{{"type":"subscribe","topic":"{}","data":""}}"#, topics.join(","))
                     }
+                    Some(Cmd::SubscribeFrom { topics, since }) => {
+                        let mut o = ctx.oracle.borrow_mut();
+                        let at = now();
+                        o.subscribe_sent.push(at);
+                        o.trace(at, &format!("client {c} subscribes to {topics:?} from {since:?}"));
+                        let positions: Vec<String> = since
+                            .iter()
+                            .map(|(t, (e, s))| format!(r#""{t}":{{"epoch":{e},"seq":{s}}}"#))
+                            .collect();
+                        if let Some(r) = o.clients.get_mut(c) {
+                            r.asked_from.extend(since);
+                        }
+                        format!(
+                            r#"{{"type":"subscribe","topic":"{}","since":{{{}}}}}"#,
+                            topics.join(","),
+                            positions.join(",")
+                        )
+                    }
                     Some(Cmd::Publish(messages)) => {
                         if send_publishes(&ctx, c, &mut ws, messages).await.is_err() {
                             return closed(&ctx, None, "send failed");
@@ -283,8 +307,27 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
         Ok(ServerFrame::Subscribed(topics)) => {
             o.trace(at, &format!("client {c} subscribed {topics:?}"));
             o.subscribe_acked.push(at);
+            let (recovered, positions) = parse_recovery(text).unwrap_or_default();
+            for (t, ok) in &recovered {
+                o.trace(
+                    at,
+                    &format!("client {c} recovered {t}: {ok} {:?}", positions.get(t)),
+                );
+            }
             if let Some(r) = o.clients.get_mut(c) {
                 for t in topics {
+                    if recovered.get(&t) == Some(&true) {
+                        if let Some(&(epoch, seq)) = r.asked_from.get(&t) {
+                            r.seams.insert(
+                                t.clone(),
+                                crate::invariants::recovery::Seam {
+                                    epoch,
+                                    next: seq + 1,
+                                    acked: at,
+                                },
+                            );
+                        }
+                    }
                     r.subscribed.entry(t).or_insert(at);
                 }
             }

@@ -75,6 +75,35 @@ impl Driver {
             .collect()
     }
 
+    /// A new client on a random edge subscribes to what client `old` held, recovering each
+    /// topic it had a delivery of from the last one (see invariants/recovery.rs).
+    fn reconnect(&mut self, old: usize, rng: &mut StdRng) {
+        let edge = rng.gen_range(0..self.ctx.edges.len());
+        let (c, topics, since) = {
+            let mut o = self.ctx.oracle.borrow_mut();
+            let Some(record) = o.clients.get(old) else {
+                return;
+            };
+            let topics: Vec<String> = record.subscribed.keys().cloned().collect();
+            let since: Vec<(String, (u64, u64))> = topics
+                .iter()
+                .filter_map(|t| record.last.get(t).map(|p| (t.clone(), *p)))
+                .collect();
+            (o.new_client(edge + 1), topics, since)
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.clients.push(tx);
+        tokio::task::spawn_local(client_task(
+            self.ctx.clone(),
+            c,
+            self.ctx.edges[edge].clone(),
+            rx,
+        ));
+        if !topics.is_empty() {
+            let _ = self.clients[c].send(Cmd::SubscribeFrom { topics, since });
+        }
+    }
+
     fn ids(&mut self, n: usize) -> u64 {
         let first = self.next_id;
         self.next_id += n as u64;
@@ -167,6 +196,7 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
     tokio::task::spawn_local(watch_ownership(ctx.clone()));
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0xD21E);
     let hot = Hot::new(&ctx, &mut rng);
+    let mut recover_rng = StdRng::seed_from_u64(ctx.seed ^ 0x5EC0);
     let mut d = Driver {
         ctx: ctx.clone(),
         clients: Vec::new(),
@@ -215,6 +245,12 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
                     14 if !live.is_empty() && phase == Phase::Faults => {
                         let c = live[rng.gen_range(0..live.len())];
                         let _ = d.clients[c].send(Cmd::Close);
+                        // Half the time it comes back, on a random edge, with the
+                        // positions it last saw (drawn from a generator of its own, so the
+                        // rest of the workload draws as before).
+                        if recover_rng.gen_ratio(1, 2) && d.clients.len() < MAX_CLIENTS_EVER {
+                            d.reconnect(c, &mut recover_rng);
+                        }
                     }
                     17 if rng.gen_ratio(1, 3) => hot.change(&ctx, &mut rng),
                     18 if rng.gen_ratio(1, 8) => d.burst(&mut rng, &live),
