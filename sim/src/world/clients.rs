@@ -317,7 +317,7 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
             if let Some(r) = o.clients.get_mut(c) {
                 for t in topics {
                     if recovered.get(&t) == Some(&true) {
-                        if let Some(&(epoch, seq)) = r.asked_from.get(&t) {
+                        if let Some((epoch, seq)) = r.asked_from.remove(&t) {
                             r.seams.insert(
                                 t.clone(),
                                 crate::invariants::recovery::Seam {
@@ -338,6 +338,9 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
                 for t in topics {
                     r.subscribed.remove(&t);
                     r.unsubscribing.remove(&t);
+                    // A later subscribe of it is not a recovery.
+                    r.seams.remove(&t);
+                    r.asked_from.remove(&t);
                 }
             }
         }
