@@ -28,6 +28,9 @@ pub enum Command {
         /// Keep data here instead of a fresh temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Messages each distributor keeps per topic for recovery and History (0: off).
+        #[arg(long, default_value_t = 1000)]
+        history_messages: usize,
     },
     /// Run one metastore node.
     Metastore {
@@ -52,6 +55,9 @@ pub enum Command {
         /// Non-zero, unique among distributors.
         #[arg(long)]
         id: u64,
+        /// Messages kept per topic for recovery and History (0: off).
+        #[arg(long, default_value_t = 1000)]
+        history_messages: usize,
         /// Metastore addresses, comma-separated.
         #[arg(long)]
         metastore: String,
@@ -219,7 +225,10 @@ pub fn parse_addrs(list: &str) -> Result<Vec<String>, Failure> {
 
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Dev { data_dir } => dev::run(data_dir).await,
+        Command::Dev {
+            data_dir,
+            history_messages,
+        } => dev::run(data_dir, history_messages).await,
         Command::Metastore {
             id,
             listen,
@@ -255,6 +264,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Distributor {
             id,
+            history_messages,
             metastore,
             grpc,
             quic,
@@ -268,6 +278,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 grpc_advertise: grpc.clone(),
                 quic_advertise: quic.clone(),
                 tls: tls.files(),
+                history: firetower_distributor::config::HistoryPolicy {
+                    messages: history_messages,
+                    ..Default::default()
+                },
                 ..firetower_distributor::Config::default()
             };
             config

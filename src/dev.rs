@@ -30,7 +30,9 @@ const HOST: &str = "127.0.0.1";
 
 type Task = JoinHandle<anyhow::Result<()>>;
 
-pub async fn run(data_dir: Option<PathBuf>) -> Result<(), Failure> {
+/// Runs the whole local cluster until Ctrl-C. `history_messages`: what each distributor
+/// keeps per topic for recovery (0: off).
+pub async fn run(data_dir: Option<PathBuf>, history_messages: usize) -> Result<(), Failure> {
     let (_temp, root) = match data_dir {
         Some(dir) => (None, dir),
         None => {
@@ -91,6 +93,10 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<(), Failure> {
             tls: pki
                 .write_node(&tls_dir, &format!("distributor-{id}"))
                 .context("writing certificates")?,
+            history: firetower_distributor::config::HistoryPolicy {
+                messages: history_messages,
+                ..Default::default()
+            },
             ..firetower_distributor::Config::default()
         };
         let listener = tokio::net::TcpListener::bind(&grpc)

@@ -157,4 +157,12 @@ pub const SEEDS: &[(u64, &str)] = &[
          a_delivery_routed_by_a_newer_view_waits_for_this_edges_view)",
     ),
     (126944, "the same edge-view lag, with 4 distributors and 2 edges"),
+    (
+        850779,
+        "recovery: a client recovered a message of a topic whose split the owner had \
+         prepared (the message carried its tag); the edge's route switch then passed the \
+         same message again in its own numbering. Fixed: an answer with tagged messages, or \
+         one arriving while the topic changes route at the edge, is not served (unit test \
+         a_recovery_of_a_topic_that_changes_route_is_refused)",
+    ),
 ];

@@ -143,6 +143,35 @@ impl EdgeCore {
         if waiting.request != answer.request_id {
             return;
         }
+        // The topic changes route (here, or at the owner: its messages carry a hot-topic
+        // tag): the edge passes such messages through its route holds, in its own
+        // numbering, so one served here would come again through them (sim seed 850779:
+        // a message recovered at the owner's position, then passed again by the route
+        // switch). Not recoverable: the connection joins the live deliveries as is.
+        let changing = entry.renumber
+            || entry.routes.len() > 1
+            || !entry.ahead.is_empty()
+            || answer.messages.iter().any(|m| m.route_tag > 0);
+        if changing {
+            let acked = waiting.acked;
+            entry.recovering.remove(&conn);
+            entry.add_subscriber(conn);
+            self.recoveries.remove(&answer.request_id);
+            self.counters.recoveries_refused += 1;
+            if !acked {
+                self.outputs.push_back(Output::SubscribedFrom {
+                    conn,
+                    topic,
+                    recovery: Recovery {
+                        recovered: false,
+                        position: None,
+                    },
+                });
+            }
+            // Already acked as recovered (a long answer in several frames, the change in
+            // a later one): the rest is not sent; documented in docs/protocol.md §5.11.
+            return;
+        }
         if !waiting.acked {
             waiting.acked = true;
             let position = (answer.epoch > 0).then_some(StreamPos {

@@ -1068,3 +1068,39 @@ fn recoveries_time_out_and_split_topics_are_not_recovered() {
         }]
     );
 }
+
+/// An answer that carries messages routed by a hot-topic view (the topic is being split at
+/// the owner), or that arrives while the topic changes route here, is not served: the
+/// route holds pass those messages on in the edge's own numbering, so they would come
+/// twice (sim seed 850779). The ack says not recovered, without a position.
+#[test]
+fn a_recovery_of_a_topic_that_changes_route_is_refused() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    drain(&mut core);
+    let mut answer = recovered(1, true, (4, 3), &[2, 3]);
+    answer.messages[1].route_tag = 5;
+    core.handle_recovered(answer);
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::SubscribedFrom {
+            conn: 11,
+            topic: "live".into(),
+            recovery: Recovery {
+                recovered: false,
+                position: None
+            }
+        }]
+    );
+    let f = deliver(&mut core, "live", 4, 4, b"4", tags(4, 0)).unwrap();
+    assert_eq!(&f.conns[..], &[10, 11]);
+    assert_eq!(core.counters().recoveries_refused, 1);
+}
