@@ -273,6 +273,15 @@ fn slot_sync_diffs_and_resets() {
     );
 }
 
+/// A linked core whose connection 10 is subscribed to "live" (acked by owner 1 at epoch 4).
+fn live_core(now: Instant) -> EdgeCore {
+    let mut core = linked_core();
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, "live", 4);
+    drain(&mut core);
+    core
+}
+
 fn hot(
     topic: &str,
     shards: u32,
@@ -327,10 +336,7 @@ fn delivered(out: Vec<Output>) -> Vec<(u64, u64, String)> {
 #[test]
 fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
     let now = Instant::now();
-    let mut core = linked_core();
-    core.handle_subscribe(now, 10, vec!["live".into()]);
-    core.handle_interest_ack(1, "live", 4);
-    drain(&mut core);
+    let mut core = live_core(now);
     let f = deliver(&mut core, "live", 4, 1, b"1", tags(1, 0)).unwrap();
     assert_eq!(
         parsed(&f),
@@ -413,10 +419,7 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
 #[test]
 fn a_delivery_routed_by_a_newer_view_waits_for_this_edges_view() {
     let now = Instant::now();
-    let mut core = linked_core();
-    core.handle_subscribe(now, 10, vec!["live".into()]);
-    core.handle_interest_ack(1, "live", 4);
-    drain(&mut core);
+    let mut core = live_core(now);
     // Older views pass at once.
     assert!(deliver(&mut core, "live", 4, 1, b"0", tags(10, 0)).is_some());
     assert!(deliver(&mut core, "live", 4, 3, b"2", tags(2, 5)).is_none());
@@ -446,10 +449,7 @@ fn a_delivery_routed_by_a_newer_view_waits_for_this_edges_view() {
 #[test]
 fn deliveries_wait_for_a_lagging_view_however_long_and_pass_when_it_catches_up() {
     let now = Instant::now();
-    let mut core = linked_core();
-    core.handle_subscribe(now, 10, vec!["live".into()]);
-    core.handle_interest_ack(1, "live", 4);
-    drain(&mut core);
+    let mut core = live_core(now);
     assert!(deliver(&mut core, "live", 4, 1, b"1", tags(1, 5)).is_none());
     assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 0)).is_none());
     core.handle_tick(now);
@@ -939,10 +939,7 @@ fn recovers(out: &[Output]) -> Vec<(u64, u64, u64, u64)> {
 #[test]
 fn a_subscribe_with_a_position_gets_what_it_missed_then_the_live_deliveries() {
     let now = Instant::now();
-    let mut core = linked_core();
-    core.handle_subscribe(now, 10, vec!["live".into()]);
-    core.handle_interest_ack(1, "live", 4);
-    drain(&mut core);
+    let mut core = live_core(now);
     core.handle_subscribe_from(
         now,
         11,
