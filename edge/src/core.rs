@@ -54,6 +54,7 @@ use crate::frame::delivery_frame;
 mod publish;
 mod recovery;
 pub use publish::{PublishCounters, DEFAULT_ANSWER_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
+pub use recovery::MAX_RECOVERIES_IN_FLIGHT;
 
 /// A client connection, numbered by the shell.
 pub type ConnId = u64;
@@ -325,10 +326,9 @@ pub struct EdgeCore {
     publishes: publish::Publishes,
     /// Topics whose `ahead` holds deliveries.
     ahead_topics: BTreeSet<String>,
-    /// The positions of the subscribe being handled (see `handle_subscribe_from`).
-    wanted: BTreeMap<(ConnId, String), StreamPos>,
-    /// Recover requests sent: id → (topic, connection).
-    recoveries: HashMap<u64, (String, ConnId)>,
+    /// Recover requests sent and not yet answered (or given up), at most
+    /// [`MAX_RECOVERIES_IN_FLIGHT`]; and the last request id used.
+    recoveries_in_flight: usize,
     next_recovery: u64,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
@@ -352,8 +352,7 @@ impl EdgeCore {
             departed: VecDeque::new(),
             publishes: publish::Publishes::default(),
             ahead_topics: BTreeSet::new(),
-            wanted: BTreeMap::new(),
-            recoveries: HashMap::new(),
+            recoveries_in_flight: 0,
             next_recovery: 0,
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
@@ -506,6 +505,18 @@ impl EdgeCore {
 
     /// A connection subscribes to `topics` (already validated and passed by the hooks).
     pub fn handle_subscribe(&mut self, now: Instant, conn: ConnId, topics: Vec<String>) {
+        self.subscribe(now, conn, topics, &BTreeMap::new());
+    }
+
+    /// [`EdgeCore::handle_subscribe`], with the positions to recover from (see
+    /// [`recovery`]) for some of the topics.
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        topics: Vec<String>,
+        since: &BTreeMap<String, StreamPos>,
+    ) {
         let mut ready = Vec::new();
         let mut over_limit = Vec::new();
         for topic in topics {
@@ -550,9 +561,8 @@ impl EdgeCore {
                             0,
                         ),
                         pending: BTreeMap::from([(conn, now)]),
-                        positions: self
-                            .wanted
-                            .get(&(conn, topic.clone()))
+                        positions: since
+                            .get(&topic)
                             .map(|p| BTreeMap::from([(conn, *p)]))
                             .unwrap_or_default(),
                         recent,
@@ -569,7 +579,7 @@ impl EdgeCore {
                 continue;
             }
             let is_ready = self.topic_ready(&topic);
-            let wanted = self.wanted.get(&(conn, topic.clone())).copied();
+            let wanted = since.get(&topic).copied();
             let Some(entry) = self.topics.get_mut(&topic) else {
                 continue;
             };
@@ -641,6 +651,10 @@ impl EdgeCore {
         let Some(entry) = self.topics.get_mut(topic) else {
             return;
         };
+        if entry.recovering.get(&conn).is_some_and(|w| w.sent()) {
+            // Its answer, if it comes, finds nobody waiting.
+            self.recoveries_in_flight -= 1;
+        }
         entry.drop_conn(conn);
         let names: Vec<String> = entry.routes.iter().map(|r| r.name.clone()).collect();
         if entry.count() == 0 {

@@ -19,7 +19,15 @@
 //! answer's last frame arrives, and not before. Split topics (and topics that ever changed
 //! route here) are numbered by each edge, so their positions cannot be served: they are
 //! answered `recovered: false` at once, without a position.
+//!
+//! An answer can be as large as the owner's history of the topic (1 MiB by default), and it
+//! is queued on the relay lane toward this edge at once; so at most
+//! [`MAX_RECOVERIES_IN_FLIGHT`] requests are unanswered at a time. A recovery beyond that is
+//! answered `recovered: false` at once (the client reloads its state, as for any position
+//! that cannot be served), rather than let a crowd of reconnecting clients overflow the
+//! edge's lane, which would close its link for everyone.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use firetower_proto::client::{Recovery, StreamPos};
@@ -28,6 +36,11 @@ use tokio::time::Instant;
 
 use super::{ConnId, EdgeCore, Fanout, Output};
 use crate::frame::delivery_frame;
+
+/// Recover requests one edge has unanswered at a time (see the module doc): with the
+/// default 1 MiB of history per topic, at most 32 MiB of answers queued toward it, below
+/// the distributor's `lane_hard_bytes` (64 MiB).
+pub const MAX_RECOVERIES_IN_FLIGHT: usize = 32;
 
 /// A connection waiting for its recovery of one topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +54,17 @@ pub(super) struct Recovering {
     acked: bool,
 }
 
+impl Recovering {
+    /// Whether its request went to the owner (and counts as in flight).
+    pub(super) fn sent(&self) -> bool {
+        self.request != 0
+    }
+}
+
 impl EdgeCore {
     /// A connection subscribes to `topics`, with the position it last saw for those in
     /// `since` (see [`EdgeCore::handle_subscribe`]; `since` names only topics of `topics`).
+    /// One it is already recovering keeps its recovery under way.
     pub fn handle_subscribe_from(
         &mut self,
         now: Instant,
@@ -51,9 +72,7 @@ impl EdgeCore {
         topics: Vec<String>,
         since: Vec<(String, StreamPos)>,
     ) {
-        if since.is_empty() {
-            return self.handle_subscribe(now, conn, topics);
-        }
+        let since: BTreeMap<String, StreamPos> = since.into_iter().collect();
         for (topic, pos) in &since {
             // Already held by this connection: recover from the position it gives now.
             if let Some(entry) = self.topics.get_mut(topic) {
@@ -61,15 +80,10 @@ impl EdgeCore {
                     entry.drop_conn(conn);
                     entry.positions.insert(conn, *pos);
                     self.start_recovery(now, topic, conn);
-                    continue;
                 }
             }
-            self.wanted.insert((conn, topic.clone()), *pos);
         }
-        self.handle_subscribe(now, conn, topics);
-        for (topic, _) in &since {
-            self.wanted.remove(&(conn, topic.clone()));
-        }
+        self.subscribe(now, conn, topics, &since);
     }
 
     /// The topic's interest is acknowledged and the connection asked with a position:
@@ -86,7 +100,8 @@ impl EdgeCore {
         let Some(since) = entry.positions.remove(&conn) else {
             return;
         };
-        if split || entry.renumber {
+        if split || entry.renumber || self.recoveries_in_flight >= MAX_RECOVERIES_IN_FLIGHT {
+            self.counters.recoveries_refused += 1;
             entry.add_subscriber(conn);
             self.outputs.push_back(Output::SubscribedFrom {
                 conn,
@@ -106,9 +121,8 @@ impl EdgeCore {
         };
         if let Some((owner, _)) = link {
             self.next_recovery += 1;
+            self.recoveries_in_flight += 1;
             waiting.request = self.next_recovery;
-            self.recoveries
-                .insert(waiting.request, (topic.to_string(), conn));
             self.outputs.push_back(Output::Relay {
                 distributor: owner,
                 frame: RelayFrame {
@@ -126,23 +140,19 @@ impl EdgeCore {
 
     /// One frame of an owner's answer to a Recover, in lane order (see the module doc).
     pub fn handle_recovered(&mut self, answer: Recovered) {
-        let Some((topic, conn)) = self.recoveries.get(&answer.request_id).cloned() else {
-            return; // The connection left, or gave up waiting.
-        };
-        if topic != answer.topic {
-            return;
-        }
+        let topic = answer.topic.clone();
         let Some(entry) = self.topics.get_mut(&topic) else {
-            self.recoveries.remove(&answer.request_id);
+            return; // Nobody here holds the topic any more.
+        };
+        // The connection waiting for this request (it left, or gave up waiting, if none).
+        let Some((conn, waiting)) = entry
+            .recovering
+            .iter_mut()
+            .find(|(_, w)| w.request == answer.request_id && w.sent())
+        else {
             return;
         };
-        let Some(waiting) = entry.recovering.get_mut(&conn) else {
-            self.recoveries.remove(&answer.request_id);
-            return;
-        };
-        if waiting.request != answer.request_id {
-            return;
-        }
+        let conn = *conn;
         // The topic changes route (here, or at the owner: its messages carry a hot-topic
         // tag): the edge passes such messages through its route holds, in its own
         // numbering, so one served here would come again through them (sim seed 850779:
@@ -156,7 +166,7 @@ impl EdgeCore {
             let acked = waiting.acked;
             entry.recovering.remove(&conn);
             entry.add_subscriber(conn);
-            self.recoveries.remove(&answer.request_id);
+            self.recoveries_in_flight -= 1;
             self.counters.recoveries_refused += 1;
             if !acked {
                 self.outputs.push_back(Output::SubscribedFrom {
@@ -208,7 +218,7 @@ impl EdgeCore {
         if answer.last {
             entry.recovering.remove(&conn);
             entry.add_subscriber(conn);
-            self.recoveries.remove(&answer.request_id);
+            self.recoveries_in_flight -= 1;
             if answer.ok {
                 self.counters.recoveries += 1;
             } else {

@@ -1101,3 +1101,58 @@ fn a_recovery_of_a_topic_that_changes_route_is_refused() {
     assert_eq!(&f.conns[..], &[10, 11]);
     assert_eq!(core.counters().recoveries_refused, 1);
 }
+
+/// At most MAX_RECOVERIES_IN_FLIGHT requests wait for answers: one more is told "not
+/// recovered" at once. An answer, or a waiting connection that leaves, makes room.
+#[test]
+fn recoveries_in_flight_are_bounded() {
+    let now = Instant::now();
+    let mut core = live_core(now);
+    let max = MAX_RECOVERIES_IN_FLIGHT as u64;
+    for conn in 100..100 + max {
+        core.handle_subscribe_from(
+            now,
+            conn,
+            vec!["live".into()],
+            vec![("live".into(), pos(4, 1))],
+        );
+    }
+    assert_eq!(recovers(&drain(&mut core)).len(), MAX_RECOVERIES_IN_FLIGHT);
+    core.handle_subscribe_from(
+        now,
+        999,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    assert_eq!(
+        drain(&mut core),
+        vec![Output::SubscribedFrom {
+            conn: 999,
+            topic: "live".into(),
+            recovery: Recovery {
+                recovered: false,
+                position: None
+            }
+        }]
+    );
+    // The first request is answered, the second connection leaves: two more fit.
+    core.handle_recovered(recovered(1, true, (4, 1), &[]));
+    core.handle_disconnect(now, 101);
+    drain(&mut core);
+    for conn in [1000, 1001] {
+        core.handle_subscribe_from(
+            now,
+            conn,
+            vec!["live".into()],
+            vec![("live".into(), pos(4, 1))],
+        );
+        assert_eq!(recovers(&drain(&mut core)).len(), 1, "conn {conn}");
+    }
+    core.handle_subscribe_from(
+        now,
+        1002,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    assert!(recovers(&drain(&mut core)).is_empty());
+}
