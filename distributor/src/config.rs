@@ -175,6 +175,20 @@ impl Config {
                 "must be 1 ..= 1047552 (the relay's 1 MiB frame limit less room for the topic)",
             ));
         }
+        // A recovery's answer is queued toward the edge at once, up to `history.bytes`
+        // (edges allow 32 unanswered at a time), and every topic may keep that much.
+        if self.history.bytes > 16 << 20 {
+            return Err(ConfigError::new(
+                "history.bytes",
+                "must be at most 16777216 (16 MiB per topic)",
+            ));
+        }
+        if self.history.messages > 100_000 {
+            return Err(ConfigError::new(
+                "history.messages",
+                "must be at most 100000 per topic",
+            ));
+        }
         if self.max_batch == 0 {
             return Err(ConfigError::new("max_batch", "must be positive"));
         }
@@ -255,8 +269,16 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().field, "quic_advertise");
         let bad = Config {
             relay_lanes: 0,
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(bad.validate().unwrap_err().field, "relay_lanes");
+        let bad = Config {
+            history: HistoryPolicy {
+                bytes: 1 << 30,
+                ..HistoryPolicy::default()
+            },
+            ..ok
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "history.bytes");
     }
 }

@@ -1158,7 +1158,11 @@ fn recovered_frames(request_id: u64, topic: &str, answer: HistoryAnswer) -> Vec<
             bytes = 0;
         }
         bytes += delivery.len();
-        chunk.push(delivery.deliver().clone());
+        // The frame names the topic once; the edge reads it there.
+        chunk.push(Deliver {
+            topic: String::new(),
+            ..delivery.deliver().clone()
+        });
     }
     frames.push(frame(chunk, true));
     frames

@@ -707,19 +707,22 @@ impl DistributorCore {
                 if epoch != current.0 || after > current.1 {
                     return refused;
                 }
-                if after < current.1 {
-                    // Every message after `after` must still be here.
-                    let first = kept.iter().position(|d| d.deliver().seq > after);
-                    match first.map(|i| kept[i].deliver().seq) {
-                        Some(seq) if seq == after + 1 => {}
-                        _ => return refused,
-                    }
-                }
-                kept.iter()
+                // Every message after `after` must still be here, one seq after another
+                // (a gap would be a silent loss for the client), up to the topic's last.
+                let missed: Vec<&Delivery> = kept
+                    .iter()
+                    .copied()
                     .filter(|d| d.deliver().seq > after)
-                    .take(limit)
-                    .map(|d| (*d).clone())
-                    .collect()
+                    .collect();
+                let whole = missed.len() as u64 == current.1 - after
+                    && missed
+                        .iter()
+                        .zip(after + 1..)
+                        .all(|(d, seq)| d.deliver().seq == seq);
+                if !whole {
+                    return refused;
+                }
+                missed.into_iter().take(limit).cloned().collect()
             }
         };
         HistoryAnswer {
