@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use firetower_net::relay::{close_code, encode, write_frames, FrameReader};
 use firetower_net::{
-    spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration, Tasks,
+    spawn_membership, spawn_watch, Channels, Connector, LeaseConfirmed, MetaClient, Registration,
+    Tasks,
 };
 use firetower_proto::client::ErrorCode;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
@@ -657,7 +658,8 @@ where
     let (proposals_tx, mut proposals_rx) = mpsc::unbounded_channel::<HotProposal>();
     let mut core =
         DistributorCore::with_hot_policy(config.id, config.max_topics, config.hot.clone())
-            .with_history(config.history);
+            .with_history(config.history)
+            .with_lease_fencing(Duration::from_millis(config.lease_ttl_ms));
     core.set_publish_retry(Duration::from_millis(config.publish_retry_ms));
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -699,6 +701,21 @@ where
         while incarnations.changed().await.is_ok() {
             let current = *incarnations.borrow_and_update();
             incarnation_shared.apply(|state, _| state.core.handle_registered(current));
+        }
+    });
+    // The lease confirmations that let the core sequence (`LeaseFence`).
+    let (confirmed_tx, mut confirmed) = watch::channel(None::<LeaseConfirmed>);
+    let confirmed_shared = shared.clone();
+    tasks.spawn(async move {
+        while confirmed.changed().await.is_ok() {
+            let Some(c) = *confirmed.borrow_and_update() else {
+                continue;
+            };
+            confirmed_shared.apply(|state, now| {
+                state
+                    .core
+                    .handle_lease_confirmed(now, c.sent_at, c.revision)
+            });
         }
     });
     // The core's timeouts: publishes waiting to retry, and hot-topic load windows.
@@ -755,6 +772,7 @@ where
             lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         },
         incarnation_tx,
+        Some(confirmed_tx),
         stop_rx.clone(),
     );
 

@@ -636,10 +636,10 @@ impl<C: Connector> Distributor for DistributorService<C> {
             self.shared.admit(&run.topic, deadline).await?;
         }
         let mut waiting = Vec::with_capacity(runs.len());
-        self.shared.apply(|state, _| {
+        self.shared.apply(|state, now| {
             for run in runs {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let op = state.core.handle_forwarded_run(run);
+                let op = state.core.handle_forwarded_run(now, run);
                 state.waiters.insert(op, tx);
                 waiting.push(rx);
             }

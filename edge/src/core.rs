@@ -111,6 +111,12 @@ pub enum Output {
     /// A client publish failed (the distributor's answer, no route, a lost link, no
     /// answer in time): send the connection this error frame.
     PublishFailed { conn: ConnId, error: ClientError },
+    /// Close the connection with this WebSocket close code and reason.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
     /// A publish of this connection waits: stop reading its socket (keep writing to it).
     PauseReads { conn: ConnId },
     /// The connection has no waiting publish any more: read its socket again.
@@ -330,6 +336,11 @@ pub struct EdgeCore {
     /// [`MAX_RECOVERIES_IN_FLIGHT`]; and the last request id used.
     recoveries_in_flight: usize,
     next_recovery: u64,
+    /// Recoveries waiting for room among those in flight, oldest first: (topic, conn). At
+    /// most one per connection and topic it is recovering (so bounded by the connections
+    /// times `max_topics_per_conn`); entries whose connection left or was answered are
+    /// skipped when they come up.
+    recovery_queue: VecDeque<(String, ConnId)>,
     outputs: VecDeque<Output>,
     counters: CoreCounters,
 }
@@ -354,6 +365,7 @@ impl EdgeCore {
             ahead_topics: BTreeSet::new(),
             recoveries_in_flight: 0,
             next_recovery: 0,
+            recovery_queue: VecDeque::new(),
             outputs: VecDeque::new(),
             counters: CoreCounters::default(),
         }
@@ -651,7 +663,8 @@ impl EdgeCore {
         let Some(entry) = self.topics.get_mut(topic) else {
             return;
         };
-        if entry.recovering.get(&conn).is_some_and(|w| w.sent()) {
+        let made_room = entry.recovering.get(&conn).is_some_and(|w| w.sent());
+        if made_room {
             // Its answer, if it comes, finds nobody waiting.
             self.recoveries_in_flight -= 1;
         }
@@ -675,6 +688,9 @@ impl EdgeCore {
             }
         } else {
             self.dirty.extend(names);
+        }
+        if made_room {
+            self.send_queued_recoveries();
         }
     }
 

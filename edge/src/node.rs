@@ -192,6 +192,9 @@ impl<C: Connector> Edge<C> {
                         .get_or_insert_with(|| self.sessions.lock())
                         .push_error(now, conn, &error, &mut after.wakes)
                 }
+                Output::Close { conn, code, reason } => sessions
+                    .get_or_insert_with(|| self.sessions.lock())
+                    .close(conn, code, reason),
                 Output::PauseReads { conn } => sessions
                     .get_or_insert_with(|| self.sessions.lock())
                     .pause_reads(conn, true),
@@ -415,6 +418,7 @@ where
             lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         },
         incarnation_tx,
+        None,
         stop_rx.clone(),
     );
     edge.tasks.spawn(sync_slots(

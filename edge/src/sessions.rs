@@ -39,6 +39,11 @@ pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 /// Close code: an administrator kicked the connection's user (KickUser).
 pub const CLOSE_KICKED: u16 = 4002;
+/// Close code: a publish of the connection has no known outcome (its relay link was lost,
+/// or its distributor did not answer in time). It may still be sequenced later, so a
+/// later publish on the same connection could overtake it: the stream ends here, and the
+/// client reconnects (and recovers what it subscribed to).
+pub const CLOSE_PUBLISH_UNCERTAIN: u16 = 4003;
 
 /// Tells a connection task to close with a code and reason.
 #[derive(Debug, Default)]
@@ -431,6 +436,13 @@ impl SessionTable<'_> {
     }
 
     /// Stops or resumes the reading of a connection's socket.
+    /// Closes one connection with `code` (its queued frames are not waited for).
+    pub(crate) fn close(&mut self, conn: ConnId, code: u16, reason: String) {
+        if let Some(session) = self.table.get(&conn) {
+            session.closer.close(code, reason);
+        }
+    }
+
     pub(crate) fn pause_reads(&mut self, conn: ConnId, paused: bool) {
         if let Some(session) = self.table.get(&conn) {
             session.reads.set(paused);

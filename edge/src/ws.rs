@@ -196,6 +196,7 @@ fn metrics<C: Connector>(edge: &Edge<C>) -> String {
         ("publishes_held", publishes.held),
         ("publishes_failed", publishes.failed),
         ("publish_answer_timeouts", publishes.timed_out),
+        ("publish_uncertain_closes", publishes.closed_uncertain),
         ("publish_answers_unmatched", publishes.unmatched_answers),
         ("stale_deliveries", core.stale_deliveries),
         ("unwanted_deliveries", core.unwanted_deliveries),

@@ -274,6 +274,14 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
                 .heartbeat(forwarded(request, self.node.config.rpc_timeout))
                 .await;
         }
+        // The reply's revision is what a distributor's lease fencing trusts: after a
+        // linearizable read, it covers every write committed before this heartbeat arrived
+        // (a deposed leader cut off from the others cannot answer with an old one).
+        self.node
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("linearizable read failed: {e}; retry")))?;
         let (ttl, revision) = {
             let inner = self.node.sm.read();
             let member = inner

@@ -28,7 +28,7 @@ pub mod tls;
 
 pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
 pub use error::{ConfigError, TlsError};
-pub use meta_client::{spawn_membership, spawn_watch, MetaClient, Registration};
+pub use meta_client::{spawn_membership, spawn_watch, LeaseConfirmed, MetaClient, Registration};
 pub use tasks::Tasks;
 #[cfg(feature = "relay")]
 pub use tls::{TlsFiles, TlsMaterial};

@@ -305,6 +305,17 @@ pub fn spawn_watch<C: Connector>(
     })
 }
 
+/// The metastore confirmed this member's lease: a heartbeat (or the registration) sent at
+/// `sent_at` was answered by the leader after a linearizable read at `revision`. A member
+/// whose routing view has reached `revision` knew the cluster's state as of `sent_at`, and
+/// the metastore cannot expire it before `sent_at` + its lease (distributors fence their
+/// sequencing with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfirmed {
+    pub sent_at: tokio::time::Instant,
+    pub revision: u64,
+}
+
 /// A member's identity for [`spawn_membership`].
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -317,10 +328,12 @@ pub struct Registration {
 /// Keeps `registration` registered until `stop` turns true, then deregisters (best effort).
 /// `incarnations` receives each incarnation the member is registered under: a new value
 /// means the metastore forgot the member's earlier state (an edge re-sends its interest).
+/// `confirmations` (if any) receives each answered registration and heartbeat.
 pub fn spawn_membership<C: Connector>(
     client: MetaClient<C>,
     registration: Registration,
     incarnations: watch::Sender<u64>,
+    confirmations: Option<watch::Sender<Option<LeaseConfirmed>>>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     // One instance per membership (per process): seeded in the simulator, random otherwise.
@@ -333,6 +346,7 @@ pub fn spawn_membership<C: Connector>(
                 break;
             }
             if incarnation == 0 {
+                let sent_at = tokio::time::Instant::now();
                 match client
                     .register(
                         registration.kind,
@@ -346,6 +360,7 @@ pub fn spawn_membership<C: Connector>(
                     Ok(reply) => {
                         incarnation = reply.incarnation;
                         let _ = incarnations.send(incarnation);
+                        confirm(&confirmations, sent_at, reply.revision);
                         continue;
                     }
                     Err(status) => {
@@ -362,11 +377,12 @@ pub fn spawn_membership<C: Connector>(
                 _ = tokio::time::sleep(beat) => {}
                 _ = stop.changed() => continue,
             }
+            let sent_at = tokio::time::Instant::now();
             match client
                 .heartbeat(registration.kind, registration.id, incarnation)
                 .await
             {
-                Ok(_) => {}
+                Ok(reply) => confirm(&confirmations, sent_at, reply.revision),
                 Err(status) if status.code() == Code::NotFound => {
                     tracing::warn!("the metastore lost this member's lease; registering again");
                     incarnation = 0;
@@ -378,4 +394,14 @@ pub fn spawn_membership<C: Connector>(
             let _ = client.deregister(registration.kind, registration.id).await;
         }
     })
+}
+
+fn confirm(
+    confirmations: &Option<watch::Sender<Option<LeaseConfirmed>>>,
+    sent_at: tokio::time::Instant,
+    revision: u64,
+) {
+    if let Some(tx) = confirmations {
+        let _ = tx.send(Some(LeaseConfirmed { sent_at, revision }));
+    }
 }

@@ -165,4 +165,17 @@ pub const SEEDS: &[(u64, &str)] = &[
          one arriving while the topic changes route at the edge, is not served (unit test \
          a_recovery_of_a_topic_that_changes_route_is_refused)",
     ),
+    (
+        156,
+        "per-publisher order on one WebSocket connection: the edge failed a client's \
+         publishes as unavailable when its relay link dropped and took the connection's next \
+         ones, but a forward of the first was in flight and was sequenced later, after them. \
+         Fixed: a publish with no known outcome (lost link, no answer in time) closes its \
+         connection with 4003 (unit test \
+         a_lost_link_fails_its_unanswered_publishes_and_closes_their_connections_and_no_route_fails_at_once)",
+    ),
+    (
+        850864,
+        "per-publisher order: a distributor cut off from the metastore kept sequencing a          slot the metastore had moved to another, so a publisher's later message got an          older epoch and passed its earlier one. Fixed: lease fencing, a distributor          sequences only within a lease TTL of a confirmed heartbeat its view has caught up          with, and a slot taken from a live owner waits a TTL (unit tests          an_owner_sequences_only_within_a_lease_the_metastore_confirmed,          a_slot_taken_from_a_live_owner_waits_a_lease_and_one_from_a_gone_owner_does_not)",
+    ),
 ];

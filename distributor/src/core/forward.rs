@@ -355,7 +355,8 @@ impl DistributorCore {
     /// all or none, or refused with the reason. Keys seen before (a retried forward) get
     /// their first positions back and go to no edge again. The answer is a
     /// [`Command::Reply`] among this call's commands.
-    pub fn handle_forwarded_run(&mut self, run: ForwardRun) -> OpId {
+    pub fn handle_forwarded_run(&mut self, now: Instant, run: ForwardRun) -> OpId {
+        self.advance_clock(now);
         let op = self.publishes.new_op();
         let keyed = run.origin != 0 && run.incarnation != 0;
         let messages: Vec<(Option<ForwardKey>, u64, Bytes)> = run
@@ -382,6 +383,7 @@ impl DistributorCore {
         attempt: AttemptId,
         result: ForwardResult,
     ) {
+        self.advance_clock(now);
         let Some((op_id, index)) = self.publishes.attempts.remove(&attempt) else {
             return;
         };

@@ -350,7 +350,7 @@ fn a_duplicate_forward_key_gets_the_first_positions_and_no_second_delivery() {
         route_tag: 0,
         messages: vec![(77, 1, data("1"))],
     };
-    core.handle_forwarded_run(run.clone());
+    core.handle_forwarded_run(Instant::now(), run.clone());
     let first = drain(&mut core);
     let delivered = |commands: &[Command]| {
         commands
@@ -360,15 +360,18 @@ fn a_duplicate_forward_key_gets_the_first_positions_and_no_second_delivery() {
     };
     assert_eq!(delivered(&first), 1);
     // The reply was lost; the forwarder retries with the same key.
-    core.handle_forwarded_run(run.clone());
+    core.handle_forwarded_run(Instant::now(), run.clone());
     let second = drain(&mut core);
     assert_eq!(delivered(&second), 0, "not delivered twice");
     assert_eq!(replies(&second)[0].1, replies(&first)[0].1);
     // Another key is another message.
-    core.handle_forwarded_run(ForwardRun {
-        messages: vec![(78, 2, data("2"))],
-        ..run
-    });
+    core.handle_forwarded_run(
+        Instant::now(),
+        ForwardRun {
+            messages: vec![(78, 2, data("2"))],
+            ..run
+        },
+    );
     let third = drain(&mut core);
     assert_eq!(delivered(&third), 1);
     assert_eq!(
@@ -384,13 +387,16 @@ fn a_duplicate_forward_key_gets_the_first_positions_and_no_second_delivery() {
 #[test]
 fn a_forwarded_run_for_a_slot_owned_elsewhere_is_refused_with_the_owner() {
     let mut core = core_owning("mine");
-    core.handle_forwarded_run(ForwardRun {
-        topic: "theirs".into(),
-        origin: 2,
-        incarnation: 4,
-        route_tag: 0,
-        messages: vec![(1, 1, data("1"))],
-    });
+    core.handle_forwarded_run(
+        Instant::now(),
+        ForwardRun {
+            topic: "theirs".into(),
+            origin: 2,
+            incarnation: 4,
+            route_tag: 0,
+            messages: vec![(1, 1, data("1"))],
+        },
+    );
     assert_eq!(
         replies(&drain(&mut core))[0].1,
         Outcome::Refused(RunOutcome::NotOwner { owner: 2 })

@@ -5,7 +5,7 @@
 //! ```text
 //!  handle_watch(now, event) ─────┐                    ┌─► Deliver{delivery, edges}   lanes
 //!  handle_publish(now, topic, …) ┤                    ├─► Replay{edge, deliveries}   lanes
-//!  handle_forwarded_run(run) ────┤                    ├─► Fence{topic, since, edges} lanes
+//!  handle_forwarded_run(now, …) ┤                    ├─► Fence{topic, since, edges} lanes
 //!  handle_forward_result(now, …) ┼─► DistributorCore ─┼─► InterestAck{edge, …}       control
 //!  handle_interest(edge, …) ─────┤   (no clock, no    ├─► Forward{attempt, owner, …} gRPC
 //!  handle_edge_up/down, synced ──┤    sockets)        ├─► Reply{op, outcome}         caller
@@ -268,9 +268,42 @@ pub struct DistributorCore {
     /// at most `max_topics` entries.
     route_floors: HashMap<String, u64>,
     history_policy: HistoryPolicy,
-    /// The latest time an input brought (history ages are measured with it).
+    /// The latest time an input brought (history ages and lease fencing are measured with
+    /// it).
     clock: Option<Instant>,
+    /// Lease fencing of sequencing (None: off, for tests of other decisions).
+    fence: Option<LeaseFence>,
 }
+
+/// When this distributor may sequence, so that two distributors never sequence one slot at
+/// once (sim seed 850864: a distributor cut off from the metastore kept sequencing a slot
+/// the metastore had moved, and a publisher's later message got an older position).
+///
+/// - *Its own lease*: the metastore confirms the lease with the revision it answered at
+///   ([`DistributorCore::handle_lease_confirmed`]). Once the view has reached that
+///   revision, the view was current when the heartbeat was sent, so a slot still shown as
+///   owned was owned then; the owner sequences until `ttl` after that send time. The
+///   metastore only expires a lease `ttl` after it last heard a heartbeat, and any move
+///   committed after a confirmed send time is in a later confirmation's revision, which the
+///   view must reach before it counts.
+/// - *A slot taken from a live owner* (a rebalance when a distributor joins): the previous
+///   owner may not have seen the move; it stops at most `ttl` after the move was committed,
+///   so the new owner waits `ttl` from when it saw the move. A slot from no owner, or from
+///   one the metastore no longer lists (expired or deregistered), is sequenced at once.
+#[derive(Debug)]
+struct LeaseFence {
+    ttl: Duration,
+    /// Sequencing is allowed before this (None: never confirmed).
+    fresh_until: Option<Instant>,
+    /// Confirmations whose revision the view has not reached yet, oldest first; at most
+    /// [`PENDING_CONFIRMATIONS`] (dropping one only delays freshness).
+    pending: VecDeque<(Instant, u64)>,
+    /// Slots taken from a live owner → when they may be sequenced.
+    slot_ready: HashMap<Slot, Instant>,
+}
+
+/// Confirmations kept while the view catches up (heartbeats come every third of a lease).
+const PENDING_CONFIRMATIONS: usize = 16;
 
 /// A forwarded publish's key: (forwarder id, forwarder's registration incarnation, number).
 /// The incarnation makes keys unique across restarts of the forwarder.
@@ -314,7 +347,72 @@ impl DistributorCore {
             route_floors: HashMap::new(),
             history_policy: HistoryPolicy::default(),
             clock: None,
+            fence: None,
         }
+    }
+
+    /// The same core, sequencing only under a lease the metastore confirmed (`ttl`: the
+    /// lease this node registers with); see [`LeaseFence`].
+    pub fn with_lease_fencing(mut self, ttl: Duration) -> Self {
+        self.fence = Some(LeaseFence {
+            ttl,
+            fresh_until: None,
+            pending: VecDeque::new(),
+            slot_ready: HashMap::new(),
+        });
+        self
+    }
+
+    /// The metastore answered a heartbeat (or the registration) sent at `sent_at` at
+    /// `revision` ([`LeaseFence`]). Publishes waiting for an owner try again.
+    pub fn handle_lease_confirmed(&mut self, now: Instant, sent_at: Instant, revision: u64) {
+        self.advance_clock(now);
+        let Some(fence) = self.fence.as_mut() else {
+            return;
+        };
+        if fence.pending.len() >= PENDING_CONFIRMATIONS {
+            fence.pending.pop_front();
+        }
+        fence.pending.push_back((sent_at, revision));
+        self.credit_confirmations();
+        self.retry_waiting(now);
+    }
+
+    /// Counts the confirmations the view has caught up with.
+    fn credit_confirmations(&mut self) {
+        let view = self.routing.revision();
+        let Some(fence) = self.fence.as_mut() else {
+            return;
+        };
+        while let Some(&(sent_at, revision)) = fence.pending.front() {
+            if revision > view {
+                break;
+            }
+            fence.pending.pop_front();
+            let until = sent_at + fence.ttl;
+            fence.fresh_until = Some(fence.fresh_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
+    /// Whether lease fencing lets this node sequence `slot` now (it owns it in its view).
+    fn may_sequence(&self, slot: Slot) -> bool {
+        let Some(fence) = &self.fence else {
+            return true;
+        };
+        let Some(now) = self.clock else {
+            return false;
+        };
+        fence.fresh_until.is_some_and(|until| now < until)
+            && fence
+                .slot_ready
+                .get(&slot)
+                .is_none_or(|ready| now >= *ready)
+    }
+
+    /// Until when the lease fencing allows sequencing (None: fencing off or never
+    /// confirmed).
+    pub fn lease_fresh_until(&self) -> Option<Instant> {
+        self.fence.as_ref().and_then(|f| f.fresh_until)
     }
 
     /// The same core, keeping each topic's history by `policy`.
@@ -359,6 +457,20 @@ impl DistributorCore {
     pub fn handle_watch(&mut self, now: Instant, event: pb::WatchEvent) -> RoutingChanges {
         self.advance_clock(now);
         let changes = self.routing.apply(event);
+        self.credit_confirmations();
+        if let Some(fence) = self.fence.as_mut() {
+            for change in &changes.owners {
+                if change.to != self.id {
+                    fence.slot_ready.remove(&change.slot);
+                } else if change.from != 0
+                    && change.from != self.id
+                    && (changes.snapshot || self.routing.distributors().contains_key(&change.from))
+                {
+                    fence.slot_ready.insert(change.slot, now + fence.ttl);
+                }
+            }
+            fence.slot_ready.retain(|_, ready| *ready > now);
+        }
         let routing = &self.routing;
         self.route_floors.retain(|base, floor| {
             routing
@@ -833,8 +945,9 @@ impl DistributorCore {
                 owner: route.distributor,
             });
         }
-        if self.incarnation == 0 || route.epoch < self.incarnation {
-            // Not registered yet, or the view is older than this registration: wait.
+        if self.incarnation == 0 || route.epoch < self.incarnation || !self.may_sequence(slot) {
+            // Not registered yet, the view is older than this registration, or the lease
+            // does not cover sequencing now: wait.
             return Ok(PublishOutcome::NotOwner { owner: 0 });
         }
         let base = base_topic(topic);

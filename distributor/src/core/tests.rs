@@ -578,3 +578,160 @@ fn a_recover_is_answered_on_the_topics_lane_and_a_non_owner_says_so() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A distributor member as a watch change.
+fn distributor_up(id: u64, revision: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Delta(pb::Delta {
+            revision,
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::MemberUp(pb::Member {
+                    kind: pb::MemberKind::Distributor as i32,
+                    id,
+                    incarnation: revision,
+                    ..pb::Member::default()
+                })),
+            }],
+        })),
+    }
+}
+
+/// A fenced core (lease 3 s) that owns every slot at epoch 5, its view at revision 5.
+fn fenced_owner(now: Instant) -> DistributorCore {
+    let mut core = DistributorCore::new(1, 100).with_lease_fencing(Duration::from_secs(3));
+    core.handle_registered(1);
+    core.handle_watch(now, snapshot(|_| 1, 5, vec![]));
+    core
+}
+
+#[test]
+fn an_owner_sequences_only_within_a_lease_the_metastore_confirmed() {
+    let t0 = Instant::now();
+    let mut core = fenced_owner(t0);
+    // Never confirmed: it may not know of a move.
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    // Confirmed at a revision the view has: sequenced until 3 s after the heartbeat left.
+    core.handle_lease_confirmed(t0 + Duration::from_millis(100), t0, 5);
+    assert!(matches!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::Sequenced { seq: 1, .. }
+    ));
+    core.handle_timeout(t0 + Duration::from_millis(2999));
+    assert!(matches!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::Sequenced { seq: 2, .. }
+    ));
+    // Cut off from the metastore: no confirmation, so it stops when the lease may be gone
+    // (the metastore may have moved the slot meanwhile).
+    core.handle_timeout(t0 + Duration::from_secs(3));
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    assert_eq!(core.lease_fresh_until(), Some(t0 + Duration::from_secs(3)));
+}
+
+#[test]
+fn a_confirmation_counts_only_once_the_view_reaches_its_revision() {
+    let t0 = Instant::now();
+    let mut core = fenced_owner(t0);
+    // The metastore was at revision 7 when it answered: something happened this view has
+    // not seen (it may be the move of this very slot), so the lease does not count yet.
+    core.handle_lease_confirmed(t0, t0, 7);
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    core.handle_watch(t0, distributor_up(3, 6));
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    // Revision 7 moves the topic's slot away: the view knows, and the owner is named.
+    let slot = slot_of("chat");
+    core.handle_watch(t0, move_slot(slot, 3, 7));
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 3 }
+    );
+    // The rest is still its own, and now confirmed.
+    assert!(matches!(
+        core.sequence("room-1", 0).unwrap(),
+        PublishOutcome::Sequenced { seq: 1, .. }
+    ));
+}
+
+#[test]
+fn a_slot_taken_from_a_live_owner_waits_a_lease_and_one_from_a_gone_owner_does_not() {
+    let t0 = Instant::now();
+    // Distributor 2 owns everything; this is distributor 1, confirmed.
+    let mut core = DistributorCore::new(1, 100).with_lease_fencing(Duration::from_secs(3));
+    core.handle_registered(1);
+    core.handle_watch(t0, snapshot(|_| 2, 5, vec![]));
+    core.handle_watch(t0, distributor_up(2, 6));
+    core.handle_lease_confirmed(t0, t0, 6);
+    // A rebalance gives it "chat"'s slot while 2 is alive: 2 may still sequence it until
+    // its own lease fence stops it, at most a lease after the move.
+    let chat = slot_of("chat");
+    let t1 = t0 + Duration::from_millis(500);
+    core.handle_watch(t1, move_slot(chat, 1, 7));
+    core.handle_lease_confirmed(t1, t1, 7);
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    core.handle_timeout(t1 + Duration::from_millis(2999));
+    core.handle_lease_confirmed(
+        t1 + Duration::from_millis(2999),
+        t1 + Duration::from_secs(2),
+        7,
+    );
+    assert_eq!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    core.handle_timeout(t1 + Duration::from_secs(3));
+    assert!(matches!(
+        core.sequence("chat", 0).unwrap(),
+        PublishOutcome::Sequenced { seq: 1, .. }
+    ));
+    // Distributor 2 leaves (expired): a slot it owned is taken over at once.
+    let room = slot_of("room-1");
+    assert_ne!(room, chat);
+    let t2 = t1 + Duration::from_secs(3);
+    core.handle_watch(
+        t2,
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Delta(pb::Delta {
+                revision: 8,
+                changes: vec![
+                    pb::Change {
+                        change: Some(pb::change::Change::MemberDown(pb::MemberRef {
+                            kind: pb::MemberKind::Distributor as i32,
+                            id: 2,
+                        })),
+                    },
+                    pb::Change {
+                        change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                            slot: room as u32,
+                            distributor_id: 1,
+                            epoch: 8,
+                        })),
+                    },
+                ],
+            })),
+        },
+    );
+    core.handle_lease_confirmed(t2, t2, 8);
+    assert!(matches!(
+        core.sequence("room-1", 0).unwrap(),
+        PublishOutcome::Sequenced {
+            seq: 1,
+            epoch: 8,
+            ..
+        }
+    ));
+}

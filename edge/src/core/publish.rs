@@ -24,7 +24,7 @@
 //! Waiting publishes are released in the order they arrived, per topic; topics waiting for
 //! room on a link take turns.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use firetower_proto::client::{ClientError, ErrorCode};
@@ -32,6 +32,7 @@ use firetower_proto::relay::v1::{relay_frame::Frame, ClientPublish, RelayFrame};
 use tokio::time::{Duration, Instant};
 
 use super::{ConnId, EdgeCore, Output};
+use crate::sessions::CLOSE_PUBLISH_UNCERTAIN;
 
 /// Default bound on unanswered publishes per link (the config's `max_publishes_in_flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
@@ -86,6 +87,8 @@ pub struct PublishCounters {
     pub failed: u64,
     /// Of those, failed because no answer came within the answer timeout.
     pub timed_out: u64,
+    /// Connections closed because a publish of theirs had no known outcome.
+    pub closed_uncertain: u64,
     /// Answers that matched no unanswered publish (late, after a timeout).
     pub unmatched_answers: u64,
 }
@@ -212,6 +215,7 @@ impl EdgeCore {
             .links
             .remove(&distributor)
             .unwrap_or_default();
+        let mut uncertain = BTreeSet::new();
         for (_, sent) in sent {
             self.fail_publish(
                 sent.conn,
@@ -221,8 +225,13 @@ impl EdgeCore {
                 ),
                 &sent.topic,
             );
+            uncertain.insert(sent.conn);
             self.answered(now, distributor, &sent.topic);
         }
+        self.close_uncertain(
+            uncertain,
+            "publish outcome unknown: the relay link was lost; reconnect",
+        );
         self.release_room(now, distributor);
     }
 
@@ -234,6 +243,7 @@ impl EdgeCore {
     pub(super) fn publishes_tick(&mut self, now: Instant) {
         let timeout = self.publishes.answer_timeout;
         let distributors: Vec<u64> = self.publishes.links.keys().copied().collect();
+        let mut uncertain = BTreeSet::new();
         for distributor in distributors {
             let mut expired = false;
             while let Some(link) = self.publishes.links.get_mut(&distributor) {
@@ -259,8 +269,13 @@ impl EdgeCore {
                     ),
                     &sent.topic,
                 );
+                uncertain.insert(sent.conn);
                 self.answered(now, distributor, &sent.topic);
             }
+            self.close_uncertain(
+                std::mem::take(&mut uncertain),
+                "publish outcome unknown: the distributor did not answer; reconnect",
+            );
             if expired {
                 self.release_room(now, distributor);
             }
@@ -421,6 +436,21 @@ impl EdgeCore {
                     }
                 }
             }
+        }
+    }
+
+    /// Publishes of these connections have no known outcome: each may still be sequenced
+    /// (a forward in flight from a distributor that dropped it), after anything the
+    /// connection publishes next. The connections are closed ([`CLOSE_PUBLISH_UNCERTAIN`])
+    /// so that a stream's order is never broken silently (sim seed 156).
+    fn close_uncertain(&mut self, conns: BTreeSet<ConnId>, reason: &str) {
+        for conn in conns {
+            self.publishes.counters.closed_uncertain += 1;
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CLOSE_PUBLISH_UNCERTAIN,
+                reason: reason.to_string(),
+            });
         }
     }
 

@@ -22,10 +22,11 @@
 //!
 //! An answer can be as large as the owner's history of the topic (1 MiB by default), and it
 //! is queued on the relay lane toward this edge at once; so at most
-//! [`MAX_RECOVERIES_IN_FLIGHT`] requests are unanswered at a time. A recovery beyond that is
-//! answered `recovered: false` at once (the client reloads its state, as for any position
-//! that cannot be served), rather than let a crowd of reconnecting clients overflow the
-//! edge's lane, which would close its link for everyone.
+//! [`MAX_RECOVERIES_IN_FLIGHT`] requests are unanswered at a time, rather than let a crowd
+//! of reconnecting clients overflow the edge's lane, which would close its link for
+//! everyone. A recovery beyond that waits its turn in a queue (the connection is not a
+//! recipient yet, exactly as while its request is out); one that waits past the subscribe
+//! timeout fails like a subscribe that was never confirmed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ impl EdgeCore {
         let Some(since) = entry.positions.remove(&conn) else {
             return;
         };
-        if split || entry.renumber || self.recoveries_in_flight >= MAX_RECOVERIES_IN_FLIGHT {
+        if split || entry.renumber {
             self.counters.recoveries_refused += 1;
             entry.add_subscriber(conn);
             self.outputs.push_back(Output::SubscribedFrom {
@@ -119,6 +120,11 @@ impl EdgeCore {
             asked: now,
             acked: false,
         };
+        if self.recoveries_in_flight >= MAX_RECOVERIES_IN_FLIGHT {
+            entry.recovering.insert(conn, waiting);
+            self.recovery_queue.push_back((topic.to_string(), conn));
+            return;
+        }
         if let Some((owner, _)) = link {
             self.next_recovery += 1;
             self.recoveries_in_flight += 1;
@@ -138,8 +144,50 @@ impl EdgeCore {
         entry.recovering.insert(conn, waiting);
     }
 
+    /// Sends the queued recoveries that fit among those in flight, oldest first. One whose
+    /// owner has no link now is left to its subscribe timeout, as when it was asked.
+    pub(super) fn send_queued_recoveries(&mut self) {
+        while self.recoveries_in_flight < MAX_RECOVERIES_IN_FLIGHT {
+            let Some((topic, conn)) = self.recovery_queue.pop_front() else {
+                return;
+            };
+            let link = self.owner_link(&topic);
+            let Some(entry) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            let Some(waiting) = entry.recovering.get_mut(&conn) else {
+                continue;
+            };
+            let Some((owner, _)) = link else {
+                continue;
+            };
+            if waiting.sent() {
+                continue;
+            }
+            self.next_recovery += 1;
+            self.recoveries_in_flight += 1;
+            waiting.request = self.next_recovery;
+            self.outputs.push_back(Output::Relay {
+                distributor: owner,
+                frame: RelayFrame {
+                    frame: Some(Frame::Recover(Recover {
+                        topic,
+                        epoch: waiting.since.epoch,
+                        seq: waiting.since.seq,
+                        request_id: waiting.request,
+                    })),
+                },
+            });
+        }
+    }
+
     /// One frame of an owner's answer to a Recover, in lane order (see the module doc).
     pub fn handle_recovered(&mut self, answer: Recovered) {
+        self.recovered_frame(answer);
+        self.send_queued_recoveries();
+    }
+
+    fn recovered_frame(&mut self, answer: Recovered) {
         let topic = answer.topic.clone();
         let Some(entry) = self.topics.get_mut(&topic) else {
             return; // Nobody here holds the topic any more.

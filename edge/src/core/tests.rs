@@ -800,7 +800,8 @@ fn an_owner_change_holds_a_topics_publishes_until_the_old_owner_answered() {
 }
 
 #[test]
-fn a_lost_link_fails_its_unanswered_publishes_and_no_route_fails_at_once() {
+fn a_lost_link_fails_its_unanswered_publishes_and_closes_their_connections_and_no_route_fails_at_once(
+) {
     let now = Instant::now();
     let mut core = linked_core().with_publish_limits(1, Duration::from_secs(15));
     publish(&mut core, now, 10, "chat", "1");
@@ -824,7 +825,14 @@ fn a_lost_link_fails_its_unanswered_publishes_and_no_route_fails_at_once() {
                 conn: 10,
                 error: lost
             },
-            // The waiting one has no route now.
+            // "1" may still be sequenced, after anything 10 sends next: its stream ends
+            // (sim seed 156).
+            Output::Close {
+                conn: 10,
+                code: crate::sessions::CLOSE_PUBLISH_UNCERTAIN,
+                reason: "publish outcome unknown: the relay link was lost; reconnect".into()
+            },
+            // The waiting one has no route now: certainly not sent, its stream goes on.
             Output::PublishFailed {
                 conn: 11,
                 error: unreachable.clone()
@@ -851,7 +859,7 @@ fn a_lost_link_fails_its_unanswered_publishes_and_no_route_fails_at_once() {
 }
 
 #[test]
-fn an_unanswered_publish_fails_after_the_answer_timeout_and_frees_its_room() {
+fn an_unanswered_publish_fails_after_the_answer_timeout_closes_its_connection_and_frees_its_room() {
     let t0 = Instant::now();
     let mut core = linked_core().with_publish_limits(1, Duration::from_secs(15));
     publish(&mut core, t0, 10, "chat", "1");
@@ -867,9 +875,15 @@ fn an_unanswered_publish_fails_after_the_answer_timeout_and_frees_its_room() {
         Output::PublishFailed { conn: 10, error } if error.code == ErrorCode::Unavailable
             && error.message.contains("did not answer within 15000 ms")
     ));
+    // It may still be sequenced after anything 10 sends next: 10's stream ends.
+    assert!(matches!(
+        &out[1],
+        Output::Close { conn: 10, code, .. } if *code == crate::sessions::CLOSE_PUBLISH_UNCERTAIN
+    ));
     assert_eq!(publishes(&out), vec![(1, 2, "chat".into(), "2".into())]);
     assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 11 }));
     assert_eq!(core.publish_counters().timed_out, 1);
+    assert_eq!(core.publish_counters().closed_uncertain, 1);
     // Its late answer matches nothing.
     core.handle_publish_done(t1, 1, 1, "", "");
     assert_eq!(core.publish_counters().unmatched_answers, 1);
@@ -1102,57 +1116,64 @@ fn a_recovery_of_a_topic_that_changes_route_is_refused() {
     assert_eq!(core.counters().recoveries_refused, 1);
 }
 
-/// At most MAX_RECOVERIES_IN_FLIGHT requests wait for answers: one more is told "not
-/// recovered" at once. An answer, or a waiting connection that leaves, makes room.
+/// At most MAX_RECOVERIES_IN_FLIGHT requests wait for answers; more wait their turn in a
+/// queue, and go out, oldest first, as answers (or connections that leave) make room. One
+/// queued past the subscribe timeout fails like an unconfirmed subscribe.
 #[test]
-fn recoveries_in_flight_are_bounded() {
+fn recoveries_beyond_the_bound_in_flight_wait_their_turn() {
     let now = Instant::now();
     let mut core = live_core(now);
     let max = MAX_RECOVERIES_IN_FLIGHT as u64;
-    for conn in 100..100 + max {
+    let subscribe = |core: &mut EdgeCore, conn: u64| {
         core.handle_subscribe_from(
             now,
             conn,
             vec!["live".into()],
             vec![("live".into(), pos(4, 1))],
-        );
+        )
+    };
+    for conn in 100..100 + max {
+        subscribe(&mut core, conn);
     }
     assert_eq!(recovers(&drain(&mut core)).len(), MAX_RECOVERIES_IN_FLIGHT);
-    core.handle_subscribe_from(
-        now,
-        999,
-        vec!["live".into()],
-        vec![("live".into(), pos(4, 1))],
-    );
-    assert_eq!(
-        drain(&mut core),
-        vec![Output::SubscribedFrom {
-            conn: 999,
-            topic: "live".into(),
-            recovery: Recovery {
-                recovered: false,
-                position: None
-            }
-        }]
-    );
-    // The first request is answered, the second connection leaves: two more fit.
-    core.handle_recovered(recovered(1, true, (4, 1), &[]));
-    core.handle_disconnect(now, 101);
-    drain(&mut core);
-    for conn in [1000, 1001] {
-        core.handle_subscribe_from(
-            now,
-            conn,
-            vec!["live".into()],
-            vec![("live".into(), pos(4, 1))],
-        );
-        assert_eq!(recovers(&drain(&mut core)).len(), 1, "conn {conn}");
+    // Three more: queued, no request and no ack yet.
+    for conn in [997, 998, 999] {
+        subscribe(&mut core, conn);
     }
-    core.handle_subscribe_from(
-        now,
-        1002,
-        vec!["live".into()],
-        vec![("live".into(), pos(4, 1))],
-    );
-    assert!(recovers(&drain(&mut core)).is_empty());
+    assert_eq!(drain(&mut core), vec![]);
+    // The first request is answered: the oldest queued one goes out.
+    core.handle_recovered(recovered(1, true, (4, 1), &[]));
+    let out = drain(&mut core);
+    let sent = recovers(&out);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].3, max + 1);
+    // A connection with a request out leaves: the next one goes out.
+    core.handle_disconnect(now, 101);
+    let sent = recovers(&drain(&mut core));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].3, max + 2);
+    // Its answer reaches it alone, and it becomes a recipient.
+    core.handle_recovered(recovered(max + 1, true, (4, 2), &[2]));
+    let out = drain(&mut core);
+    assert!(out.contains(&Output::SubscribedFrom {
+        conn: 997,
+        topic: "live".into(),
+        recovery: Recovery {
+            recovered: true,
+            position: None
+        }
+    }));
+    assert_eq!(core.counters().recoveries_refused, 0);
+    // The last queued one (999) would have gone out after another answer; none comes, and
+    // it fails at the subscribe timeout with the ones still out.
+    core.handle_tick(now + Duration::from_secs(60));
+    let failed: Vec<ConnId> = drain(&mut core)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::SubscribeFailed { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    assert!(failed.contains(&999), "{failed:?}");
+    assert!(!failed.contains(&997), "{failed:?}");
 }
