@@ -702,29 +702,17 @@ fn a_slot_taken_from_a_live_owner_waits_a_lease_and_one_from_a_gone_owner_does_n
     let room = slot_of("room-1");
     assert_ne!(room, chat);
     let t2 = t1 + Duration::from_secs(3);
-    core.handle_watch(
-        t2,
-        pb::WatchEvent {
-            event: Some(pb::watch_event::Event::Delta(pb::Delta {
-                revision: 8,
-                changes: vec![
-                    pb::Change {
-                        change: Some(pb::change::Change::MemberDown(pb::MemberRef {
-                            kind: pb::MemberKind::Distributor as i32,
-                            id: 2,
-                        })),
-                    },
-                    pb::Change {
-                        change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
-                            slot: room as u32,
-                            distributor_id: 1,
-                            epoch: 8,
-                        })),
-                    },
-                ],
-            })),
-        },
-    );
+    let member_down = pb::Change {
+        change: Some(pb::change::Change::MemberDown(pb::MemberRef {
+            kind: pb::MemberKind::Distributor as i32,
+            id: 2,
+        })),
+    };
+    let mut expiry = move_slot(room, 1, 8);
+    if let Some(pb::watch_event::Event::Delta(delta)) = &mut expiry.event {
+        delta.changes.insert(0, member_down);
+    }
+    core.handle_watch(t2, expiry);
     core.handle_lease_confirmed(t2, t2, 8);
     assert!(matches!(
         core.sequence("room-1", 0).unwrap(),

@@ -114,7 +114,7 @@ impl EdgeCore {
             });
             return;
         }
-        let mut waiting = Recovering {
+        let waiting = Recovering {
             since,
             request: 0,
             asked: now,
@@ -126,22 +126,11 @@ impl EdgeCore {
             return;
         }
         if let Some((owner, _)) = link {
-            self.next_recovery += 1;
-            self.recoveries_in_flight += 1;
-            waiting.request = self.next_recovery;
-            self.outputs.push_back(Output::Relay {
-                distributor: owner,
-                frame: RelayFrame {
-                    frame: Some(Frame::Recover(Recover {
-                        topic: topic.to_string(),
-                        epoch: since.epoch,
-                        seq: since.seq,
-                        request_id: waiting.request,
-                    })),
-                },
-            });
+            entry.recovering.insert(conn, waiting);
+            self.send_recover(owner, topic.to_string(), conn);
+        } else {
+            entry.recovering.insert(conn, waiting);
         }
-        entry.recovering.insert(conn, waiting);
     }
 
     /// Sends the queued recoveries that fit among those in flight, oldest first. One whose
@@ -161,24 +150,36 @@ impl EdgeCore {
             let Some((owner, _)) = link else {
                 continue;
             };
-            if waiting.sent() {
-                continue;
+            if !waiting.sent() {
+                self.send_recover(owner, topic, conn);
             }
-            self.next_recovery += 1;
-            self.recoveries_in_flight += 1;
-            waiting.request = self.next_recovery;
-            self.outputs.push_back(Output::Relay {
-                distributor: owner,
-                frame: RelayFrame {
-                    frame: Some(Frame::Recover(Recover {
-                        topic,
-                        epoch: waiting.since.epoch,
-                        seq: waiting.since.seq,
-                        request_id: waiting.request,
-                    })),
-                },
-            });
         }
+    }
+
+    /// Sends the Recover request of `conn`'s waiting recovery of `topic` to its owner.
+    fn send_recover(&mut self, owner: u64, topic: String, conn: ConnId) {
+        let Some(waiting) = self
+            .topics
+            .get_mut(&topic)
+            .and_then(|entry| entry.recovering.get_mut(&conn))
+        else {
+            return;
+        };
+        self.next_recovery += 1;
+        self.recoveries_in_flight += 1;
+        waiting.request = self.next_recovery;
+        let (epoch, seq, request_id) = (waiting.since.epoch, waiting.since.seq, waiting.request);
+        self.outputs.push_back(Output::Relay {
+            distributor: owner,
+            frame: RelayFrame {
+                frame: Some(Frame::Recover(Recover {
+                    topic,
+                    epoch,
+                    seq,
+                    request_id,
+                })),
+            },
+        });
     }
 
     /// One frame of an owner's answer to a Recover, in lane order (see the module doc).
