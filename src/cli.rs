@@ -28,9 +28,8 @@ pub enum Command {
         /// Keep data here instead of a fresh temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Messages each distributor keeps per topic for recovery and History (0: off).
-        #[arg(long, default_value_t = 1000)]
-        history_messages: usize,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
     /// Run one metastore node.
     Metastore {
@@ -55,9 +54,8 @@ pub enum Command {
         /// Non-zero, unique among distributors.
         #[arg(long)]
         id: u64,
-        /// Messages kept per topic for recovery and History (0: off).
-        #[arg(long, default_value_t = 1000)]
-        history_messages: usize,
+        #[command(flatten)]
+        history: HistoryArgs,
         /// Metastore addresses, comma-separated.
         #[arg(long)]
         metastore: String,
@@ -137,6 +135,41 @@ pub enum Command {
         #[command(subcommand)]
         action: HotAction,
     },
+}
+
+/// What each distributor keeps per topic for recovery and History.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// Messages kept per topic for recovery and History (0: off).
+    #[arg(long, default_value_t = 1000)]
+    pub history_messages: usize,
+    /// The history of the topics a pattern matches: `PATTERN=MESSAGES[,BYTES[,AGE_MS]]`,
+    /// e.g. `chat/*=100,65536,60000` (a name, or a prefix ending in `*`; left-out limits
+    /// keep their defaults; the first matching rule decides). Repeatable.
+    #[arg(long = "history-rule", value_name = "RULE")]
+    pub history_rules: Vec<String>,
+}
+
+/// The default policy and the rules, as the distributor's config takes them.
+pub type HistorySettings = (
+    firetower_distributor::config::HistoryPolicy,
+    Vec<firetower_distributor::config::HistoryRule>,
+);
+
+impl HistoryArgs {
+    fn settings(&self) -> Result<HistorySettings, Failure> {
+        let rules = self
+            .history_rules
+            .iter()
+            .map(|r| firetower_distributor::config::HistoryRule::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        let default = firetower_distributor::config::HistoryPolicy {
+            messages: self.history_messages,
+            ..Default::default()
+        };
+        Ok((default, rules))
+    }
 }
 
 /// The relay's TLS files (PEM): this node's certificate and key, and the cluster CA.
@@ -225,10 +258,7 @@ pub fn parse_addrs(list: &str) -> Result<Vec<String>, Failure> {
 
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Dev {
-            data_dir,
-            history_messages,
-        } => dev::run(data_dir, history_messages).await,
+        Command::Dev { data_dir, history } => dev::run(data_dir, history.settings()?).await,
         Command::Metastore {
             id,
             listen,
@@ -264,7 +294,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Distributor {
             id,
-            history_messages,
+            history,
             metastore,
             grpc,
             quic,
@@ -278,10 +308,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 grpc_advertise: grpc.clone(),
                 quic_advertise: quic.clone(),
                 tls: tls.files(),
-                history: firetower_distributor::config::HistoryPolicy {
-                    messages: history_messages,
-                    ..Default::default()
-                },
+                history: history.settings()?.0,
+                history_rules: history.settings()?.1,
                 ..firetower_distributor::Config::default()
             };
             config

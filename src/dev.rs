@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cli::{shutdown_signal, Failure};
+use crate::cli::{shutdown_signal, Failure, HistorySettings};
 
 const METASTORE_PORTS: [u16; 3] = [7101, 7102, 7103];
 /// (id, gRPC port, QUIC port) — 6667/6666 are the original Firetower's numbers.
@@ -30,9 +30,9 @@ const HOST: &str = "127.0.0.1";
 
 type Task = JoinHandle<anyhow::Result<()>>;
 
-/// Runs the whole local cluster until Ctrl-C. `history_messages`: what each distributor
-/// keeps per topic for recovery (0: off).
-pub async fn run(data_dir: Option<PathBuf>, history_messages: usize) -> Result<(), Failure> {
+/// Runs the whole local cluster until Ctrl-C. `history`: what each distributor keeps per
+/// topic for recovery (the default policy and the per-pattern rules).
+pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<(), Failure> {
     let (_temp, root) = match data_dir {
         Some(dir) => (None, dir),
         None => {
@@ -93,10 +93,8 @@ pub async fn run(data_dir: Option<PathBuf>, history_messages: usize) -> Result<(
             tls: pki
                 .write_node(&tls_dir, &format!("distributor-{id}"))
                 .context("writing certificates")?,
-            history: firetower_distributor::config::HistoryPolicy {
-                messages: history_messages,
-                ..Default::default()
-            },
+            history: history.0,
+            history_rules: history.1.clone(),
             ..firetower_distributor::Config::default()
         };
         let listener = tokio::net::TcpListener::bind(&grpc)

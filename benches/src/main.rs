@@ -26,6 +26,8 @@ use tokio::sync::Barrier;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+mod recovery_run;
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Scenario {
     /// 1,000 subscribers on one edge, 10 topics, 128 B, as fast as accepted.
@@ -36,6 +38,11 @@ enum Scenario {
     IdleConns,
     /// One topic, every subscriber on it, split into `--hot-shards` sub-topics (default 2).
     HotTopic,
+    /// 1,000 subscribers drop their connections at once, 100 messages per topic are
+    /// published, and all reconnect at once to the other edge with their positions: the
+    /// time until every one has recovered what it missed (`--count`: messages missed per
+    /// topic).
+    Recovery,
     /// Only the flags given.
     Custom,
 }
@@ -178,7 +185,9 @@ fn plan(args: &Args) -> Plan {
         Scenario::Paced => (1000, 10, 128, PublishMode::Grpc, 250, 10.0, None, false),
         Scenario::IdleConns => (10_000, 1, 128, PublishMode::Grpc, 0, 0.0, None, true),
         Scenario::HotTopic => (2000, 1, 128, PublishMode::GrpcBatch, 0, 10.0, None, false),
-        Scenario::Custom => (100, 10, 128, PublishMode::Grpc, 0, 5.0, None, false),
+        Scenario::Custom | Scenario::Recovery => {
+            (100, 10, 128, PublishMode::Grpc, 0, 5.0, None, false)
+        }
     };
     if let Some(n) = args.use_edges.or(use_edges) {
         edges.truncate(n.max(1));
@@ -514,6 +523,31 @@ async fn main() -> Result<()> {
         None => None,
     };
     let server_pid = args.server_pid.or(_dev.as_ref().map(|d| d.child.id()));
+    if args.scenario == Scenario::Recovery {
+        let edges: Vec<String> = args.edges.split(',').map(str::to_string).collect();
+        anyhow::ensure!(edges.len() >= 2, "the recovery scenario needs two edges");
+        let report = recovery_run::run(recovery_run::RecoveryPlan {
+            subscribers: args.subscribers.unwrap_or(1000),
+            topics: args.topics.unwrap_or(10),
+            missed: args.count.unwrap_or(100),
+            payload: args.payload.unwrap_or(128),
+            first_edge: edges[0].clone(),
+            second_edge: edges[1].clone(),
+            distributor: args
+                .distributors
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        })
+        .await?;
+        let json = serde_json::to_string_pretty(&report)?;
+        println!("{json}");
+        if let Some(path) = &args.json {
+            std::fs::write(path, &json)?;
+        }
+        return Ok(());
+    }
     let hot_shards = args
         .hot_shards
         .unwrap_or(if args.scenario == Scenario::HotTopic {

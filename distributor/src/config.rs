@@ -49,6 +49,88 @@ pub struct Config {
     pub hot: HotPolicy,
     /// How much of each owned topic's recent messages is kept for recovery and History.
     pub history: HistoryPolicy,
+    /// Per topic pattern, instead of `history`: the first rule whose pattern matches a
+    /// topic (a split topic's sub-topics by their base name) decides; at most
+    /// [`MAX_HISTORY_RULES`].
+    pub history_rules: Vec<HistoryRule>,
+}
+
+/// The most rules in `history_rules` (each topic is matched against them once, when its
+/// state is made).
+pub const MAX_HISTORY_RULES: usize = 64;
+
+/// A [`HistoryPolicy`] for the topics a pattern matches: a topic name, or a prefix ending
+/// in `*` (`chat/*` matches every topic that starts with `chat/`; `*` matches all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub pattern: String,
+    #[serde(flatten)]
+    pub policy: HistoryPolicy,
+}
+
+impl HistoryRule {
+    /// Whether the rule's pattern matches `topic` (a base topic name).
+    pub fn matches(&self, topic: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => topic == self.pattern,
+        }
+    }
+
+    /// Parses `PATTERN=MESSAGES[,BYTES[,AGE_MS]]` (the command-line form); what is left out
+    /// keeps the default.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::new("history_rules", format!("{text:?}: {why}"));
+        let (pattern, limits) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected PATTERN=MESSAGES[,BYTES[,AGE_MS]]"))?;
+        let mut policy = HistoryPolicy::default();
+        let mut parts = limits.split(',');
+        let mut next = |name: &str| -> Result<Option<u64>, ConfigError> {
+            match parts.next() {
+                None | Some("") => Ok(None),
+                Some(n) => n
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| bad(&format!("{name} {n:?} is not a number"))),
+            }
+        };
+        if let Some(n) = next("messages")? {
+            policy.messages = usize::try_from(n).map_err(|_| bad("messages too large"))?;
+        }
+        if let Some(n) = next("bytes")? {
+            policy.bytes = usize::try_from(n).map_err(|_| bad("bytes too large"))?;
+        }
+        if let Some(n) = next("age_ms")? {
+            policy.age_ms = n;
+        }
+        if parts.next().is_some() {
+            return Err(bad("at most three limits: MESSAGES,BYTES,AGE_MS"));
+        }
+        Ok(HistoryRule {
+            pattern: pattern.trim().to_string(),
+            policy,
+        })
+    }
+}
+
+/// The history policy of each topic: the first matching rule, or the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRules {
+    pub default: HistoryPolicy,
+    pub rules: Vec<HistoryRule>,
+}
+
+impl HistoryRules {
+    /// The policy for `topic` (a base topic name).
+    pub fn for_topic(&self, topic: &str) -> HistoryPolicy {
+        self.rules
+            .iter()
+            .find(|r| r.matches(topic))
+            .map_or(self.default, |r| r.policy)
+    }
 }
 
 /// The history an owner keeps per topic, in memory: the newest messages within all three
@@ -135,6 +217,7 @@ impl Default for Config {
             rpc_timeout_ms: 2000,
             hot: HotPolicy::default(),
             history: HistoryPolicy::default(),
+            history_rules: Vec::new(),
         }
     }
 }
@@ -175,19 +258,30 @@ impl Config {
                 "must be 1 ..= 1047552 (the relay's 1 MiB frame limit less room for the topic)",
             ));
         }
-        // A recovery's answer is queued toward the edge at once, up to `history.bytes`
-        // (edges allow 32 unanswered at a time), and every topic may keep that much.
-        if self.history.bytes > 16 << 20 {
+        validate_history(("history.bytes", "history.messages"), "", &self.history)?;
+        if self.history_rules.len() > MAX_HISTORY_RULES {
             return Err(ConfigError::new(
-                "history.bytes",
-                "must be at most 16777216 (16 MiB per topic)",
+                "history_rules",
+                format!("at most {MAX_HISTORY_RULES} rules"),
             ));
         }
-        if self.history.messages > 100_000 {
-            return Err(ConfigError::new(
-                "history.messages",
-                "must be at most 100000 per topic",
-            ));
+        for rule in &self.history_rules {
+            let pattern = &rule.pattern;
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            if pattern.is_empty() || name.contains('*') || name.contains('#') {
+                return Err(ConfigError::new(
+                    "history_rules",
+                    format!(
+                        "pattern {pattern:?}: a topic name, or a prefix ending in one `*` \
+                         (no `#`: sub-topics follow their base topic's rule)"
+                    ),
+                ));
+            }
+            validate_history(
+                ("history_rules", "history_rules"),
+                &format!("pattern {pattern:?}: "),
+                &rule.policy,
+            )?;
         }
         if self.max_batch == 0 {
             return Err(ConfigError::new("max_batch", "must be positive"));
@@ -243,9 +337,42 @@ impl Config {
     }
 }
 
+/// A history policy's bounds: a recovery's answer is queued toward the edge at once, up to
+/// `bytes` (edges allow 32 unanswered at a time), and every topic may keep that much.
+/// `fields`: the names to report (bytes, messages); `what` prefixes the reason.
+fn validate_history(
+    fields: (&'static str, &'static str),
+    what: &str,
+    policy: &HistoryPolicy,
+) -> Result<(), ConfigError> {
+    if policy.bytes > 16 << 20 {
+        return Err(ConfigError::new(
+            fields.0,
+            format!("{what}bytes must be at most 16777216 (16 MiB per topic)"),
+        ));
+    }
+    if policy.messages > 100_000 {
+        return Err(ConfigError::new(
+            fields.1,
+            format!("{what}messages must be at most 100000 per topic"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn valid() -> Config {
+        Config {
+            id: 1,
+            metastore: vec!["127.0.0.1:7101".into()],
+            grpc_advertise: "127.0.0.1:6667".into(),
+            quic_advertise: "127.0.0.1:6666".into(),
+            ..Config::default()
+        }
+    }
 
     #[test]
     fn validate_names_the_field() {
@@ -280,5 +407,56 @@ mod tests {
             ..ok
         };
         assert_eq!(bad.validate().unwrap_err().field, "history.bytes");
+    }
+
+    #[test]
+    fn history_rules_parse_match_the_first_pattern_and_are_validated() {
+        let chat = HistoryRule::parse("chat/*=10,4096").unwrap();
+        assert_eq!(chat.pattern, "chat/*");
+        assert_eq!(chat.policy.messages, 10);
+        assert_eq!(chat.policy.bytes, 4096);
+        assert_eq!(chat.policy.age_ms, HistoryPolicy::default().age_ms);
+        let off = HistoryRule::parse("metrics=0").unwrap();
+        let rules = HistoryRules {
+            default: HistoryPolicy::default(),
+            rules: vec![chat.clone(), off, HistoryRule::parse("*=5,,1000").unwrap()],
+        };
+        assert_eq!(rules.for_topic("chat/lobby").messages, 10);
+        assert!(!rules.for_topic("metrics").enabled());
+        assert_eq!(rules.for_topic("metrics/cpu").messages, 5);
+        assert_eq!(rules.for_topic("metrics/cpu").age_ms, 1000);
+        assert_eq!(
+            HistoryRules::default().for_topic("chat/lobby"),
+            HistoryPolicy::default()
+        );
+        for bad in ["chat", "chat/*=x", "a=1,2,3,4", "=1"] {
+            let parsed = HistoryRule::parse(bad);
+            let checked = parsed.and_then(|rule| {
+                Config {
+                    history_rules: vec![rule],
+                    ..valid()
+                }
+                .validate()
+            });
+            assert_eq!(checked.unwrap_err().field, "history_rules", "{bad}");
+        }
+        assert_eq!(
+            Config {
+                history_rules: vec![chat],
+                ..valid()
+            }
+            .validate(),
+            Ok(())
+        );
+        let config = Config {
+            history_rules: vec![HistoryRule::parse("a*b*=1").unwrap()],
+            ..valid()
+        };
+        assert_eq!(config.validate().unwrap_err().field, "history_rules");
+        let config = Config {
+            history_rules: vec![HistoryRule::parse("big/*=1,99999999").unwrap()],
+            ..config
+        };
+        assert_eq!(config.validate().unwrap_err().field, "history_rules");
     }
 }

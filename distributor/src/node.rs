@@ -659,6 +659,7 @@ where
     let mut core =
         DistributorCore::with_hot_policy(config.id, config.max_topics, config.hot.clone())
             .with_history(config.history)
+            .with_history_rules(config.history_rules.clone())
             .with_lease_fencing(Duration::from_millis(config.lease_ttl_ms));
     core.set_publish_retry(Duration::from_millis(config.publish_retry_ms));
     let shared = Arc::new(Shared {

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use firetower_proto::relay::v1::Deliver;
 use tokio::time::{Duration, Instant};
 
-use crate::config::{HistoryPolicy, HotPolicy};
+use crate::config::{HistoryPolicy, HistoryRule, HistoryRules, HotPolicy};
 
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::routing::{route_topics, HotRoute, RoutingChanges, RoutingTable};
@@ -74,6 +74,9 @@ struct TopicState {
     history: VecDeque<Kept>,
     /// The bytes of `history`'s frames.
     history_bytes: usize,
+    /// The topic's history policy (its rule's, or the default), resolved when the state was
+    /// made.
+    policy: HistoryPolicy,
 }
 
 /// One delivery in a topic's history.
@@ -267,7 +270,7 @@ pub struct DistributorCore {
     /// edges hold for the new route (sim seeds 188 and 193). Pruned as the view catches up;
     /// at most `max_topics` entries.
     route_floors: HashMap<String, u64>,
-    history_policy: HistoryPolicy,
+    history_rules: HistoryRules,
     /// The latest time an input brought (history ages and lease fencing are measured with
     /// it).
     clock: Option<Instant>,
@@ -345,7 +348,7 @@ impl DistributorCore {
             hot_policy,
             window_start: None,
             route_floors: HashMap::new(),
-            history_policy: HistoryPolicy::default(),
+            history_rules: HistoryRules::default(),
             clock: None,
             fence: None,
         }
@@ -417,7 +420,14 @@ impl DistributorCore {
 
     /// The same core, keeping each topic's history by `policy`.
     pub fn with_history(mut self, policy: HistoryPolicy) -> Self {
-        self.history_policy = policy;
+        self.history_rules.default = policy;
+        self
+    }
+
+    /// The same core, keeping the history of the topics these rules match by the first
+    /// matching rule's policy (the others by the default).
+    pub fn with_history_rules(mut self, rules: Vec<HistoryRule>) -> Self {
+        self.history_rules.rules = rules;
         self
     }
 
@@ -705,7 +715,10 @@ impl DistributorCore {
         data: &Bytes,
         edges: Vec<u64>,
     ) {
-        if edges.is_empty() && route_tag == 0 && !self.history_policy.enabled() {
+        if edges.is_empty()
+            && route_tag == 0
+            && !self.topics.get(topic).is_some_and(|s| s.policy.enabled())
+        {
             return;
         }
         let delivery = Delivery::new(Deliver {
@@ -726,7 +739,9 @@ impl DistributorCore {
     /// Keeps a delivery in its topic's history (see [`TopicState::history`]), dropping the
     /// oldest beyond the bounds.
     fn record_history(&mut self, topic: &str, route_tag: u64, delivery: &Delivery) {
-        let policy = self.history_policy;
+        let Some(policy) = self.topics.get(topic).map(|s| s.policy) else {
+            return;
+        };
         let (messages, bytes) = if route_tag > 0 {
             (
                 policy.messages.max(HISTORY_FRAMES),
@@ -737,7 +752,7 @@ impl DistributorCore {
         } else {
             return;
         };
-        let oldest = self.history_oldest();
+        let oldest = self.history_oldest(&policy);
         let at = self.clock;
         if let Some(state) = self.topics.get_mut(topic) {
             state.history.push_back(Kept {
@@ -767,8 +782,8 @@ impl DistributorCore {
     }
 
     /// The time before which kept messages are too old (None: no age bound, or no clock).
-    fn history_oldest(&self) -> Option<Instant> {
-        let age = self.history_policy.age_ms;
+    fn history_oldest(&self, policy: &HistoryPolicy) -> Option<Instant> {
+        let age = policy.age_ms;
         if age == 0 {
             return None;
         }
@@ -794,7 +809,7 @@ impl DistributorCore {
             .filter(|s| s.epoch == route.epoch)
             .map_or(0, |s| s.seq);
         let current = (route.epoch, seq);
-        let oldest = self.history_oldest();
+        let oldest = state.and_then(|s| self.history_oldest(&s.policy));
         // The kept messages of this epoch that have not aged out, oldest first.
         let kept: Vec<&Delivery> = state
             .map(|s| {
@@ -894,7 +909,14 @@ impl DistributorCore {
                     max: self.max_topics,
                 });
             }
-            self.topics.insert(topic.to_string(), TopicState::default());
+            let policy = self.history_rules.for_topic(base_topic(topic));
+            self.topics.insert(
+                topic.to_string(),
+                TopicState {
+                    policy,
+                    ..TopicState::default()
+                },
+            );
         }
         // Present: inserted above if it was missing.
         self.topics.get_mut(topic).ok_or(CoreError::TooManyTopics {

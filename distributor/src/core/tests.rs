@@ -546,6 +546,28 @@ fn history_ages_out_and_can_be_off() {
 }
 
 #[test]
+fn history_rules_give_each_topic_pattern_its_own_bounds() {
+    let rule = |text: &str| crate::config::HistoryRule::parse(text).unwrap();
+    let mut core = owning_core(HistoryPolicy {
+        messages: 5,
+        ..HistoryPolicy::default()
+    })
+    .with_history_rules(vec![rule("chat/*=2"), rule("ticks=0"), rule("chat/all=9")]);
+    for topic in ["chat/lobby", "ticks", "news"] {
+        for i in 0..8u8 {
+            publish_tagged(&mut core, topic, 0, Bytes::from(vec![b'0' + i]));
+        }
+    }
+    drain(&mut core);
+    // The first matching rule: 2 kept; "ticks" keeps nothing; the rest the default 5.
+    assert_eq!(seqs(&core.history("chat/lobby", None, 100)), vec![7, 8]);
+    assert!(!core.history("chat/lobby", Some((5, 5)), 100).recovered);
+    assert!(core.history("ticks", None, 100).messages.is_empty());
+    assert!(!core.history("ticks", Some((5, 7)), 100).recovered);
+    assert_eq!(seqs(&core.history("news", None, 100)), vec![4, 5, 6, 7, 8]);
+}
+
+#[test]
 fn a_recover_is_answered_on_the_topics_lane_and_a_non_owner_says_so() {
     let mut core = owning_core(HistoryPolicy::default());
     publish_tagged(&mut core, "chat", 0, Bytes::from_static(b"1"));
