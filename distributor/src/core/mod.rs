@@ -405,11 +405,14 @@ impl DistributorCore {
         let Some(now) = self.clock else {
             return false;
         };
+        // `slot_ready` is empty unless slots came from a live owner lately (pruned on
+        // watch events and ticks): no lookup per message then.
         fence.fresh_until.is_some_and(|until| now < until)
-            && fence
-                .slot_ready
-                .get(&slot)
-                .is_none_or(|ready| now >= *ready)
+            && (fence.slot_ready.is_empty()
+                || fence
+                    .slot_ready
+                    .get(&slot)
+                    .is_none_or(|ready| now >= *ready))
     }
 
     /// Until when the lease fencing allows sequencing (None: fencing off or never
@@ -1041,6 +1044,9 @@ impl DistributorCore {
     /// Each proposal is a [`Command::Propose`].
     pub fn handle_tick(&mut self, now: Instant) {
         self.advance_clock(now);
+        if let Some(fence) = self.fence.as_mut() {
+            fence.slot_ready.retain(|_, ready| *ready > now);
+        }
         let window = Duration::from_millis(self.hot_policy.window_ms);
         let Some(start) = self.window_start else {
             self.window_start = Some(now);
