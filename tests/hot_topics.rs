@@ -410,8 +410,9 @@ async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
     let tuning = common::EdgeTuning {
         hot: firetower_distributor::config::HotPolicy {
             enabled: true,
-            // About 100 messages/s to 2 edges is 200 deliveries/s: above 120.
-            split_load: 120,
+            // Up to about 100 messages/s to 2 edges is 200 deliveries/s: well above 60,
+            // even when a busy machine slows the publisher to a third.
+            split_load: 60,
             merge_load: 20,
             window_ms: 300,
             windows: 3,
