@@ -331,13 +331,14 @@ impl<C: Connector> Shared<C> {
     ) -> R {
         let now = tokio::time::Instant::now();
         let mut forwards: Vec<(AttemptId, u64, String, ForwardRun)> = Vec::new();
+        let mut handovers: Vec<Handover> = Vec::new();
         let (result, sooner) = {
             let mut guard = self.lock();
             let state = &mut *guard;
             let before = state.core.poll_timeout();
             let result = input(state, now);
             while let Some(command) = state.core.poll_command() {
-                self.run(state, command, &mut forwards);
+                self.run(state, command, &mut forwards, &mut handovers);
             }
             self.counters.sync(state.core.counters());
             let after = state.core.poll_timeout();
@@ -359,6 +360,10 @@ impl<C: Connector> Shared<C> {
         for (owner, addr, runs) in by_owner {
             self.tasks.spawn(forward(self.clone(), owner, addr, runs));
         }
+        for (from, addr, epoch, slots) in handovers {
+            self.tasks
+                .spawn(handover(self.clone(), from, addr, epoch, slots));
+        }
         // The timer task sleeps until the core's next timeout; wake it only when that came
         // sooner (its own input always moves it later, so it never wakes itself).
         if sooner {
@@ -367,12 +372,13 @@ impl<C: Connector> Shared<C> {
         result
     }
 
-    /// Runs one command under the lock; forwards are collected for after it.
+    /// Runs one command under the lock; forwards and handovers are collected for after it.
     fn run(
         &self,
         state: &mut State,
         command: Command,
         forwards: &mut Vec<(AttemptId, u64, String, ForwardRun)>,
+        handovers: &mut Vec<Handover>,
     ) {
         let lanes = self.config.relay_lanes;
         match command {
@@ -450,6 +456,12 @@ impl<C: Connector> Shared<C> {
                     }
                 }
             }
+            Command::Handover {
+                from,
+                addr,
+                epoch,
+                slots,
+            } => handovers.push((from, addr, epoch, slots)),
             Command::Propose(proposal) => {
                 tracing::info!(topic = %proposal.topic, shards = proposal.shards, "proposing a hot-topic change");
                 let _ = self.proposals.send(proposal);
@@ -580,6 +592,39 @@ async fn forward<C: Connector>(
             state.core.handle_forward_result(now, attempt, result);
         }
     });
+}
+
+/// Asks distributor `from` for the streams of `slots` (moved from it to this node at
+/// `epoch`) and hands its answer to the core.
+async fn handover<C: Connector>(
+    shared: Arc<Shared<C>>,
+    from: u64,
+    addr: String,
+    epoch: u64,
+    slots: Vec<firetower_proto::Slot>,
+) {
+    let answer = match shared.peers.get(&addr) {
+        Err(reason) => Err(reason),
+        Ok(channel) => {
+            let mut client = DistributorClient::new(channel)
+                .max_decoding_message_size(crate::service::HANDOVER_REPLY_BYTES);
+            let timeout = shared.config.rpc_timeout();
+            let request = with_timeout(
+                firetower_proto::distributor::v1::HandoverRequest {
+                    to: shared.config.id,
+                    epoch,
+                    slots: slots.iter().map(|s| u32::from(*s)).collect(),
+                },
+                timeout,
+            );
+            match tokio::time::timeout(timeout, client.handover(request)).await {
+                Ok(Ok(reply)) => crate::service::handover_answer(reply.into_inner()),
+                Ok(Err(status)) => Err(status.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            }
+        }
+    };
+    shared.apply(|state, now| state.core.handle_handover_answer(now, from, epoch, answer));
 }
 
 /// The `ClientPublishDone` answering a client publish: an empty error code when sequenced,
@@ -826,6 +871,9 @@ where
     endpoint.wait_idle().await;
     result
 }
+
+/// A Handover to ask for after a step: (from, addr, epoch, slots).
+type Handover = (u64, String, u64, Vec<firetower_proto::Slot>);
 
 /// Serves one edge's relay connection until it ends.
 async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incoming) {

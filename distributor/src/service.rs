@@ -46,9 +46,12 @@ impl<C: Connector> DistributorService<C> {
         let batch_max = max.saturating_mul(self.shared.config.max_batch.min(1024));
         DistributorServer::new(self)
             .max_decoding_message_size(batch_max)
-            .max_encoding_message_size(4 << 20)
+            .max_encoding_message_size(HANDOVER_REPLY_BYTES)
     }
 }
+
+/// The largest reply: a Handover answer's history bound plus its framing.
+pub(crate) const HANDOVER_REPLY_BYTES: usize = crate::core::handover::HANDOVER_BYTES + (4 << 20);
 
 /// A request with a deadline.
 pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
@@ -821,6 +824,39 @@ impl<C: Connector> Distributor for DistributorService<C> {
     /// Closes every connection of a user on every edge linked to this distributor (every
     /// edge links to every distributor) and sums the edges' counts. Edges that do not
     /// answer within `rpc_timeout_ms` are left out of the count.
+    async fn handover(
+        &self,
+        request: Request<dpb::HandoverRequest>,
+    ) -> Result<Response<dpb::HandoverReply>, Status> {
+        let request = request.into_inner();
+        if request.to == 0 || request.epoch == 0 {
+            return Err(Status::invalid_argument("to and epoch must be non-zero"));
+        }
+        if request.slots.len() > crate::core::handover::HANDOVER_SLOTS {
+            return Err(Status::invalid_argument(format!(
+                "slots: at most {} per call",
+                crate::core::handover::HANDOVER_SLOTS
+            )));
+        }
+        let mut slots = Vec::with_capacity(request.slots.len());
+        for (i, slot) in request.slots.iter().enumerate() {
+            match firetower_proto::Slot::try_from(*slot) {
+                Ok(s) if usize::from(s) < firetower_proto::SLOT_COUNT => slots.push(s),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "slots[{i}]: {slot} is not a slot"
+                    )))
+                }
+            }
+        }
+        let answer = self.shared.apply(|state, now| {
+            state
+                .core
+                .handle_handover(now, request.to, request.epoch, &slots)
+        });
+        Ok(Response::new(handover_reply(answer)))
+    }
+
     async fn kick_user(
         &self,
         request: Request<dpb::KickUserRequest>,
@@ -845,4 +881,78 @@ impl<C: Connector> Distributor for DistributorService<C> {
             connections_closed: closed,
         }))
     }
+}
+
+/// A handover answer on the wire.
+fn handover_reply(answer: crate::core::HandoverAnswer) -> dpb::HandoverReply {
+    dpb::HandoverReply {
+        released: answer.released.iter().map(|s| u32::from(*s)).collect(),
+        topics: answer
+            .topics
+            .into_iter()
+            .map(|t| dpb::HandedTopic {
+                topic: t.topic,
+                epoch: t.epoch,
+                seq: t.seq,
+                history: t
+                    .history
+                    .into_iter()
+                    .map(|m| {
+                        let d = m.delivery.deliver();
+                        dpb::HandedMessage {
+                            epoch: d.epoch,
+                            seq: d.seq,
+                            data: d.data.clone(),
+                            msg_id: d.msg_id,
+                            route_tag: m.tag,
+                            age_ms: m.age_ms,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A handover answer from the wire; anything that does not fit is an error (nothing
+/// released then).
+pub(crate) fn handover_answer(
+    reply: dpb::HandoverReply,
+) -> Result<crate::core::HandoverAnswer, String> {
+    use crate::core::{Delivery, HandedMessage, HandedTopic, HandoverAnswer};
+    use firetower_proto::relay::v1::Deliver;
+    let mut released = Vec::with_capacity(reply.released.len());
+    for slot in reply.released {
+        match firetower_proto::Slot::try_from(slot) {
+            Ok(s) if usize::from(s) < firetower_proto::SLOT_COUNT => released.push(s),
+            _ => return Err(format!("released slot {slot} is not a slot")),
+        }
+    }
+    let mut topics = Vec::with_capacity(reply.topics.len());
+    for t in reply.topics {
+        validate_route_topic(&t.topic).map_err(|e| format!("topic {:?}: {e}", t.topic))?;
+        let history = t
+            .history
+            .into_iter()
+            .map(|m| HandedMessage {
+                delivery: Delivery::new(Deliver {
+                    topic: t.topic.clone(),
+                    epoch: m.epoch,
+                    seq: m.seq,
+                    data: m.data,
+                    msg_id: m.msg_id,
+                    route_tag: m.route_tag,
+                }),
+                tag: m.route_tag,
+                age_ms: m.age_ms,
+            })
+            .collect();
+        topics.push(HandedTopic {
+            topic: t.topic,
+            epoch: t.epoch,
+            seq: t.seq,
+            history,
+        });
+    }
+    Ok(HandoverAnswer { released, topics })
 }

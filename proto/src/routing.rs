@@ -24,6 +24,8 @@ pub struct SlotRoute {
 pub struct OwnerChange {
     pub slot: Slot,
     pub from: u64,
+    /// The slot's epoch under `from`.
+    pub from_epoch: u64,
     pub to: u64,
     pub epoch: u64,
 }
@@ -206,6 +208,7 @@ impl RoutingTable {
                 changes.owners.push(OwnerChange {
                     slot: slot as Slot,
                     from: old.distributor,
+                    from_epoch: old.epoch,
                     to: new.distributor,
                     epoch: new.epoch,
                 });
@@ -294,7 +297,7 @@ impl RoutingTable {
                     let Some(route) = self.routes.get_mut(slot as usize) else {
                         continue;
                     };
-                    let from = route.distributor;
+                    let (from, from_epoch) = (route.distributor, route.epoch);
                     *route = SlotRoute {
                         distributor: o.distributor_id,
                         epoch: o.epoch,
@@ -302,6 +305,7 @@ impl RoutingTable {
                     changes.owners.push(OwnerChange {
                         slot,
                         from,
+                        from_epoch,
                         to: o.distributor_id,
                         epoch: o.epoch,
                     });
@@ -417,6 +421,7 @@ mod tests {
             vec![OwnerChange {
                 slot: 7,
                 from: 2,
+                from_epoch: 3,
                 to: 1,
                 epoch: 11
             }]

@@ -29,11 +29,13 @@
 
 mod delivery;
 pub mod forward;
+pub mod handover;
 
 pub use delivery::Delivery;
 pub use forward::{
     AttemptId, ForwardResult, ForwardRun, OpId, Outcome, Position, PublishError, RunOutcome,
 };
+pub use handover::{HandedMessage, HandedTopic, HandoverAnswer};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -51,9 +53,13 @@ use firetower_proto::{slot_of, Slot};
 /// Per-topic state: its sequence and which edges want it.
 #[derive(Debug, Default)]
 struct TopicState {
-    /// The owner epoch `seq` counts in; a new epoch restarts the count.
+    /// The stream epoch `seq` counts in: the slot's epoch when this node (or an owner that
+    /// handed the stream over, [`handover`]) started the stream.
     epoch: u64,
     seq: u64,
+    /// The slot epoch under which `epoch` and `seq` are this node's to continue; any
+    /// other reign starts a new stream (0: none).
+    reign: u64,
     /// edge → (local subscribers, epoch tag).
     interest: BTreeMap<u64, (u64, u64)>,
     /// Messages sequenced and deliveries sent, since this state was made.
@@ -179,6 +185,15 @@ pub enum Command {
     Reply { op: OpId, outcome: Outcome },
     /// Propose a split or merge to the metastore.
     Propose(HotProposal),
+    /// Ask distributor `from` (at `addr`) for the streams of `slots`, which moved from it
+    /// to this node at `epoch`, and report the answer with
+    /// [`DistributorCore::handle_handover_answer`].
+    Handover {
+        from: u64,
+        addr: String,
+        epoch: u64,
+        slots: Vec<Slot>,
+    },
 }
 
 /// Cumulative counts of the core's decisions, for the shell's metrics.
@@ -276,6 +291,8 @@ pub struct DistributorCore {
     clock: Option<Instant>,
     /// Lease fencing of sequencing (None: off, for tests of other decisions).
     fence: Option<LeaseFence>,
+    /// Streams of lost slots kept for their new owners, and slots released early.
+    handovers: handover::Handovers,
 }
 
 /// When this distributor may sequence, so that two distributors never sequence one slot at
@@ -351,6 +368,7 @@ impl DistributorCore {
             history_rules: HistoryRules::default(),
             clock: None,
             fence: None,
+            handovers: handover::Handovers::default(),
         }
     }
 
@@ -470,6 +488,9 @@ impl DistributorCore {
     pub fn handle_watch(&mut self, now: Instant, event: pb::WatchEvent) -> RoutingChanges {
         self.advance_clock(now);
         let changes = self.routing.apply(event);
+        self.keep_departing(now, &changes);
+        self.want_handovers(&changes);
+        self.prune_handovers(now);
         self.credit_confirmations();
         if let Some(fence) = self.fence.as_mut() {
             for change in &changes.owners {
@@ -799,26 +820,28 @@ impl DistributorCore {
     /// position is served when it is in the topic's current epoch, not ahead of it, and
     /// every message after it is still kept (none aged out or dropped by the bounds).
     pub fn history(&self, topic: &str, since: Option<(u64, u64)>, limit: usize) -> HistoryAnswer {
-        let route = self.routing.route(slot_of(topic));
-        if route.distributor != self.id || self.incarnation == 0 || route.epoch < self.incarnation {
+        let slot = slot_of(topic);
+        let route = self.routing.route(slot);
+        if route.distributor != self.id
+            || self.incarnation == 0
+            || route.epoch < self.incarnation
+            || self.released_to(slot, route.epoch).is_some()
+        {
             return HistoryAnswer {
                 recovered: false,
                 current: (0, 0),
                 messages: Vec::new(),
             };
         }
-        let state = self.topics.get(topic);
-        let seq = state
-            .filter(|s| s.epoch == route.epoch)
-            .map_or(0, |s| s.seq);
-        let current = (route.epoch, seq);
+        let state = self.topics.get(topic).filter(|s| s.reign == route.epoch);
+        let current = state.map_or((route.epoch, 0), |s| (s.epoch, s.seq));
         let oldest = state.and_then(|s| self.history_oldest(&s.policy));
         // The kept messages of this epoch that have not aged out, oldest first.
         let kept: Vec<&Delivery> = state
             .map(|s| {
                 s.history
                     .iter()
-                    .filter(|k| k.delivery.deliver().epoch == route.epoch && !aged(k, oldest))
+                    .filter(|k| k.delivery.deliver().epoch == current.0 && !aged(k, oldest))
                     .map(|k| &k.delivery)
                     .collect()
             })
@@ -970,6 +993,9 @@ impl DistributorCore {
                 owner: route.distributor,
             });
         }
+        if let Some(to) = self.released_to(slot, route.epoch) {
+            return Ok(PublishOutcome::NotOwner { owner: to });
+        }
         if self.incarnation == 0 || route.epoch < self.incarnation || !self.may_sequence(slot) {
             // Not registered yet, the view is older than this registration, or the lease
             // does not cover sequencing now: wait.
@@ -989,7 +1015,8 @@ impl DistributorCore {
         }
         let edges = self.targets(topic, slot, route.epoch);
         let state = self.topic_entry(topic)?;
-        if state.epoch != route.epoch {
+        if state.reign != route.epoch {
+            state.reign = route.epoch;
             state.epoch = route.epoch;
             state.seq = 0;
         }
@@ -997,19 +1024,15 @@ impl DistributorCore {
         state.sequenced += 1;
         state.window_messages += 1;
         state.relayed += edges.len() as u64;
-        let seq = state.seq;
+        let (epoch, seq) = (state.epoch, state.seq);
         if route_tag > floor
             && (self.route_floors.contains_key(base) || self.route_floors.len() < self.max_topics)
         {
             self.route_floors.insert(base.to_string(), route_tag);
         }
-        tracing::trace!(distributor = self.id, topic, epoch = route.epoch, seq, route_tag, edges = ?edges, "sequenced");
+        tracing::trace!(distributor = self.id, topic, epoch, seq, route_tag, edges = ?edges, "sequenced");
         self.relayed += edges.len() as u64;
-        Ok(PublishOutcome::Sequenced {
-            epoch: route.epoch,
-            seq,
-            edges,
-        })
+        Ok(PublishOutcome::Sequenced { epoch, seq, edges })
     }
 
     /// The edges a message of `topic` goes to: those that announced it at the current
@@ -1047,6 +1070,7 @@ impl DistributorCore {
         if let Some(fence) = self.fence.as_mut() {
             fence.slot_ready.retain(|_, ready| *ready > now);
         }
+        self.prune_handovers(now);
         let window = Duration::from_millis(self.hot_policy.window_ms);
         let Some(start) = self.window_start else {
             self.window_start = Some(now);

@@ -611,6 +611,7 @@ fn distributor_up(id: u64, revision: u64) -> pb::WatchEvent {
                     kind: pb::MemberKind::Distributor as i32,
                     id,
                     incarnation: revision,
+                    addrs: [("grpc".to_string(), format!("127.0.0.1:{id}"))].into(),
                     ..pb::Member::default()
                 })),
             }],
@@ -741,6 +742,125 @@ fn a_slot_taken_from_a_live_owner_waits_a_lease_and_one_from_a_gone_owner_does_n
         PublishOutcome::Sequenced {
             seq: 1,
             epoch: 8,
+            ..
+        }
+    ));
+}
+
+/// Two fenced cores (lease 3 s): 1 owns every slot at epoch 5 and has sequenced "chat"
+/// three times; 2 has just joined. Both views list both members at revision 6.
+fn handover_pair(t0: Instant) -> (DistributorCore, DistributorCore) {
+    let mut old = fenced_owner(t0);
+    let mut new = DistributorCore::new(2, 100).with_lease_fencing(Duration::from_secs(3));
+    new.handle_registered(6);
+    new.handle_watch(t0, snapshot(|_| 1, 5, vec![]));
+    for core in [&mut old, &mut new] {
+        core.handle_watch(t0, distributor_up(1, 6));
+        core.handle_watch(t0, distributor_up(2, 6));
+        core.handle_lease_confirmed(t0, t0, 6);
+    }
+    for i in 1..=3u8 {
+        publish_tagged(&mut old, "chat", 0, Bytes::from(vec![b'0' + i]));
+    }
+    drain(&mut old);
+    drain(&mut new);
+    (old, new)
+}
+
+fn handovers_asked(core: &mut DistributorCore) -> Vec<(u64, u64, Vec<Slot>)> {
+    drain(core)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Handover {
+                from, epoch, slots, ..
+            } => Some((from, epoch, slots)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_slot_moved_to_a_live_member_hands_its_streams_over_and_numbering_goes_on() {
+    let t0 = Instant::now();
+    let (mut old, mut new) = handover_pair(t0);
+    let chat = slot_of("chat");
+    // The rebalance at revision 7 moves "chat"'s slot to 2; both views see it.
+    let t1 = t0 + Duration::from_millis(100);
+    old.handle_watch(t1, move_slot(chat, 2, 7));
+    new.handle_watch(t1, move_slot(chat, 2, 7));
+    new.handle_lease_confirmed(t1, t1, 7);
+    assert_eq!(handovers_asked(&mut new), vec![(1, 7, vec![chat])]);
+    // Until the answer, the new owner waits (the old one might still be sequencing).
+    assert_eq!(
+        new.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    let answer = old.handle_handover(t1, 2, 7, &[chat]);
+    assert_eq!(answer.released, vec![chat]);
+    assert_eq!(answer.topics.len(), 1);
+    assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
+    assert_eq!(answer.topics[0].history.len(), 3);
+    new.handle_handover_answer(t1, 1, 7, Ok(answer));
+    // At once, same stream epoch, next seq; and the history came along.
+    assert!(matches!(
+        new.sequence_run("chat", 0, &[(None, 0, Bytes::from_static(b"4"))]).unwrap(),
+        RunOutcome::Sequenced(p) if (p[0].epoch, p[0].seq) == (5, 4)
+    ));
+    let recovered = new.history("chat", Some((5, 1)), 100);
+    assert!(recovered.recovered);
+    assert_eq!(seqs(&recovered), vec![2, 3, 4]);
+    // A second ask for the same slot finds nothing left to hand over.
+    let again = old.handle_handover(t1, 2, 7, &[chat]);
+    assert!(again.released.is_empty() && again.topics.is_empty());
+}
+
+#[test]
+fn an_old_owner_whose_view_lags_releases_the_slot_when_asked() {
+    let t0 = Instant::now();
+    let (mut old, _) = handover_pair(t0);
+    let chat = slot_of("chat");
+    // 2 took the slot at 7; this view has not seen it, yet the ask proves it.
+    let answer = old.handle_handover(t0, 2, 7, &[chat]);
+    assert_eq!(answer.released, vec![chat]);
+    assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
+    assert_eq!(
+        old.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 2 }
+    );
+    assert!(!old.history("chat", None, 10).recovered);
+    // A slot it lost at a later epoch than asked is not released.
+    let other = slot_of("room-1");
+    old.handle_watch(t0, move_slot(other, 2, 9));
+    assert!(old.handle_handover(t0, 2, 8, &[other]).released.is_empty());
+    // Once the view shows the move, the early release is forgotten.
+    old.handle_watch(t0, move_slot(chat, 2, 10));
+    assert_eq!(
+        old.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 2 }
+    );
+}
+
+#[test]
+fn without_an_answer_the_new_owner_waits_a_lease_and_starts_a_new_stream() {
+    let t0 = Instant::now();
+    let (_, mut new) = handover_pair(t0);
+    let chat = slot_of("chat");
+    new.handle_watch(t0, move_slot(chat, 2, 7));
+    new.handle_lease_confirmed(t0, t0, 7);
+    drain(&mut new);
+    new.handle_handover_answer(t0, 1, 7, Err("connection refused".into()));
+    assert_eq!(
+        new.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 0 }
+    );
+    let t1 = t0 + Duration::from_secs(3);
+    new.handle_timeout(t1);
+    new.handle_lease_confirmed(t1, t1, 7);
+    assert!(matches!(
+        new.sequence("chat", 0).unwrap(),
+        PublishOutcome::Sequenced {
+            epoch: 7,
+            seq: 1,
             ..
         }
     ));
