@@ -53,6 +53,7 @@ use crate::frame::delivery_frame;
 
 mod publish;
 mod recovery;
+pub mod seam;
 pub use publish::{PublishCounters, DEFAULT_ANSWER_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
 pub use recovery::MAX_RECOVERIES_IN_FLIGHT;
 
@@ -277,6 +278,8 @@ struct RouteName {
     last: (u64, u64),
     /// The highest fence the owner sent: no more publishes routed below it will come.
     fence: u64,
+    /// Deliveries held behind a gap in the stream ([`seam`]).
+    gap: seam::Gap,
 }
 
 /// Edge counters that the core keeps.
@@ -284,6 +287,9 @@ struct RouteName {
 pub struct CoreCounters {
     /// Deliveries dropped because they were not newer than the last one of their topic.
     pub stale_deliveries: u64,
+    /// Gaps in a stream given up on after [`seam::SEAM_WAIT`] (or a full hold): the held
+    /// deliveries went on without the missing ones.
+    pub seam_gaps_passed: u64,
     /// Deliveries for topics without local subscribers.
     pub unwanted_deliveries: u64,
     /// Deliveries whose data was not UTF-8.
@@ -332,6 +338,10 @@ pub struct EdgeCore {
     publishes: publish::Publishes,
     /// Topics whose `ahead` holds deliveries.
     ahead_topics: BTreeSet<String>,
+    /// Route names holding deliveries behind a gap ([`seam`]).
+    gapped: BTreeSet<String>,
+    /// The time of the last tick (when a gap opened, for [`seam::SEAM_WAIT`]).
+    clock: Option<Instant>,
     /// Recover requests sent and not yet answered (or given up), at most
     /// [`MAX_RECOVERIES_IN_FLIGHT`]; and the last request id used.
     recoveries_in_flight: usize,
@@ -363,6 +373,8 @@ impl EdgeCore {
             departed: VecDeque::new(),
             publishes: publish::Publishes::default(),
             ahead_topics: BTreeSet::new(),
+            gapped: BTreeSet::new(),
+            clock: None,
             recoveries_in_flight: 0,
             next_recovery: 0,
             recovery_queue: VecDeque::new(),
@@ -479,6 +491,7 @@ impl EdgeCore {
                 acked_epoch: 0,
                 last: (0, 0),
                 fence: 0,
+                gap: seam::Gap::default(),
             },
         );
         *self.slot_topics.entry(slot_of(name)).or_default() += 1;
@@ -487,6 +500,7 @@ impl EdgeCore {
 
     /// Stops receiving a route name and tells its owner.
     fn remove_name(&mut self, name: &str) {
+        self.gapped.remove(name);
         if self.names.remove(name).is_none() {
             return;
         }
@@ -715,19 +729,6 @@ impl EdgeCore {
     /// frame and who gets it, unless it is stale, a second copy, held for a later route, or
     /// unwanted. `data` is a slice of the relay stream's buffer; it is copied once, into
     /// the client frame (or, when held, into a buffer of its own).
-    pub fn handle_deliver(
-        &mut self,
-        name: &str,
-        epoch: u64,
-        seq: u64,
-        data: Bytes,
-        tags: MessageTags,
-    ) {
-        if let Some(fanout) = self.deliver(name, epoch, seq, data, tags) {
-            self.outputs.push_back(Output::Deliver(fanout));
-        }
-    }
-
     fn deliver(
         &mut self,
         name: &str,
@@ -1155,6 +1156,7 @@ impl EdgeCore {
     /// [`SWITCH_TIMEOUT`], ack prepared hot-topic routes to the metastore, and fail client
     /// publishes left unanswered past the answer timeout.
     pub fn handle_tick(&mut self, now: Instant) {
+        self.seam_tick(now);
         self.publishes_tick(now);
         let dirty = std::mem::take(&mut self.dirty);
         for name in dirty {

@@ -190,6 +190,12 @@ impl EdgeCore {
 
     fn recovered_frame(&mut self, answer: Recovered) {
         let topic = answer.topic.clone();
+        // Deliveries of the topic held behind a gap ([`super::seam`]) would reach the
+        // connection after the answer, which may hold them already.
+        let seam = self
+            .topics
+            .get(&topic)
+            .is_some_and(|e| self.seam_holds(e.routes.iter().map(|r| r.name.clone())));
         let Some(entry) = self.topics.get_mut(&topic) else {
             return; // Nobody here holds the topic any more.
         };
@@ -207,7 +213,8 @@ impl EdgeCore {
         // numbering, so one served here would come again through them (sim seed 850779:
         // a message recovered at the owner's position, then passed again by the route
         // switch). Not recoverable: the connection joins the live deliveries as is.
-        let changing = entry.renumber
+        let changing = seam
+            || entry.renumber
             || entry.routes.len() > 1
             || !entry.ahead.is_empty()
             || answer.messages.iter().any(|m| m.route_tag > 0);
