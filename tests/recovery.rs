@@ -220,3 +220,95 @@ async fn a_killed_owner_loses_its_history_and_clients_are_told() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A distributor joins and takes slots by rebalancing: their topics' streams move with
+/// their history (same epoch, next seq), so a client that reconnects with a position from
+/// before the move recovers across it, and a client that stayed sees no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_a_joining_distributor_keeps_its_streams_and_history() -> Result<()> {
+    let mut cluster = Cluster::start(1, 2).await?;
+    cluster.wait_ready(READY).await?;
+    let topics: Vec<String> = (0..24).map(|i| format!("moving-{i}")).collect();
+    let mut d = cluster.distributor(1).await?;
+    let mut stayer = Client::connect(cluster.edge_addr(1)).await?;
+    stayer.subscribe(&topics).await?;
+    let mut before = std::collections::BTreeMap::new();
+    for topic in &topics {
+        for n in 0..5 {
+            before.insert(topic.clone(), publish(&mut d, topic, n).await?);
+        }
+    }
+    // Distributor 2 joins: the metastore gives it about half of the slots.
+    cluster.start_distributor(2)?;
+    let meta = firetower_net::MetaClient::new(
+        cluster.metastore.clone(),
+        firetower_net::TcpConnector::default(),
+        Duration::from_secs(2),
+    );
+    let deadline = tokio::time::Instant::now() + READY;
+    let moved: Vec<String> = loop {
+        let map = meta.get_slot_map(true).await?;
+        let moved: Vec<String> = topics
+            .iter()
+            .filter(|t| map.slot_owner.get(firetower_proto::slot_of(t) as usize) == Some(&2))
+            .cloned()
+            .collect();
+        if !moved.is_empty() {
+            break moved;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "no slot moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Published through distributor 1, sequenced by 2: the same stream goes on.
+    for topic in &moved {
+        let (epoch, seq) = before[topic];
+        for n in 5..10 {
+            let at = publish(&mut d, topic, n).await?;
+            ensure!(
+                at == (epoch, seq + n - 4),
+                "{topic} #{n} at {at:?} after {:?}",
+                (epoch, seq)
+            );
+        }
+    }
+    // A client with a position from before the move recovers across it, on the other edge.
+    let topic = &moved[0];
+    let (epoch, seq) = before[topic];
+    let mut returner = Client::connect(cluster.edge_addr(2)).await?;
+    let (recovered, position) = returner.subscribe_from(topic, epoch, seq - 3).await?;
+    ensure!(recovered && position.is_none(), "{recovered} {position:?}");
+    let got = deliveries(&mut returner, topic, 8).await?;
+    ensure!(
+        got.iter()
+            .map(|g| (g.0, g.1))
+            .eq((seq - 2..=seq + 5).map(|s| (epoch, s))),
+        "{got:?}"
+    );
+    // The client that stayed got every message of every topic once, in order.
+    let mut per_topic: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let expected = topics.len() * 5 + moved.len() * 5;
+    let mut seen = 0;
+    while seen < expected {
+        match stayer.next_frame(Duration::from_secs(10)).await? {
+            Some(Frame::Publish { topic, data, .. }) => {
+                let v: serde_json::Value = serde_json::from_str(&data)?;
+                per_topic
+                    .entry(topic)
+                    .or_default()
+                    .push(v["n"].as_u64().unwrap_or(u64::MAX));
+                seen += 1;
+            }
+            other => bail!("after {seen} deliveries: {other:?}"),
+        }
+    }
+    for topic in &topics {
+        let n = if moved.contains(topic) { 10 } else { 5 };
+        ensure!(
+            per_topic.get(topic).is_some_and(|got| got.iter().copied().eq(0..n)),
+            "{topic}: {:?}",
+            per_topic.get(topic)
+        );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
