@@ -304,7 +304,9 @@ async fn a_slot_moved_to_a_joining_distributor_keeps_its_streams_and_history() -
     for topic in &topics {
         let n = if moved.contains(topic) { 10 } else { 5 };
         ensure!(
-            per_topic.get(topic).is_some_and(|got| got.iter().copied().eq(0..n)),
+            per_topic
+                .get(topic)
+                .is_some_and(|got| got.iter().copied().eq(0..n)),
             "{topic}: {:?}",
             per_topic.get(topic)
         );
