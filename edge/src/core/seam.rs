@@ -80,9 +80,13 @@ impl EdgeCore {
             }
             return;
         }
+        let held = !gap.is_empty();
         self.deliver_now(name, epoch, seq, data, tags);
-        // It may have filled the gap: what follows it goes on too, as far as it is whole.
-        self.release_following(name);
+        if held {
+            // It may have filled the gap: what follows it goes on too, as far as it is
+            // whole. (No gap, the usual case: no second lookup.)
+            self.release_following(name);
+        }
     }
 
     /// Passes one delivery on (see `deliver`).
