@@ -5,6 +5,7 @@
 //! [`firetower_net::Channels`], whose [`Connector`] decides how a channel reaches an
 //! address — plain TCP for real nodes, the simulator's network in `sim/`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -143,9 +144,21 @@ pub struct RaftService {
     pub(crate) raft: Raft,
     pub(crate) cluster: String,
     pub(crate) id: u64,
+    /// The configured voters (`Config::peers`): the only nodes whose Raft RPCs are taken.
+    pub(crate) voters: BTreeSet<u64>,
     /// Whether this node has a vote or any log; read by a peer deciding whether to
     /// initialize the cluster.
     pub(crate) has_state: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl RaftService {
+    fn wire(&self, request: &pb::RaftRequest) -> WireCheck<'_> {
+        WireCheck {
+            id: self.id,
+            voters: &self.voters,
+            from: request.from,
+        }
+    }
 }
 
 fn check_cluster(ours: &str, theirs: &str) -> Result<(), tonic::Status> {
@@ -166,6 +179,101 @@ fn decode<T: DeserializeOwned>(
         .map_err(|e| tonic::Status::invalid_argument(format!("payload: {e}")))
 }
 
+/// The largest term or log index taken from the wire. openraft adds to both (a candidate
+/// increments its term), so a value near `u64::MAX` from a peer would overflow inside its
+/// core and, once persisted, again after every restart. 2^48 elections or entries are
+/// beyond any real cluster's life (9 000 years of one election per second).
+pub const MAX_WIRE_TERM_OR_INDEX: u64 = 1 << 48;
+
+/// The checks on a Raft RPC before openraft sees it: the sender is another configured
+/// voter, the vote in the payload is its own, and every term and log index is in range.
+pub(crate) struct WireCheck<'a> {
+    pub id: u64,
+    pub voters: &'a BTreeSet<u64>,
+    pub from: u64,
+}
+
+impl WireCheck<'_> {
+    fn sender(&self) -> Result<(), tonic::Status> {
+        if self.from == self.id || !self.voters.contains(&self.from) {
+            return Err(tonic::Status::permission_denied(format!(
+                "from: node {} is not another voter of this cluster (voters: {:?})",
+                self.from, self.voters
+            )));
+        }
+        Ok(())
+    }
+
+    /// The vote (a candidate's, or the leader's that sends entries) is the sender's.
+    fn vote(&self, field: &str, vote: &Vote<u64>) -> Result<(), tonic::Status> {
+        self.sender()?;
+        term(field, vote.leader_id.term)?;
+        if vote.leader_id.voted_for() != Some(self.from) {
+            return Err(tonic::Status::invalid_argument(format!(
+                "{field}: the vote is for {:?}, not for the sender {}",
+                vote.leader_id.voted_for(),
+                self.from
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn term(field: &str, term: u64) -> Result<(), tonic::Status> {
+    if term > MAX_WIRE_TERM_OR_INDEX {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field}: term {term} is above the limit of {MAX_WIRE_TERM_OR_INDEX}"
+        )));
+    }
+    Ok(())
+}
+
+fn log_id(field: &str, id: Option<&LogId<u64>>) -> Result<(), tonic::Status> {
+    let Some(id) = id else {
+        return Ok(());
+    };
+    term(field, id.leader_id.term)?;
+    if id.index > MAX_WIRE_TERM_OR_INDEX {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field}: log index {} is above the limit of {MAX_WIRE_TERM_OR_INDEX}",
+            id.index
+        )));
+    }
+    Ok(())
+}
+
+impl WireCheck<'_> {
+    pub(crate) fn append_entries(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(), tonic::Status> {
+        self.vote("vote", &rpc.vote)?;
+        log_id("prev_log_id", rpc.prev_log_id.as_ref())?;
+        log_id("leader_commit", rpc.leader_commit.as_ref())?;
+        for (i, entry) in rpc.entries.iter().enumerate() {
+            log_id(&format!("entries[{i}].log_id"), Some(&entry.log_id))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn vote_request(&self, rpc: &VoteRequest<u64>) -> Result<(), tonic::Status> {
+        self.vote("vote", &rpc.vote)?;
+        log_id("last_log_id", rpc.last_log_id.as_ref())
+    }
+
+    pub(crate) fn install_snapshot(
+        &self,
+        rpc: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<(), tonic::Status> {
+        self.vote("vote", &rpc.vote)?;
+        log_id("meta.last_log_id", rpc.meta.last_log_id.as_ref())?;
+        log_id(
+            "meta.last_membership.log_id",
+            rpc.meta.last_membership.log_id().as_ref(),
+        )
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
     let payload = serde_json::to_vec(value).map_err(|e| tonic::Status::internal(e.to_string()))?;
     Ok(tonic::Response::new(pb::RaftReply {
@@ -180,6 +288,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&self.cluster, request.get_ref())?;
+        self.wire(request.get_ref()).append_entries(&rpc)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
@@ -188,6 +297,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         let rpc: VoteRequest<u64> = decode(&self.cluster, request.get_ref())?;
+        self.wire(request.get_ref()).vote_request(&rpc)?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -196,6 +306,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&self.cluster, request.get_ref())?;
+        self.wire(request.get_ref()).install_snapshot(&rpc)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 

@@ -268,6 +268,7 @@ where
         raft: raft.clone(),
         cluster: config.cluster.clone(),
         id: config.id,
+        voters: config.peers.keys().copied().collect(),
         has_state: Arc::new(move || has_state(&state_storage)),
     };
 

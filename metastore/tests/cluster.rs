@@ -915,3 +915,138 @@ async fn a_write_without_a_quorum_does_not_hold_a_stopping_node() -> Result<()> 
     );
     Ok(())
 }
+
+/// A Raft RPC as an outsider would send it: any `from`, any payload.
+async fn forged_raft_call(
+    addr: &str,
+    method: &str,
+    from: u64,
+    payload: serde_json::Value,
+) -> Result<std::result::Result<(), tonic::Status>> {
+    use firetower_proto::raft::v1 as raft_pb;
+    use firetower_proto::raft::v1::raft_transport_client::RaftTransportClient;
+    let mut client = RaftTransportClient::connect(format!("http://{addr}")).await?;
+    let request = raft_pb::RaftRequest {
+        cluster: "test".into(),
+        from,
+        payload: serde_json::to_vec(&payload)?.into(),
+    };
+    Ok(match method {
+        "append_entries" => client.append_entries(request).await.map(|_| ()),
+        "vote" => client.vote(request).await.map(|_| ()),
+        _ => client.install_snapshot(request).await.map(|_| ()),
+    })
+}
+
+/// The issue-15 probes: a forged AppendEntries from a made-up node unseated the leader, and
+/// one with term u64::MAX panicked every node's Raft core for good. Each is now refused
+/// with the field named, and the cluster keeps its leader and its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_raft_rpcs_are_refused_and_the_leader_stays() -> Result<()> {
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    let cluster = Cluster::start("test").await?;
+    let leader = cluster.agreed_leader(Duration::from_secs(10)).await?;
+    let follower = follower_of(leader);
+    let addr = cluster.peers[&follower].clone();
+    let append = |term: u64, node: u64, index: u64| {
+        serde_json::to_value(
+            AppendEntriesRequest::<firetower_metastore::types::TypeConfig> {
+                vote: Vote::new_committed(term, node),
+                prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, node), index)),
+                entries: vec![],
+                leader_commit: None,
+            },
+        )
+    };
+    let cases: Vec<(&str, &str, u64, serde_json::Value, Code, &str)> = vec![
+        // A made-up node 9.
+        (
+            "append_entries",
+            "9 term 1",
+            9,
+            append(1, 9, 0)?,
+            Code::PermissionDenied,
+            "from",
+        ),
+        // The node itself.
+        (
+            "append_entries",
+            "self",
+            follower,
+            append(1, follower, 0)?,
+            Code::PermissionDenied,
+            "from",
+        ),
+        // A real voter's id, voting for someone else.
+        (
+            "append_entries",
+            "vote for 9",
+            leader,
+            append(1, 9, 0)?,
+            Code::InvalidArgument,
+            "vote",
+        ),
+        // The term that overflowed openraft.
+        (
+            "append_entries",
+            "term max",
+            leader,
+            append(u64::MAX, leader, 0)?,
+            Code::InvalidArgument,
+            "vote",
+        ),
+        (
+            "append_entries",
+            "index max",
+            leader,
+            append(1, leader, u64::MAX)?,
+            Code::InvalidArgument,
+            "prev_log_id",
+        ),
+        (
+            "vote",
+            "vote term max",
+            leader,
+            serde_json::to_value(VoteRequest::<u64> {
+                vote: Vote::new(u64::MAX, leader),
+                last_log_id: None,
+            })?,
+            Code::InvalidArgument,
+            "vote",
+        ),
+        (
+            "vote",
+            "vote from 9",
+            9,
+            serde_json::to_value(VoteRequest::<u64> {
+                vote: Vote::new(2, 9),
+                last_log_id: None,
+            })?,
+            Code::PermissionDenied,
+            "from",
+        ),
+    ];
+    for (method, what, from, payload, code, field) in cases {
+        let status = match forged_raft_call(&addr, method, from, payload).await? {
+            Ok(()) => bail!("{what}: the forged {method} was accepted"),
+            Err(status) => status,
+        };
+        assert_eq!(status.code(), code, "{what}: {status}");
+        assert!(
+            status.message().starts_with(field),
+            "{what}: the message should name {field}: {}",
+            status.message()
+        );
+    }
+    // Nothing moved: the same leader, and a write goes through.
+    assert_eq!(cluster.agreed_leader(Duration::from_secs(5)).await?, leader);
+    let c = cluster.client(follower).await?;
+    write_with_retry(Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move { c.register(register(pb::MemberKind::Edge, 1, 5000)).await }
+    })
+    .await?;
+    assert_eq!(cluster.agreed_leader(Duration::from_secs(5)).await?, leader);
+    cluster.shutdown().await
+}
