@@ -88,6 +88,27 @@ pub enum Command {
         /// Also send the legacy `heartbeat` text frame with each ping.
         #[arg(long)]
         legacy_heartbeat: bool,
+        #[command(flatten)]
+        auth: ClientAuthArgs,
+    },
+    /// Make a client token (JWT, HS256) for a user, signed with the edges' key file.
+    Token {
+        /// The HS256 secret file the edges check tokens with (`--jwt-hs256-key-file`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// A topic the user may subscribe to: a name, or a prefix ending in `*`; `{sub}`
+        /// stands for the user id. Repeatable.
+        #[arg(long = "subscribe", value_name = "PATTERN")]
+        subscribe: Vec<String>,
+        /// A topic the user may publish on (as `--subscribe`). Repeatable.
+        #[arg(long = "publish", value_name = "PATTERN")]
+        publish: Vec<String>,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
     },
     /// Publish one message through a distributor, or (`--stream`) every line of standard
     /// input over one PublishStream.
@@ -169,6 +190,36 @@ impl HistoryArgs {
             ..Default::default()
         };
         Ok((default, rules))
+    }
+}
+
+/// How an edge authenticates its clients (docs/security.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientAuthArgs {
+    /// Check client tokens (JWT, HS256) with the secret in this file (at least 32 bytes).
+    #[arg(long)]
+    pub jwt_hs256_key_file: Option<PathBuf>,
+    /// Check client tokens (JWT, RS256 or ES256) with the public key in this PEM file.
+    #[arg(long)]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Let clients without a token in, on every topic (user id from `?user=`, unverified).
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// A browser origin that may connect (e.g. `https://app.example.com`; `*` for any).
+    /// Without one, only the edge's own origin. Repeatable.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+}
+
+impl ClientAuthArgs {
+    fn config(&self) -> firetower_edge::AuthConfig {
+        firetower_edge::AuthConfig {
+            allow_anonymous: self.allow_anonymous,
+            jwt_hs256_key_file: self.jwt_hs256_key_file.clone(),
+            jwt_public_key_file: self.jwt_public_key_file.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            dev_tokens: false,
+        }
     }
 }
 
@@ -336,6 +387,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             tls,
             cluster,
             legacy_heartbeat,
+            auth,
         } => {
             let config = firetower_edge::Config {
                 id,
@@ -344,6 +396,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 ws_advertise: listen.clone(),
                 tls: tls.files(),
                 legacy_heartbeat,
+                auth: auth.config(),
                 ..firetower_edge::Config::default()
             };
             config
@@ -394,6 +447,24 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             since,
             limit,
         } => history(&distributor, topic, since.as_deref(), limit).await,
+        Command::Token {
+            key_file,
+            user,
+            subscribe,
+            publish,
+            ttl_secs,
+        } => {
+            let secret = std::fs::read(&key_file)
+                .with_context(|| format!("reading {}", key_file.display()))?;
+            let secret = secret.trim_ascii_end();
+            let mut claims = firetower_edge::Claims::everything(&user, ttl_secs);
+            claims.subscribe = subscribe;
+            claims.publish = publish;
+            let token = firetower_edge::auth::mint_hs256(secret, &claims)
+                .map_err(|e| Failure::Usage(format!("cannot sign: {e}")))?;
+            println!("{token}");
+            Ok(())
+        }
         Command::Status { metastore, json } => status::run(&parse_addrs(&metastore)?, json).await,
         Command::Hot { action } => hot(action).await,
     }

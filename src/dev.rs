@@ -80,6 +80,12 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         println!("metastore {id}: grpc://{addr}");
     }
 
+    let jwt_key = write_jwt_key(&root).context("writing the JWT key")?;
+    let client_token = firetower_edge::auth::mint_hs256(
+        &std::fs::read(&jwt_key).context("reading the JWT key")?,
+        &firetower_edge::Claims::everything("dev", 24 * 3600),
+    )
+    .context("signing the dev token")?;
     let pki = DevPki::new().context("making the dev CA")?;
     let tls_dir = root.join("tls");
     for (id, grpc_port, quic_port) in DISTRIBUTORS {
@@ -121,6 +127,14 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
             tls: pki
                 .write_node(&tls_dir, &format!("edge-{id}"))
                 .context("writing certificates")?,
+            // The secure default: a token is needed; the demo page gets one from
+            // /dev/token, which only `dev` serves.
+            auth: firetower_edge::AuthConfig {
+                allow_anonymous: false,
+                jwt_hs256_key_file: Some(jwt_key.clone()),
+                dev_tokens: true,
+                ..Default::default()
+            },
             ..firetower_edge::Config::default()
         };
         let listener = tokio::net::TcpListener::bind(&listen)
@@ -146,6 +160,8 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         println!("edge {id}: http://{listen}/ (chat demo), ws://{listen}/ws");
     }
     println!("data: {}", root.display());
+    println!("jwt key file: {}", jwt_key.display());
+    println!("client token: {client_token}");
     println!(
         "try: cargo run --release -- publish --distributor {HOST}:6667 --topic chat/lobby --data '{{\"user\":\"cli\",\"text\":\"hello\"}}'"
     );
@@ -155,7 +171,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
     );
 
     let ready = tokio::select! {
-        r = tokio::time::timeout(Duration::from_secs(60), wait_ready()) => Some(r),
+        r = tokio::time::timeout(Duration::from_secs(60), wait_ready(&client_token)) => Some(r),
         _ = shutdown_signal() => None,
     };
     let mut result = Ok(());
@@ -190,7 +206,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
 
 /// Subscribes on each edge and publishes through each distributor until every pair has
 /// delivered once.
-async fn wait_ready() -> anyhow::Result<()> {
+async fn wait_ready(token: &str) -> anyhow::Result<()> {
     // Every node registered and the slots spread: from here slots move only on failures.
     loop {
         if let Ok(mut client) =
@@ -215,7 +231,7 @@ async fn wait_ready() -> anyhow::Result<()> {
         for (dist, grpc_port, _) in DISTRIBUTORS {
             let topic = format!("dev-ready-{edge}-{dist}");
             loop {
-                match probe(port, grpc_port, &topic).await {
+                match probe(port, grpc_port, &topic, token).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::debug!("not ready yet: {e:#}");
@@ -228,9 +244,10 @@ async fn wait_ready() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn probe(edge_port: u16, grpc_port: u16, topic: &str) -> anyhow::Result<()> {
+async fn probe(edge_port: u16, grpc_port: u16, topic: &str, token: &str) -> anyhow::Result<()> {
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{HOST}:{edge_port}/ws")).await?;
+        tokio_tungstenite::connect_async(format!("ws://{HOST}:{edge_port}/ws?token={token}"))
+            .await?;
     ws.send(Message::text(format!(
         r#"{{"type":"subscribe","topic":"{topic}","data":""}}"#
     )))
@@ -262,4 +279,26 @@ async fn probe(edge_port: u16, grpc_port: u16, topic: &str) -> anyhow::Result<()
             other => bail!("unexpected frame on {topic}: {other:?}"),
         }
     }
+}
+
+/// A fresh HS256 secret for the edges' token check, in `<data>/auth/jwt-hs256.key` (readable
+/// by this user only). A data dir that has one keeps it, so tokens outlive a restart.
+fn write_jwt_key(root: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use rand::RngCore;
+    let dir = root.join("auth");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("jwt-hs256.key");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    // Printable, so the file can be passed around and `firetower token` can read it.
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, hex.as_bytes())?;
+    Ok(path)
 }

@@ -67,9 +67,13 @@ struct Args {
     /// Distributor gRPC addresses, comma-separated.
     #[arg(long, default_value = "127.0.0.1:6667,127.0.0.1:6677")]
     distributors: String,
-    /// Start `firetower dev` (this binary path) and measure against it.
+    /// Start `firetower dev` (this binary path) and measure against it (with the client
+    /// token it prints).
     #[arg(long)]
     start_dev: Option<String>,
+    /// The client token to connect with (the `client token:` line of `firetower dev`).
+    #[arg(long)]
+    token: Option<String>,
     #[arg(long)]
     subscribers: Option<usize>,
     #[arg(long)]
@@ -253,7 +257,8 @@ async fn connect_ws(
     source: Option<std::net::IpAddr>,
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
     let stream = connect_tcp(edge, source).await?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{edge}/ws"), stream).await?;
+    let path = firetower_benches::rawws::ws_path();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{edge}{path}"), stream).await?;
     Ok(ws)
 }
 
@@ -507,6 +512,9 @@ fn start_dev(binary: &str) -> Result<DevServer> {
     let server = DevServer { child };
     for line in BufReader::new(stdout).lines() {
         let line = line?;
+        if let Some(token) = line.strip_prefix("client token: ") {
+            let _ = firetower_benches::rawws::TOKEN.set(token.to_string());
+        }
         if line == "ready" {
             return Ok(server);
         }
@@ -518,6 +526,9 @@ fn start_dev(binary: &str) -> Result<DevServer> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let plan = Arc::new(plan(&args));
+    if let Some(token) = &args.token {
+        let _ = firetower_benches::rawws::TOKEN.set(token.clone());
+    }
     let _dev = match &args.start_dev {
         Some(binary) => Some(start_dev(binary)?),
         None => None,

@@ -28,11 +28,24 @@ pub enum Incoming<'a> {
     Other,
 }
 
+/// The client token every WebSocket connection of this process presents (`--token`, or the
+/// `client token:` line of the `firetower dev` it started); none: anonymous.
+pub static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The WebSocket path, with the token if there is one.
+pub fn ws_path() -> String {
+    match TOKEN.get() {
+        Some(token) => format!("/ws?token={token}"),
+        None => "/ws".to_string(),
+    }
+}
+
 impl RawWs {
     /// Sends the upgrade request for `/ws` on `stream` and reads the 101 response.
     pub async fn connect(mut stream: TcpStream, host: &str) -> Result<Self> {
+        let path = ws_path();
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;

@@ -87,12 +87,19 @@ pub struct Config {
     pub subscribe_timeout_ms: u64,
     /// Bound on each call to the metastore or a distributor.
     pub rpc_timeout_ms: u64,
-    /// The most client connections at once (HTTP 503 beyond).
+    /// The most client connections at once, counted from the upgrade request (HTTP 503
+    /// beyond).
     pub max_connections: usize,
+    /// The most client connections from one IP address at once (HTTP 429 beyond; 0: no
+    /// limit). High enough for a NAT or a load generator, low enough that one host cannot
+    /// take the whole edge.
+    pub max_connections_per_ip: usize,
     /// How long a shutdown waits for the edge's tasks (clients' close handshakes, the
     /// metastore deregistration, relay links) before stopping the rest where they are.
     /// Long enough for a close handshake (1 s) and a deregistration (`rpc_timeout_ms`).
     pub shutdown_grace_ms: u64,
+    /// How clients authenticate: JWT keys, anonymous access, allowed origins.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -124,7 +131,9 @@ impl Default for Config {
             subscribe_timeout_ms: 5000,
             rpc_timeout_ms: 2000,
             max_connections: 1_000_000,
+            max_connections_per_ip: 16_384,
             shutdown_grace_ms: 5000,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -193,6 +202,7 @@ impl Config {
                 "must be at most 16 MiB",
             ));
         }
+        self.auth.validate()?;
         let (budget, hard) = (self.send_queue_bytes, self.send_queue_hard_bytes);
         let least_hard = budget
             .saturating_mul(2)
@@ -239,6 +249,10 @@ mod tests {
         let ok = Config {
             id: 1,
             metastore: vec!["127.0.0.1:7101".into()],
+            auth: crate::auth::AuthConfig {
+                allow_anonymous: true,
+                ..Default::default()
+            },
             ..Config::default()
         };
         assert_eq!(ok.validate(), Ok(()));
@@ -259,6 +273,10 @@ mod tests {
         let ok = Config {
             id: 1,
             metastore: vec!["127.0.0.1:7101".into()],
+            auth: crate::auth::AuthConfig {
+                allow_anonymous: true,
+                ..Default::default()
+            },
             ..Config::default()
         };
         // A small budget is fine as long as the hard cap leaves room for a large delivery.

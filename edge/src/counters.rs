@@ -9,6 +9,11 @@ pub struct Counters {
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Upgrades refused by the token or origin check (401, 403); counted in
+    /// `connections_refused` too.
+    pub auth_refused: AtomicU64,
+    /// Subscribes and publishes refused because the token does not grant the topic.
+    pub denied_by_token: AtomicU64,
     /// Frames queued to clients (deliveries, acks, errors).
     pub frames_queued: AtomicU64,
     /// Frames not queued because their connection was already closing (it is closed, as
@@ -26,6 +31,8 @@ pub struct Counters {
     pub lane_pauses: AtomicU64,
     pub closed_heartbeat: AtomicU64,
     pub closed_too_large: AtomicU64,
+    /// Connections closed with 1007: a text frame that was not UTF-8.
+    pub closed_bad_utf8: AtomicU64,
     /// Client frames answered with an error frame.
     pub client_errors: AtomicU64,
     /// Socket writes (each carries every frame pending at the time).

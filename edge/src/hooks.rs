@@ -11,6 +11,9 @@ use tokio_tungstenite::tungstenite::http;
 pub struct Identity {
     pub client_id: String,
     pub user_id: String,
+    /// The topics it may subscribe to and publish on: its token's, or every topic (an
+    /// anonymous connection, or an identity an embedder's hook made).
+    pub grants: std::sync::Arc<crate::auth::Grants>,
 }
 
 /// A refused connection: the HTTP status and a reason for the response body.
@@ -50,6 +53,7 @@ pub trait Hooks: Send + Sync + 'static {
         Ok(Identity {
             client_id: format!("edge-conn-{conn}"),
             user_id,
+            grants: Default::default(),
         })
     }
 

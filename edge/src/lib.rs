@@ -37,6 +37,8 @@
 //! until its vectored write. A delivery held back during a hot topic's route change is
 //! copied once more, so as not to pin the received packet.
 
+pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod counters;
@@ -50,6 +52,8 @@ mod send;
 mod sessions;
 mod ws;
 
+pub use admission::PeerIp;
+pub use auth::{AuthConfig, Claims, ClientAuth, Grants};
 pub use config::Config;
 pub use counters::Counters;
 pub use error::{ConfigError, NodeError};

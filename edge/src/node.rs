@@ -47,6 +47,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 
+use crate::admission::{Admission, PeerIp};
+use crate::auth::ClientAuth;
 use crate::config::Config;
 use crate::core::{ConnId, EdgeCore, Fanout, Output, SlotSync};
 use crate::error::NodeError;
@@ -66,6 +68,10 @@ const HOT_ACK_QUEUE: usize = 256;
 pub(crate) struct Edge<C: Connector> {
     pub(crate) config: Config,
     pub(crate) hooks: Arc<dyn Hooks>,
+    /// Checks every upgrade request (token, origin) before the `on_connect` hook.
+    pub(crate) auth: ClientAuth,
+    /// The connection limits (edge-wide and per address).
+    pub(crate) admission: Admission,
     pub(crate) counters: Arc<Counters>,
     /// The decisions. Its lock is held only to run one input and its outputs.
     core: Mutex<EdgeCore>,
@@ -363,13 +369,16 @@ pub async fn run<C, L, IO>(
 where
     C: Connector,
     L: Stream<Item = std::io::Result<IO>> + Send + Unpin + 'static,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + PeerIp + Unpin + Send + 'static,
 {
     config.validate()?;
+    let auth = ClientAuth::from_config(&config.auth)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (hot_ack_tx, hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
     let edge = Arc::new(Edge {
         hooks,
+        auth,
+        admission: Admission::new(config.max_connections, config.max_connections_per_ip),
         core: Mutex::new(
             EdgeCore::new(
                 config.id,

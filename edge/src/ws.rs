@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::admission::{PeerIp, Refusal};
 use crate::hooks::{Identity, ReadDecision};
 use crate::node::Edge;
 use crate::send::{write_frames, SendQueue};
@@ -54,8 +55,24 @@ const DEMO_PAGE: &str = include_str!("demo.html");
 pub(crate) async fn serve_conn<C, IO>(edge: Arc<Edge<C>>, mut io: IO)
 where
     C: Connector,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + PeerIp + Unpin + Send + 'static,
 {
+    // Held until the connection ends: the limits count every TCP connection, from before
+    // its request head is read (a client that sends its head slowly holds a place too).
+    let _seat = match edge.admission.admit(io.peer_ip()) {
+        Ok(seat) => seat,
+        Err(refusal) => {
+            edge.counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let (status, reason): (u16, &[u8]) = match refusal {
+                Refusal::Full => (503, b"connection limit reached"),
+                Refusal::PerIp => (429, b"too many connections from this address"),
+            };
+            let _ = respond(&mut io, status, "text/plain", reason).await;
+            return;
+        }
+    };
     let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
     let (request, leftover) = match tokio::time::timeout(timeout, read_head(&mut io)).await {
         Ok(Ok(r)) => r,
@@ -82,6 +99,22 @@ where
                 DEMO_PAGE.as_bytes(),
             )
             .await;
+        }
+        "/dev/token" => {
+            let user = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
+                .map(percent_decode)
+                .unwrap_or_else(|| "dev".to_string());
+            match edge.auth.dev_token(&user) {
+                Some(token) => {
+                    let _ = respond(&mut io, 200, "text/plain", token.as_bytes()).await;
+                }
+                None => {
+                    let _ = respond(&mut io, 404, "text/plain", b"not found").await;
+                }
+            }
         }
         "/healthz" => {
             let _ = respond(&mut io, 200, "text/plain", b"ok").await;
@@ -156,8 +189,10 @@ async fn respond<IO: AsyncWrite + Unpin>(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    io.write_all(head.as_bytes()).await?;
-    io.write_all(body).await?;
+    // One write: the client may read the head and the body in one go.
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body);
+    io.write_all(&response).await?;
     io.flush().await?;
     io.shutdown().await
 }
@@ -169,6 +204,8 @@ fn metrics<C: Connector>(edge: &Edge<C>) -> String {
         ("connections_open", &c.connections_open),
         ("connections_total", &c.connections_total),
         ("connections_refused", &c.connections_refused),
+        ("auth_refused", &c.auth_refused),
+        ("denied_by_token", &c.denied_by_token),
         ("frames_queued", &c.frames_queued),
         ("frames_dropped", &c.frames_dropped),
         ("queued_bytes", &c.queued_bytes),
@@ -176,6 +213,7 @@ fn metrics<C: Connector>(edge: &Edge<C>) -> String {
         ("closed_slow", &c.closed_slow),
         ("closed_heartbeat", &c.closed_heartbeat),
         ("closed_too_large", &c.closed_too_large),
+        ("closed_bad_utf8", &c.closed_bad_utf8),
         ("client_errors", &c.client_errors),
         ("writes", &c.writes),
         ("client_publishes", &c.client_publishes),
@@ -258,7 +296,7 @@ async fn topic_status<C: Connector>(edge: &Edge<C>, query: &str) -> (u16, String
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -293,11 +331,6 @@ async fn upgrade<C, IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let counters = edge.counters.clone();
-    if counters.connections_open.load(Ordering::Relaxed) as usize >= edge.config.max_connections {
-        counters.connections_refused.fetch_add(1, Ordering::Relaxed);
-        let _ = respond(&mut io, 503, "text/plain", b"connection limit reached").await;
-        return;
-    }
     let response = match create_response(&request) {
         Ok(r) => r,
         Err(e) => {
@@ -312,7 +345,7 @@ async fn upgrade<C, IO>(
         }
     };
     let conn = edge.next_conn.fetch_add(1, Ordering::Relaxed);
-    let identity = match edge.hooks.on_connect(conn, &request) {
+    let identity = match identify(&edge, conn, &request) {
         Ok(id) => Arc::new(id),
         Err(rejection) => {
             counters.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -359,6 +392,24 @@ async fn upgrade<C, IO>(
     edge.sessions.remove(conn);
     edge.hooks.on_offline(&identity);
     counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Who an upgrade request is: its token (or anonymous access) checked first, then the
+/// `on_connect` hook; a verified token decides the user id and the grants.
+fn identify<C: Connector>(
+    edge: &Edge<C>,
+    conn: u64,
+    request: &http::Request<()>,
+) -> Result<Identity, crate::hooks::Rejection> {
+    let verified = edge.auth.check(request).inspect_err(|_| {
+        edge.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
+    })?;
+    let mut id = edge.hooks.on_connect(conn, request)?;
+    if let Some(user_id) = verified.user_id {
+        id.user_id = user_id;
+        id.grants = verified.grants;
+    }
+    Ok(id)
 }
 
 /// Why a session ended.
@@ -499,6 +550,12 @@ async fn session<C, IO>(
                         edge.counters.closed_too_large.fetch_add(1, Ordering::Relaxed);
                         break End::Close(1009, format!("frame too large: {e}; the limit is {} bytes", config.max_frame_bytes));
                     }
+                    Some(Err(WsError::Utf8(e))) => {
+                        // RFC 6455 §8.1: a text frame that is not UTF-8 fails the
+                        // connection with 1007.
+                        edge.counters.closed_bad_utf8.fetch_add(1, Ordering::Relaxed);
+                        break End::Close(1007, format!("text frame is not valid UTF-8: {e}"));
+                    }
                     Some(Err(_)) => break End::Gone,
                 }
             }
@@ -539,6 +596,18 @@ async fn session<C, IO>(
     }
 }
 
+/// Answers a subscribe or publish that the connection's token does not grant.
+fn deny_by_token<C: Connector>(edge: &Edge<C>, conn: u64, topic: &str, doing: &str) {
+    edge.counters
+        .denied_by_token
+        .fetch_add(1, Ordering::Relaxed);
+    let message = format!("the token does not allow {doing} this topic");
+    edge.sessions.send_error(
+        conn,
+        &ClientError::new(ErrorCode::Denied, message).with_topic(topic),
+    );
+}
+
 /// Handles one client text frame. What the core decides goes through `Edge::apply` (a
 /// publish too: the core numbers it, sends it or holds it, and may pause this session's
 /// reading); the session's own answers (a malformed frame, a refusal by the hooks) go
@@ -554,7 +623,17 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
     match frame {
         ClientFrame::Heartbeat => {}
         ClientFrame::Subscribe { topics, since } => {
-            let asked: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
+            let mut asked: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
+            asked.retain(|topic| {
+                let granted = identity.grants.may_subscribe(topic);
+                if !granted {
+                    deny_by_token(edge, conn, topic, "subscribing to");
+                }
+                granted
+            });
+            if asked.is_empty() {
+                return;
+            }
             let allowed = edge.hooks.before_subscribe(identity, asked.clone());
             for topic in asked.iter().filter(|t| !allowed.contains(t)) {
                 edge.sessions.send_error(
@@ -577,6 +656,10 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
             edge.apply(|core, _| core.handle_unsubscribe(conn, topics));
         }
         ClientFrame::Publish { topic, data } => {
+            if !identity.grants.may_publish(&topic) {
+                deny_by_token(edge, conn, &topic, "publishing to");
+                return;
+            }
             let (topic, data) = match edge.hooks.on_read(identity, &topic, data) {
                 ReadDecision::Allow => (topic.into_owned(), data.to_string()),
                 ReadDecision::Deny(reason) => {

@@ -40,6 +40,12 @@ impl firetower_net::Connector for SimConnector {
 /// An accepted simulated TCP connection, as tonic and the edge want it.
 pub struct SimStream(pub turmoil::net::TcpStream);
 
+impl firetower_edge::PeerIp for SimStream {
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.0.peer_addr().ok().map(|a| a.ip())
+    }
+}
+
 impl Connected for SimStream {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}

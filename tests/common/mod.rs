@@ -75,6 +75,8 @@ pub struct Cluster {
     hot: firetower_distributor::config::HotPolicy,
     lane_queue_bytes: usize,
     publish_retry_ms: u64,
+    /// The path `wait_ready`'s probes connect to (with a token when the edges need one).
+    pub probe_path: String,
 }
 
 pub struct EdgeTuning {
@@ -86,6 +88,12 @@ pub struct EdgeTuning {
     /// The distributors' byte budget per edge link, and their publish deadline.
     pub lane_queue_bytes: usize,
     pub publish_retry_ms: u64,
+    /// How the edges authenticate clients: anonymous unless a test says otherwise (the
+    /// token check has its own tests in tests/security.rs).
+    pub auth: firetower_edge::AuthConfig,
+    /// The token `wait_ready`'s probes present, when `auth` needs one.
+    pub probe_token: Option<String>,
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for EdgeTuning {
@@ -97,6 +105,12 @@ impl Default for EdgeTuning {
             hot: firetower_distributor::config::HotPolicy::default(),
             lane_queue_bytes: firetower_distributor::Config::default().lane_queue_bytes,
             publish_retry_ms: firetower_distributor::Config::default().publish_retry_ms,
+            auth: firetower_edge::AuthConfig {
+                allow_anonymous: true,
+                ..Default::default()
+            },
+            probe_token: None,
+            max_connections_per_ip: firetower_edge::Config::default().max_connections_per_ip,
         }
     }
 }
@@ -147,6 +161,10 @@ impl Cluster {
             hot: tuning.hot.clone(),
             lane_queue_bytes: tuning.lane_queue_bytes,
             publish_retry_ms: tuning.publish_retry_ms,
+            probe_path: match &tuning.probe_token {
+                Some(token) => format!("/ws?token={token}"),
+                None => "/ws".to_string(),
+            },
         };
         for id in 1..=distributors {
             cluster.start_distributor(id)?;
@@ -203,6 +221,8 @@ impl Cluster {
             send_queue_bytes: tuning.send_queue_bytes,
             slow_after_ms: tuning.slow_after_ms,
             max_topics_per_conn: tuning.max_topics_per_conn,
+            auth: tuning.auth.clone(),
+            max_connections_per_ip: tuning.max_connections_per_ip,
             ..firetower_edge::Config::default()
         };
         let counters = Arc::new(firetower_edge::Counters::default());
@@ -249,7 +269,7 @@ impl Cluster {
             for &dist in self.distributors.keys() {
                 let topic = format!("probe-{edge}-{dist}");
                 let mut client = loop {
-                    match Client::connect(self.edge_addr(edge)).await {
+                    match Client::connect_path(self.edge_addr(edge), &self.probe_path).await {
                         Ok(c) => break c,
                         Err(_) if tokio::time::Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(100)).await

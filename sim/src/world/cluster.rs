@@ -211,6 +211,11 @@ fn add_edge(
         send_queue_bytes: 64 << 10,
         queue_high_bytes: 8 << 20,
         max_publishes_in_flight: 64,
+        // The simulation checks delivery, not the token check (tests/security.rs does).
+        auth: firetower_edge::AuthConfig {
+            allow_anonymous: true,
+            ..Default::default()
+        },
         ..firetower_edge::Config::default()
     };
     sim.host(name.as_str(), move || {

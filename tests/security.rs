@@ -1,0 +1,282 @@
+//! The trust boundary on real sockets (docs/security.md): what an outsider tries against a
+//! cluster whose edges check client tokens, each refused with a clear answer while the
+//! clients that hold a valid token keep working.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use common::{Client, Cluster, EdgeTuning, Frame};
+use firetower_edge::auth::mint_hs256;
+use firetower_edge::{AuthConfig, Claims};
+use firetower_proto::distributor::v1 as dpb;
+
+const READY: Duration = Duration::from_secs(30);
+const SECRET: &[u8] = b"a test secret of more than thirty-two bytes";
+
+fn token(sub: &str, ttl_secs: i64, subscribe: &[&str], publish: &[&str]) -> String {
+    let now = firetower_edge::auth::unix_now() as i64;
+    let claims = Claims {
+        sub: sub.into(),
+        exp: (now + ttl_secs).max(0) as u64,
+        subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        publish: publish.iter().map(|s| s.to_string()).collect(),
+    };
+    mint_hs256(SECRET, &claims).expect("signing with a test key")
+}
+
+/// The HTTP status and body of an upgrade the edge refused (raw TCP: the edge answers and
+/// closes, so everything up to EOF is the response).
+async fn refused(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await??;
+    let response = String::from_utf8_lossy(&response).to_string();
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("{path}: no response head in {response:?}");
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status == 101 {
+        bail!("{path}: the upgrade was accepted");
+    }
+    Ok((status, body.to_string()))
+}
+
+async fn secured_cluster() -> Result<(Cluster, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, SECRET)?;
+    let cluster = Cluster::start_with(
+        1,
+        1,
+        EdgeTuning {
+            auth: AuthConfig {
+                allow_anonymous: false,
+                jwt_hs256_key_file: Some(key),
+                ..AuthConfig::default()
+            },
+            probe_token: Some(token("probe", 600, &["probe-*"], &[])),
+            ..EdgeTuning::default()
+        },
+    )
+    .await?;
+    cluster.wait_ready(READY).await?;
+    Ok((cluster, dir))
+}
+
+/// Before: anyone connected, subscribed to and published on any topic, and named their own
+/// user with `?user=`. Now: no token, an expired one, a forged one or another site's page
+/// is refused at the upgrade; a token's topics bound what it may do; its `sub` is the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_need_a_valid_token_and_stay_within_its_topics() -> Result<()> {
+    let (cluster, _key_dir) = secured_cluster().await?;
+    let edge = cluster.edge_addr(1).to_string();
+
+    // Refused upgrades, each with its reason.
+    let forged = {
+        let claims = Claims::everything("mallory", 600);
+        mint_hs256(b"not the cluster's secret, not at all!", &claims)?
+    };
+    let cases = [
+        ("/ws".to_string(), vec![], 401, "missing token"),
+        ("/ws?user=alice".to_string(), vec![], 401, "missing token"),
+        (
+            format!("/ws?token={}", token("alice", -30, &["*"], &["*"])),
+            vec![],
+            401,
+            "token expired",
+        ),
+        (
+            format!("/ws?token={forged}"),
+            vec![],
+            401,
+            "token: invalid signature",
+        ),
+        ("/ws?token=not.a.jwt".to_string(), vec![], 401, "token: "),
+        (
+            format!("/ws?token={}", token("alice", 600, &["*"], &["*"])),
+            vec![("origin", "https://evil.example")],
+            403,
+            "origin",
+        ),
+    ];
+    for (path, headers, status, reason) in &cases {
+        let (got, body) = refused(&edge, path, headers).await?;
+        ensure!(got == *status, "{path}: status {got} ({body})");
+        ensure!(body.starts_with(reason), "{path}: reason {body:?}");
+    }
+    let refused_count = cluster.edge_counters[&1]
+        .auth_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(
+        refused_count >= cases.len() as u64,
+        "auth_refused {refused_count}"
+    );
+
+    // Alice may read chat/* and her own inbox, and publish on chat/room only.
+    let alice_token = token("alice", 600, &["chat/*", "user/{sub}/*"], &["chat/room"]);
+    let mut alice =
+        Client::connect_path(&edge, &format!("/ws?token={alice_token}&user=root")).await?;
+    alice
+        .subscribe(&["chat/room".to_string(), "user/alice/inbox".to_string()])
+        .await?;
+    for (frame, topic) in [
+        (
+            r#"{"type":"subscribe","topic":"user/bob/inbox"}"#,
+            "user/bob/inbox",
+        ),
+        (r#"{"type":"subscribe","topic":"admin"}"#, "admin"),
+        (
+            r#"{"type":"publish","topic":"chat/other","data":1}"#,
+            "chat/other",
+        ),
+    ] {
+        alice.send(frame).await?;
+        match alice.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Error {
+                code,
+                topic: Some(t),
+                ..
+            }) if code == "denied" && t == topic => {}
+            other => bail!("{frame}: expected denied for {topic}, got {other:?}"),
+        }
+    }
+    // What the token allows works: her publish reaches her subscription.
+    alice
+        .send(r#"{"type":"publish","topic":"chat/room","data":"hi"}"#)
+        .await?;
+    match alice.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { topic, data, .. }) if topic == "chat/room" && data == "\"hi\"" => {}
+        other => bail!("expected alice's own message, got {other:?}"),
+    }
+
+    // A text frame that is not UTF-8 is closed with 1007 (it used to end the TCP connection
+    // with no close frame), and only that connection.
+    let mut broken = Client::connect_path(&edge, &format!("/ws?token={alice_token}")).await?;
+    {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+        use tokio_tungstenite::tungstenite::Message;
+        let bytes: &[u8] = b"{\"type\":\"publish\",\"topic\":\"chat/room\",\"data\":\"\xff\xfe\"}";
+        broken
+            .send_message(Message::Frame(WsFrame::message(
+                bytes.to_vec(),
+                OpCode::Data(Data::Text),
+                true,
+            )))
+            .await?;
+    }
+    match broken.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Closed(1007, reason)) if reason.contains("UTF-8") => {}
+        other => bail!("expected a 1007 close, got {other:?}"),
+    }
+    alice
+        .send(r#"{"type":"publish","topic":"chat/room","data":"still here"}"#)
+        .await?;
+    match alice.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { data, .. }) if data == "\"still here\"" => {}
+        other => bail!("alice after the bad frame: {other:?}"),
+    }
+
+    // The user is the token's `sub`, not `?user=`: kicking "root" closes nothing, kicking
+    // "alice" closes her connection.
+    let mut d = cluster.distributor(1).await?;
+    let kicked = d
+        .kick_user(dpb::KickUserRequest {
+            user_id: "root".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(kicked.connections_closed == 0, "root: {kicked:?}");
+    let kicked = d
+        .kick_user(dpb::KickUserRequest {
+            user_id: "alice".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(kicked.connections_closed == 1, "alice: {kicked:?}");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Before: the connection limit was checked before the upgrade and counted after it, so a
+/// burst of upgrades passed it, and one host could take every connection. Now both the
+/// edge-wide and the per-address limit are taken atomically at the upgrade request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_upgrades_from_one_address_stops_at_its_limit() -> Result<()> {
+    const PER_IP: usize = 5;
+    let cluster = Cluster::start_with(
+        1,
+        1,
+        EdgeTuning {
+            max_connections_per_ip: PER_IP,
+            ..EdgeTuning::default()
+        },
+    )
+    .await?;
+    cluster.wait_ready(READY).await?;
+    let edge = cluster.edge_addr(1).to_string();
+    // The probes of wait_ready have gone once their seats are free again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let burst = loop {
+        let attempts: Vec<_> = (0..4 * PER_IP)
+            .map(|_| {
+                let edge = edge.clone();
+                tokio::spawn(async move { Client::connect(&edge).await })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        let mut turned_away = 0;
+        for a in attempts {
+            match a.await? {
+                Ok(c) => clients.push(c),
+                Err(_) => turned_away += 1,
+            }
+        }
+        if clients.len() == PER_IP || tokio::time::Instant::now() > deadline {
+            break (clients, turned_away);
+        }
+        drop(clients);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (clients, turned_away) = burst;
+    ensure!(
+        clients.len() == PER_IP && turned_away == 3 * PER_IP,
+        "{} admitted, {turned_away} refused; the limit is {PER_IP}",
+        clients.len()
+    );
+    let (status, body) = refused(&edge, "/ws", &[]).await?;
+    ensure!(status == 429, "status {status} ({body})");
+    ensure!(body == "too many connections from this address", "{body:?}");
+    // Another address is not affected.
+    let stream = {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.2:0".parse()?)?;
+        socket.connect(edge.parse()?).await?
+    };
+    let (mut other, _) = tokio_tungstenite::client_async(format!("ws://{edge}/ws"), stream).await?;
+    use futures::SinkExt;
+    other
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"type":"subscribe","topic":"t"}"#,
+        ))
+        .await?;
+    drop(clients);
+    cluster.shutdown().await;
+    Ok(())
+}
