@@ -557,6 +557,9 @@ impl<C: Connector> Shared<C> {
     }
 }
 
+/// The most gRPC calls in progress on one client connection (HTTP/2 streams).
+const GRPC_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Makes one forward (`ForwardBatch`) of `runs` to `owner` and tells the core what became
 /// of each.
 async fn forward<C: Connector>(
@@ -569,7 +572,8 @@ async fn forward<C: Connector>(
     let results = match shared.peers.get(&addr) {
         Err(reason) => vec![ForwardResult::NotSent(reason); attempts.len()],
         Ok(channel) => {
-            let mut client = DistributorClient::new(channel).max_encoding_message_size(64 << 20);
+            let mut client = DistributorClient::new(channel)
+                .max_encoding_message_size(crate::service::FORWARD_CALL_BYTES);
             let timeout = shared.config.rpc_timeout();
             let request = with_timeout(forward_request(runs), timeout);
             // The deadline is enforced here too, not only announced to the server: a reply
@@ -842,6 +846,8 @@ where
     // gRPC.
     let service = DistributorService::new(shared.clone());
     let server = tonic::transport::Server::builder()
+        // Each call may hold a request of up to the decode limit: bounded per connection.
+        .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(grpc_incoming, shutdown);
     let result = server.await.map_err(|e| NodeError::Grpc(e.to_string()));

@@ -42,12 +42,27 @@ impl<C: Connector> DistributorService<C> {
     }
 
     pub(crate) fn into_server(self) -> DistributorServer<Self> {
-        let max = self.shared.config.max_data_bytes * 2 + (1 << 20);
-        let batch_max = max.saturating_mul(self.shared.config.max_batch.min(1024));
+        let limit = decode_limit(&self.shared.config);
         DistributorServer::new(self)
-            .max_decoding_message_size(batch_max)
+            .max_decoding_message_size(limit)
             .max_encoding_message_size(HANDOVER_REPLY_BYTES)
     }
+}
+
+/// The most bytes of one forwarded call (`ForwardBatch`): a forwarder encodes no more
+/// (a larger call fails at the sender, before the network).
+pub(crate) const FORWARD_CALL_BYTES: usize = 64 << 20;
+
+/// The largest request message the server decodes: the largest legal request, a full
+/// `PublishBatch` (`max_batch` messages of `max_data_bytes` with the longest topic and
+/// their framing) or a full `ForwardBatch`. tonic reserves a message's declared length
+/// before decoding it, so a limit of every maximum multiplied (it was 1.2 GB) let one
+/// request reserve that much.
+pub(crate) fn decode_limit(config: &crate::Config) -> usize {
+    // Per message: data, topic, and the tags and lengths of both fields and the message.
+    let message = config.max_data_bytes + firetower_proto::topic::MAX_TOPIC_LEN + 16;
+    let batch = message.saturating_mul(config.max_batch) + 16;
+    batch.max(FORWARD_CALL_BYTES)
 }
 
 /// The largest reply: a Handover answer's history bound plus its framing.
@@ -131,7 +146,7 @@ pub(crate) fn peer<C: Connector>(
             .to_string()
     };
     let channel = shared.peers.get(&addr).ok()?;
-    Some(DistributorClient::new(channel).max_encoding_message_size(64 << 20))
+    Some(DistributorClient::new(channel).max_encoding_message_size(FORWARD_CALL_BYTES))
 }
 
 /// The `ForwardBatch` request carrying `runs`, in order.
@@ -955,4 +970,21 @@ pub(crate) fn handover_answer(
         });
     }
     Ok(HandoverAnswer { released, topics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decode_limit_is_the_largest_legal_request() {
+        let config = crate::Config::default();
+        let limit = decode_limit(&config);
+        // A full PublishBatch of the largest messages fits ...
+        let full_batch = config.max_batch * (config.max_data_bytes + 256 + 16);
+        assert!(limit >= full_batch, "{limit} < {full_batch}");
+        // ... and the limit is within a few MB of it, not the 1.2 GB of before.
+        assert!(limit <= FORWARD_CALL_BYTES.max(full_batch) + 64, "{limit}");
+        assert!(limit < 80 << 20, "{limit}");
+    }
 }

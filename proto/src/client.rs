@@ -223,10 +223,49 @@ fn split_topics(list: Cow<'_, str>, max: usize) -> Result<Vec<Cow<'_, str>>, Cli
     Ok(topics)
 }
 
+/// The deepest nesting of arrays and objects accepted in published data. Every client and
+/// the parsers on the way recurse once per level; a deep value is a cheap way to make each
+/// of them work hard (serde_json's own limit is 128).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in `text` (strings skipped), stopping as soon
+/// as it passes `limit`.
+fn json_depth_over(text: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Checks that published data is exactly one JSON value, so a delivery that embeds it
-/// verbatim stays valid JSON.
+/// verbatim stays valid JSON, nested at most [`MAX_JSON_DEPTH`] deep.
 pub fn validate_json_data(data: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(data).map_err(|_| "data is not UTF-8".to_string())?;
+    if json_depth_over(data, MAX_JSON_DEPTH) {
+        return Err(format!(
+            "data nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+        ));
+    }
     serde_json::from_str::<&RawValue>(text)
         .map(|_| ())
         .map_err(|e| format!("data is not one JSON value: {e}"))
@@ -425,6 +464,24 @@ fn t_str(t: Option<&RawValue>) -> Result<Option<String>, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn data_nested_deeper_than_the_limit_is_refused_with_the_reason() {
+        let ok = format!("{}{}", "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        assert_eq!(validate_json_data(ok.as_bytes()), Ok(()));
+        let over = MAX_JSON_DEPTH + 1;
+        let deep = format!("{}1{}", "[".repeat(over), "]".repeat(over));
+        let e = validate_json_data(deep.as_bytes()).unwrap_err();
+        assert!(e.contains("deeper than 64"), "{e}");
+        // Brackets inside strings do not count, escaped quotes included.
+        let s = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(200), "{".repeat(200));
+        assert_eq!(validate_json_data(s.as_bytes()), Ok(()));
+        // A megabyte of brackets stops at the limit.
+        let huge = "[".repeat(1 << 20);
+        assert!(validate_json_data(huge.as_bytes()).is_err());
+    }
+
     #[test]
     fn every_error_code_reads_back_from_its_name() {
         for name in [
