@@ -69,6 +69,8 @@ pub enum Command {
         tls: TlsArgs,
         #[arg(long, default_value = "firetower")]
         cluster: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Run one edge (WebSocket gateway at /ws, demo page at /).
     Edge {
@@ -90,6 +92,10 @@ pub enum Command {
         legacy_heartbeat: bool,
         #[command(flatten)]
         auth: ClientAuthArgs,
+        /// A file holding the API key the edge presents to the distributors (for the demo
+        /// page's online count).
+        #[arg(long)]
+        distributor_key_file: Option<PathBuf>,
     },
     /// Make a client token (JWT, HS256) for a user, signed with the edges' key file.
     Token {
@@ -126,6 +132,10 @@ pub enum Command {
         /// `line=N error=CODE: message` per line as answers come (in any order).
         #[arg(long, conflicts_with_all = ["topic", "data"])]
         stream: bool,
+        /// A file holding the API key to present (`firetower api-key` makes one; `dev`
+        /// prints its `api key file:`).
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
     },
     /// Print a topic's recent messages from its owner's history, oldest first
     /// (`epoch=E seq=S data=JSON` per line), then the topic's position now.
@@ -141,6 +151,20 @@ pub enum Command {
         /// At most this many messages (the server returns at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// A file holding the API key to present.
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
+    },
+    /// Make an API key for the distributors' gRPC API: prints the key (give it to the
+    /// caller, e.g. in a file for `--api-key-file`) and the `--api-key` value that the
+    /// distributors take (it holds only the key's hash).
+    ApiKey {
+        /// A name for the key (shown in refusals and logs).
+        #[arg(long)]
+        name: String,
+        /// Its scopes: `publish`, `admin`, `member`, joined by `+`.
+        #[arg(long, default_value = "publish")]
+        scopes: String,
     },
     /// Show the metastore cluster: leader, voters, each node's applied index, members, slots.
     Status {
@@ -190,6 +214,38 @@ impl HistoryArgs {
             ..Default::default()
         };
         Ok((default, rules))
+    }
+}
+
+/// Who may call a distributor's gRPC API (docs/security.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// An accepted API key: `NAME:SCOPE[+SCOPE…]:SHA256` (what `firetower api-key`
+    /// prints). Repeatable.
+    #[arg(long = "api-key", value_name = "ENTRY")]
+    pub api_keys: Vec<String>,
+    /// The key (a file) this distributor presents to the others: one of their `member`
+    /// keys.
+    #[arg(long)]
+    pub member_key_file: Option<PathBuf>,
+    /// Take calls without a key, in every scope.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+}
+
+impl ApiArgs {
+    fn config(&self) -> Result<firetower_distributor::ApiAuthConfig, Failure> {
+        let keys = self
+            .api_keys
+            .iter()
+            .map(|k| firetower_distributor::ApiKeyEntry::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        Ok(firetower_distributor::ApiAuthConfig {
+            allow_unauthenticated: self.allow_unauthenticated,
+            keys,
+            member_key_file: self.member_key_file.clone(),
+        })
     }
 }
 
@@ -351,6 +407,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             quic,
             tls,
             cluster,
+            api,
         } => {
             let config = firetower_distributor::Config {
                 id,
@@ -361,6 +418,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 tls: tls.files(),
                 history: history.settings()?.0,
                 history_rules: history.settings()?.1,
+                api: api.config()?,
                 ..firetower_distributor::Config::default()
             };
             config
@@ -388,6 +446,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             cluster,
             legacy_heartbeat,
             auth,
+            distributor_key_file,
         } => {
             let config = firetower_edge::Config {
                 id,
@@ -397,6 +456,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 tls: tls.files(),
                 legacy_heartbeat,
                 auth: auth.config(),
+                distributor_key_file,
                 ..firetower_edge::Config::default()
             };
             config
@@ -426,16 +486,19 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Publish {
             distributor,
             stream: true,
+            api_key_file,
             ..
-        } => publish_stream(&distributor).await,
+        } => publish_stream(&distributor, api_key_file.as_deref()).await,
         Command::Publish {
             distributor,
             topic,
             data,
+            api_key_file,
             ..
         } => {
             publish(
                 &distributor,
+                api_key_file.as_deref(),
                 topic.unwrap_or_default(),
                 data.unwrap_or_default(),
             )
@@ -446,7 +509,30 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             topic,
             since,
             limit,
-        } => history(&distributor, topic, since.as_deref(), limit).await,
+            api_key_file,
+        } => {
+            history(
+                &distributor,
+                api_key_file.as_deref(),
+                topic,
+                since.as_deref(),
+                limit,
+            )
+            .await
+        }
+        Command::ApiKey { name, scopes } => {
+            let key =
+                firetower_distributor::api::new_key().map_err(|e| Failure::Other(e.into()))?;
+            let entry = format!(
+                "{name}:{scopes}:{}",
+                firetower_distributor::api::hash_key(&key)
+            );
+            firetower_distributor::ApiKeyEntry::parse(&entry)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            println!("key: {key}");
+            println!("distributor flag: --api-key {entry}");
+            Ok(())
+        }
         Command::Token {
             key_file,
             user,
@@ -473,12 +559,15 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
 /// A client of the distributor at `distributor` (host:port).
 async fn distributor_client(
     distributor: &str,
+    api_key_file: Option<&std::path::Path>,
 ) -> Result<
     firetower_proto::distributor::v1::distributor_client::DistributorClient<
-        tonic::transport::Channel,
+        firetower_net::KeyedChannel,
     >,
     Failure,
 > {
+    let key = firetower_net::ApiKey::from_optional_file("--api-key-file", api_key_file)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{distributor}"))
         .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(2));
@@ -486,17 +575,24 @@ async fn distributor_client(
         .connect()
         .await
         .map_err(|e| Failure::Unavailable(format!("{distributor}: {e}")))?;
-    Ok(firetower_proto::distributor::v1::distributor_client::DistributorClient::new(channel))
+    Ok(
+        firetower_proto::distributor::v1::distributor_client::DistributorClient::with_interceptor(
+            channel, key,
+        ),
+    )
 }
 
 /// `publish --stream`: every line of standard input (`topic<TAB>json`) over one
 /// PublishStream, the line number as the message id. A line that does not parse is
 /// reported and skipped; the command fails if any line was not published.
-async fn publish_stream(distributor: &str) -> Result<(), Failure> {
+async fn publish_stream(
+    distributor: &str,
+    api_key_file: Option<&std::path::Path>,
+) -> Result<(), Failure> {
     use firetower_proto::distributor::v1 as dpb;
     use tokio::io::AsyncBufReadExt;
     use tokio_stream::StreamExt;
-    let mut client = distributor_client(distributor).await?;
+    let mut client = distributor_client(distributor, api_key_file).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<dpb::PublishStreamRequest>(1024);
     let bad_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_bad = bad_lines.clone();
@@ -566,13 +662,18 @@ async fn publish_stream(distributor: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn publish(distributor: &str, topic: String, data: String) -> Result<(), Failure> {
+async fn publish(
+    distributor: &str,
+    api_key_file: Option<&std::path::Path>,
+    topic: String,
+    data: String,
+) -> Result<(), Failure> {
     use firetower_proto::distributor::v1 as dpb;
     firetower_proto::topic::validate_topic(&topic)
         .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
     firetower_proto::client::validate_json_data(data.as_bytes())
         .map_err(|e| Failure::Usage(format!("--data: {e}")))?;
-    let mut client = distributor_client(distributor).await?;
+    let mut client = distributor_client(distributor, api_key_file).await?;
     match client
         .publish(dpb::PublishRequest {
             topic,
@@ -604,6 +705,7 @@ async fn publish(distributor: &str, topic: String, data: String) -> Result<(), F
 /// naming the topic's position.
 async fn history(
     distributor: &str,
+    api_key_file: Option<&std::path::Path>,
     topic: String,
     since: Option<&str>,
     limit: u32,
@@ -623,7 +725,7 @@ async fn history(
             Some(dpb::StreamPosition { epoch, seq })
         }
     };
-    let mut client = distributor_client(distributor).await?;
+    let mut client = distributor_client(distributor, api_key_file).await?;
     let reply = client
         .history(dpb::HistoryRequest {
             topic: topic.clone(),

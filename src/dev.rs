@@ -86,6 +86,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         &firetower_edge::Claims::everything("dev", 24 * 3600),
     )
     .context("signing the dev token")?;
+    let api = write_api_keys(&root).context("writing the API keys")?;
     let pki = DevPki::new().context("making the dev CA")?;
     let tls_dir = root.join("tls");
     for (id, grpc_port, quic_port) in DISTRIBUTORS {
@@ -101,6 +102,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
                 .context("writing certificates")?,
             history: history.0,
             history_rules: history.1.clone(),
+            api: api.config.clone(),
             ..firetower_distributor::Config::default()
         };
         let listener = tokio::net::TcpListener::bind(&grpc)
@@ -135,6 +137,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
                 dev_tokens: true,
                 ..Default::default()
             },
+            distributor_key_file: Some(api.member_key_file.clone()),
             ..firetower_edge::Config::default()
         };
         let listener = tokio::net::TcpListener::bind(&listen)
@@ -162,8 +165,10 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
     println!("data: {}", root.display());
     println!("jwt key file: {}", jwt_key.display());
     println!("client token: {client_token}");
+    println!("api key file: {}", api.backend_key_file.display());
     println!(
-        "try: cargo run --release -- publish --distributor {HOST}:6667 --topic chat/lobby --data '{{\"user\":\"cli\",\"text\":\"hello\"}}'"
+        "try: cargo run --release -- publish --distributor {HOST}:6667 --api-key-file {} --topic chat/lobby --data '{{\"user\":\"cli\",\"text\":\"hello\"}}'",
+        api.backend_key_file.display()
     );
     println!(
         "status: cargo run --release -- status --metastore {}",
@@ -171,7 +176,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
     );
 
     let ready = tokio::select! {
-        r = tokio::time::timeout(Duration::from_secs(60), wait_ready(&client_token)) => Some(r),
+        r = tokio::time::timeout(Duration::from_secs(60), wait_ready(&client_token, &api.backend_key)) => Some(r),
         _ = shutdown_signal() => None,
     };
     let mut result = Ok(());
@@ -206,7 +211,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
 
 /// Subscribes on each edge and publishes through each distributor until every pair has
 /// delivered once.
-async fn wait_ready(token: &str) -> anyhow::Result<()> {
+async fn wait_ready(token: &str, api_key: &firetower_net::ApiKey) -> anyhow::Result<()> {
     // Every node registered and the slots spread: from here slots move only on failures.
     loop {
         if let Ok(mut client) =
@@ -231,7 +236,7 @@ async fn wait_ready(token: &str) -> anyhow::Result<()> {
         for (dist, grpc_port, _) in DISTRIBUTORS {
             let topic = format!("dev-ready-{edge}-{dist}");
             loop {
-                match probe(port, grpc_port, &topic, token).await {
+                match probe(port, grpc_port, &topic, token, api_key).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::debug!("not ready yet: {e:#}");
@@ -244,7 +249,13 @@ async fn wait_ready(token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn probe(edge_port: u16, grpc_port: u16, topic: &str, token: &str) -> anyhow::Result<()> {
+async fn probe(
+    edge_port: u16,
+    grpc_port: u16,
+    topic: &str,
+    token: &str,
+    api_key: &firetower_net::ApiKey,
+) -> anyhow::Result<()> {
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{HOST}:{edge_port}/ws?token={token}"))
             .await?;
@@ -253,9 +264,11 @@ async fn probe(edge_port: u16, grpc_port: u16, topic: &str, token: &str) -> anyh
     )))
     .await?;
     let mut subscribed = false;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{HOST}:{grpc_port}"))?
+        .connect()
+        .await?;
     let mut client =
-        dpb::distributor_client::DistributorClient::connect(format!("http://{HOST}:{grpc_port}"))
-            .await?;
+        dpb::distributor_client::DistributorClient::with_interceptor(channel, api_key.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     loop {
         let next = tokio::time::timeout_at(deadline, ws.next()).await;
@@ -295,10 +308,63 @@ fn write_jwt_key(root: &std::path::Path) -> anyhow::Result<PathBuf> {
     rand::rngs::OsRng.fill_bytes(&mut secret);
     // Printable, so the file can be passed around and `firetower token` can read it.
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, hex.as_bytes())?;
+    Ok(path)
+}
+
+/// The dev cluster's API keys: one for backends and the CLI (`publish` and `admin`), one
+/// the distributors and edges present to each other (`member`).
+struct DevApiKeys {
+    config: firetower_distributor::ApiAuthConfig,
+    backend_key_file: PathBuf,
+    backend_key: firetower_net::ApiKey,
+    member_key_file: PathBuf,
+}
+
+/// Writes (or, in a data dir that has them, reuses) `<data>/auth/api.key` and
+/// `<data>/auth/member.key`.
+fn write_api_keys(root: &std::path::Path) -> anyhow::Result<DevApiKeys> {
+    use firetower_distributor::api::{hash_key, new_key};
+    use firetower_distributor::{ApiKeyEntry, Scope};
+    let dir = root.join("auth");
+    std::fs::create_dir_all(&dir)?;
+    let mut keys = Vec::new();
+    let mut files = Vec::new();
+    for (name, file, scopes) in [
+        ("dev", "api.key", vec![Scope::Publish, Scope::Admin]),
+        ("cluster", "member.key", vec![Scope::Member]),
+    ] {
+        let path = dir.join(file);
+        if !path.exists() {
+            write_private(&path, new_key()?.as_bytes())?;
+        }
+        let key = std::fs::read_to_string(&path)?;
+        keys.push(ApiKeyEntry {
+            name: name.into(),
+            sha256: hash_key(&key),
+            scopes,
+        });
+        files.push(path);
+    }
+    let backend_key = firetower_net::ApiKey::from_file("api key file", &files[0])?;
+    Ok(DevApiKeys {
+        config: firetower_distributor::ApiAuthConfig {
+            allow_unauthenticated: false,
+            keys,
+            member_key_file: Some(files[1].clone()),
+        },
+        backend_key_file: files[0].clone(),
+        backend_key,
+        member_key_file: files[1].clone(),
+    })
+}
+
+/// Creates `path` readable by this user only, with `bytes`.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(&path)?, hex.as_bytes())?;
-    Ok(path)
+    std::io::Write::write_all(&mut options.open(path)?, bytes)?;
+    Ok(())
 }

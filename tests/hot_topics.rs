@@ -60,7 +60,7 @@ async fn wait_committed(
 /// the metastore commits a split once the edges joined it, and each distributor learns it
 /// from its own watch stream a moment later.
 async fn wait_distributors_split(
-    clients: &mut [DistributorClient<tonic::transport::Channel>],
+    clients: &mut [DistributorClient<firetower_net::KeyedChannel>],
     topic: &str,
     shards: usize,
 ) -> Result<()> {
@@ -123,7 +123,7 @@ type Reader = (
 
 /// Publishes message `n` (`{"n":n}`) of `topic` through `client`.
 async fn publish_n(
-    client: &mut DistributorClient<tonic::transport::Channel>,
+    client: &mut DistributorClient<firetower_net::KeyedChannel>,
     topic: &str,
     n: u64,
 ) -> Result<dpb::PublishReply> {

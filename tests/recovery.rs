@@ -17,7 +17,7 @@ use firetower_proto::distributor::v1 as dpb;
 const READY: Duration = Duration::from_secs(30);
 
 async fn publish(
-    d: &mut dpb::distributor_client::DistributorClient<tonic::transport::Channel>,
+    d: &mut dpb::distributor_client::DistributorClient<firetower_net::KeyedChannel>,
     topic: &str,
     n: u64,
 ) -> Result<(u64, u64)> {
@@ -238,7 +238,11 @@ async fn a_slot_moved_to_a_joining_distributor_keeps_its_streams_and_history() -
             before.insert(topic.clone(), publish(&mut d, topic, n).await?);
         }
     }
-    // Distributor 2 joins: the metastore gives it about half of the slots.
+    // Distributor 2 joins: the metastore gives it about half of the slots. A slot whose
+    // handover has not been answered within the newcomer's lease TTL starts a new stream
+    // (docs/protocol.md §5.11); a longer TTL gives the handover room on a machine busy with
+    // other tests (with 1.5 s it missed once while the whole suite ran).
+    cluster.distributor_lease_ttl_ms = 6000;
     cluster.start_distributor(2)?;
     let meta = firetower_net::MetaClient::new(
         cluster.metastore.clone(),

@@ -280,3 +280,171 @@ async fn a_burst_of_upgrades_from_one_address_stops_at_its_limit() -> Result<()>
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Before: the distributor's API took any caller, and the forwarded path between
+/// distributors was gated by a header anyone could set (so a caller could forge route tags,
+/// message ids and forward keys). Now every call needs an API key with the right scope;
+/// distributors reach each other with a `member` key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distributor_api_needs_a_key_with_the_right_scope() -> Result<()> {
+    use firetower_distributor::api::hash_key;
+    use firetower_distributor::{ApiAuthConfig, ApiKeyEntry, Scope};
+    let dir = tempfile::tempdir()?;
+    let member_file = dir.path().join("member.key");
+    std::fs::write(&member_file, "member-secret-0123456789")?;
+    let entry = |name: &str, key: &str, scopes: Vec<Scope>| ApiKeyEntry {
+        name: name.into(),
+        sha256: hash_key(key),
+        scopes,
+    };
+    let cluster = Cluster::start_with(
+        2,
+        1,
+        EdgeTuning {
+            api: ApiAuthConfig {
+                allow_unauthenticated: false,
+                keys: vec![
+                    entry("backend", "backend-secret", vec![Scope::Publish]),
+                    entry("ops", "ops-secret", vec![Scope::Admin]),
+                    entry("cluster", "member-secret-0123456789", vec![Scope::Member]),
+                ],
+                member_key_file: Some(member_file),
+            },
+            // The harness's clients publish (and the probes go through both
+            // distributors, so forwarding with the member key is exercised too).
+            api_key: Some("backend-secret".into()),
+            ..EdgeTuning::default()
+        },
+    )
+    .await?;
+    cluster.wait_ready(READY).await?;
+    let addr = cluster.distributors[&1].addr.clone();
+    let client = |key: Option<&str>| {
+        let addr = addr.clone();
+        let key = key.map(str::to_string);
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?;
+            let key = match key {
+                Some(k) => firetower_net::ApiKey::new("key", &k)?,
+                None => firetower_net::ApiKey::none(),
+            };
+            anyhow::Ok(dpb::distributor_client::DistributorClient::with_interceptor(channel, key))
+        }
+    };
+    let publish = dpb::PublishRequest {
+        topic: "t".into(),
+        data: "1".into(),
+    };
+    let forged_forward = dpb::ForwardBatchRequest {
+        runs: vec![dpb::ForwardRun {
+            topic: "t".into(),
+            origin: 2,
+            incarnation: 1,
+            messages: vec![dpb::ForwardedMessage {
+                key: 1,
+                route_tag: 0,
+                msg_id: 7,
+                data: "\"forged\"".into(),
+            }],
+        }],
+    };
+    let cases: Vec<(&str, tonic::Status, tonic::Code, &str)> = vec![
+        (
+            "publish without a key",
+            client(None)
+                .await?
+                .publish(publish.clone())
+                .await
+                .unwrap_err(),
+            tonic::Code::Unauthenticated,
+            "missing API key",
+        ),
+        (
+            "publish with an unknown key",
+            client(Some("guess"))
+                .await?
+                .publish(publish.clone())
+                .await
+                .unwrap_err(),
+            tonic::Code::Unauthenticated,
+            "unknown API key",
+        ),
+        (
+            "kick with a publish key",
+            client(Some("backend-secret"))
+                .await?
+                .kick_user(dpb::KickUserRequest {
+                    user_id: "u".into(),
+                })
+                .await
+                .unwrap_err(),
+            tonic::Code::PermissionDenied,
+            "the API key \"backend\" lacks the admin scope",
+        ),
+        (
+            "a forged forward with a publish key",
+            client(Some("backend-secret"))
+                .await?
+                .forward_batch(forged_forward.clone())
+                .await
+                .unwrap_err(),
+            tonic::Code::PermissionDenied,
+            "the API key \"backend\" lacks the member scope",
+        ),
+        (
+            "a forged forward without a key",
+            client(None)
+                .await?
+                .forward_batch(forged_forward)
+                .await
+                .unwrap_err(),
+            tonic::Code::Unauthenticated,
+            "missing API key",
+        ),
+        (
+            "a handover without a key",
+            client(None)
+                .await?
+                .handover(dpb::HandoverRequest {
+                    to: 9,
+                    epoch: 1,
+                    slots: vec![1],
+                })
+                .await
+                .unwrap_err(),
+            tonic::Code::Unauthenticated,
+            "missing API key",
+        ),
+    ];
+    for (what, status, code, message) in cases {
+        ensure!(status.code() == code, "{what}: {status}");
+        ensure!(
+            status.message().starts_with(message),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    // The right keys work: a publish through distributor 1 reaches a subscriber whatever
+    // distributor owns the topic, and the admin key kicks.
+    let mut sub = Client::connect(cluster.edge_addr(1)).await?;
+    sub.subscribe(&["t".to_string()]).await?;
+    let reply = client(Some("backend-secret"))
+        .await?
+        .publish(publish)
+        .await?;
+    ensure!(reply.get_ref().seq > 0);
+    match sub.next_frame(Duration::from_secs(5)).await? {
+        Some(Frame::Publish { topic, data, .. }) if topic == "t" && data == "1" => {}
+        other => bail!("expected the publish, got {other:?}"),
+    }
+    client(Some("ops-secret"))
+        .await?
+        .kick_user(dpb::KickUserRequest {
+            user_id: "nobody".into(),
+        })
+        .await?;
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -74,6 +74,10 @@ struct Args {
     /// The client token to connect with (the `client token:` line of `firetower dev`).
     #[arg(long)]
     token: Option<String>,
+    /// A file holding the API key for the distributors (the `api key file:` line of
+    /// `firetower dev`).
+    #[arg(long)]
+    api_key_file: Option<std::path::PathBuf>,
     #[arg(long)]
     subscribers: Option<usize>,
     #[arg(long)]
@@ -367,7 +371,7 @@ async fn publisher(
         return Ok(0);
     }
     let addr = &distributors[j % distributors.len()];
-    let mut grpc = dpb::distributor_client::DistributorClient::connect(format!("http://{addr}"))
+    let mut grpc = firetower_benches::rawws::grpc_client(addr)
         .await?
         .max_decoding_message_size(64 << 20);
     let mut ws = if plan.publish == PublishMode::Ws {
@@ -515,6 +519,10 @@ fn start_dev(binary: &str) -> Result<DevServer> {
         if let Some(token) = line.strip_prefix("client token: ") {
             let _ = firetower_benches::rawws::TOKEN.set(token.to_string());
         }
+        if let Some(path) = line.strip_prefix("api key file: ") {
+            let key = firetower_net::ApiKey::from_file("api key file", path.as_ref())?;
+            let _ = firetower_benches::rawws::API_KEY.set(key);
+        }
         if line == "ready" {
             return Ok(server);
         }
@@ -528,6 +536,10 @@ async fn main() -> Result<()> {
     let plan = Arc::new(plan(&args));
     if let Some(token) = &args.token {
         let _ = firetower_benches::rawws::TOKEN.set(token.clone());
+    }
+    if let Some(path) = &args.api_key_file {
+        let key = firetower_net::ApiKey::from_file("--api-key-file", path)?;
+        let _ = firetower_benches::rawws::API_KEY.set(key);
     }
     let _dev = match &args.start_dev {
         Some(binary) => Some(start_dev(binary)?),

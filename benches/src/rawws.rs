@@ -32,6 +32,29 @@ pub enum Incoming<'a> {
 /// `client token:` line of the `firetower dev` it started); none: anonymous.
 pub static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The API key every gRPC call of this process presents (`--api-key-file`, or the
+/// `api key file:` of the `firetower dev` it started); none: no key.
+pub static API_KEY: std::sync::OnceLock<firetower_net::ApiKey> = std::sync::OnceLock::new();
+
+/// A distributor client presenting [`API_KEY`].
+pub async fn grpc_client(
+    addr: &str,
+) -> Result<
+    firetower_proto::distributor::v1::distributor_client::DistributorClient<
+        firetower_net::KeyedChannel,
+    >,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let key = API_KEY.get().cloned().unwrap_or_default();
+    Ok(
+        firetower_proto::distributor::v1::distributor_client::DistributorClient::with_interceptor(
+            channel, key,
+        ),
+    )
+}
+
 /// The WebSocket path, with the token if there is one.
 pub fn ws_path() -> String {
     match TOKEN.get() {

@@ -72,7 +72,7 @@ fn topic_of(i: usize, topics: usize) -> String {
 }
 
 async fn publish(
-    grpc: &mut dpb::distributor_client::DistributorClient<tonic::transport::Channel>,
+    grpc: &mut dpb::distributor_client::DistributorClient<firetower_net::KeyedChannel>,
     topic: &str,
     n: u64,
     size: usize,
@@ -218,9 +218,7 @@ async fn come_back(
 }
 
 pub async fn run(plan: RecoveryPlan) -> Result<RecoveryReport> {
-    let mut grpc =
-        dpb::distributor_client::DistributorClient::connect(format!("http://{}", plan.distributor))
-            .await?;
+    let mut grpc = firetower_benches::rawws::grpc_client(&plan.distributor).await?;
     // Phase 1: everyone subscribed on the first edge and holding a position.
     const WARM: u64 = 10;
     let subscribed = Arc::new(Barrier::new(plan.subscribers + 1));

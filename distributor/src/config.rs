@@ -53,6 +53,8 @@ pub struct Config {
     /// topic (a split topic's sub-topics by their base name) decides; at most
     /// [`MAX_HISTORY_RULES`].
     pub history_rules: Vec<HistoryRule>,
+    /// Who may call the gRPC API: API keys and their scopes (docs/security.md).
+    pub api: crate::api::ApiAuthConfig,
 }
 
 /// The most rules in `history_rules` (each topic is matched against them once, when its
@@ -218,12 +220,14 @@ impl Default for Config {
             hot: HotPolicy::default(),
             history: HistoryPolicy::default(),
             history_rules: Vec::new(),
+            api: crate::api::ApiAuthConfig::default(),
         }
     }
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.api.validate()?;
         if self.id == 0 {
             return Err(ConfigError::new("id", "must be non-zero"));
         }
@@ -370,6 +374,10 @@ mod tests {
             metastore: vec!["127.0.0.1:7101".into()],
             grpc_advertise: "127.0.0.1:6667".into(),
             quic_advertise: "127.0.0.1:6666".into(),
+            api: crate::api::ApiAuthConfig {
+                allow_unauthenticated: true,
+                ..Default::default()
+            },
             ..Config::default()
         }
     }
@@ -381,6 +389,10 @@ mod tests {
             metastore: vec!["127.0.0.1:7101".into()],
             grpc_advertise: "127.0.0.1:6667".into(),
             quic_advertise: "127.0.0.1:6666".into(),
+            api: crate::api::ApiAuthConfig {
+                allow_unauthenticated: true,
+                ..Default::default()
+            },
             ..Config::default()
         };
         assert_eq!(ok.validate(), Ok(()));

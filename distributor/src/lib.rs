@@ -10,12 +10,14 @@
 //! Relay stream I/O, TLS material and the metastore client come from `firetower-net`.
 //! - [`config`], [`error`].
 
+pub mod api;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod node;
 pub mod service;
 
+pub use api::{ApiAuthConfig, ApiKeyEntry, Scope};
 pub use config::Config;
 pub use error::{ConfigError, NodeError, TlsError};
 pub use node::{run, run_udp, run_udp_with_counters, run_with_counters, Counters};

@@ -303,6 +303,10 @@ pub(crate) struct Shared<C: Connector> {
     state: Mutex<State>,
     pub(crate) peers: Channels<C>,
     pub(crate) counters: Arc<Counters>,
+    /// Checks every gRPC call's API key.
+    pub(crate) api: crate::api::ApiAuth,
+    /// What this node presents on its calls to other distributors.
+    pub(crate) member_key: firetower_net::ApiKey,
     next_generation: AtomicU64,
     pub(crate) kicks: Kicks,
     /// Wakes the timer task when the core's next timeout may have moved.
@@ -572,8 +576,9 @@ async fn forward<C: Connector>(
     let results = match shared.peers.get(&addr) {
         Err(reason) => vec![ForwardResult::NotSent(reason); attempts.len()],
         Ok(channel) => {
-            let mut client = DistributorClient::new(channel)
-                .max_encoding_message_size(crate::service::FORWARD_CALL_BYTES);
+            let mut client =
+                DistributorClient::with_interceptor(channel, shared.member_key.clone())
+                    .max_encoding_message_size(crate::service::FORWARD_CALL_BYTES);
             let timeout = shared.config.rpc_timeout();
             let request = with_timeout(forward_request(runs), timeout);
             // The deadline is enforced here too, not only announced to the server: a reply
@@ -610,8 +615,9 @@ async fn handover<C: Connector>(
     let answer = match shared.peers.get(&addr) {
         Err(reason) => Err(reason),
         Ok(channel) => {
-            let mut client = DistributorClient::new(channel)
-                .max_decoding_message_size(crate::service::HANDOVER_REPLY_BYTES);
+            let mut client =
+                DistributorClient::with_interceptor(channel, shared.member_key.clone())
+                    .max_decoding_message_size(crate::service::HANDOVER_REPLY_BYTES);
             let timeout = shared.config.rpc_timeout();
             let request = with_timeout(
                 firetower_proto::distributor::v1::HandoverRequest {
@@ -703,6 +709,10 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     config.validate()?;
+    let member_key = firetower_net::ApiKey::from_optional_file(
+        "api.member_key_file",
+        config.api.member_key_file.as_deref(),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (proposals_tx, mut proposals_rx) = mpsc::unbounded_channel::<HotProposal>();
     let mut core =
@@ -723,6 +733,8 @@ where
         }),
         peers: Channels::new(connector.clone()),
         counters,
+        api: crate::api::ApiAuth::new(&config.api),
+        member_key,
         next_generation: AtomicU64::new(1),
         kicks: Kicks::default(),
         timer: Notify::new(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_net::Connector;
+use firetower_net::{Connector, KeyedChannel};
 use firetower_proto::client::validate_json_data;
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
@@ -28,6 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::api::Scope;
 use crate::core::{ForwardRun, Outcome, Position, PublishError, RunOutcome};
 use crate::node::Shared;
 
@@ -136,7 +137,7 @@ fn check_data(shared: &Shared<impl Connector>, prefix: &str, data: &[u8]) -> Res
 pub(crate) fn peer<C: Connector>(
     shared: &Shared<C>,
     owner: u64,
-) -> Option<DistributorClient<tonic::transport::Channel>> {
+) -> Option<DistributorClient<KeyedChannel>> {
     let addr = {
         let state = shared.lock();
         state
@@ -146,7 +147,10 @@ pub(crate) fn peer<C: Connector>(
             .to_string()
     };
     let channel = shared.peers.get(&addr).ok()?;
-    Some(DistributorClient::new(channel).max_encoding_message_size(FORWARD_CALL_BYTES))
+    Some(
+        DistributorClient::with_interceptor(channel, shared.member_key.clone())
+            .max_encoding_message_size(FORWARD_CALL_BYTES),
+    )
 }
 
 /// The `ForwardBatch` request carrying `runs`, in order.
@@ -500,6 +504,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<Streaming<dpb::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        self.shared.api.check(&request, &[Scope::Publish])?;
         let requests = request.into_inner();
         // Replies wait here while the client is slow to read them; past this bound the
         // stream stops reading requests too.
@@ -514,6 +519,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::PublishRequest>,
     ) -> Result<Response<dpb::PublishReply>, Status> {
+        self.shared.api.check(&request, &[Scope::Publish])?;
         let m = request.into_inner();
         check_message(&self.shared, "", &m)?;
         let positions = publish(&self.shared, &m.topic, vec![m.data]).await?;
@@ -527,6 +533,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::PublishBatchRequest>,
     ) -> Result<Response<dpb::PublishBatchReply>, Status> {
+        self.shared.api.check(&request, &[Scope::Publish])?;
         let batch = request.into_inner();
         let max = self.shared.config.max_batch;
         if batch.messages.len() > max {
@@ -604,6 +611,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::ForwardBatchRequest>,
     ) -> Result<Response<dpb::ForwardBatchReply>, Status> {
+        self.shared.api.check(&request, &[Scope::Member])?;
         let request = request.into_inner();
         // A run is at most a batch (one op's messages); a call carries a step's runs to this
         // owner (a group of a topic's ops, bounded by `core::GROUP_COPIES`, or a split
@@ -699,6 +707,13 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::HistoryRequest>,
     ) -> Result<Response<dpb::HistoryReply>, Status> {
+        // The owner-only form is what distributors ask each other.
+        let scopes: &[Scope] = if request.get_ref().forwarded {
+            &[Scope::Member]
+        } else {
+            &[Scope::Publish, Scope::Member]
+        };
+        self.shared.api.check(&request, scopes)?;
         let dpb::HistoryRequest {
             topic,
             since,
@@ -780,6 +795,12 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::TopicStatusRequest>,
     ) -> Result<Response<dpb::TopicStatusReply>, Status> {
+        let scopes: &[Scope] = if request.get_ref().owner_only {
+            &[Scope::Member]
+        } else {
+            &[Scope::Publish, Scope::Member]
+        };
+        self.shared.api.check(&request, scopes)?;
         let dpb::TopicStatusRequest { topic, owner_only } = request.into_inner();
         let valid = if owner_only {
             validate_route_topic(&topic)
@@ -843,6 +864,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::HandoverRequest>,
     ) -> Result<Response<dpb::HandoverReply>, Status> {
+        self.shared.api.check(&request, &[Scope::Member])?;
         let request = request.into_inner();
         if request.to == 0 || request.epoch == 0 {
             return Err(Status::invalid_argument("to and epoch must be non-zero"));
@@ -876,6 +898,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         &self,
         request: Request<dpb::KickUserRequest>,
     ) -> Result<Response<dpb::KickUserReply>, Status> {
+        self.shared.api.check(&request, &[Scope::Admin])?;
         let user_id = request.into_inner().user_id;
         if user_id.is_empty() || user_id.len() > 256 {
             return Err(Status::invalid_argument("user_id: must be 1 to 256 bytes"));

@@ -100,6 +100,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// How clients authenticate: JWT keys, anonymous access, allowed origins.
     pub auth: crate::auth::AuthConfig,
+    /// The API key (a file) this edge presents to the distributors' gRPC API, for the
+    /// demo page's `/api/topic` (a `member` or `publish` key of theirs).
+    pub distributor_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -134,6 +137,7 @@ impl Default for Config {
             max_connections_per_ip: 16_384,
             shutdown_grace_ms: 5000,
             auth: crate::auth::AuthConfig::default(),
+            distributor_key_file: None,
         }
     }
 }

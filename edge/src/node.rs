@@ -72,6 +72,8 @@ pub(crate) struct Edge<C: Connector> {
     pub(crate) auth: ClientAuth,
     /// The connection limits (edge-wide and per address).
     pub(crate) admission: Admission,
+    /// What this edge presents on its gRPC calls to distributors.
+    pub(crate) distributor_key: firetower_net::ApiKey,
     pub(crate) counters: Arc<Counters>,
     /// The decisions. Its lock is held only to run one input and its outputs.
     core: Mutex<EdgeCore>,
@@ -373,12 +375,17 @@ where
 {
     config.validate()?;
     let auth = ClientAuth::from_config(&config.auth)?;
+    let distributor_key = firetower_net::ApiKey::from_optional_file(
+        "distributor_key_file",
+        config.distributor_key_file.as_deref(),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (hot_ack_tx, hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
     let edge = Arc::new(Edge {
         hooks,
         auth,
         admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+        distributor_key,
         core: Mutex::new(
             EdgeCore::new(
                 config.id,

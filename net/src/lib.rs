@@ -6,6 +6,7 @@
 //! connections.
 //!
 //! # Layout
+//! - [`api_key`]: the API key a gRPC caller presents to a distributor.
 //! - [`connect`]: the [`Connector`] the simulator injects, the per-address [`Channels`]
 //!   cache, and [`accept_nodelay`] for gRPC servers.
 //! - `tls` (feature `relay`): certificates for the relay (and a throwaway CA for `dev` and tests).
@@ -16,6 +17,7 @@
 //! - [`tasks`]: the tasks a node spawned, so its `run` returns only once they have ended.
 //! - [`error`]: [`ConfigError`], [`TlsError`].
 
+pub mod api_key;
 pub mod connect;
 pub mod error;
 pub mod meta_client;
@@ -26,6 +28,7 @@ pub mod tasks;
 #[cfg(feature = "relay")]
 pub mod tls;
 
+pub use api_key::{ApiKey, KeyedChannel};
 pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
 pub use error::{ConfigError, TlsError};
 pub use meta_client::{spawn_membership, spawn_watch, LeaseConfirmed, MetaClient, Registration};

@@ -468,7 +468,11 @@ mod tests {
 
     #[test]
     fn data_nested_deeper_than_the_limit_is_refused_with_the_reason() {
-        let ok = format!("{}{}", "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
         assert_eq!(validate_json_data(ok.as_bytes()), Ok(()));
         let over = MAX_JSON_DEPTH + 1;
         let deep = format!("{}1{}", "[".repeat(over), "]".repeat(over));
@@ -501,8 +505,6 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_name("nope"), None);
     }
-
-    use super::*;
 
     #[test]
     fn parses_the_original_client_frames() {

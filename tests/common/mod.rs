@@ -77,6 +77,11 @@ pub struct Cluster {
     publish_retry_ms: u64,
     /// The path `wait_ready`'s probes connect to (with a token when the edges need one).
     pub probe_path: String,
+    /// The lease TTL of the distributors started from now on.
+    pub distributor_lease_ttl_ms: u64,
+    /// The distributors' API keys, and the key the harness's own clients present.
+    api: firetower_distributor::ApiAuthConfig,
+    pub api_key: firetower_net::ApiKey,
 }
 
 pub struct EdgeTuning {
@@ -94,6 +99,10 @@ pub struct EdgeTuning {
     /// The token `wait_ready`'s probes present, when `auth` needs one.
     pub probe_token: Option<String>,
     pub max_connections_per_ip: usize,
+    /// The distributors' API keys (open to every caller unless a test says otherwise), and
+    /// the key the harness's clients (and the edges, for TopicStatus) present.
+    pub api: firetower_distributor::ApiAuthConfig,
+    pub api_key: Option<String>,
 }
 
 impl Default for EdgeTuning {
@@ -111,6 +120,11 @@ impl Default for EdgeTuning {
             },
             probe_token: None,
             max_connections_per_ip: firetower_edge::Config::default().max_connections_per_ip,
+            api: firetower_distributor::ApiAuthConfig {
+                allow_unauthenticated: true,
+                ..Default::default()
+            },
+            api_key: None,
         }
     }
 }
@@ -161,6 +175,12 @@ impl Cluster {
             hot: tuning.hot.clone(),
             lane_queue_bytes: tuning.lane_queue_bytes,
             publish_retry_ms: tuning.publish_retry_ms,
+            api: tuning.api.clone(),
+            distributor_lease_ttl_ms: 1500,
+            api_key: match &tuning.api_key {
+                Some(key) => firetower_net::ApiKey::new("api_key", key)?,
+                None => firetower_net::ApiKey::none(),
+            },
             probe_path: match &tuning.probe_token {
                 Some(token) => format!("/ws?token={token}"),
                 None => "/ws".to_string(),
@@ -188,11 +208,12 @@ impl Cluster {
             grpc_advertise: grpc.local_addr()?.to_string(),
             quic_advertise: udp.local_addr()?.to_string(),
             tls: self.tls(&format!("distributor-{id}"))?,
-            lease_ttl_ms: 1500,
+            lease_ttl_ms: self.distributor_lease_ttl_ms,
             hot: self.hot.clone(),
             lane_queue_bytes: self.lane_queue_bytes,
             lane_hard_bytes: self.lane_queue_bytes * 16,
             publish_retry_ms: self.publish_retry_ms,
+            api: self.api.clone(),
             ..firetower_distributor::Config::default()
         };
         let addr = config.grpc_advertise.clone();
@@ -255,9 +276,15 @@ impl Cluster {
     pub async fn distributor(
         &self,
         id: u64,
-    ) -> Result<DistributorClient<tonic::transport::Channel>> {
+    ) -> Result<DistributorClient<firetower_net::KeyedChannel>> {
         let addr = &self.distributors[&id].addr;
-        Ok(DistributorClient::connect(format!("http://{addr}")).await?)
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        Ok(DistributorClient::with_interceptor(
+            channel,
+            self.api_key.clone(),
+        ))
     }
 
     /// Waits until a publish to a probe topic on `edge` reaches a subscriber there, through

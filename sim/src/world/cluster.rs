@@ -158,6 +158,11 @@ pub(super) fn add_distributor(
         // Small relay lane budgets, so the workload's bursts run into them (backpressure
         // from the edges' lanes to the publishers, under faults).
         lane_queue_bytes: 64 << 10,
+        // The simulation checks delivery, not API keys (tests/security.rs does).
+        api: firetower_distributor::ApiAuthConfig {
+            allow_unauthenticated: true,
+            ..Default::default()
+        },
         ..firetower_distributor::Config::default()
     };
     sim.host(name.as_str(), move || {

@@ -1,0 +1,271 @@
+//! Who may call the distributor's gRPC API: API keys, presented as `authorization: Bearer
+//! <key>`, checked against the SHA-256 hashes in the configuration, each with scopes
+//! (docs/security.md):
+//!
+//! | scope | RPCs |
+//! |---|---|
+//! | `publish` | Publish, PublishBatch, PublishStream, History, TopicStatus |
+//! | `admin` | KickUser |
+//! | `member` | ForwardBatch, Handover, and the owner-only forms of History and TopicStatus: the calls distributors make to each other (and edges make for TopicStatus) |
+//!
+//! The configuration holds only hashes, so it can be read by more people than the keys.
+//! A distributor presents its own `member_key_file` on its calls to other distributors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Publish,
+    Admin,
+    Member,
+}
+
+impl Scope {
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "publish" => Some(Scope::Publish),
+            "admin" => Some(Scope::Admin),
+            "member" => Some(Scope::Member),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Admin => "admin",
+            Scope::Member => "member",
+        }
+    }
+}
+
+/// One accepted key: a name (for logs and errors), the SHA-256 of the key (hex), its scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiKeyEntry {
+    /// `NAME:SCOPE[+SCOPE…]:SHA256HEX`, as `--api-key` takes it and `firetower api-key`
+    /// prints it.
+    pub fn parse(text: &str) -> Result<ApiKeyEntry, ConfigError> {
+        let bad = |why: &str| ConfigError::new("api.keys", format!("{text:?}: {why}"));
+        let mut parts = text.splitn(3, ':');
+        let (Some(name), Some(scopes), Some(sha256)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected NAME:SCOPE[+SCOPE…]:SHA256"));
+        };
+        let scopes = scopes
+            .split('+')
+            .map(|s| Scope::parse(s).ok_or_else(|| bad(&format!("unknown scope {s:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let entry = ApiKeyEntry {
+            name: name.to_string(),
+            sha256: sha256.to_ascii_lowercase(),
+            scopes,
+        };
+        entry.validate()?;
+        Ok(entry)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new("api.keys", "a key needs a name"));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::new(
+                "api.keys",
+                format!("{}: sha256 must be 64 hex digits", self.name),
+            ));
+        }
+        if self.scopes.is_empty() {
+            return Err(ConfigError::new(
+                "api.keys",
+                format!("{}: a key needs at least one scope", self.name),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How callers of the gRPC API authenticate (`[api]` of the distributor's configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiAuthConfig {
+    /// Take calls without a key, in every scope. Off by default.
+    pub allow_unauthenticated: bool,
+    pub keys: Vec<ApiKeyEntry>,
+    /// The key this distributor presents to other distributors (a `member` key of theirs).
+    pub member_key_file: Option<PathBuf>,
+}
+
+impl ApiAuthConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.allow_unauthenticated && self.keys.is_empty() {
+            return Err(ConfigError::new(
+                "api",
+                "no API keys and allow_unauthenticated is false: no backend could publish",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for key in &self.keys {
+            key.validate()?;
+            if !names.insert(&key.name) {
+                return Err(ConfigError::new(
+                    "api.keys",
+                    format!("{}: two keys have this name", key.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The SHA-256 of a key, in hex (what the configuration holds).
+pub fn hash_key(key: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, key.trim().as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new random key: `ftk_` and 32 random bytes in hex.
+pub fn new_key() -> Result<String, ConfigError> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| ConfigError::new("api", "no system randomness"))?;
+    Ok(format!(
+        "ftk_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+/// The check every RPC makes first.
+#[derive(Debug)]
+pub struct ApiAuth {
+    allow_unauthenticated: bool,
+    /// Hash (hex) → (name, scopes).
+    keys: HashMap<String, (String, Vec<Scope>)>,
+}
+
+impl ApiAuth {
+    pub fn new(config: &ApiAuthConfig) -> ApiAuth {
+        ApiAuth {
+            allow_unauthenticated: config.allow_unauthenticated,
+            keys: config
+                .keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.sha256.to_ascii_lowercase(),
+                        (k.name.clone(), k.scopes.clone()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the call's key grants one of `scopes`: `UNAUTHENTICATED` without a known key,
+    /// `PERMISSION_DENIED` with a key that lacks the scope.
+    pub fn check<T>(
+        &self,
+        request: &tonic::Request<T>,
+        scopes: &[Scope],
+    ) -> Result<(), tonic::Status> {
+        if self.allow_unauthenticated {
+            return Ok(());
+        }
+        let Some(header) = request.metadata().get("authorization") else {
+            return Err(tonic::Status::unauthenticated(
+                "missing API key: send metadata authorization: Bearer <key>",
+            ));
+        };
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated("authorization: expected Bearer <key>")
+            })?;
+        let Some((name, granted)) = self.keys.get(&hash_key(key)) else {
+            return Err(tonic::Status::unauthenticated("unknown API key"));
+        };
+        if scopes.iter().any(|s| granted.contains(s)) {
+            return Ok(());
+        }
+        let wanted: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        Err(tonic::Status::permission_denied(format!(
+            "the API key {name:?} lacks the {} scope",
+            wanted.join(" or ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(key: Option<&str>) -> tonic::Request<()> {
+        let mut r = tonic::Request::new(());
+        if let Some(k) = key {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {k}").parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn keys_are_checked_by_hash_and_scope() {
+        let entry = ApiKeyEntry::parse(&format!("backend:publish:{}", hash_key("k1"))).unwrap();
+        let admin = ApiKeyEntry::parse(&format!("ops:publish+admin:{}", hash_key("k2"))).unwrap();
+        let auth = ApiAuth::new(&ApiAuthConfig {
+            keys: vec![entry, admin],
+            ..Default::default()
+        });
+        assert!(auth.check(&call(Some("k1")), &[Scope::Publish]).is_ok());
+        let e = auth.check(&call(Some("k1")), &[Scope::Admin]).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("\"backend\" lacks the admin scope"),
+            "{}",
+            e.message()
+        );
+        assert!(auth.check(&call(Some("k2")), &[Scope::Admin]).is_ok());
+        for key in [None, Some("nope")] {
+            let e = auth.check(&call(key), &[Scope::Publish]).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        }
+    }
+
+    #[test]
+    fn entries_and_config_name_what_is_wrong() {
+        assert!(ApiKeyEntry::parse("a:publish").is_err());
+        assert!(ApiKeyEntry::parse("a:root:00").is_err());
+        assert!(ApiKeyEntry::parse(&format!("a:publish:{}", "z".repeat(64))).is_err());
+        assert_eq!(
+            ApiAuthConfig::default().validate().unwrap_err().field,
+            "api"
+        );
+        let k = ApiKeyEntry::parse(&format!("a:member:{}", hash_key("x"))).unwrap();
+        let twice = ApiAuthConfig {
+            keys: vec![k.clone(), k],
+            ..Default::default()
+        };
+        assert_eq!(twice.validate().unwrap_err().field, "api.keys");
+        assert!(new_key().unwrap().starts_with("ftk_"));
+    }
+}
