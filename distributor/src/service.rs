@@ -110,20 +110,16 @@ fn reply_of(position: &Position) -> dpb::PublishReply {
     }
 }
 
-/// Checks one message; `prefix` names it in a batch (`messages[3].`).
-fn check_message(
-    shared: &Shared<impl Connector>,
-    prefix: &str,
-    m: &dpb::PublishRequest,
-) -> Result<(), Status> {
+/// Checks one message; `prefix` names it in a batch (`messages[3].`). Public for the fuzz
+/// targets (`fuzz/`), which feed it decoded requests of any shape.
+pub fn check_message(max: usize, prefix: &str, m: &dpb::PublishRequest) -> Result<(), Status> {
     validate_topic(&m.topic)
         .map_err(|e| Status::invalid_argument(format!("{prefix}topic: {e}")))?;
-    check_data(shared, prefix, &m.data)
+    check_data(max, prefix, &m.data)
 }
 
-/// Checks one message body: its size and that it is one JSON value.
-fn check_data(shared: &Shared<impl Connector>, prefix: &str, data: &[u8]) -> Result<(), Status> {
-    let max = shared.config.max_data_bytes;
+/// Checks one message body: at most `max` bytes, and one JSON value.
+pub fn check_data(max: usize, prefix: &str, data: &[u8]) -> Result<(), Status> {
     if data.len() > max {
         return Err(Status::invalid_argument(format!(
             "{prefix}data: {} bytes exceeds the limit of {max} bytes",
@@ -420,7 +416,7 @@ async fn stream_batch<C: Connector>(
     for m in batch {
         let checked = validate_topic(&m.topic)
             .map_err(|e| Status::invalid_argument(format!("topic: {e}")))
-            .and_then(|()| check_data(shared, "", &m.data));
+            .and_then(|()| check_data(shared.config.max_data_bytes, "", &m.data));
         if let Err(status) = checked {
             refused.push(stream_error(m.id, &status));
             continue;
@@ -521,7 +517,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
     ) -> Result<Response<dpb::PublishReply>, Status> {
         self.shared.api.check(&request, &[Scope::Publish])?;
         let m = request.into_inner();
-        check_message(&self.shared, "", &m)?;
+        check_message(self.shared.config.max_data_bytes, "", &m)?;
         let positions = publish(&self.shared, &m.topic, vec![m.data]).await?;
         let position = positions
             .first()
@@ -543,7 +539,11 @@ impl<C: Connector> Distributor for DistributorService<C> {
             )));
         }
         for (i, m) in batch.messages.iter().enumerate() {
-            check_message(&self.shared, &format!("messages[{i}]."), m)?;
+            check_message(
+                self.shared.config.max_data_bytes,
+                &format!("messages[{i}]."),
+                m,
+            )?;
         }
         // Each topic's messages are one publish, in batch order (sequenced all or none);
         // different topics go concurrently, so a batch costs about one forward's round trip.
@@ -641,7 +641,11 @@ impl<C: Connector> Distributor for DistributorService<C> {
                         "runs[{r}].messages[{i}].route_tag: a run has one route tag"
                     )));
                 }
-                check_data(&self.shared, &format!("runs[{r}].messages[{i}]."), &m.data)?;
+                check_data(
+                    self.shared.config.max_data_bytes,
+                    &format!("runs[{r}].messages[{i}]."),
+                    &m.data,
+                )?;
             }
             runs.push(ForwardRun {
                 topic: run.topic,

@@ -239,6 +239,17 @@ impl ClientAuth {
         })
     }
 
+    /// Checks HS256 tokens with `secret` (no anonymous access, any origin): for embedding
+    /// with a secret from elsewhere than a file, and for the fuzz targets.
+    pub fn from_hs256_secret(secret: &[u8]) -> ClientAuth {
+        ClientAuth {
+            allow_anonymous: false,
+            dev_secret: None,
+            keys: vec![(DecodingKey::from_secret(secret), Algorithm::HS256)],
+            allowed_origins: vec!["*".into()],
+        }
+    }
+
     /// A dev token for `user` (every topic, 24 hours), if dev tokens are on.
     pub fn dev_token(&self, user: &str) -> Option<String> {
         let secret = self.dev_secret.as_ref()?;
@@ -372,6 +383,14 @@ fn token_of(request: &http::Request<()>) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_string())
+}
+
+/// The upgrade request a client presenting `token` sends (`GET /ws?token=…`), for tests
+/// and the fuzz targets; an error when the token cannot be part of a URI.
+pub fn upgrade_request(token: &str) -> Result<http::Request<()>, http::Error> {
+    http::Request::builder()
+        .uri(format!("/ws?token={token}"))
+        .body(())
 }
 
 /// Makes an HS256 client token (for `firetower token` and `firetower dev`).
