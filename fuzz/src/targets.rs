@@ -1,3 +1,6 @@
+// Each fuzz binary uses one of these; the corpus replay uses them all.
+#![allow(dead_code)]
+
 //! The fuzz targets' bodies: what each feeds the decoder or validator it covers. Shared,
 //! by path, by the libFuzzer binaries (`fuzz/fuzz_targets/`) and the corpus replay that
 //! `cargo test` runs on stable (`tests/fuzz_corpus.rs`). A target passes when nothing
