@@ -178,4 +178,18 @@ pub const SEEDS: &[(u64, &str)] = &[
         850864,
         "per-publisher order: a distributor cut off from the metastore kept sequencing a          slot the metastore had moved to another, so a publisher's later message got an          older epoch and passed its earlier one. Fixed: lease fencing, a distributor          sequences only within a lease TTL of a confirmed heartbeat its view has caught up          with, and a slot taken from a live owner waits a TTL (unit tests          an_owner_sequences_only_within_a_lease_the_metastore_confirmed,          a_slot_taken_from_a_live_owner_waits_a_lease_and_one_from_a_gone_owner_does_not)",
     ),
+    (
+        307474,
+        "per-publisher order on one WebSocket connection: its publishes were in flight to a \
+         topic's old owner and its next one waited for them (the owner had changed); the old \
+         link was lost, and failing the in-flight ones released the waiting one to the new \
+         owner at once, before the connection's 4003 close, so it was sequenced before a \
+         forward of an earlier one. Fixed: a connection left with an unknown outcome has its \
+         waiting publishes dropped before anything is released, and nothing more of it is \
+         sent (unit test a_lost_link_releases_nothing_more_of_the_connections_it_leaves_uncertain)",
+    ),
+    (
+        307547,
+        "the same as 307474, another connection and run",
+    ),
 ];

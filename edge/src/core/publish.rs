@@ -91,6 +91,9 @@ pub struct PublishCounters {
     pub closed_uncertain: u64,
     /// Answers that matched no unanswered publish (late, after a timeout).
     pub unmatched_answers: u64,
+    /// Publishes not sent because their connection was being closed for an unknown
+    /// outcome (they would have overtaken it).
+    pub dropped_closing: u64,
 }
 
 /// The publish state of the edge core.
@@ -107,6 +110,9 @@ pub(super) struct Publishes {
     room: BTreeMap<u64, VecDeque<String>>,
     /// Connections whose reading is paused: the topics of their waiting publishes.
     paused: HashMap<ConnId, Vec<String>>,
+    /// Connections being closed because a publish of theirs has no known outcome: nothing
+    /// more of theirs is sent (until they are gone; bounded by the connections).
+    closing: BTreeSet<ConnId>,
     pub(super) counters: PublishCounters,
 }
 
@@ -120,6 +126,7 @@ impl Default for Publishes {
             topics: HashMap::new(),
             room: BTreeMap::new(),
             paused: HashMap::new(),
+            closing: BTreeSet::new(),
             counters: PublishCounters::default(),
         }
     }
@@ -154,6 +161,12 @@ impl EdgeCore {
         topic: String,
         data: Bytes,
     ) {
+        if self.publishes.closing.contains(&conn) {
+            // Read before its close took effect: sending it could overtake the publish
+            // whose outcome is unknown. The client sees the close (4003), not an answer.
+            self.publishes.counters.dropped_closing += 1;
+            return;
+        }
         let entry = self.publishes.topics.entry(topic.clone()).or_default();
         entry.held.push_back(Held {
             conn,
@@ -216,7 +229,7 @@ impl EdgeCore {
             .remove(&distributor)
             .unwrap_or_default();
         let mut uncertain = BTreeSet::new();
-        for (_, sent) in sent {
+        for sent in sent.values() {
             self.fail_publish(
                 sent.conn,
                 ClientError::new(
@@ -226,6 +239,11 @@ impl EdgeCore {
                 &sent.topic,
             );
             uncertain.insert(sent.conn);
+        }
+        // Before anything waiting is released: a waiting publish of these connections
+        // would otherwise go out by another route at once (sim seeds 307474, 307547).
+        self.stop_uncertain(&uncertain);
+        for sent in sent.values() {
             self.answered(now, distributor, &sent.topic);
         }
         self.close_uncertain(
@@ -245,7 +263,7 @@ impl EdgeCore {
         let distributors: Vec<u64> = self.publishes.links.keys().copied().collect();
         let mut uncertain = BTreeSet::new();
         for distributor in distributors {
-            let mut expired = false;
+            let mut expired = Vec::new();
             while let Some(link) = self.publishes.links.get_mut(&distributor) {
                 // Numbered in sending order: the first is the oldest.
                 let Some(entry) = link.first_entry() else {
@@ -255,7 +273,6 @@ impl EdgeCore {
                     break;
                 }
                 let sent = entry.remove();
-                expired = true;
                 self.publishes.counters.timed_out += 1;
                 self.fail_publish(
                     sent.conn,
@@ -270,8 +287,14 @@ impl EdgeCore {
                     &sent.topic,
                 );
                 uncertain.insert(sent.conn);
-                self.answered(now, distributor, &sent.topic);
+                expired.push(sent.topic);
             }
+            // As for a lost link: nothing of theirs may be released after this.
+            self.stop_uncertain(&uncertain);
+            for topic in &expired {
+                self.answered(now, distributor, topic);
+            }
+            let expired = !expired.is_empty();
             self.close_uncertain(
                 std::mem::take(&mut uncertain),
                 "publish outcome unknown: the distributor did not answer; reconnect",
@@ -284,6 +307,7 @@ impl EdgeCore {
 
     /// A connection is gone: its waiting publishes go with it.
     pub(super) fn publishes_disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.publishes.closing.remove(&conn);
         let Some(topics) = self.publishes.paused.remove(&conn) else {
             return;
         };
@@ -451,6 +475,26 @@ impl EdgeCore {
                 code: CLOSE_PUBLISH_UNCERTAIN,
                 reason: reason.to_string(),
             });
+        }
+    }
+
+    /// These connections are to be closed for a publish with no known outcome: their
+    /// waiting publishes leave the queues unsent, and what they publish until they are gone
+    /// is dropped ([`PublishCounters::dropped_closing`]).
+    fn stop_uncertain(&mut self, conns: &BTreeSet<ConnId>) {
+        for &conn in conns {
+            self.publishes.closing.insert(conn);
+            // Each waiting publish pauses its connection, so `paused` lists its topics.
+            let Some(topics) = self.publishes.paused.remove(&conn) else {
+                continue;
+            };
+            for topic in topics {
+                if let Some(entry) = self.publishes.topics.get_mut(&topic) {
+                    let before = entry.held.len();
+                    entry.held.retain(|h| h.conn != conn);
+                    self.publishes.counters.dropped_closing += (before - entry.held.len()) as u64;
+                }
+            }
         }
     }
 

@@ -762,6 +762,49 @@ fn publishes_beyond_the_in_flight_bound_pause_their_publishers_until_answers_mak
     assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 11 }));
 }
 
+/// Sim seeds 307474 and 307547: a connection's publishes were in flight to the topic's old
+/// owner and its next one waited for them (the owner had changed). The old link was lost:
+/// failing the in-flight ones released the waiting one to the new owner at once, before
+/// the connection's close, and it was sequenced before a forward of an earlier one.
+#[test]
+fn a_lost_link_releases_nothing_more_of_the_connections_it_leaves_uncertain() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_link_up(2);
+    drain(&mut core);
+    publish(&mut core, now, 10, "chat", "1");
+    assert_eq!(publishes(&drain(&mut core)).len(), 1);
+    move_slot(&mut core, "chat", 2, 9);
+    drain(&mut core);
+    publish(&mut core, now, 10, "chat", "2");
+    publish(&mut core, now, 11, "chat", "x");
+    assert_eq!(
+        drain(&mut core),
+        vec![
+            Output::PauseReads { conn: 10 },
+            Output::PauseReads { conn: 11 }
+        ]
+    );
+    core.handle_link_down(now, 1);
+    let out = drain(&mut core);
+    // "2" is not sent (10 is closed instead); 11's publish goes to the new owner.
+    assert_eq!(publishes(&out), vec![(2, 2, "chat".into(), "x".into())]);
+    assert!(out.contains(&Output::Close {
+        conn: 10,
+        code: crate::sessions::CLOSE_PUBLISH_UNCERTAIN,
+        reason: "publish outcome unknown: the relay link was lost; reconnect".into()
+    }));
+    assert_eq!(core.publish_counters().dropped_closing, 1);
+    // Once 10 is gone, a new connection publishes as usual.
+    core.handle_disconnect(now, 10);
+    drain(&mut core);
+    publish(&mut core, now, 13, "chat", "3");
+    assert_eq!(
+        publishes(&drain(&mut core)),
+        vec![(2, 3, "chat".into(), "3".into())]
+    );
+}
+
 #[test]
 fn an_owner_change_holds_a_topics_publishes_until_the_old_owner_answered() {
     let now = Instant::now();
@@ -840,18 +883,22 @@ fn a_lost_link_fails_its_unanswered_publishes_and_closes_their_connections_and_n
             Output::ResumeReads { conn: 11 },
         ]
     );
+    // 10 is being closed: what it still sends before the close takes effect goes nowhere.
     publish(&mut core, now, 10, "chat", "3");
+    assert_eq!(drain(&mut core), vec![]);
+    assert_eq!(core.publish_counters().dropped_closing, 1);
+    publish(&mut core, now, 12, "chat", "3");
     assert_eq!(
         drain(&mut core),
         vec![Output::PublishFailed {
-            conn: 10,
+            conn: 12,
             error: unreachable
         }]
     );
     // Back up: numbering goes on (an answer meant for the old link matches nothing).
     core.handle_link_up(1);
     drain(&mut core);
-    publish(&mut core, now, 10, "chat", "4");
+    publish(&mut core, now, 12, "chat", "4");
     assert_eq!(
         publishes(&drain(&mut core)),
         vec![(1, 2, "chat".into(), "4".into())]
