@@ -131,13 +131,40 @@ impl ApiAuthConfig {
     }
 }
 
+/// The SHA-256 of a key.
+fn digest_of(key: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, key.trim().as_bytes()).as_ref(),
+    );
+    out
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The digest a configured hash (64 hex digits, checked by `validate`) stands for.
+fn digest_from_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The SHA-256 of a key, in hex (what the configuration holds).
 pub fn hash_key(key: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, key.trim().as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&digest_of(key))
 }
 
 /// A new random key: `ftk_` and 32 random bytes in hex.
@@ -145,18 +172,16 @@ pub fn new_key() -> Result<String, ConfigError> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| ConfigError::new("api", "no system randomness"))?;
-    Ok(format!(
-        "ftk_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("ftk_{}", hex(&bytes)))
 }
 
 /// The check every RPC makes first.
 #[derive(Debug)]
 pub struct ApiAuth {
     allow_unauthenticated: bool,
-    /// Hash (hex) → (name, scopes).
-    keys: HashMap<String, (String, Vec<Scope>)>,
+    /// SHA-256 of the key → (name, scopes). A call costs one digest and one lookup, no
+    /// allocation.
+    keys: HashMap<[u8; 32], (String, Vec<Scope>)>,
 }
 
 impl ApiAuth {
@@ -166,11 +191,10 @@ impl ApiAuth {
             keys: config
                 .keys
                 .iter()
-                .map(|k| {
-                    (
-                        k.sha256.to_ascii_lowercase(),
-                        (k.name.clone(), k.scopes.clone()),
-                    )
+                .filter_map(|k| {
+                    // `validate` refused any other shape before a node starts.
+                    let digest = digest_from_hex(&k.sha256)?;
+                    Some((digest, (k.name.clone(), k.scopes.clone())))
                 })
                 .collect(),
         }
@@ -201,7 +225,7 @@ impl ApiAuth {
             .ok_or_else(|| {
                 tonic::Status::unauthenticated("authorization: expected Bearer <key>")
             })?;
-        let Some((name, granted)) = self.keys.get(&hash_key(key)) else {
+        let Some((name, granted)) = self.keys.get(&digest_of(key)) else {
             return Err(tonic::Status::unauthenticated("unknown API key"));
         };
         if scopes.iter().any(|s| granted.contains(s)) {
