@@ -347,6 +347,7 @@ async fn the_distributor_api_needs_a_key_with_the_right_scope() -> Result<()> {
                 route_tag: 0,
                 msg_id: 7,
                 data: "\"forged\"".into(),
+                ..dpb::ForwardedMessage::default()
             }],
         }],
     };

@@ -160,11 +160,22 @@ pub(crate) fn forward_request(runs: Vec<ForwardRun>) -> dpb::ForwardBatchRequest
             messages: run
                 .messages
                 .into_iter()
-                .map(|(key, msg_id, data)| dpb::ForwardedMessage {
-                    key,
-                    route_tag: run.route_tag,
-                    msg_id,
-                    data,
+                .zip(
+                    run.canon
+                        .into_iter()
+                        .map(Some)
+                        .chain(std::iter::repeat(None)),
+                )
+                .map(|((key, msg_id, data), canon)| {
+                    let (canon_epoch, canon_seq) = canon.unwrap_or((0, 0));
+                    dpb::ForwardedMessage {
+                        key,
+                        route_tag: run.route_tag,
+                        msg_id,
+                        data,
+                        canon_epoch,
+                        canon_seq,
+                    }
                 })
                 .collect(),
         })
@@ -647,6 +658,18 @@ impl<C: Connector> Distributor for DistributorService<C> {
                     &m.data,
                 )?;
             }
+            // A run of a sub-topic carries every message's position in its topic's
+            // stream; a run of the topic itself none.
+            let canon: Vec<(u64, u64)> = run
+                .messages
+                .iter()
+                .map(|m| (m.canon_epoch, m.canon_seq))
+                .collect();
+            let canon = if canon.iter().all(|c| *c == (0, 0)) {
+                Vec::new()
+            } else {
+                canon
+            };
             runs.push(ForwardRun {
                 topic: run.topic,
                 origin: run.origin,
@@ -657,6 +680,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
                     .into_iter()
                     .map(|m| (m.key, m.msg_id, m.data))
                     .collect(),
+                canon,
             });
         }
         // Room on the lanes toward the runs' subscribers, then every run in one step, in
@@ -729,26 +753,17 @@ impl<C: Connector> Distributor for DistributorService<C> {
             0 => MAX_HISTORY_LIMIT,
             n => n.min(MAX_HISTORY_LIMIT),
         };
-        let (answer, owner, split) = {
+        let (answer, owner) = {
             let state = self.shared.lock();
-            let routing = state.core.routing();
-            let split = routing
-                .hot_route(&topic)
-                .is_some_and(|h| h.shards > 0 || !h.committed);
-            let owner = routing.route(slot_of(&topic)).distributor;
+            let owner = state.core.routing().route(slot_of(&topic)).distributor;
+            // A split topic too: its owner numbers every message in the topic's one stream
+            // and keeps its history.
             let answer =
                 state
                     .core
                     .history(&topic, since.as_ref().map(|p| (p.epoch, p.seq)), limit);
-            (answer, owner, split)
+            (answer, owner)
         };
-        if split {
-            // Each sub-topic has its own numbering; one stream for the topic is not built
-            // yet (docs/protocol.md, History).
-            return Err(Status::failed_precondition(format!(
-                "{topic:?} is split into sub-topics; its history is not served yet"
-            )));
-        }
         if answer.current != (0, 0) {
             return Ok(Response::new(dpb::HistoryReply {
                 topic,
@@ -948,6 +963,8 @@ fn handover_reply(answer: crate::core::HandoverAnswer) -> dpb::HandoverReply {
                             msg_id: d.msg_id,
                             route_tag: m.tag,
                             age_ms: m.age_ms,
+                            canon_epoch: d.canon_epoch,
+                            canon_seq: d.canon_seq,
                         }
                     })
                     .collect(),
@@ -984,6 +1001,8 @@ pub(crate) fn handover_answer(
                     data: m.data,
                     msg_id: m.msg_id,
                     route_tag: m.route_tag,
+                    canon_epoch: m.canon_epoch,
+                    canon_seq: m.canon_seq,
                 }),
                 tag: m.route_tag,
                 age_ms: m.age_ms,

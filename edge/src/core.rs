@@ -72,6 +72,9 @@ pub const RECENT_IDS: usize = 4096;
 pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Split topics whose recent message ids are kept after their last local subscriber left.
 pub const DEPARTED_TOPICS: usize = 64;
+/// Deliveries of a split topic kept while a recovery of it waits for its answer (see
+/// [`LocalTopic::record`]): a few seconds of a busy topic.
+pub const RECOVERY_RECORD: usize = 8192;
 /// How often an unanswered hot-topic ack is sent again.
 const HOT_ACK_RESEND: Duration = Duration::from_secs(2);
 
@@ -130,6 +133,35 @@ pub enum Output {
 pub struct MessageTags {
     pub msg_id: u64,
     pub route_tag: u64,
+    /// The message's position in its client topic's stream, numbered by the topic's
+    /// owner: what clients see. For a sub-topic `T#k` it travels with the delivery; for the
+    /// topic's own name it is the delivery's `(epoch, seq)`.
+    pub canon: (u64, u64),
+}
+
+impl MessageTags {
+    /// The tags of a relay delivery.
+    pub fn of(d: &firetower_proto::relay::v1::Deliver) -> Self {
+        let canon = if (d.canon_epoch, d.canon_seq) == (0, 0) {
+            (d.epoch, d.seq)
+        } else {
+            (d.canon_epoch, d.canon_seq)
+        };
+        MessageTags {
+            msg_id: d.msg_id,
+            route_tag: d.route_tag,
+            canon,
+        }
+    }
+}
+
+/// A delivery held by a route (see [`Route::held`]).
+#[derive(Debug, Clone)]
+struct Held {
+    data: Bytes,
+    msg_id: u64,
+    route_tag: u64,
+    canon: (u64, u64),
 }
 
 /// A message to pass to local subscribers: one frame, many connections.
@@ -158,8 +190,8 @@ struct Route {
     name: String,
     /// The hot-entry revision this route was prepared at (0: the topic's first route).
     since: u64,
-    /// Held deliveries: (data, message id, route tag).
-    held: VecDeque<(Bytes, u64, u64)>,
+    /// Held deliveries.
+    held: VecDeque<Held>,
     /// When this route was added (for [`SWITCH_TIMEOUT`]).
     added: Option<Instant>,
     /// Joined while the topic had subscribers here, during a change: its owner replays
@@ -186,13 +218,23 @@ struct LocalTopic {
     /// Connections waiting for the owner's answer to their recovery.
     recovering: BTreeMap<ConnId, recovery::Recovering>,
     routes: VecDeque<Route>,
-    /// Set once the topic has changed route (or was split when it became local): clients
-    /// then get this edge's numbering, `(epoch, seq)` with a new epoch per route change,
-    /// because the owners' sequences of different routes are unrelated. Otherwise the
-    /// owner's `(epoch, seq)` passes through.
-    renumber: bool,
-    /// The last `(epoch, seq)` given to clients.
+    /// The last `(epoch, seq)` given to clients: a position in the topic's stream, which
+    /// its owner numbers (also for a split topic, whose sub-topics carry it; `(0, 0)`
+    /// before the first).
     client_last: (u64, u64),
+    /// Deliveries of a split topic held behind a gap in the topic's stream, by position
+    /// (see [`LocalTopic::pass_in_order`]), at most [`seam::SEAM_BUFFER`].
+    gap: BTreeMap<(u64, u64), (Bytes, u64)>,
+    /// When `gap` began to hold (the core's clock at the last tick).
+    gap_opened: Option<Instant>,
+    /// Connections whose recovery of a split topic was answered up to a position this edge
+    /// had not passed yet: each becomes a recipient just before the first delivery past it.
+    joining: BTreeMap<ConnId, (u64, u64)>,
+    /// What was passed on while a recovery of a split topic waits for its answer (an
+    /// answer can stop short of what this edge passed meanwhile), at most
+    /// [`RECOVERY_RECORD`]; and the newest position dropped from it.
+    record: VecDeque<((u64, u64), Bytes)>,
+    record_dropped: (u64, u64),
     /// Recent message ids (split topics only), oldest first.
     recent: VecDeque<u64>,
     recent_set: HashSet<u64>,
@@ -214,7 +256,8 @@ struct AheadDelivery {
 
 impl LocalTopic {
     fn count(&self) -> u64 {
-        (self.subscribers.len() + self.pending.len() + self.recovering.len()) as u64
+        (self.subscribers.len() + self.pending.len() + self.recovering.len() + self.joining.len())
+            as u64
     }
 
     fn add_subscriber(&mut self, conn: ConnId) {
@@ -231,6 +274,7 @@ impl LocalTopic {
         self.pending.remove(&conn);
         self.positions.remove(&conn);
         self.recovering.remove(&conn);
+        self.joining.remove(&conn);
     }
 
     /// The current subscribers, shared.
@@ -241,15 +285,154 @@ impl LocalTopic {
             .clone()
     }
 
-    /// The message to pass on to the subscribers, if there are any.
+    /// Passes a message on to the subscribers, if there are any: it is the topic's latest.
+    /// A recovered connection waiting for a position before this one joins first; while a
+    /// recovery of a split topic waits for its answer, the frame is kept for it.
     fn fanout(&mut self, topic: &str, text: &str, epoch: u64, seq: u64) -> Option<Fanout> {
+        self.client_last = (epoch, seq);
+        if !self.joining.is_empty() {
+            let due: Vec<ConnId> = self
+                .joining
+                .iter()
+                .filter(|(_, at)| (epoch, seq) > **at)
+                .map(|(c, _)| *c)
+                .collect();
+            for conn in due {
+                self.joining.remove(&conn);
+                self.add_subscriber(conn);
+            }
+        }
+        let recording = !self.recovering.is_empty()
+            && self.recovering.values().any(recovery::Recovering::records);
+        if !recording && !self.record.is_empty() {
+            self.record.clear();
+        }
+        if self.subscribers.is_empty() && !recording {
+            return None;
+        }
+        let frame = delivery_frame(topic, text, epoch, seq);
+        if recording {
+            if self.record.len() >= RECOVERY_RECORD {
+                if let Some((at, _)) = self.record.pop_front() {
+                    self.record_dropped = at;
+                }
+            }
+            self.record.push_back(((epoch, seq), frame.clone()));
+        }
         if self.subscribers.is_empty() {
             return None;
         }
         Some(Fanout {
-            frame: delivery_frame(topic, text, epoch, seq),
+            frame,
             conns: self.recipients(),
         })
+    }
+
+    /// Passes a split topic's message on in its stream's order: at once when it is the
+    /// next one (or the first, or of a newer epoch), with the held ones it lets follow;
+    /// held when it leaves a gap (until the gap fills, [`seam::SEAM_WAIT`] passes or
+    /// [`seam::SEAM_BUFFER`] are held); dropped when it is not newer than the last.
+    /// The sub-topics' owners receive the messages in the stream's order from the topic's
+    /// owner, so a gap is a race (a slot move, a retried run), mostly filled at once.
+    #[allow(clippy::too_many_arguments)]
+    fn pass_in_order(
+        &mut self,
+        topic: &str,
+        pos: (u64, u64),
+        text: &str,
+        data: &Bytes,
+        msg_id: u64,
+        clock: Option<Instant>,
+        counters: &mut CoreCounters,
+        outputs: &mut VecDeque<Output>,
+    ) {
+        let last = self.client_last;
+        if pos <= last {
+            counters.stale_deliveries += 1;
+            return;
+        }
+        let next = last == (0, 0) || pos.0 != last.0 || pos.1 == last.1 + 1;
+        if !next {
+            if self.gap.is_empty() {
+                self.gap_opened = clock;
+            }
+            // A copy of its own, like a route's held delivery.
+            self.gap.insert(pos, (Bytes::copy_from_slice(data), msg_id));
+            if self.gap.len() >= seam::SEAM_BUFFER {
+                counters.seam_gaps_passed += 1;
+                self.release_gap(topic, None, counters, outputs);
+            }
+            return;
+        }
+        // A newer epoch: what the older one still held goes first.
+        if pos.0 != last.0 && !self.gap.is_empty() {
+            self.release_gap(topic, Some(pos), counters, outputs);
+        }
+        if let Some(fanout) = self.fanout(topic, text, pos.0, pos.1) {
+            outputs.push_back(Output::Deliver(fanout));
+        }
+        self.release_following(topic, counters, outputs);
+    }
+
+    /// Passes the held deliveries that follow the last one without a gap.
+    fn release_following(
+        &mut self,
+        topic: &str,
+        counters: &mut CoreCounters,
+        outputs: &mut VecDeque<Output>,
+    ) {
+        while let Some((&pos, _)) = self.gap.first_key_value() {
+            let last = self.client_last;
+            if pos <= last {
+                self.gap.remove(&pos);
+                counters.stale_deliveries += 1;
+                continue;
+            }
+            if pos != (last.0, last.1 + 1) {
+                break;
+            }
+            if let Some((data, _)) = self.gap.remove(&pos) {
+                // Checked to be UTF-8 when it arrived.
+                if let Ok(text) = std::str::from_utf8(&data) {
+                    if let Some(fanout) = self.fanout(topic, text, pos.0, pos.1) {
+                        outputs.push_back(Output::Deliver(fanout));
+                    }
+                }
+            }
+        }
+        if self.gap.is_empty() {
+            self.gap_opened = None;
+        }
+    }
+
+    /// Gives up on the gap: passes every held delivery (below `before`, or all) in order.
+    fn release_gap(
+        &mut self,
+        topic: &str,
+        before: Option<(u64, u64)>,
+        counters: &mut CoreCounters,
+        outputs: &mut VecDeque<Output>,
+    ) {
+        while let Some((&pos, _)) = self.gap.first_key_value() {
+            if before.is_some_and(|b| pos >= b) {
+                break;
+            }
+            let Some((data, _)) = self.gap.remove(&pos) else {
+                break;
+            };
+            if pos <= self.client_last {
+                counters.stale_deliveries += 1;
+                continue;
+            }
+            if let Ok(text) = std::str::from_utf8(&data) {
+                if let Some(fanout) = self.fanout(topic, text, pos.0, pos.1) {
+                    outputs.push_back(Output::Deliver(fanout));
+                }
+            }
+        }
+        if self.gap.is_empty() {
+            self.gap_opened = None;
+        }
     }
 
     /// Remembers `id`; false when it was seen already.
@@ -306,6 +489,9 @@ pub struct CoreCounters {
     pub recoveries: u64,
     pub recoveries_refused: u64,
     pub recovered_deliveries: u64,
+    /// Split-topic recoveries whose answer stopped short of what this edge had passed by
+    /// more than it kept ([`RECOVERY_RECORD`]): the connection missed the difference.
+    pub recovery_record_short: u64,
 }
 
 /// The edge state machine.
@@ -325,10 +511,6 @@ pub struct EdgeCore {
     links: BTreeSet<u64>,
     /// Hot topic → (the `since` acked, when the ack was last sent).
     hot_acks: BTreeMap<String, (u64, Instant)>,
-    /// Split topic → the last client epoch used for it while it was local, so that its
-    /// numbering starts above it when it becomes local again. Only topics with a hot entry
-    /// (bounded by the metastore's hot table).
-    epoch_floor: HashMap<String, u64>,
     /// Recent message ids of split topics that stopped being local, newest last, at most
     /// [`DEPARTED_TOPICS`]: a topic subscribed again soon after gets them back, so a copy
     /// still in flight from before (through the other route, or a replay) is not passed on
@@ -340,6 +522,9 @@ pub struct EdgeCore {
     ahead_topics: BTreeSet<String>,
     /// Route names holding deliveries behind a gap ([`seam`]).
     gapped: BTreeSet<String>,
+    /// Split topics holding deliveries behind a gap in their stream
+    /// ([`LocalTopic::pass_in_order`]); a topic whose gap closed leaves at the next tick.
+    split_gaps: BTreeSet<String>,
     /// The time of the last tick (when a gap opened, for [`seam::SEAM_WAIT`]).
     clock: Option<Instant>,
     /// Recover requests sent and not yet answered (or given up), at most
@@ -369,11 +554,11 @@ impl EdgeCore {
             dirty: BTreeSet::new(),
             links: BTreeSet::new(),
             hot_acks: BTreeMap::new(),
-            epoch_floor: HashMap::new(),
             departed: VecDeque::new(),
             publishes: publish::Publishes::default(),
             ahead_topics: BTreeSet::new(),
             gapped: BTreeSet::new(),
+            split_gaps: BTreeSet::new(),
             clock: None,
             recoveries_in_flight: 0,
             next_recovery: 0,
@@ -413,7 +598,7 @@ impl EdgeCore {
     /// The route names a client topic is received under, for a topic becoming local now:
     /// its own name for a never-split topic; the current route of a split one (both routes
     /// while a change is prepared and not yet committed).
-    fn initial_routes(&self, topic: &str, now: Instant) -> (Vec<Route>, bool) {
+    fn initial_routes(&self, topic: &str, now: Instant) -> Vec<Route> {
         let route = |name: String, since: u64| Route {
             name,
             since,
@@ -423,17 +608,17 @@ impl EdgeCore {
             committed_at: None,
         };
         let Some(hot) = self.routing.hot_route(topic) else {
-            return (vec![route(topic.to_string(), 0)], false);
+            return vec![route(topic.to_string(), 0)];
         };
         let new = edge_route_topic(self.id, topic, hot.shards);
         if hot.committed {
-            return (vec![route(new, hot.since)], true);
+            return vec![route(new, hot.since)];
         }
         let old = edge_route_topic(self.id, topic, hot.prev_shards);
         if old == new {
-            (vec![route(new, hot.since)], true)
+            vec![route(new, hot.since)]
         } else {
-            (vec![route(old, 0), route(new, hot.since)], true)
+            vec![route(old, 0), route(new, hot.since)]
         }
     }
 
@@ -564,7 +749,7 @@ impl EdgeCore {
             }
             mine.insert(topic.clone());
             if !self.topics.contains_key(&topic) {
-                let (routes, renumber) = self.initial_routes(&topic, now);
+                let routes = self.initial_routes(&topic, now);
                 let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
                 let recent = match self.departed.iter().position(|(t, _)| *t == topic) {
                     Some(at) => self.departed.remove(at).map(|(_, r)| r).unwrap_or_default(),
@@ -575,17 +760,6 @@ impl EdgeCore {
                     topic.clone(),
                     LocalTopic {
                         routes: routes.into(),
-                        renumber,
-                        // A fresh numbering starts above every epoch of this view and every
-                        // one this edge used for the topic before.
-                        client_last: (
-                            self.routing.revision().max(
-                                self.epoch_floor
-                                    .get(&topic)
-                                    .map_or(0, |e| e.saturating_add(1)),
-                            ),
-                            0,
-                        ),
                         pending: BTreeMap::from([(conn, now)]),
                         positions: since
                             .get(&topic)
@@ -688,8 +862,6 @@ impl EdgeCore {
             // Tell the owners at once that we no longer need it.
             if let Some(gone) = self.topics.remove(topic) {
                 if self.routing.hot_route(topic).is_some() {
-                    self.epoch_floor
-                        .insert(topic.to_string(), gone.client_last.0);
                     self.departed.retain(|(t, _)| t != topic);
                     if self.departed.len() >= DEPARTED_TOPICS {
                         self.departed.pop_front();
@@ -729,15 +901,10 @@ impl EdgeCore {
     /// frame and who gets it, unless it is stale, a second copy, held for a later route, or
     /// unwanted. `data` is a slice of the relay stream's buffer; it is copied once, into
     /// the client frame (or, when held, into a buffer of its own).
-    fn deliver(
-        &mut self,
-        name: &str,
-        epoch: u64,
-        seq: u64,
-        data: Bytes,
-        tags: MessageTags,
-    ) -> Option<Fanout> {
-        let MessageTags { msg_id, route_tag } = tags;
+    fn deliver(&mut self, name: &str, epoch: u64, seq: u64, data: Bytes, tags: MessageTags) {
+        let MessageTags {
+            msg_id, route_tag, ..
+        } = tags;
         tracing::trace!(
             edge = self.id,
             name,
@@ -749,20 +916,20 @@ impl EdgeCore {
         );
         let Some(route_name) = self.names.get_mut(name) else {
             self.counters.unwanted_deliveries += 1;
-            return None;
+            return;
         };
         if (epoch, seq) <= route_name.last {
             self.counters.stale_deliveries += 1;
-            return None;
+            return;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
             self.counters.bad_deliveries += 1;
-            return None;
+            return;
         };
         route_name.last = (epoch, seq);
         let Some(entry) = self.topics.get_mut(&route_name.base) else {
             self.counters.unwanted_deliveries += 1;
-            return None;
+            return;
         };
         // A delivery routed by a newer view of the topic's hot entry than this edge's
         // (its tag is above the last change this edge knows of) may belong to a route
@@ -799,7 +966,7 @@ impl EdgeCore {
                 let base = route_name.base.clone();
                 self.release_ahead(&base, true);
             }
-            return None;
+            return;
         }
         route_delivery(
             entry,
@@ -809,8 +976,13 @@ impl EdgeCore {
             text,
             &data,
             tags,
+            self.clock,
             &mut self.counters,
-        )
+            &mut self.outputs,
+        );
+        if !entry.gap.is_empty() && !self.split_gaps.contains(&route_name.base) {
+            self.split_gaps.insert(route_name.base.clone());
+        }
     }
 
     /// Passes on (or routes to a held queue) the deliveries of `topic` held because they
@@ -832,7 +1004,7 @@ impl EdgeCore {
             let Ok(text) = std::str::from_utf8(&d.data) else {
                 continue;
             };
-            let fanout = route_delivery(
+            route_delivery(
                 entry,
                 topic,
                 &d.name,
@@ -840,11 +1012,13 @@ impl EdgeCore {
                 text,
                 &d.data,
                 d.tags,
+                self.clock,
                 &mut self.counters,
+                &mut self.outputs,
             );
-            if let Some(fanout) = fanout {
-                self.outputs.push_back(Output::Deliver(fanout));
-            }
+        }
+        if !entry.gap.is_empty() {
+            self.split_gaps.insert(topic.to_string());
         }
         if ahead.is_empty() {
             self.ahead_topics.remove(topic);
@@ -940,15 +1114,12 @@ impl EdgeCore {
             let Some(old) = entry.routes.pop_front() else {
                 return;
             };
-            let mut due: Vec<(Bytes, u64)> = Vec::new();
-            // A new epoch for the clients: the next route's owners number differently.
-            let epoch = entry
-                .client_last
-                .0
-                .saturating_add(1)
-                .max(self.routing.revision());
-            entry.renumber = true;
-            entry.client_last = (epoch, 0);
+            // What the first route held (published by a view that knew the next route) and
+            // what the next one held, in the topic's stream order, each message once: the
+            // positions the topic's owner gave them order both routes' messages alike. (The
+            // first route's are passed too, not only the next's: a message the topic's owner
+            // sent on again under a newer route may have reached the first route alone.)
+            let mut due: Vec<Held> = old.held.into_iter().collect();
             // The new first route passes on what it held, except what was published by a
             // view that knew the route after it: that stays held, like a delivery that
             // arrives now (see `deliver`), because the route after carries it too, in
@@ -957,31 +1128,38 @@ impl EdgeCore {
             let next_since = entry.routes.get(1).map(|r| r.since);
             if let Some(r) = entry.routes.front_mut() {
                 let mut covered = VecDeque::new();
-                for (data, id, tag) in r.held.drain(..) {
-                    if next_since.is_some_and(|since| tag >= since) {
-                        covered.push_back((data, id, tag));
+                for held in r.held.drain(..) {
+                    if next_since.is_some_and(|since| held.route_tag >= since) {
+                        covered.push_back(held);
                     } else {
-                        due.push((data, id));
+                        due.push(held);
                     }
                 }
                 r.held = covered;
             }
-            if !fenced {
-                // Forced: the next route may lack what only the first one got, and the
-                // first may lack what the next got by its owner's replay (sim seed 29).
-                // Merged so that both routes' orders hold (sim seed 79874: a burst's
-                // middle reached only the first route).
-                due = merge_held(old.held, due);
-            }
-            for (data, id) in due {
+            due.sort_by_key(|h| h.canon);
+            for held in due {
                 // Checked to be UTF-8 when it arrived.
-                let Ok(text) = std::str::from_utf8(&data) else {
+                let Ok(text) = std::str::from_utf8(&held.data) else {
                     continue;
                 };
-                if let Some(fanout) = deliver_renumbered(entry, topic, text, id, &mut self.counters)
-                {
-                    self.outputs.push_back(Output::Deliver(fanout));
+                if !entry.first_sight(held.msg_id) {
+                    self.counters.duplicate_deliveries += 1;
+                    continue;
                 }
+                entry.pass_in_order(
+                    topic,
+                    held.canon,
+                    text,
+                    &held.data,
+                    held.msg_id,
+                    self.clock,
+                    &mut self.counters,
+                    &mut self.outputs,
+                );
+            }
+            if !entry.gap.is_empty() {
+                self.split_gaps.insert(topic.to_string());
             }
             if !entry.routes.iter().any(|r| r.name == old.name) {
                 self.remove_name(&old.name);
@@ -1157,6 +1335,7 @@ impl EdgeCore {
     /// publishes left unanswered past the answer timeout.
     pub fn handle_tick(&mut self, now: Instant) {
         self.seam_tick(now);
+        self.split_gap_tick(now);
         self.publishes_tick(now);
         let dirty = std::mem::take(&mut self.dirty);
         for name in dirty {
@@ -1212,6 +1391,30 @@ impl EdgeCore {
         self.ack_hot_routes(now);
     }
 
+    /// Gives up on the gaps in split topics' streams that waited [`seam::SEAM_WAIT`].
+    fn split_gap_tick(&mut self, now: Instant) {
+        if self.split_gaps.is_empty() {
+            return;
+        }
+        let topics: Vec<String> = self.split_gaps.iter().cloned().collect();
+        for topic in topics {
+            let Some(entry) = self.topics.get_mut(&topic) else {
+                self.split_gaps.remove(&topic);
+                continue;
+            };
+            let due = entry
+                .gap_opened
+                .is_none_or(|at| now.saturating_duration_since(at) >= seam::SEAM_WAIT);
+            if !entry.gap.is_empty() && due {
+                self.counters.seam_gaps_passed += 1;
+                entry.release_gap(&topic, None, &mut self.counters, &mut self.outputs);
+            }
+            if entry.gap.is_empty() {
+                self.split_gaps.remove(&topic);
+            }
+        }
+    }
+
     /// Acks every prepared (uncommitted) hot route this edge now receives: at once for a
     /// topic without local subscribers, else once the new route's owner acked our
     /// interest. Unanswered acks are sent again every [`HOT_ACK_RESEND`].
@@ -1254,64 +1457,6 @@ impl EdgeCore {
     }
 }
 
-/// Merges what a forced route switch passes on: `next` (the next route's held deliveries,
-/// in its order) with `first` (what the first route held, in its order), keeping both
-/// orders where they share messages: before each shared message come what either route
-/// held before it. After the last shared message, the first route's rest goes before the
-/// next route's: a publisher's view only moves forward, and what went by the older route
-/// alone was published before what went by the newer route alone. A message in both is
-/// passed once. (Where each route lost what the other has, nothing tells their true order
-/// apart; see docs/hot-topics.md, Limits.)
-fn merge_held(first: VecDeque<(Bytes, u64, u64)>, next: Vec<(Bytes, u64)>) -> Vec<(Bytes, u64)> {
-    let at: HashMap<u64, usize> = first
-        .iter()
-        .enumerate()
-        .map(|(i, (_, id, _))| (*id, i))
-        .collect();
-    let last_shared = next.iter().rposition(|(_, id)| at.contains_key(id));
-    let mut first: Vec<Option<(Bytes, u64)>> = first
-        .into_iter()
-        .map(|(data, id, _)| Some((data, id)))
-        .collect();
-    let mut merged = Vec::with_capacity(first.len() + next.len());
-    let mut taken = 0;
-    let mut next = next.into_iter();
-    let shared_part = last_shared.map_or(0, |i| i + 1);
-    for (data, id) in next.by_ref().take(shared_part) {
-        if let Some(&shared) = at.get(&id) {
-            while taken <= shared {
-                if let Some((d, i)) = first.get_mut(taken).and_then(Option::take) {
-                    if i != id {
-                        merged.push((d, i));
-                    }
-                }
-                taken += 1;
-            }
-        }
-        merged.push((data, id));
-    }
-    merged.extend(first.into_iter().skip(taken).flatten());
-    merged.extend(next);
-    merged
-}
-
-/// Passes a message of a renumbered (split) topic to its subscribers, once per message id.
-fn deliver_renumbered(
-    entry: &mut LocalTopic,
-    topic: &str,
-    text: &str,
-    msg_id: u64,
-    counters: &mut CoreCounters,
-) -> Option<Fanout> {
-    if !entry.first_sight(msg_id) {
-        counters.duplicate_deliveries += 1;
-        return None;
-    }
-    let (epoch, seq) = entry.client_last;
-    entry.client_last = (epoch, seq + 1);
-    entry.fanout(topic, text, epoch, seq + 1)
-}
-
 /// Passes a delivery on to the topic's subscribers, or holds it in the queue of its route
 /// while a route change waits (see [`EdgeCore::deliver`]): the part of the order filter
 /// after the `(epoch, seq)` check and the wait for this edge's view.
@@ -1324,9 +1469,15 @@ fn route_delivery(
     text: &str,
     data: &Bytes,
     tags: MessageTags,
+    clock: Option<Instant>,
     counters: &mut CoreCounters,
-) -> Option<Fanout> {
-    let MessageTags { msg_id, route_tag } = tags;
+    outputs: &mut VecDeque<Output>,
+) {
+    let MessageTags {
+        msg_id,
+        route_tag,
+        canon,
+    } = tags;
     // A name can come back in the list (split, merge, split again before this edge
     // switched): a delivery belongs to the latest route of that name that its tag knew of.
     let at = entry
@@ -1336,7 +1487,7 @@ fn route_delivery(
         .or_else(|| entry.routes.iter().position(|r| r.name == name));
     let Some(at) = at else {
         counters.unwanted_deliveries += 1;
-        return None;
+        return;
     };
     // The first route holds, rather than passes on, what was published by a view that
     // knew the next route: the next route carries it too (publishers send to both, and
@@ -1357,21 +1508,29 @@ fn route_delivery(
         }
         // A copy of its own: a slice of the stream's buffer would keep the whole received
         // packet (batch) alive for as long as the message is held.
-        held.push_back((Bytes::copy_from_slice(data), msg_id, route_tag));
-        return None;
+        held.push_back(Held {
+            data: Bytes::copy_from_slice(data),
+            msg_id,
+            route_tag,
+            canon,
+        });
+        return;
     }
-    if !entry.renumber {
-        // A message routed by a hot-topic view may also come through another route of the
-        // topic (publishers send to both while a change is prepared, and this edge's view
-        // may not show the change yet): remember what passed.
-        if (route_tag > 0 || entry.routes.len() > 1) && !entry.first_sight(msg_id) {
-            counters.duplicate_deliveries += 1;
-            return None;
+    if route_tag == 0 && entry.routes.len() == 1 {
+        // A never-split topic: its owner's order is the lane's ([`seam`] held any gap).
+        if let Some(fanout) = entry.fanout(name, text, epoch, seq) {
+            outputs.push_back(Output::Deliver(fanout));
         }
-        entry.client_last = (epoch, seq);
-        return entry.fanout(name, text, epoch, seq);
+        return;
     }
-    deliver_renumbered(entry, topic, text, msg_id, counters)
+    // A message routed by a hot-topic view may also come through another route of the
+    // topic (the topic's owner sends it on to both while a change is prepared, and again
+    // under a newer route): remember what passed.
+    if !entry.first_sight(msg_id) {
+        counters.duplicate_deliveries += 1;
+        return;
+    }
+    entry.pass_in_order(topic, canon, text, data, msg_id, clock, counters, outputs);
 }
 
 /// Keeps the metastore's list of this edge's slots in step with the local subscriptions:

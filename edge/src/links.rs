@@ -303,16 +303,8 @@ async fn lane_reader<C: Connector>(edge: Arc<Edge<C>>, stream: quinn::RecvStream
                     match frame.frame {
                         Some(Frame::Deliver(d)) => {
                             bytes += d.data.len();
-                            core.handle_deliver(
-                                &d.topic,
-                                d.epoch,
-                                d.seq,
-                                d.data,
-                                MessageTags {
-                                    msg_id: d.msg_id,
-                                    route_tag: d.route_tag,
-                                },
-                            )
+                            let tags = MessageTags::of(&d);
+                            core.handle_deliver(&d.topic, d.epoch, d.seq, d.data, tags)
                         }
                         // A fence can complete a route change: the deliveries it releases
                         // are queued in the core's one output queue ahead of this group's

@@ -126,15 +126,18 @@ pub enum Command {
 /// A change is prepared at revision `since`: publishers send to the old route
 /// (`prev_shards`) and the new one (`shards`) under the route tag `since`, edges join the
 /// new route and ack. When every registered edge has acked (or the ones that had not are
-/// gone) the entry is `committed` and publishers use the new route alone. `shards == 0`
-/// is a merged topic; the entry stays as a tombstone so that a later split gets a higher
-/// `since` than anything a publisher may still hold.
+/// gone) the entry is `committed` and publishers use the new route alone. `shards == 1`
+/// is a merged topic, carried by its one sub-topic `T#0` (the topic's own name is its
+/// numbered stream once it was split); the entry stays so that a later split gets a higher
+/// `since` than anything a publisher may still hold. `prev_shards == 0` is the topic's own
+/// name: the route before the first split.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "HotEntryRepr")]
 pub struct HotEntry {
-    /// Sub-topics of the new route (0: plain).
+    /// Sub-topics of the new route (1: merged, carried by `T#0`).
     pub shards: u32,
-    /// Sub-topics of the route being replaced (0: plain): the last committed route.
+    /// Sub-topics of the route being replaced (0: the topic's own name, before the first
+    /// split): the last committed route.
     pub prev_shards: u32,
     /// The revision that prepared this change; publishers tag their route with it.
     pub since: u64,
@@ -460,6 +463,15 @@ impl MetaState {
         next: u64,
         changes: &mut Vec<pb::Change>,
     ) -> Option<Rejection> {
+        // A merge (0) carries the topic on its one sub-topic `T#0`: once split, a topic's
+        // own name is its stream, numbered by its owner, which sends each message on to the
+        // sub-topics of its route; never a route name again.
+        let shards = match (self.hot_topics.get(topic), shards) {
+            // Never split: nothing to merge.
+            (None, 0) => return None,
+            (_, 0) => 1,
+            (_, n) => n,
+        };
         let prev = match self.hot_topics.get(topic) {
             Some(entry) if entry.shards == shards => return None,
             Some(entry) if entry.committed => entry.shards,
@@ -469,8 +481,6 @@ impl MetaState {
                     since: entry.since,
                 })
             }
-            // Never split: nothing to merge.
-            None if shards == 0 => return None,
             None => 0,
         };
         let mut entry = HotEntry {

@@ -189,6 +189,7 @@ mod tests {
                 msg_id: seq,
                 route_tag: 0,
                 data: bytes::Bytes::from_static(br#"{"hello":"world"}"#),
+                ..Deliver::default()
             })),
         }
     }

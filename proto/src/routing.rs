@@ -165,13 +165,22 @@ impl RoutingTable {
         &self.hot_topics
     }
 
-    /// Where a publish of `topic` goes: the route tag (the revision of the hot entry's last
-    /// change, 0 for a never-split topic) and the topic names to sequence it under. While a change is
-    /// prepared it goes to both the old and the new route.
+    /// Where a publish of `topic` goes first: the topic's own name, sequenced by the owner
+    /// of its slot, under the route tag (the revision of the hot entry's last change, 0 for
+    /// a never-split topic). The owner numbers every message of the topic in one stream and
+    /// fans a split topic's messages out to its sub-topics ([`Self::fanout_route`]).
     pub fn publish_route(&self, topic: &str) -> (u64, Vec<String>) {
-        let Some(hot) = self.hot_topics.get(topic) else {
-            return (0, vec![topic.to_string()]);
-        };
+        let tag = self.hot_topics.get(topic).map_or(0, |h| h.revision);
+        (tag, vec![topic.to_string()])
+    }
+
+    /// The sub-topics the owner of `topic` sends each message on to, after numbering it,
+    /// with the route tag: the current route's, and while a change is prepared the
+    /// previous route's too. `None` for a topic that was never split (its own name is its
+    /// only route). The topic's own name is never among them: a merged topic is carried
+    /// by its one sub-topic `T#0`.
+    pub fn fanout_route(&self, topic: &str) -> Option<(u64, Vec<String>)> {
+        let hot = self.hot_topics.get(topic)?;
         let mut names = route_topics(topic, hot.shards);
         if !hot.committed {
             for name in route_topics(topic, hot.prev_shards) {
@@ -180,7 +189,8 @@ impl RoutingTable {
                 }
             }
         }
-        (hot.revision, names)
+        names.retain(|n| n != topic);
+        (!names.is_empty()).then_some((hot.revision, names))
     }
 
     /// Applies one watch event. Events must come in the order the watch stream sends them.
@@ -460,8 +470,8 @@ mod tests {
         };
         assert_eq!(table.apply(delta).hot, vec!["t"]);
         assert_eq!(
-            table.publish_route("t").0,
-            4,
+            table.fanout_route("t").map(|(tag, _)| tag),
+            Some(4),
             "the commit revision is the route tag"
         );
     }

@@ -163,6 +163,9 @@ pub struct ForwardRun {
     pub route_tag: u64,
     /// `(forward key, message id, data)`, in order.
     pub messages: Vec<(u64, u64, Bytes)>,
+    /// A sub-topic run's messages' positions in their topic's stream, one per message, as
+    /// the topic's owner numbered them (empty for a run of the topic itself).
+    pub canon: Vec<(u64, u64)>,
 }
 
 /// Where a name of an op stands.
@@ -211,6 +214,10 @@ struct Op {
     names: Vec<NameRun>,
     /// The topic is split (or was): the reply carries the shard count.
     split: bool,
+    /// Set once this node, the topic's owner, numbered the messages in the topic's stream
+    /// and sends them on to its sub-topics (`names` are those then): their positions,
+    /// which the sub-topic runs carry and the reply gives.
+    canon: Option<Vec<Position>>,
     /// An owner refused the route as stale: route again before the next try.
     reroute: bool,
     /// When a waiting op tries again (or earlier, at a routing change).
@@ -332,22 +339,26 @@ impl DistributorCore {
             route_tag: 0,
             names: Vec::new(),
             split: false,
+            canon: None,
             reroute: true,
             wake_at: None,
             last: String::from("no distributor owns the topic's slot yet"),
         };
         self.publishes.ops.insert(op_id, op);
-        if let Some(ops) = self.publishes.topics.get_mut(topic) {
-            // An earlier op of the topic is unfinished: this one waits its turn.
-            ops.queued.push_back(op_id);
-            return op_id;
+        // A split topic this node owns is numbered now, before any queue: its stream's
+        // order is the order this node took its publishes in, local and forwarded alike
+        // (see `handle_forwarded_run`), and its sub-topic runs leave in that order.
+        if self.routing.route(slot_of(topic)).distributor == self.id
+            && self.routing.fanout_route(topic).is_some()
+        {
+            let (tag, _) = self.routing.publish_route(topic);
+            if let Err(error) = self.number_here(op_id, tag) {
+                self.fail(now, op_id, error);
+                return op_id;
+            }
         }
-        self.drive(now, op_id);
-        if self.publishes.ops.contains_key(&op_id) {
-            let mut ops = TopicOps::default();
-            ops.active.insert(op_id);
-            self.publishes.topics.insert(topic.to_string(), ops);
-        }
+        // An earlier op of the topic is unfinished: this one waits its turn.
+        self.enqueue(now, topic, op_id);
         op_id
     }
 
@@ -367,13 +378,109 @@ impl DistributorCore {
                 (key, msg_id, data)
             })
             .collect();
-        let outcome = match self.sequence_run(&run.topic, run.route_tag, &messages) {
-            Ok(RunOutcome::Sequenced(positions)) => Outcome::Published(positions),
+        let outcome = match self.sequence_run(&run.topic, run.route_tag, &messages, &run.canon) {
+            Ok(RunOutcome::Sequenced(positions)) => {
+                if run.canon.is_empty() && self.routing.fanout_route(&run.topic).is_some() {
+                    // A split topic's message, numbered here: it goes on to the sub-topics
+                    // before the forwarder gets its answer (also when the numbering is a
+                    // retry's first one: the first try may not have reached them all).
+                    self.fan_out_forwarded(now, op, &run.topic, messages, positions);
+                    return op;
+                }
+                Outcome::Published(positions)
+            }
             Ok(refused) => Outcome::Refused(refused),
             Err(e) => Outcome::Failed(e.into()),
         };
         self.commands.push_back(Command::Reply { op, outcome });
         op
+    }
+
+    /// Makes the op that sends a forwarded run of a split topic, numbered here, on to the
+    /// sub-topics; it answers the forwarder when they are all done.
+    fn fan_out_forwarded(
+        &mut self,
+        now: Instant,
+        op_id: OpId,
+        topic: &str,
+        messages: Vec<(Option<ForwardKey>, u64, Bytes)>,
+        positions: Vec<Position>,
+    ) {
+        let op = Op {
+            topic: topic.to_string(),
+            messages: messages
+                .into_iter()
+                .map(|(_, id, data)| (id, data))
+                .collect(),
+            deadline: now + self.publishes.retry,
+            route_tag: 0,
+            names: Vec::new(),
+            split: true,
+            canon: None,
+            reroute: false,
+            wake_at: None,
+            last: String::new(),
+        };
+        self.publishes.ops.insert(op_id, op);
+        self.begin_fanout(op_id, positions);
+        self.enqueue(now, topic, op_id);
+    }
+
+    /// Starts an op now, or queues it behind its topic's unfinished ones.
+    fn enqueue(&mut self, now: Instant, topic: &str, op_id: OpId) {
+        if let Some(ops) = self.publishes.topics.get_mut(topic) {
+            ops.queued.push_back(op_id);
+            return;
+        }
+        self.drive(now, op_id);
+        if self.publishes.ops.contains_key(&op_id) {
+            let mut ops = TopicOps::default();
+            ops.active.insert(op_id);
+            self.publishes.topics.insert(topic.to_string(), ops);
+        }
+    }
+
+    /// Numbers an op's messages in its topic's stream here (this node owns the topic) and,
+    /// for a split topic, turns the op into their fan-out. A refusal leaves the op as it
+    /// was, to be routed as usual.
+    fn number_here(&mut self, op_id: OpId, route_tag: u64) -> Result<(), PublishError> {
+        let Some(op) = self.publishes.ops.get(&op_id) else {
+            return Ok(());
+        };
+        let topic = op.topic.clone();
+        let messages: Vec<(Option<ForwardKey>, u64, Bytes)> = op
+            .messages
+            .iter()
+            .map(|(id, data)| (None, *id, data.clone()))
+            .collect();
+        if let RunOutcome::Sequenced(positions) =
+            self.sequence_run(&topic, route_tag, &messages, &[])?
+        {
+            self.begin_fanout(op_id, positions);
+        }
+        Ok(())
+    }
+
+    /// The op's messages have their positions in the topic's stream: its names become the
+    /// topic's sub-topics (a never-split topic is done).
+    fn begin_fanout(&mut self, op_id: OpId, positions: Vec<Position>) {
+        let Some(op) = self.publishes.ops.get_mut(&op_id) else {
+            return;
+        };
+        match self.routing.fanout_route(&op.topic) {
+            Some((tag, names)) => {
+                op.names = names.into_iter().map(NameRun::new).collect();
+                op.route_tag = tag;
+                op.split = true;
+            }
+            None => {
+                let mut done = NameRun::new(op.topic.clone());
+                done.state = NameState::Done(positions.clone());
+                op.names = vec![done];
+            }
+        }
+        op.canon = Some(positions);
+        op.reroute = false;
     }
 
     /// What became of a [`Command::Forward`].
@@ -489,7 +596,14 @@ impl DistributorCore {
             .iter()
             .any(|n| matches!(n.state, NameState::InFlight { .. }));
         if op.reroute && !in_flight {
-            let (tag, names) = self.routing.publish_route(&op.topic);
+            let (tag, names) = match op.canon {
+                // Numbered already: only its sub-topics are routed again.
+                Some(_) => self
+                    .routing
+                    .fanout_route(&op.topic)
+                    .unwrap_or_else(|| (op.route_tag, Vec::new())),
+                None => self.routing.publish_route(&op.topic),
+            };
             let mut old: Vec<NameRun> = std::mem::take(&mut op.names);
             // Under the same route tag, a name already done stays done. Under a new one,
             // every name is published again: a name done under the old tag reached only
@@ -506,16 +620,18 @@ impl DistributorCore {
                     _ => NameRun::new(name),
                 })
                 .collect();
-            op.split = self.routing.hot_route(&op.topic).is_some()
-                && (op.names.len() != 1 || op.names[0].name != op.topic);
             op.route_tag = tag;
             op.reroute = false;
         }
-        for index in 0..op_len(self, op_id) {
+        let mut index = 0;
+        // The op's names can change on the way: numbering a split topic here turns them
+        // into its sub-topics, which are tried in the same pass.
+        while index < op_len(self, op_id) {
             if let Err(error) = self.try_name(op_id, index) {
                 self.fail(now, op_id, error);
                 return;
             }
+            index += 1;
         }
         self.settle(now, op_id);
     }
@@ -543,18 +659,30 @@ impl DistributorCore {
         }
         let name_str = name.name.clone();
         let route_tag = op.route_tag;
+        let canon: Vec<(u64, u64)> = op
+            .canon
+            .iter()
+            .flatten()
+            .map(|p| (p.epoch, p.seq))
+            .collect();
         if owner == self.id {
             let messages: Vec<(Option<ForwardKey>, u64, Bytes)> = op
                 .messages
                 .iter()
                 .map(|(id, data)| (None, *id, data.clone()))
                 .collect();
-            let outcome = self.sequence_run(&name_str, route_tag, &messages)?;
+            let outcome = self.sequence_run(&name_str, route_tag, &messages, &canon)?;
             let Some(op) = self.publishes.ops.get_mut(&op_id) else {
                 return Ok(());
             };
             match outcome {
                 RunOutcome::Sequenced(positions) => {
+                    if op.canon.is_none() && self.routing.fanout_route(&name_str).is_some() {
+                        // This node owns the split topic (its slot moved here after the op
+                        // began): numbered, the messages go on to the sub-topics.
+                        self.begin_fanout(op_id, positions);
+                        return Ok(());
+                    }
                     op.names[index].state = NameState::Done(positions);
                 }
                 RunOutcome::StaleRoute { since } => {
@@ -614,6 +742,7 @@ impl DistributorCore {
                 .zip(first_key..)
                 .map(|((id, data), key)| (key, *id, data.clone()))
                 .collect(),
+            canon,
         };
         let name = &mut op.names[index];
         name.keys = Some((incarnation, first_key));
@@ -641,11 +770,23 @@ impl DistributorCore {
                 .iter()
                 .all(|n| matches!(n.state, NameState::Done(_)))
         {
-            let shards = if op.split { op.names.len() as u32 } else { 0 };
-            let positions = match op.names.first().map(|n| &n.state) {
-                Some(NameState::Done(p)) => p.iter().map(|p| Position { shards, ..*p }).collect(),
-                _ => Vec::new(),
+            // The sub-topics the message went on to: this node's, or (forwarded to the
+            // topic's owner) as far as this node's view knows them.
+            let shards = if op.split {
+                op.names.len() as u32
+            } else {
+                self.routing
+                    .fanout_route(&op.topic)
+                    .map_or(0, |(_, names)| names.len() as u32)
             };
+            let first = match (&op.canon, op.names.first().map(|n| &n.state)) {
+                (Some(canon), _) => Some(canon),
+                (None, Some(NameState::Done(p))) => Some(p),
+                _ => None,
+            };
+            let positions = first
+                .map(|p| p.iter().map(|p| Position { shards, ..*p }).collect())
+                .unwrap_or_default();
             let topic = op.topic.clone();
             self.publishes.remove(op_id);
             self.commands.push_back(Command::Reply {
@@ -754,14 +895,18 @@ impl DistributorCore {
     /// Sequences a run of one name's messages here, in order, all or none: every message
     /// has the same route tag, so what refuses the first would refuse them all. Each
     /// sequenced message goes to its edges as a [`Command::Deliver`].
+    ///
+    /// `canon` gives a sub-topic run's positions in the topic's stream, one per message
+    /// (empty for a run of the topic itself): its deliveries carry them.
     pub(super) fn sequence_run(
         &mut self,
         name: &str,
         route_tag: u64,
         messages: &[(Option<ForwardKey>, u64, Bytes)],
+        canon: &[(u64, u64)],
     ) -> Result<RunOutcome, CoreError> {
         let mut positions = Vec::with_capacity(messages.len());
-        for (key, msg_id, data) in messages {
+        for (i, (key, msg_id, data)) in messages.iter().enumerate() {
             // A retried forward of a run sequenced before: its first positions, and no
             // second delivery.
             if let Some(&(epoch, seq)) = key.as_ref().and_then(|k| self.recent.get(k)) {
@@ -779,7 +924,8 @@ impl DistributorCore {
             match outcome {
                 PublishOutcome::Sequenced { epoch, seq, edges } => {
                     self.counters.published += 1;
-                    self.deliver(name, route_tag, epoch, seq, *msg_id, data, edges);
+                    let canon = canon.get(i).copied().unwrap_or((0, 0));
+                    self.deliver(name, route_tag, (epoch, seq), canon, *msg_id, data, edges);
                     positions.push(Position {
                         epoch,
                         seq,

@@ -189,22 +189,15 @@ fn a_stale_route_waits_for_the_view_and_routes_again_to_the_sub_topics() {
     let commands = drain(&mut core);
     assert!(replies(&commands).is_empty() && forwards(&commands).is_empty());
     assert_eq!(core.poll_timeout(), Some(t0 + RETRY_POLL), "waits");
-    // Its view catches up: the message goes to both sub-topics under the new tag, with the
-    // same message id.
+    // Its view catches up: the message goes to the topic's owner again under the new tag,
+    // with the same message id (the owner numbers it and sends it on to the sub-topics).
     core.handle_watch(t0, split("live", 2, 7));
     let sent = forwards(&drain(&mut core));
-    let mut names: Vec<(String, u64, u64)> = sent
+    let names: Vec<(String, u64, u64)> = sent
         .iter()
         .map(|(_, _, _, r)| (r.topic.clone(), r.route_tag, r.messages[0].1))
         .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        vec![
-            ("live#0".to_string(), 7, msg_id),
-            ("live#1".to_string(), 7, msg_id)
-        ]
-    );
+    assert_eq!(names, vec![("live".to_string(), 7, msg_id)]);
     for (attempt, ..) in &sent {
         core.handle_forward_result(t0, *attempt, sequenced(&[(5, 1)]));
     }
@@ -226,13 +219,18 @@ fn a_stale_route_waits_for_the_view_and_routes_again_to_the_sub_topics() {
 /// asked only for what came since that change, and never got the message.
 #[test]
 fn a_new_route_tag_publishes_every_name_again_even_those_already_done() {
-    let mut core = core_owning("mine");
+    // Here the topic's owner, which sends its messages on to the sub-topics.
+    let mut core = core_owning("live");
     let t0 = Instant::now();
     core.handle_watch(t0, split("live", 2, 7));
     drain(&mut core);
     let op = core.handle_publish(t0, "live", vec![data("1")]);
     let sent = forwards(&drain(&mut core));
     assert_eq!(sent.len(), 2);
+    assert!(
+        sent.iter().all(|f| f.3.canon == vec![(5, 1)]),
+        "each sub-topic run carries the topic's position: {sent:?}"
+    );
     let first = sent.iter().find(|f| f.3.topic == "live#0").unwrap().0;
     let second = sent.iter().find(|f| f.3.topic == "live#1").unwrap().0;
     core.handle_forward_result(t0, first, sequenced(&[(5, 1)]));
@@ -253,10 +251,24 @@ fn a_new_route_tag_publishes_every_name_again_even_those_already_done() {
         names,
         vec![("live#0".to_string(), 9), ("live#1".to_string(), 9)]
     );
+    assert!(
+        again.iter().all(|f| f.3.canon == vec![(5, 1)]),
+        "the same position again: the topic numbers it once"
+    );
     for (attempt, ..) in &again {
         core.handle_forward_result(t0, *attempt, sequenced(&[(5, 2)]));
     }
-    assert_eq!(replies(&drain(&mut core))[0].0, op);
+    let replied = replies(&drain(&mut core));
+    assert_eq!(replied[0].0, op);
+    assert_eq!(
+        replied[0].1,
+        Outcome::Published(vec![Position {
+            epoch: 5,
+            seq: 1,
+            shards: 2
+        }]),
+        "the publisher gets the topic's position"
+    );
 }
 
 #[test]
@@ -349,6 +361,7 @@ fn a_duplicate_forward_key_gets_the_first_positions_and_no_second_delivery() {
         incarnation: 4,
         route_tag: 0,
         messages: vec![(77, 1, data("1"))],
+        canon: Vec::new(),
     };
     core.handle_forwarded_run(Instant::now(), run.clone());
     let first = drain(&mut core);
@@ -395,6 +408,7 @@ fn a_forwarded_run_for_a_slot_owned_elsewhere_is_refused_with_the_owner() {
             incarnation: 4,
             route_tag: 0,
             messages: vec![(1, 1, data("1"))],
+            canon: Vec::new(),
         },
     );
     assert_eq!(
@@ -467,13 +481,13 @@ fn a_mixed_batch_sequences_the_plain_topic_here_and_forwards_each_sub_topic_once
     assert_eq!(replied.len(), 1);
     assert_eq!(replied[0].0, plain);
     let sent = forwards(&commands);
-    assert_eq!(sent.len(), 2, "one run per sub-topic: {sent:?}");
-    let ids: Vec<Vec<u64>> = sent
-        .iter()
-        .map(|(_, _, _, r)| r.messages.iter().map(|m| m.1).collect())
-        .collect();
-    assert_eq!(ids[0], ids[1], "the same message ids on every sub-topic");
-    assert_eq!(ids[0].len(), 2);
+    assert_eq!(
+        sent.len(),
+        1,
+        "one run, to the topic's owner, which fans it out: {sent:?}"
+    );
+    assert_eq!(sent[0].3.topic, "live");
+    assert_eq!(sent[0].3.messages.len(), 2);
     for (attempt, ..) in &sent {
         core.handle_forward_result(t0, *attempt, sequenced(&[(5, 1), (5, 2)]));
     }

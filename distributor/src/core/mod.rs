@@ -530,8 +530,12 @@ impl DistributorCore {
                 let Some(state) = self.topics.get_mut(&name) else {
                     continue;
                 };
-                state.history.retain(|k| k.tag >= hot.since);
-                state.history_bytes = state.history.iter().map(|k| k.delivery.len()).sum();
+                if name != *topic {
+                    // The topic's own stream keeps its history (recovery and History
+                    // serve it); only the sub-topics' replay of older changes goes.
+                    state.history.retain(|k| k.tag >= hot.since);
+                    state.history_bytes = state.history.iter().map(|k| k.delivery.len()).sum();
+                }
                 if route.distributor != self.id {
                     continue;
                 }
@@ -729,12 +733,13 @@ impl DistributorCore {
     /// Sends a sequenced message to its edges ([`Command::Deliver`]); one routed by a
     /// hot-topic view (`route_tag` > 0) is also kept for edges that join late.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         topic: &str,
         route_tag: u64,
-        epoch: u64,
-        seq: u64,
+        (epoch, seq): (u64, u64),
+        (canon_epoch, canon_seq): (u64, u64),
         msg_id: u64,
         data: &Bytes,
         edges: Vec<u64>,
@@ -752,6 +757,8 @@ impl DistributorCore {
             data: data.clone(),
             msg_id,
             route_tag,
+            canon_epoch,
+            canon_seq,
         });
         self.record_history(topic, route_tag, &delivery);
         if !edges.is_empty() {
@@ -1013,6 +1020,13 @@ impl DistributorCore {
         if route_tag < floor {
             return Ok(PublishOutcome::StaleRoute { since: floor });
         }
+        if route_tag > view_floor && base == topic {
+            // The publisher knows a change of the topic's route that this view does not
+            // show yet. Numbering the message here is also deciding where it goes on to
+            // (the fan-out, `forward.rs`): that waits until this view has caught up, or
+            // the message would miss the route the change added.
+            return Ok(PublishOutcome::NotOwner { owner: 0 });
+        }
         let edges = self.targets(topic, slot, route.epoch);
         let state = self.topic_entry(topic)?;
         if state.reign != route.epoch {
@@ -1096,17 +1110,23 @@ impl DistributorCore {
             if !policy.enabled || !owned {
                 continue;
             }
-            match (parse_sub_topic(name), hot) {
-                // A plain topic (never split, or merged and settled).
-                (None, None)
-                | (
-                    None,
+            // The topic a split would be proposed for: a plain topic never split, or a merged
+            // one (judged by `T#0`, its one sub-topic) once settled.
+            let splittable = match (parse_sub_topic(name), hot) {
+                (None, None) => Some(name),
+                (
+                    Some((base, 0)),
                     Some(HotRoute {
-                        shards: 0,
+                        shards: 1,
                         committed: true,
                         ..
                     }),
-                ) => {
+                ) => Some(base),
+                _ => None,
+            };
+            match (parse_sub_topic(name), hot) {
+                _ if splittable.is_some() => {
+                    let topic = splittable.unwrap_or(name);
                     let edges = state
                         .interest
                         .values()
@@ -1127,13 +1147,13 @@ impl DistributorCore {
                             .unwrap_or(u32::MAX)
                             .min(policy.max_shards);
                         proposals.push(HotProposal {
-                            topic: name.to_string(),
+                            topic: topic.to_string(),
                             shards,
                         });
                     }
                 }
                 // Sub-topic 0 of a settled split topic.
-                (Some((base, 0)), Some(h)) if h.committed && h.shards > 0 => {
+                (Some((base, 0)), Some(h)) if h.committed && h.shards > 1 => {
                     let load = rate * all_edges;
                     if load < policy.merge_load as f64 {
                         state.windows_under += 1;
@@ -1178,7 +1198,10 @@ impl DistributorCore {
     /// whose slot this node owns, the edges with subscribers there. For the room check
     /// before a publish.
     pub fn local_edges(&self, topic: &str, edges: &mut Vec<u64>) {
-        let (_, names) = self.routing.publish_route(topic);
+        let (_, mut names) = self.routing.publish_route(topic);
+        if let Some((_, fanout)) = self.routing.fanout_route(topic) {
+            names.extend(fanout);
+        }
         for name in names {
             let route = self.routing.route(slot_of(&name));
             if route.distributor != self.id {

@@ -16,9 +16,15 @@
 //! The owner answers on the topic's lane, behind every delivery of the topic it queued
 //! before: the deliveries before the answer are in it (if after the position), and those
 //! after it on the lane follow it. So the connection joins the topic's recipients when the
-//! answer's last frame arrives, and not before. Split topics (and topics that ever changed
-//! route here) are numbered by each edge, so their positions cannot be served: they are
-//! answered `recovered: false` at once, without a position.
+//! answer's last frame arrives, and not before.
+//!
+//! A split topic (any topic with a hot entry, or whose route here is not its own name) is
+//! numbered by its owner too, but its deliveries come on its sub-topics' lanes, not on
+//! the lane of the answer. The edge passes them on in the stream's order
+//! ([`super::LocalTopic::pass_in_order`]), so the seam is a position instead: the answer
+//! covers the stream up to the owner's position `P`; the connection gets what this edge
+//! passed after `P` while it waited (kept for it, [`super::RECOVERY_RECORD`]) and joins,
+//! or, when this edge has not passed `P` yet, joins just before the first delivery past it.
 //!
 //! An answer can be as large as the owner's history of the topic (1 MiB by default), and it
 //! is queued on the relay lane toward this edge at once; so at most
@@ -53,12 +59,20 @@ pub(super) struct Recovering {
     pub(super) asked: Instant,
     /// The ack went out (with the answer's first frame).
     acked: bool,
+    /// A split topic's: the seam is the answer's position (see the module doc).
+    split: bool,
 }
 
 impl Recovering {
     /// Whether its request went to the owner (and counts as in flight).
     pub(super) fn sent(&self) -> bool {
         self.request != 0
+    }
+
+    /// Whether what the edge passes on must be kept for it (a split topic's recovery,
+    /// asked and unanswered).
+    pub(super) fn records(&self) -> bool {
+        self.split && self.sent()
     }
 }
 
@@ -91,34 +105,20 @@ impl EdgeCore {
     /// ask the owner, or answer at once where no position can be served.
     pub(super) fn start_recovery(&mut self, now: Instant, topic: &str, conn: ConnId) {
         let link = self.owner_link(topic);
-        let split = self
-            .routing
-            .hot_route(topic)
-            .is_some_and(|h| h.shards > 0 || !h.committed);
+        let hot = self.routing.hot_route(topic).is_some();
         let Some(entry) = self.topics.get_mut(topic) else {
             return;
         };
         let Some(since) = entry.positions.remove(&conn) else {
             return;
         };
-        if split || entry.renumber {
-            self.counters.recoveries_refused += 1;
-            entry.add_subscriber(conn);
-            self.outputs.push_back(Output::SubscribedFrom {
-                conn,
-                topic: topic.to_string(),
-                recovery: Recovery {
-                    recovered: false,
-                    position: None,
-                },
-            });
-            return;
-        }
+        let split = hot || entry.routes.iter().any(|r| r.name != topic);
         let waiting = Recovering {
             since,
             request: 0,
             asked: now,
             acked: false,
+            split,
         };
         if self.recoveries_in_flight >= MAX_RECOVERIES_IN_FLIGHT {
             entry.recovering.insert(conn, waiting);
@@ -208,13 +208,16 @@ impl EdgeCore {
             return;
         };
         let conn = *conn;
+        if waiting.split {
+            self.split_recovered(&topic, conn, answer);
+            return;
+        }
         // The topic changes route (here, or at the owner: its messages carry a hot-topic
         // tag): the edge passes such messages through its route holds, in its own
         // numbering, so one served here would come again through them (sim seed 850779:
         // a message recovered at the owner's position, then passed again by the route
         // switch). Not recoverable: the connection joins the live deliveries as is.
         let changing = seam
-            || entry.renumber
             || entry.routes.len() > 1
             || !entry.ahead.is_empty()
             || answer.messages.iter().any(|m| m.route_tag > 0);
@@ -281,6 +284,83 @@ impl EdgeCore {
                 self.counters.recoveries_refused += 1;
             }
         }
+    }
+
+    /// One frame of the answer to a split topic's recovery (see the module doc).
+    fn split_recovered(&mut self, topic: &str, conn: ConnId, answer: Recovered) {
+        let Some(entry) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let Some(waiting) = entry.recovering.get_mut(&conn) else {
+            return;
+        };
+        if !waiting.acked {
+            waiting.acked = true;
+            let position = (answer.epoch > 0).then_some(StreamPos {
+                epoch: answer.epoch,
+                seq: answer.seq,
+            });
+            self.outputs.push_back(Output::SubscribedFrom {
+                conn,
+                topic: topic.to_string(),
+                recovery: Recovery {
+                    recovered: answer.ok,
+                    position: if answer.ok { None } else { position },
+                },
+            });
+        }
+        let since = (waiting.since.epoch, waiting.since.seq);
+        let to: Arc<[ConnId]> = Arc::from([conn]);
+        if answer.ok {
+            for m in &answer.messages {
+                if (m.epoch, m.seq) <= since {
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(&m.data) else {
+                    self.counters.bad_deliveries += 1;
+                    continue;
+                };
+                self.counters.recovered_deliveries += 1;
+                self.outputs.push_back(Output::Deliver(Fanout {
+                    frame: delivery_frame(topic, text, m.epoch, m.seq),
+                    conns: to.clone(),
+                }));
+            }
+        }
+        if !answer.last {
+            return;
+        }
+        entry.recovering.remove(&conn);
+        self.recoveries_in_flight -= 1;
+        if !answer.ok {
+            self.counters.recoveries_refused += 1;
+            entry.add_subscriber(conn);
+            return;
+        }
+        self.counters.recoveries += 1;
+        let answered = (answer.epoch, answer.seq);
+        let passed = entry.client_last;
+        if passed <= answered {
+            // This edge has not passed the answer's position yet: the connection joins
+            // just before the first delivery past it.
+            entry.joining.insert(conn, answered);
+            return;
+        }
+        // This edge passed messages after the answer's position while the answer was on
+        // its way: the connection gets them from what was kept for it.
+        if entry.record_dropped > answered {
+            self.counters.recovery_record_short += 1;
+        }
+        for (at, frame) in &entry.record {
+            if *at > answered {
+                self.counters.recovered_deliveries += 1;
+                self.outputs.push_back(Output::Deliver(Fanout {
+                    frame: frame.clone(),
+                    conns: to.clone(),
+                }));
+            }
+        }
+        entry.add_subscriber(conn);
     }
 
     /// Recoveries unanswered past the subscribe timeout, by connection (the tick fails them

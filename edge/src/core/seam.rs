@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use tokio::time::{Duration, Instant};
 
-use super::{EdgeCore, MessageTags, Output};
+use super::{EdgeCore, MessageTags};
 
 /// How long a gap in a stream is waited for.
 pub const SEAM_WAIT: Duration = Duration::from_secs(2);
@@ -47,8 +47,12 @@ impl EdgeCore {
         epoch: u64,
         seq: u64,
         data: Bytes,
-        tags: MessageTags,
+        mut tags: MessageTags,
     ) {
+        if tags.canon == (0, 0) {
+            // No position of its own in the topic's stream: the delivery's is.
+            tags.canon = (epoch, seq);
+        }
         let Some(route_name) = self.names.get_mut(name) else {
             self.deliver_now(name, epoch, seq, data, tags);
             return;
@@ -91,9 +95,7 @@ impl EdgeCore {
 
     /// Passes one delivery on (see `deliver`).
     fn deliver_now(&mut self, name: &str, epoch: u64, seq: u64, data: Bytes, tags: MessageTags) {
-        if let Some(fanout) = self.deliver(name, epoch, seq, data, tags) {
-            self.outputs.push_back(Output::Deliver(fanout));
-        }
+        self.deliver(name, epoch, seq, data, tags);
     }
 
     /// Passes the held deliveries that now follow the last passed one without a gap.

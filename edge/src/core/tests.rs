@@ -308,7 +308,20 @@ fn hot(
 }
 
 fn tags(msg_id: u64, route_tag: u64) -> MessageTags {
-    MessageTags { msg_id, route_tag }
+    MessageTags {
+        msg_id,
+        route_tag,
+        canon: (0, 0),
+    }
+}
+
+/// Tags of a sub-topic delivery: the message's position in the topic's stream (epoch 4).
+fn ct(msg_id: u64, route_tag: u64, seq: u64) -> MessageTags {
+    MessageTags {
+        msg_id,
+        route_tag,
+        canon: (4, seq),
+    }
 }
 
 /// (epoch, seq, data) of a delivery frame.
@@ -331,8 +344,8 @@ fn delivered(out: Vec<Output>) -> Vec<(u64, u64, String)> {
 }
 
 /// A split while messages flow: the old route delivers what only it carries, holds what
-/// the new one carries too, and the switch (after commit and fence) passes the new route's
-/// messages on in its order, each once, under a new epoch.
+/// the new one carries too, and the switch (after commit and fence) passes the held
+/// messages on in the topic's order (the positions its owner gave them), each once.
 #[test]
 fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
     let now = Instant::now();
@@ -363,8 +376,8 @@ fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
     // Old-view message 2 (tag 0) passes at once; dual message 3 (tag 5) comes on both
     // routes and is held on both; message 4 (committed view) only on the new route.
     assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 0)).is_some());
-    assert!(deliver(&mut core, &sub, 4, 1, b"3", tags(3, 5)).is_none());
-    assert!(deliver(&mut core, &sub, 4, 2, b"4", tags(4, 6)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 1, b"3", ct(3, 5, 3)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"4", ct(4, 6, 4)).is_none());
     assert!(deliver(&mut core, "live", 4, 3, b"3", tags(3, 5)).is_none());
     // Committed at 6, but the old route is not fenced that far yet: no switch.
     core.handle_watch(now, hot("live", 4, 0, 5, true, 6));
@@ -375,17 +388,18 @@ fn a_split_switches_routes_without_loss_duplicates_or_reordering() {
     let out = drain(&mut core);
     assert_eq!(
         delivered(out.clone()),
-        vec![(6, 1, "3".into()), (6, 2, "4".into())]
+        vec![(4, 3, "3".into()), (4, 4, "4".into())],
+        "the topic's own numbering goes on across the split"
     );
     assert!(
         out.contains(&interest("live", 0, 4)),
         "the old name is withdrawn"
     );
-    let f = deliver(&mut core, &sub, 4, 3, b"5", tags(5, 6)).unwrap();
-    assert_eq!(parsed(&f), (6, 3, "5".into()));
-    // A late second copy (a retried fan-out) is dropped.
-    assert!(deliver(&mut core, &sub, 4, 4, b"5", tags(5, 6)).is_none());
-    assert_eq!(core.counters().duplicate_deliveries, 1);
+    let f = deliver(&mut core, &sub, 4, 3, b"5", ct(5, 6, 5)).unwrap();
+    assert_eq!(parsed(&f), (4, 5, "5".into()));
+    // A late second copy (a retried fan-out) is dropped, like 3's copy at the switch.
+    assert!(deliver(&mut core, &sub, 4, 4, b"5", ct(5, 6, 5)).is_none());
+    assert_eq!(core.counters().duplicate_deliveries, 2);
     assert_eq!(core.counters().route_switches, 1);
     assert_eq!(core.counters().forced_switches, 0);
 }
@@ -415,7 +429,7 @@ fn a_stuck_change_is_forced_through_after_the_timeout() {
 /// the old route (cut off), message 2 of the same publisher, routed by the prepared split
 /// (tag 5), comes on the old route before this edge has seen the split. It must wait: the
 /// new route's owner replays 1 before 2 once the edge joins, and the switch passes both in
-/// that order (sim seeds 126851, 126944).
+/// that order (sim seeds 126851, 126944); 9, after them in the topic, waits behind them.
 #[test]
 fn a_delivery_routed_by_a_newer_view_waits_for_this_edges_view() {
     let now = Instant::now();
@@ -428,17 +442,17 @@ fn a_delivery_routed_by_a_newer_view_waits_for_this_edges_view() {
     core.handle_tick(now);
     assert_eq!(delivered_data(&mut core), Vec::<String>::new());
     // The view catches up: 2 is held on the old route (the new one carries it too), 9
-    // (an older view's) passes.
+    // (an older view's) waits for 1 and 2, which come before it in the topic.
     core.handle_watch(now, hot("live", 2, 0, 5, false, 5));
     let sub = edge_route_topic(7, "live", 2);
-    assert_eq!(delivered_data(&mut core), vec!["9"]);
+    assert_eq!(delivered_data(&mut core), Vec::<String>::new());
     core.handle_interest_ack(1, &sub, 4);
     // The new route's owner replays 1 and 2.
-    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 5)).is_none());
-    assert!(deliver(&mut core, &sub, 4, 2, b"2", tags(2, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", ct(1, 5, 2)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"2", ct(2, 5, 3)).is_none());
     core.handle_watch(now, hot("live", 2, 0, 5, true, 6));
     core.handle_fence("live", 6);
-    assert_eq!(delivered_data(&mut core), vec!["1", "2"]);
+    assert_eq!(delivered_data(&mut core), vec!["1", "2", "9"]);
     assert_eq!(core.counters().forced_switches, 0);
 }
 
@@ -495,9 +509,9 @@ fn a_forced_switch_merges_both_routes_held_deliveries() {
     assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 5)).is_none());
     assert!(deliver(&mut core, "live", 4, 3, b"3", tags(3, 5)).is_none());
     // The new route's owner replays 1 and 2, and then 4 comes; 3 is lost on this route.
-    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 5)).is_none());
-    assert!(deliver(&mut core, &sub, 4, 2, b"2", tags(2, 5)).is_none());
-    assert!(deliver(&mut core, &sub, 4, 3, b"4", tags(4, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", ct(1, 5, 1)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"2", ct(2, 5, 2)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 3, b"4", ct(4, 5, 4)).is_none());
     core.handle_tick(now + SWITCH_TIMEOUT);
     let got = delivered_data(&mut core);
     assert_eq!(got, vec!["1", "2", "3", "4"]);
@@ -513,8 +527,8 @@ fn a_forced_switch_keeps_the_first_routes_order_for_what_the_next_route_lacks() 
     // 1 and 2 on the old route; only 2 (and then 3) reached the new one.
     assert!(deliver(&mut core, "live", 4, 1, b"1", tags(1, 5)).is_none());
     assert!(deliver(&mut core, "live", 4, 2, b"2", tags(2, 5)).is_none());
-    assert!(deliver(&mut core, &sub, 4, 1, b"2", tags(2, 5)).is_none());
-    assert!(deliver(&mut core, &sub, 4, 2, b"3", tags(3, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 1, b"2", ct(2, 5, 2)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 2, b"3", ct(3, 5, 3)).is_none());
     core.handle_tick(now + SWITCH_TIMEOUT);
     let got = delivered_data(&mut core);
     assert_eq!(got, vec!["1", "2", "3"]);
@@ -575,9 +589,9 @@ fn a_route_that_becomes_first_keeps_holding_what_the_next_route_carries() {
     core.handle_interest_ack(1, &second, 4);
     drain(&mut core);
     // A = 10 (tag 7) reached the second route only (replayed there); B = 20 (tag 7) both.
-    assert!(deliver(&mut core, &second, 4, 1, b"10", tags(1, 7)).is_none());
-    assert!(deliver(&mut core, &first, 4, 1, b"20", tags(2, 7)).is_none());
-    assert!(deliver(&mut core, &second, 4, 2, b"20", tags(2, 7)).is_none());
+    assert!(deliver(&mut core, &second, 4, 1, b"10", ct(1, 7, 1)).is_none());
+    assert!(deliver(&mut core, &first, 4, 1, b"20", ct(2, 7, 2)).is_none());
+    assert!(deliver(&mut core, &second, 4, 2, b"20", ct(2, 7, 2)).is_none());
     // The first switch passes nothing: B waits for the second route.
     core.handle_fence("live", 6);
     assert_eq!(delivered(drain(&mut core)), vec![]);
@@ -645,15 +659,15 @@ fn a_burst_keeps_released_deliveries_ahead_of_later_ones() {
     core.handle_watch(now, hot("live", 4, 0, 5, true, 6));
     drain(&mut core);
     // Held on the new route until the old one is fenced.
-    assert!(deliver(&mut core, &sub, 4, 1, b"1", tags(1, 5)).is_none());
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", ct(1, 5, 1)).is_none());
     // One burst: the fence completes the switch, then the new route delivers again.
     core.handle_fence("live", 6);
-    core.handle_deliver(&sub, 4, 2, Bytes::from_static(b"2"), tags(2, 6));
+    core.handle_deliver(&sub, 4, 2, Bytes::from_static(b"2"), ct(2, 6, 2));
     core.handle_deliver("live", 4, 9, Bytes::from_static(b"9"), tags(9, 0));
     let out = drain(&mut core);
     assert_eq!(
         delivered(out.clone()),
-        vec![(6, 1, "1".into()), (6, 2, "2".into())]
+        vec![(4, 1, "1".into()), (4, 2, "2".into())]
     );
     // The old name was withdrawn before the later delivery: nothing came of it.
     assert!(out.contains(&interest("live", 0, 4)));
@@ -966,6 +980,8 @@ fn recovered(request_id: u64, ok: bool, current: (u64, u64), seqs: &[u64]) -> Re
         messages: seqs
             .iter()
             .map(|&seq| firetower_proto::relay::v1::Deliver {
+                canon_epoch: 0,
+                canon_seq: 0,
                 topic: "live".into(),
                 epoch: current.0,
                 seq,
@@ -1084,10 +1100,9 @@ fn a_position_that_cannot_be_served_is_answered_with_the_current_one() {
     assert!(drain(&mut core).is_empty());
 }
 
-/// An unanswered recovery fails like a subscribe that waited too long; a split topic's
-/// position (numbered by each edge) is refused at once, without a position.
+/// An unanswered recovery fails like a subscribe that waited too long.
 #[test]
-fn recoveries_time_out_and_split_topics_are_not_recovered() {
+fn recoveries_time_out() {
     let now = Instant::now();
     let mut core = linked_core();
     core.handle_subscribe(now, 10, vec!["live".into()]);
@@ -1106,25 +1121,63 @@ fn recoveries_time_out_and_split_topics_are_not_recovered() {
         "{out:?}"
     );
     assert_eq!(core.conn_topics(11), 0);
+}
 
-    let (mut core, _) = prepared_split(now);
+/// A split topic is numbered by its owner too: a position in it is recovered from the
+/// owner, and the connection joins the deliveries (which come on a sub-topic's lane, not
+/// the answer's) at the answer's position: just before the first delivery past it when
+/// this edge had not passed it, or with what this edge passed after it meanwhile.
+#[test]
+fn a_split_topic_is_recovered_at_the_answers_position() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_watch(now, hot("live", 2, 0, 5, true, 5));
+    let sub = edge_route_topic(7, "live", 2);
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, &sub, 4);
+    drain(&mut core);
+    assert_eq!(
+        deliver(&mut core, &sub, 4, 1, b"1", ct(1, 5, 1)).map(|f| parsed(&f)),
+        Some((4, 1, "1".into()))
+    );
+
+    // Behind the answer: the answer gives 2 and 3; the edge's 3 goes to 10 alone.
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    let asked = recovers(&drain(&mut core));
+    assert_eq!(asked.len(), 1, "asked the topic's owner");
+    assert!(deliver(&mut core, &sub, 4, 2, b"2", ct(2, 5, 2)).is_some());
+    core.handle_recovered(recovered(asked[0].3, true, (4, 3), &[2, 3]));
+    let out = drain(&mut core);
+    assert_eq!(delivered(out), vec![(4, 2, "2".into()), (4, 3, "3".into())]);
+    let f = deliver(&mut core, &sub, 4, 3, b"3", ct(3, 5, 3)).unwrap();
+    assert_eq!(&f.conns[..], &[10]);
+    let f = deliver(&mut core, &sub, 4, 4, b"4", ct(4, 5, 4)).unwrap();
+    assert_eq!(&f.conns[..], &[10, 11]);
+
+    // Ahead of the answer: 5 and 6 passed while it was on its way; 12 gets them after it.
     core.handle_subscribe_from(
         now,
         12,
         vec!["live".into()],
-        vec![("live".into(), pos(4, 1))],
+        vec![("live".into(), pos(4, 3))],
     );
+    let asked = recovers(&drain(&mut core));
+    assert!(deliver(&mut core, &sub, 4, 5, b"5", ct(5, 5, 5)).is_some());
+    assert!(deliver(&mut core, &sub, 4, 6, b"6", ct(6, 5, 6)).is_some());
+    core.handle_recovered(recovered(asked[0].3, true, (4, 4), &[4]));
+    let got: Vec<(u64, u64, String)> = delivered(drain(&mut core));
     assert_eq!(
-        drain(&mut core),
-        vec![Output::SubscribedFrom {
-            conn: 12,
-            topic: "live".into(),
-            recovery: Recovery {
-                recovered: false,
-                position: None
-            }
-        }]
+        got,
+        vec![(4, 4, "4".into()), (4, 5, "5".into()), (4, 6, "6".into())]
     );
+    let f = deliver(&mut core, &sub, 4, 7, b"7", ct(7, 5, 7)).unwrap();
+    assert_eq!(&f.conns[..], &[10, 11, 12]);
+    assert_eq!(core.counters().recoveries, 2);
 }
 
 /// An answer that carries messages routed by a hot-topic view (the topic is being split at

@@ -355,17 +355,17 @@ fn a_clear_is_a_prepared_tombstone_from_the_committed_shards() {
     state.apply(&ack(2, "t", 3)); // committed at revision 4
     let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
     assert_eq!(r.revision, 5);
-    assert_eq!(c, vec![hot_change("t", 0, 8, 5, false, 5)]);
+    assert_eq!(c, vec![hot_change("t", 1, 8, 5, false, 5)]);
     state.apply(&ack(1, "t", 5));
     let (r, c) = state.apply(&ack(2, "t", 5));
     assert_eq!(
         (r.revision, c),
-        (6, vec![hot_change("t", 0, 8, 5, true, 6)])
+        (6, vec![hot_change("t", 1, 8, 5, true, 6)])
     );
     assert_eq!(
         state.hot_topics.len(),
         1,
-        "the merged topic stays as a tombstone"
+        "the merged topic stays, carried by its one sub-topic T#0"
     );
 
     // Clearing again, or clearing a topic never split, changes nothing.
@@ -377,9 +377,9 @@ fn a_clear_is_a_prepared_tombstone_from_the_committed_shards() {
     assert_eq!(state.revision, 6);
     assert!(!state.hot_topics.contains_key("never"));
 
-    // Splitting the tombstone again starts from plain, at a higher since.
+    // Splitting the merged topic again starts from T#0, at a higher since.
     let (_, c) = state.apply(&set_hot("t", 2));
-    assert_eq!(c, vec![hot_change("t", 2, 0, 7, false, 7)]);
+    assert_eq!(c, vec![hot_change("t", 2, 1, 7, false, 7)]);
 }
 
 #[test]
@@ -394,7 +394,7 @@ fn without_edges_a_change_commits_at_once() {
     let (r, c) = state.apply(&Command::ClearHotTopic { topic: "t".into() });
     assert_eq!(
         (r.revision, c),
-        (3, vec![hot_change("t", 0, 8, 3, true, 3)])
+        (3, vec![hot_change("t", 1, 8, 3, true, 3)])
     );
 }
 
