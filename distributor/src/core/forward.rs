@@ -345,11 +345,16 @@ impl DistributorCore {
             last: String::from("no distributor owns the topic's slot yet"),
         };
         self.publishes.ops.insert(op_id, op);
-        // A split topic this node owns is numbered now, before any queue: its stream's
-        // order is the order this node took its publishes in, local and forwarded alike
-        // (see `handle_forwarded_run`), and its sub-topic runs leave in that order.
+        // A split topic this node owns is numbered now when nothing of it waits here: its
+        // stream's order is then the order this node took its publishes in, local and
+        // forwarded alike (see `handle_forwarded_run`), and its sub-topic runs leave in
+        // that order. Behind an unfinished op of the topic it waits its turn instead: it
+        // must not be numbered before an earlier publish of its publisher (sim seed
+        // 500123: a client's publishes waited for the slot's new owner to be allowed to
+        // sequence; a later one came when it was and went first).
         if self.routing.route(slot_of(topic)).distributor == self.id
             && self.routing.fanout_route(topic).is_some()
+            && !self.publishes.topics.contains_key(topic)
         {
             let (tag, _) = self.routing.publish_route(topic);
             if let Err(error) = self.number_here(op_id, tag) {
