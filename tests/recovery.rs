@@ -1,7 +1,8 @@
 //! Recovery end to end, on real sockets: a client that reconnects with the position it
 //! last saw gets exactly what was published meanwhile, in order, then the live messages,
 //! on the other edge too; a position that cannot be served is answered with the current
-//! one (another epoch, or the owner was killed); History over gRPC and `firetower history`.
+//! one (another epoch, or the owner was killed); across a slot move and a hot-topic split;
+//! History over gRPC and `firetower history`.
 
 // The CLI runs as a real process, in real time.
 #![allow(clippy::disallowed_methods)]
@@ -315,6 +316,108 @@ async fn a_slot_moved_to_a_joining_distributor_keeps_its_streams_and_history() -
             per_topic.get(topic)
         );
     }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A split topic keeps one numbering, its owner's: a client that last saw the topic plain
+/// reconnects, after the topic was split and 100 messages were published, to the other edge
+/// with its position, and gets exactly those 100, with the positions their publishers were
+/// given, then the live ones; History serves the split topic too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_across_a_hot_topic_split() -> Result<()> {
+    let cluster = Cluster::start(2, 2).await?;
+    cluster.wait_ready(READY).await?;
+    let topic = "recover-hot";
+    let mut d = cluster.distributor(1).await?;
+
+    let mut first = Client::connect(cluster.edge_addr(1)).await?;
+    first.subscribe(&[topic.to_string()]).await?;
+    let mut positions = Vec::new();
+    for n in 0..10 {
+        positions.push(publish(&mut d, topic, n).await?);
+    }
+    let seen = deliveries(&mut first, topic, 10).await?;
+    ensure!(
+        seen.iter()
+            .map(|s| (s.0, s.1))
+            .eq(positions.iter().copied()),
+        "plain: {seen:?} {positions:?}"
+    );
+    let (epoch, last) = (seen[9].0, seen[9].1);
+    first.close().await;
+
+    // Split into 4 sub-topics, committed (every edge joined the route).
+    let meta = firetower_net::MetaClient::new(
+        cluster.metastore.clone(),
+        firetower_net::TcpConnector::default(),
+        Duration::from_secs(2),
+    );
+    meta.set_hot_topic(topic.to_string(), 4).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let map = meta.get_slot_map(true).await?;
+        if map
+            .hot_topics
+            .iter()
+            .any(|h| h.topic == topic && h.shards == 4 && h.committed)
+        {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "no commit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut missed = Vec::new();
+    for n in 10..110 {
+        missed.push(publish(&mut d, topic, n).await?);
+    }
+    ensure!(
+        missed[0] == (epoch, last + 1) && missed[99] == (epoch, last + 100),
+        "the split continues the topic's numbering: {:?} .. {:?}",
+        missed[0],
+        missed[99]
+    );
+
+    let mut second = Client::connect(cluster.edge_addr(2)).await?;
+    let (recovered, position) = second.subscribe_from(topic, epoch, last).await?;
+    ensure!(recovered && position.is_none(), "{recovered} {position:?}");
+    let got = deliveries(&mut second, topic, 100).await?;
+    for (i, (e, s, data)) in got.iter().enumerate() {
+        ensure!((*e, *s) == missed[i], "delivery {i}: {:?}", (e, s));
+        ensure!(
+            *data == format!(r#"{{"n":{}}}"#, 10 + i),
+            "delivery {i}: {data}"
+        );
+    }
+    for n in 110..115 {
+        publish(&mut d, topic, n).await?;
+    }
+    let live = deliveries(&mut second, topic, 5).await?;
+    ensure!(
+        live.iter()
+            .map(|l| (l.1, l.2.clone()))
+            .eq((110..115).map(|n| (last + n - 9, format!(r#"{{"n":{n}}}"#)))),
+        "live, with no gap or duplicate at the seam: {live:?}"
+    );
+    ensure!(
+        second
+            .next_frame(Duration::from_millis(300))
+            .await?
+            .is_none(),
+        "nothing more"
+    );
+    let h = d
+        .history(dpb::HistoryRequest {
+            topic: topic.into(),
+            since: Some(dpb::StreamPosition { epoch, seq: last }),
+            limit: 2,
+            forwarded: false,
+        })
+        .await?
+        .into_inner();
+    ensure!(h.recovered, "{h:?}");
+    let seqs: Vec<u64> = h.messages.iter().map(|m| m.seq).collect();
+    ensure!(seqs == vec![last + 1, last + 2], "{seqs:?}");
     cluster.shutdown().await;
     Ok(())
 }

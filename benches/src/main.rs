@@ -149,12 +149,14 @@ async fn set_hot(args: &Args, topics: usize, shards: u32) -> Result<()> {
         };
         result.map_err(|s| anyhow::anyhow!("hot set {topic}: {}", s.message()))?;
         let deadline = Instant::now() + Duration::from_secs(30);
+        // A merge is carried by the topic's one sub-topic: 1 shard.
+        let want = shards.max(1);
         loop {
             let map = meta.get_slot_map(true).await?;
             if map
                 .hot_topics
                 .iter()
-                .any(|h| h.topic == topic && h.shards == shards && h.committed)
+                .any(|h| h.topic == topic && h.shards == want && h.committed)
             {
                 break;
             }

@@ -632,11 +632,23 @@ impl DistributorCore {
         // The op's names can change on the way: numbering a split topic here turns them
         // into its sub-topics, which are tried in the same pass.
         while index < op_len(self, op_id) {
+            let numbered = |core: &Self| {
+                core.publishes
+                    .ops
+                    .get(&op_id)
+                    .is_some_and(|op| op.canon.is_some())
+            };
+            let before = numbered(self);
             if let Err(error) = self.try_name(op_id, index) {
                 self.fail(now, op_id, error);
                 return;
             }
-            index += 1;
+            // Numbered just now: its names are the sub-topics from the first.
+            index = if !before && numbered(self) {
+                0
+            } else {
+                index + 1
+            };
         }
         self.settle(now, op_id);
     }

@@ -644,3 +644,43 @@ fn queued_publishes_go_in_groups_of_at_most_group_copies() {
     }
     assert_eq!(forwards(&drain(&mut core)).len(), 10, "then the rest");
 }
+
+/// Found by sim seed 500123: a publish of a split topic that its owner could not number yet
+/// (here: not registered) waited; a later publish of the same publisher, arriving when the
+/// owner could number, was numbered at once, ahead of it. It waits its turn instead.
+#[test]
+fn a_split_topics_publish_is_not_numbered_ahead_of_an_earlier_one_waiting_here() {
+    let mut core = core_owning("live");
+    let t0 = Instant::now();
+    core.handle_watch(t0, split("live", 2, 7));
+    drain(&mut core);
+    core.handle_registered(0);
+    let first = core.handle_publish(t0, "live", vec![data("1")]);
+    assert!(forwards(&drain(&mut core)).is_empty(), "cannot number yet");
+    core.handle_registered(1);
+    let second = core.handle_publish(t0, "live", vec![data("2")]);
+    assert!(
+        forwards(&drain(&mut core)).is_empty(),
+        "the second waits behind the first"
+    );
+    core.handle_timeout(t0 + RETRY_POLL);
+    let sent = forwards(&drain(&mut core));
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent
+        .iter()
+        .all(|f| f.3.canon == vec![(5, 1)] && f.3.messages[0].2 == data("1")));
+    for (attempt, ..) in &sent {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(5, 1)]));
+    }
+    let commands = drain(&mut core);
+    assert_eq!(replies(&commands)[0].0, first);
+    let sent = forwards(&commands);
+    assert!(
+        sent.len() == 2 && sent.iter().all(|f| f.3.canon == vec![(5, 2)]),
+        "then the second, numbered after it: {sent:?}"
+    );
+    for (attempt, ..) in &sent {
+        core.handle_forward_result(t0, *attempt, sequenced(&[(5, 2)]));
+    }
+    assert_eq!(replies(&drain(&mut core))[0].0, second);
+}

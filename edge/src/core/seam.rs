@@ -6,8 +6,8 @@
 //! (then the held ones go on in order and the gap is counted): the old owner's late
 //! messages are passed in order instead of dropped as stale.
 //!
-//! Split topics' sub-topics (route tag > 0) are ordered by the route holds instead and do
-//! not wait here.
+//! Split topics' sub-topics (route tag > 0) are ordered by the route holds and then by
+//! their positions in the topic's stream (`LocalTopic::pass_in_order`), not here.
 
 use std::collections::BTreeMap;
 

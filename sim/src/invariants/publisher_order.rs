@@ -1,7 +1,7 @@
 //! Per-publisher order: for each (publisher, topic), the deliveries a client sees follow
 //! the publisher's order, by the publisher's own numbering carried in the payload (not by
-//! `(epoch, seq)`, which the edge renumbers for a split topic, so [`super::order`] is blind
-//! to a reordering that happened before the renumbering).
+//! `(epoch, seq)`, so [`super::order`] is blind to a reordering that happened before the
+//! topic's owner numbered the messages).
 //!
 //! What the publisher's order is, per topic:
 //! - within one stream (a WebSocket connection, one `PublishBatch` call), the order the

@@ -330,7 +330,8 @@ impl Hot {
     /// merges a split one (as the driver's watch last saw it).
     fn change(&self, ctx: &Rc<Ctx>, rng: &mut StdRng) {
         let topic = ctx.topics[rng.gen_range(0..ctx.topics.len())].clone();
-        let split = ctx.hot.borrow().get(&topic).is_some_and(|&n| n > 0);
+        // A merged topic has 1 shard (its one sub-topic `T#0`).
+        let split = ctx.hot.borrow().get(&topic).is_some_and(|&n| n > 1);
         let shards = if split && rng.gen_bool(0.5) {
             0
         } else {
