@@ -477,6 +477,11 @@ impl DistributorCore {
                 op.names = names.into_iter().map(NameRun::new).collect();
                 op.route_tag = tag;
                 op.split = true;
+                if let Some(state) = self.topics.get_mut(&op.topic) {
+                    state
+                        .unfanned
+                        .extend(positions.iter().map(|p| (p.epoch, p.seq)));
+                }
             }
             None => {
                 let mut done = NameRun::new(op.topic.clone());
@@ -805,7 +810,9 @@ impl DistributorCore {
                 .map(|p| p.iter().map(|p| Position { shards, ..*p }).collect())
                 .unwrap_or_default();
             let topic = op.topic.clone();
-            self.publishes.remove(op_id);
+            if let Some(op) = self.publishes.remove(op_id) {
+                self.fanned_out(&op);
+            }
             self.commands.push_back(Command::Reply {
                 op: op_id,
                 outcome: Outcome::Published(positions),
@@ -854,6 +861,7 @@ impl DistributorCore {
 
     fn fail(&mut self, now: Instant, op_id: OpId, error: PublishError) {
         if let Some(op) = self.publishes.remove(op_id) {
+            self.fanned_out(&op);
             for name in op.names {
                 if let NameState::InFlight { attempt, .. } = name.state {
                     self.publishes.attempts.remove(&attempt);
@@ -864,6 +872,17 @@ impl DistributorCore {
                 outcome: Outcome::Failed(error),
             });
             self.finished(now, &op.topic, op_id);
+        }
+    }
+
+    /// An op that fanned its messages out is over (done or failed): recovery and History
+    /// may serve them now.
+    fn fanned_out(&mut self, op: &Op) {
+        let (Some(canon), Some(state)) = (&op.canon, self.topics.get_mut(&op.topic)) else {
+            return;
+        };
+        for p in canon {
+            state.unfanned.remove(&(p.epoch, p.seq));
         }
     }
 

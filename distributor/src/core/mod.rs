@@ -80,6 +80,12 @@ struct TopicState {
     history: VecDeque<Kept>,
     /// The bytes of `history`'s frames.
     history_bytes: usize,
+    /// The positions of this split topic's messages that its fan-out to the sub-topics has
+    /// not finished with yet (bounded by the publishes in progress): recovery and History
+    /// serve the stream only up to the first of them, since a client recovered past it
+    /// could get the message again when it arrives live (or, were its publisher to send it
+    /// again after a crash here, under another position: sim seed 377).
+    unfanned: BTreeSet<(u64, u64)>,
     /// The topic's history policy (its rule's, or the default), resolved when the state was
     /// made.
     policy: HistoryPolicy,
@@ -842,6 +848,10 @@ impl DistributorCore {
         }
         let state = self.topics.get(topic).filter(|s| s.reign == route.epoch);
         let current = state.map_or((route.epoch, 0), |s| (s.epoch, s.seq));
+        // The end of what is served: before the first message still being fanned out.
+        let fanned = state
+            .and_then(|s| s.unfanned.iter().find(|p| p.0 == current.0))
+            .map_or(current.1, |p| p.1.saturating_sub(1));
         let oldest = state.and_then(|s| self.history_oldest(&s.policy));
         // The kept messages of this epoch that have not aged out, oldest first.
         let kept: Vec<&Delivery> = state
@@ -858,10 +868,18 @@ impl DistributorCore {
             current,
             messages: Vec::new(),
         };
-        let messages: Vec<Delivery> = match since {
+        match since {
             None => {
+                let kept: Vec<&Delivery> = kept
+                    .into_iter()
+                    .filter(|d| d.deliver().seq <= fanned)
+                    .collect();
                 let skip = kept.len().saturating_sub(limit);
-                kept[skip..].iter().map(|d| (*d).clone()).collect()
+                HistoryAnswer {
+                    recovered: true,
+                    current: (current.0, fanned),
+                    messages: kept[skip..].iter().map(|d| (*d).clone()).collect(),
+                }
             }
             Some((epoch, after)) => {
                 if epoch != current.0 || after > current.1 {
@@ -869,12 +887,15 @@ impl DistributorCore {
                 }
                 // Every message after `after` must still be here, one seq after another
                 // (a gap would be a silent loss for the client), up to the topic's last.
+                // Served up to the fan-out's end, or the position itself when that is past
+                // it (the client got a message whose fan-out goes on elsewhere).
+                let end = fanned.max(after);
                 let missed: Vec<&Delivery> = kept
                     .iter()
                     .copied()
-                    .filter(|d| d.deliver().seq > after)
+                    .filter(|d| d.deliver().seq > after && d.deliver().seq <= end)
                     .collect();
-                let whole = missed.len() as u64 == current.1 - after
+                let whole = missed.len() as u64 == end - after
                     && missed
                         .iter()
                         .zip(after + 1..)
@@ -882,13 +903,12 @@ impl DistributorCore {
                 if !whole {
                     return refused;
                 }
-                missed.into_iter().take(limit).cloned().collect()
+                HistoryAnswer {
+                    recovered: true,
+                    current: (current.0, end),
+                    messages: missed.into_iter().take(limit).cloned().collect(),
+                }
             }
-        };
-        HistoryAnswer {
-            recovered: true,
-            current,
-            messages,
         }
     }
 
