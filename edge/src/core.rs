@@ -230,6 +230,11 @@ struct LocalTopic {
     /// Connections whose recovery of a split topic was answered up to a position this edge
     /// had not passed yet: each becomes a recipient just before the first delivery past it.
     joining: BTreeMap<ConnId, (u64, u64)>,
+    /// Connections that left the topic while joining (their recovery went past what this
+    /// edge had passed): should one subscribe again, it joins past the same position, or
+    /// it would get again what its recovery gave it (sim seed 167). Dropped once the
+    /// topic's stream passes them, and with their connection.
+    floors: BTreeMap<ConnId, (u64, u64)>,
     /// What was passed on while a recovery of a split topic waits for its answer (an
     /// answer can stop short of what this edge passed meanwhile), at most
     /// [`RECOVERY_RECORD`]; and the newest position dropped from it.
@@ -274,7 +279,22 @@ impl LocalTopic {
         self.pending.remove(&conn);
         self.positions.remove(&conn);
         self.recovering.remove(&conn);
-        self.joining.remove(&conn);
+        if let Some(at) = self.joining.remove(&conn) {
+            if at > self.client_last {
+                self.floors.insert(conn, at);
+            }
+        }
+    }
+
+    /// Makes a connection that subscribes (without a position) a recipient, or one that
+    /// joins past its floor.
+    fn admit(&mut self, conn: ConnId) {
+        match self.floors.remove(&conn) {
+            Some(at) if at > self.client_last => {
+                self.joining.insert(conn, at);
+            }
+            _ => self.add_subscriber(conn),
+        }
     }
 
     /// The current subscribers, shared.
@@ -290,6 +310,9 @@ impl LocalTopic {
     /// recovery of a split topic waits for its answer, the frame is kept for it.
     fn fanout(&mut self, topic: &str, text: &str, epoch: u64, seq: u64) -> Option<Fanout> {
         self.client_last = (epoch, seq);
+        if !self.floors.is_empty() {
+            self.floors.retain(|_, at| *at > (epoch, seq));
+        }
         if !self.joining.is_empty() {
             let due: Vec<ConnId> = self
                 .joining
@@ -787,7 +810,7 @@ impl EdgeCore {
                 entry.positions.insert(conn, pos);
             }
             if is_ready && wanted.is_none() {
-                entry.add_subscriber(conn);
+                entry.admit(conn);
                 ready.push(topic.clone());
             } else if !is_ready {
                 entry.pending.insert(conn, now);
@@ -891,6 +914,9 @@ impl EdgeCore {
             .unwrap_or_default();
         for topic in &topics {
             self.remove_subscriber(conn, topic);
+            if let Some(entry) = self.topics.get_mut(topic) {
+                entry.floors.remove(&conn);
+            }
         }
         if !topics.is_empty() {
             self.outputs.push_back(Output::Left { conn, topics });
@@ -1053,7 +1079,7 @@ impl EdgeCore {
             if entry.positions.contains_key(&conn) {
                 self.start_recovery(asked, topic, conn);
             } else {
-                entry.add_subscriber(conn);
+                entry.admit(conn);
                 self.outputs.push_back(Output::Subscribed {
                     conn,
                     topics: vec![topic.to_string()],

@@ -700,7 +700,11 @@ fn history_stops_before_a_message_still_being_fanned_out() {
     assert_eq!(sent.len(), 2);
     let answer = core.history("live", Some((5, 0)), 10);
     assert!(answer.recovered && answer.messages.is_empty());
-    assert_eq!(answer.current, (5, 0), "not past the message being fanned out");
+    assert_eq!(
+        answer.current,
+        (5, 0),
+        "not past the message being fanned out"
+    );
     // A client that got it live already (through a sub-topic that was done) is answered
     // at its own position.
     let answer = core.history("live", Some((5, 1)), 10);

@@ -1318,3 +1318,40 @@ fn a_gap_in_a_stream_waits_for_the_missing_deliveries() {
         vec![(4, 9), (8, 1)]
     );
 }
+
+/// Found by sim seed 167: a connection recovered a split topic past what this edge had
+/// passed, left the topic and subscribed again (without a position); the edge then passed
+/// what the recovery had given it, and it got those messages twice. It joins past the same
+/// position again.
+#[test]
+fn a_connection_that_recovered_ahead_and_subscribes_again_joins_past_the_same_position() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_watch(now, hot("live", 2, 0, 5, true, 5));
+    let sub = edge_route_topic(7, "live", 2);
+    core.handle_subscribe(now, 10, vec!["live".into()]);
+    core.handle_interest_ack(1, &sub, 4);
+    drain(&mut core);
+    assert!(deliver(&mut core, &sub, 4, 1, b"1", ct(1, 5, 1)).is_some());
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 1))],
+    );
+    let asked = recovers(&drain(&mut core));
+    core.handle_recovered(recovered(asked[0].3, true, (4, 3), &[2, 3]));
+    assert_eq!(delivered(drain(&mut core)).len(), 2);
+    core.handle_unsubscribe(11, vec!["live".into()]);
+    core.handle_subscribe(now, 11, vec!["live".into()]);
+    assert!(drain(&mut core).contains(&Output::Subscribed {
+        conn: 11,
+        topics: vec!["live".into()]
+    }));
+    let f = deliver(&mut core, &sub, 4, 2, b"2", ct(2, 5, 2)).unwrap();
+    assert_eq!(&f.conns[..], &[10]);
+    let f = deliver(&mut core, &sub, 4, 3, b"3", ct(3, 5, 3)).unwrap();
+    assert_eq!(&f.conns[..], &[10]);
+    let f = deliver(&mut core, &sub, 4, 4, b"4", ct(4, 5, 4)).unwrap();
+    assert_eq!(&f.conns[..], &[10, 11]);
+}
