@@ -59,6 +59,7 @@ fn bench_relay(c: &mut Criterion) {
             data: Bytes::from(vec![b'x'; 128]),
             msg_id: 1,
             route_tag: 0,
+            ..Deliver::default()
         })),
     };
     c.bench_function("relay/encode_deliver_128B", |b| {

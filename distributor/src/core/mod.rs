@@ -1144,9 +1144,8 @@ impl DistributorCore {
                 ) => Some(base),
                 _ => None,
             };
-            match (parse_sub_topic(name), hot) {
-                _ if splittable.is_some() => {
-                    let topic = splittable.unwrap_or(name);
+            match (splittable, parse_sub_topic(name), hot) {
+                (Some(topic), ..) => {
                     let edges = state
                         .interest
                         .values()
@@ -1173,7 +1172,7 @@ impl DistributorCore {
                     }
                 }
                 // Sub-topic 0 of a settled split topic.
-                (Some((base, 0)), Some(h)) if h.committed && h.shards > 1 => {
+                (None, Some((base, 0)), Some(h)) if h.committed && h.shards > 1 => {
                     let load = rate * all_edges;
                     if load < policy.merge_load as f64 {
                         state.windows_under += 1;

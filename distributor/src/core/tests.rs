@@ -466,6 +466,27 @@ fn sustained_load_proposes_a_split_and_sustained_quiet_a_merge() {
             shards: 0
         }]
     );
+    // Merged: carried by its one sub-topic `live#0`, judged like a plain topic (by the
+    // edges that announced it), and split again under load.
+    core.handle_watch(Instant::now(), hot("live", 1, 4, true, 9));
+    for edge in [7, 8] {
+        core.handle_interest(edge, "live#0", 1, 5, 9).unwrap();
+    }
+    let mut again = Vec::new();
+    for w in 7..=9u64 {
+        for _ in 0..200 {
+            core.sequence("live#0", 9).unwrap();
+        }
+        core.handle_tick(t0 + Duration::from_secs(w));
+        again = proposals_of(&mut core);
+    }
+    assert_eq!(
+        again,
+        vec![HotProposal {
+            topic: "live".into(),
+            shards: 16
+        }]
+    );
 }
 
 /// A core that owns every slot at epoch 5, with history `policy`, edge 9 linked.
