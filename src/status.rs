@@ -38,7 +38,8 @@ async fn hot_topics(addr: &str) -> Option<Vec<pb::HotTopic>> {
 pub fn describe_hot_topic(h: &pb::HotTopic) -> String {
     let state = match (h.committed, h.shards) {
         (false, _) => "prepared (publishers use both routes until every edge acks)",
-        (true, 0) => "committed (merged: plain topic)",
+        (true, 0) => "committed (plain topic)",
+        (true, 1) => "committed (merged: carried by #0)",
         (true, _) => "committed",
     };
     format!(

@@ -192,4 +192,25 @@ pub const SEEDS: &[(u64, &str)] = &[
         307547,
         "the same as 307474, another connection and run",
     ),
+    (
+        15,
+        "split-topic recovery (session 11, one numbering for split topics): a client \
+         recovered a message from the topic's history while its fan-out to the sub-topics \
+         was still under way, left and subscribed again, and got it a second time when it \
+         arrived live. Fixed: history is served only up to the first message still being \
+         fanned out (unit test history_stops_before_a_message_still_being_fanned_out)",
+    ),
+    (
+        377,
+        "the same cause: the recovered message's fan-out never ended (its owner crashed), \
+         and its publisher's retry numbered it again in the new epoch",
+    ),
+    (
+        167,
+        "split-topic recovery: a client recovered past what its edge had passed (the edge \
+         held the messages for a route change), left the topic and subscribed again without \
+         a position, and got them again at the switch. Fixed: it joins past the same \
+         position (unit test \
+         a_connection_that_recovered_ahead_and_subscribes_again_joins_past_the_same_position)",
+    ),
 ];
