@@ -404,16 +404,16 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         deltas[0].changes[0].change,
         prepared(8, 0, 12, true, deltas[0].revision)
     );
-    // A clear is a change to 0 shards that stays as a tombstone, prepared while edge 7
-    // has not joined the plain route.
+    // A clear (a merge) is a change to 1 shard, the topic's one sub-topic `T#0`, prepared
+    // while edge 7 has not joined it.
     assert_eq!(deltas[1].changes.len(), 1);
-    assert_eq!(deltas[1].changes[0].change, prepared(0, 8, 14, false, 14));
+    assert_eq!(deltas[1].changes[0].change, prepared(1, 8, 14, false, 14));
     // Deregistering the edge: member down, its 20 slots of interest go, and the clear it
     // held back commits.
     assert_eq!(deltas[2].changes.len(), 22);
     assert_eq!(
         deltas[2].changes[21].change,
-        prepared(0, 8, 14, true, deltas[2].revision)
+        prepared(1, 8, 14, true, deltas[2].revision)
     );
     let map = writer
         .get_slot_map(pb::GetSlotMapRequest { linearizable: true })
@@ -423,7 +423,7 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         map.hot_topics,
         vec![pb::HotTopic {
             topic: "live".into(),
-            shards: 0,
+            shards: 1,
             prev_shards: 8,
             since: 14,
             committed: true,
