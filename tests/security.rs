@@ -217,14 +217,25 @@ async fn clients_need_a_valid_token_and_stay_within_its_topics() -> Result<()> {
 /// Before: the connection limit was checked before the upgrade and counted after it, so a
 /// burst of upgrades passed it, and one host could take every connection. Now both the
 /// edge-wide and the per-address limit are taken atomically at the upgrade request.
+/// One address opens more connections than it may, and one connection sends more frames
+/// than it may: each is refused at its limit, and closed when it keeps on, while the
+/// others go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_upgrades_from_one_address_stops_at_its_limit() -> Result<()> {
+async fn a_burst_of_upgrades_or_frames_stops_at_its_limit() -> Result<()> {
     const PER_IP: usize = 5;
     let cluster = Cluster::start_with(
         1,
         1,
         EdgeTuning {
             max_connections_per_ip: PER_IP,
+            rate: firetower_edge::rate::RateConfig {
+                frames: firetower_edge::rate::RateLimit {
+                    per_sec: 1,
+                    burst: 5,
+                },
+                close_after: 10,
+                ..Default::default()
+            },
             ..EdgeTuning::default()
         },
     )
@@ -276,6 +287,41 @@ async fn a_burst_of_upgrades_from_one_address_stops_at_its_limit() -> Result<()>
             r#"{"type":"subscribe","topic":"t"}"#,
         ))
         .await?;
+
+    // One connection floods frames (1 a second, a burst of 5 allowed): refused with
+    // `rate_limited`, then closed with 1008 after 10 refusals in a row.
+    let mut clients = clients.into_iter();
+    let (Some(mut flooder), Some(mut calm)) = (clients.next(), clients.next()) else {
+        bail!("two clients were admitted");
+    };
+    for _ in 0..40 {
+        flooder.send("heartbeat").await?;
+    }
+    let mut limited = 0;
+    let closed = loop {
+        match flooder.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Error { code, .. }) if code == "rate_limited" => limited += 1,
+            Some(Frame::Closed(code, reason)) => break (code, reason),
+            other => bail!("after {limited} rate_limited errors: {other:?}"),
+        }
+    };
+    ensure!(
+        closed.0 == 1008 && closed.1.contains("rate limit"),
+        "{closed:?}"
+    );
+    ensure!(
+        limited >= 9,
+        "{limited} rate_limited errors before the close"
+    );
+    let counters = &cluster.edge_counters[&1];
+    ensure!(
+        counters
+            .closed_rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    );
+    // Another connection has its own bucket.
+    calm.subscribe(&["calm".to_string()]).await?;
     drop(clients);
     cluster.shutdown().await;
     Ok(())

@@ -100,6 +100,8 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// How clients authenticate: JWT keys, anonymous access, allowed origins.
     pub auth: crate::auth::AuthConfig,
+    /// Per-connection rate limits on client frames and publishes ([`crate::rate`]).
+    pub rate: crate::rate::RateConfig,
     /// The API key (a file) this edge presents to the distributors' gRPC API, for the
     /// demo page's `/api/topic` (a `member` or `publish` key of theirs).
     pub distributor_key_file: Option<std::path::PathBuf>,
@@ -137,6 +139,7 @@ impl Default for Config {
             max_connections_per_ip: 16_384,
             shutdown_grace_ms: 5000,
             auth: crate::auth::AuthConfig::default(),
+            rate: crate::rate::RateConfig::default(),
             distributor_key_file: None,
         }
     }
@@ -207,6 +210,9 @@ impl Config {
             ));
         }
         self.auth.validate()?;
+        self.rate
+            .validate()
+            .map_err(|reason| ConfigError::new("rate", reason))?;
         let (budget, hard) = (self.send_queue_bytes, self.send_queue_hard_bytes);
         let least_hard = budget
             .saturating_mul(2)

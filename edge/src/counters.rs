@@ -35,6 +35,10 @@ pub struct Counters {
     pub closed_bad_utf8: AtomicU64,
     /// Client frames answered with an error frame.
     pub client_errors: AtomicU64,
+    /// Client frames refused with `rate_limited` (over the connection's rate limits).
+    pub rate_limited: AtomicU64,
+    /// Connections closed with 1008: they kept sending while refused.
+    pub closed_rate_limited: AtomicU64,
     /// Socket writes (each carries every frame pending at the time).
     pub writes: AtomicU64,
     pub client_publishes: AtomicU64,

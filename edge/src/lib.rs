@@ -12,6 +12,8 @@
 //!   Inputs are `handle_*` calls; every output goes into one queue ([`core::Output`]).
 //! - [`flow`]: the sans-IO flow-control rules: a connection's byte budget, when it is
 //!   slow, the edge-wide watermark.
+//! - [`rate`]: the sans-IO per-connection rate limits (token buckets for frames and
+//!   publishes; refuse, then close on abuse).
 //! - [`node`]: [`run`], and `Edge`, the shell's shared handles. `Edge::apply` is the one
 //!   way an input reaches the core: lock, handle, drain the outputs into one runner,
 //!   unlock, wake sessions, run hooks.
@@ -48,6 +50,7 @@ mod frame;
 pub mod hooks;
 mod links;
 pub mod node;
+pub mod rate;
 mod send;
 mod sessions;
 mod ws;

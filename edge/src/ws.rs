@@ -37,6 +37,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::admission::{PeerIp, Refusal};
 use crate::hooks::{Identity, ReadDecision};
 use crate::node::Edge;
+use crate::rate::{ConnLimits, Verdict};
 use crate::send::{write_frames, SendQueue};
 use crate::sessions::{Closer, ReadGate, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
 
@@ -461,6 +462,7 @@ async fn session<C, IO>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
     let mut batch: Vec<bytes::Bytes> = Vec::new();
+    let mut limits = ConnLimits::new(&config.rate);
     // Bytes of the batch being written; a write cut off part way leaves a partial frame
     // on the stream, after which no close frame can be sent.
     let mut torn = false;
@@ -536,14 +538,18 @@ async fn session<C, IO>(
                 last_heard = tokio::time::Instant::now();
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        handle_text(edge, conn, identity, text.as_str());
+                        if let Some(close) = handle_text(edge, conn, identity, &mut limits, text.as_str()) {
+                            break close;
+                        }
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        edge.sessions.send_error(conn, &ClientError::new(
+                    Some(Ok(Message::Binary(_))) => match rate_limited(edge, conn, &mut limits, false, None) {
+                        Rated::Pass => edge.sessions.send_error(conn, &ClientError::new(
                             ErrorCode::BinaryUnsupported,
                             "binary frames are not part of the protocol; send JSON text frames",
-                        ));
-                    }
+                        )),
+                        Rated::Refused => {}
+                        Rated::Close(end) => break end,
+                    },
                     Some(Ok(Message::Close(_))) | None => break End::Gone,
                     Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
                     Some(Err(WsError::Capacity(e))) => {
@@ -612,12 +618,77 @@ fn deny_by_token<C: Connector>(edge: &Edge<C>, conn: u64, topic: &str, doing: &s
 /// publish too: the core numbers it, sends it or holds it, and may pause this session's
 /// reading); the session's own answers (a malformed frame, a refusal by the hooks) go
 /// straight to its send queue.
-fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity, text: &str) {
-    let frame = match parse_client_frame(text, edge.config.max_topics_per_conn) {
+/// What the rate limits make of a client frame.
+enum Rated {
+    /// Act on it.
+    Pass,
+    /// Answered `rate_limited`; nothing else to do.
+    Refused,
+    /// The connection kept sending while refused: it ends.
+    Close(End),
+}
+
+/// Checks a client frame against the connection's rate limits.
+fn rate_limited<C: Connector>(
+    edge: &Edge<C>,
+    conn: u64,
+    limits: &mut ConnLimits,
+    publish: bool,
+    topic: Option<&str>,
+) -> Rated {
+    let verdict = limits.check(tokio::time::Instant::now(), publish);
+    if verdict == Verdict::Pass {
+        return Rated::Pass;
+    }
+    edge.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+    if verdict == Verdict::Close {
+        edge.counters
+            .closed_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        return Rated::Close(End::Close(
+            1008,
+            "rate limit exceeded: kept sending while refused".into(),
+        ));
+    }
+    let limit = limits.limit(publish);
+    let what = if publish { "publishes" } else { "frames" };
+    let mut error = ClientError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "more than {} {what} a second (burst {}) on this connection; slow down",
+            limit.per_sec, limit.burst
+        ),
+    );
+    if let Some(topic) = topic {
+        error = error.with_topic(topic);
+    }
+    edge.sessions.send_error(conn, &error);
+    Rated::Refused
+}
+
+/// Acts on one client text frame; returns how the connection ends when it must.
+fn handle_text<C: Connector>(
+    edge: &Arc<Edge<C>>,
+    conn: u64,
+    identity: &Identity,
+    limits: &mut ConnLimits,
+    text: &str,
+) -> Option<End> {
+    let parsed = parse_client_frame(text, edge.config.max_topics_per_conn);
+    let publish = match &parsed {
+        Ok(ClientFrame::Publish { topic, .. }) => Some(topic.as_ref()),
+        _ => None,
+    };
+    match rate_limited(edge, conn, limits, publish.is_some(), publish) {
+        Rated::Pass => {}
+        Rated::Refused => return None,
+        Rated::Close(end) => return Some(end),
+    }
+    let frame = match parsed {
         Ok(f) => f,
         Err(error) => {
             edge.sessions.send_error(conn, &error);
-            return;
+            return None;
         }
     };
     match frame {
@@ -632,7 +703,7 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
                 granted
             });
             if asked.is_empty() {
-                return;
+                return None;
             }
             let allowed = edge.hooks.before_subscribe(identity, asked.clone());
             for topic in asked.iter().filter(|t| !allowed.contains(t)) {
@@ -658,7 +729,7 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
         ClientFrame::Publish { topic, data } => {
             if !identity.grants.may_publish(&topic) {
                 deny_by_token(edge, conn, &topic, "publishing to");
-                return;
+                return None;
             }
             let (topic, data) = match edge.hooks.on_read(identity, &topic, data) {
                 ReadDecision::Allow => (topic.into_owned(), data.to_string()),
@@ -667,7 +738,7 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
                         conn,
                         &ClientError::new(ErrorCode::Denied, reason).with_topic(topic.as_ref()),
                     );
-                    return;
+                    return None;
                 }
                 ReadDecision::Rewrite { topic, data } => {
                     if validate_topic(&topic).is_err()
@@ -681,7 +752,7 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
                             )
                             .with_topic(topic.as_str()),
                         );
-                        return;
+                        return None;
                     }
                     (topic, data)
                 }
@@ -692,4 +763,5 @@ fn handle_text<C: Connector>(edge: &Arc<Edge<C>>, conn: u64, identity: &Identity
             edge.apply(|core, now| core.handle_client_publish(now, conn, topic, Bytes::from(data)));
         }
     }
+    None
 }

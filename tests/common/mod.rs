@@ -103,6 +103,8 @@ pub struct EdgeTuning {
     /// the key the harness's clients (and the edges, for TopicStatus) present.
     pub api: firetower_distributor::ApiAuthConfig,
     pub api_key: Option<String>,
+    /// The edges' per-connection rate limits.
+    pub rate: firetower_edge::rate::RateConfig,
 }
 
 impl Default for EdgeTuning {
@@ -125,6 +127,7 @@ impl Default for EdgeTuning {
                 ..Default::default()
             },
             api_key: None,
+            rate: firetower_edge::rate::RateConfig::default(),
         }
     }
 }
@@ -244,6 +247,7 @@ impl Cluster {
             max_topics_per_conn: tuning.max_topics_per_conn,
             auth: tuning.auth.clone(),
             max_connections_per_ip: tuning.max_connections_per_ip,
+            rate: tuning.rate,
             ..firetower_edge::Config::default()
         };
         let counters = Arc::new(firetower_edge::Counters::default());
