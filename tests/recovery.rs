@@ -311,7 +311,7 @@ async fn a_slot_moved_to_a_joining_distributor_keeps_its_streams_and_history() -
                     .push(v["n"].as_u64().unwrap_or(u64::MAX));
                 seen += 1;
             }
-            other => bail!("after {seen} deliveries: {other:?}"),
+            other => bail!("after {seen} deliveries: {other:?}; moved {moved:?}; {per_topic:?}"),
         }
     }
     for topic in &topics {

@@ -132,7 +132,8 @@ fn bench_sequencing(c: &mut Criterion) {
     let topics: Vec<String> = (0..1000).map(|i| format!("room/{i}")).collect();
     for t in &topics {
         for edge in 1..=4 {
-            core.handle_interest(edge, t, 10, 1, 0).unwrap_or_default();
+            core.handle_interest(edge, t, 10, 1, 0, (0, 0))
+                .unwrap_or_default();
         }
     }
     let mut i = 0usize;

@@ -749,12 +749,18 @@ where
     // Follow the routing state.
     let (events_tx, mut events_rx) = mpsc::channel::<pb::WatchEvent>(64);
     let watch_task = spawn_watch(meta.clone(), events_tx, stop_rx.clone());
+    // Registration waits for the first routing snapshot: slots the metastore gives this
+    // node must arrive as moves from their previous owner (so the core asks it for their
+    // streams, handover.rs), not in a first snapshot that names no previous owner (a
+    // joining distributor then started those slots' streams over).
+    let (routed_tx, mut routed_rx) = watch::channel(false);
     let apply_shared = shared.clone();
     tasks.spawn(async move {
         while let Some(event) = events_rx.recv().await {
             apply_shared.apply(|state, now| {
                 state.core.handle_watch(now, event);
             });
+            routed_tx.send_replace(true);
         }
     });
     let (incarnation_tx, mut incarnations) = watch::channel(0u64);
@@ -822,21 +828,34 @@ where
             }
         }
     });
-    let membership = spawn_membership(
-        meta,
-        Registration {
-            kind: pb::MemberKind::Distributor,
-            id: config.id,
-            addrs: BTreeMap::from([
-                ("grpc".to_string(), config.grpc_advertise.clone()),
-                ("quic".to_string(), config.quic_advertise.clone()),
-            ]),
-            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
-        },
-        incarnation_tx,
-        Some(confirmed_tx),
-        stop_rx.clone(),
-    );
+    let registration = Registration {
+        kind: pb::MemberKind::Distributor,
+        id: config.id,
+        addrs: BTreeMap::from([
+            ("grpc".to_string(), config.grpc_advertise.clone()),
+            ("quic".to_string(), config.quic_advertise.clone()),
+        ]),
+        lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+    };
+    let mut membership_stop = stop_rx.clone();
+    let membership = tokio::spawn(async move {
+        tokio::select! {
+            seen = routed_rx.wait_for(|routed| *routed) => {
+                if seen.is_err() {
+                    return; // The watch ended: the node is stopping.
+                }
+            }
+            _ = membership_stop.wait_for(|s| *s) => return,
+        }
+        let _ = spawn_membership(
+            meta,
+            registration,
+            incarnation_tx,
+            Some(confirmed_tx),
+            membership_stop,
+        )
+        .await;
+    });
 
     // The relay.
     let relay_shared = shared.clone();
@@ -1014,6 +1033,7 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                         interest.subscribers,
                         interest.epoch,
                         interest.route_since,
+                        (interest.passed_epoch, interest.passed_seq),
                     )
                 });
                 if let Err(e) = recorded {

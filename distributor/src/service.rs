@@ -970,6 +970,18 @@ fn handover_reply(answer: crate::core::HandoverAnswer) -> dpb::HandoverReply {
                     .collect(),
             })
             .collect(),
+        forwards: answer
+            .forwards
+            .iter()
+            .map(|f| dpb::HandedForward {
+                forwarder: f.key.0,
+                incarnation: f.key.1,
+                number: f.key.2,
+                slot: u32::from(f.slot),
+                epoch: f.epoch,
+                seq: f.seq,
+            })
+            .collect(),
     }
 }
 
@@ -978,7 +990,7 @@ fn handover_reply(answer: crate::core::HandoverAnswer) -> dpb::HandoverReply {
 pub(crate) fn handover_answer(
     reply: dpb::HandoverReply,
 ) -> Result<crate::core::HandoverAnswer, String> {
-    use crate::core::{Delivery, HandedMessage, HandedTopic, HandoverAnswer};
+    use crate::core::{Delivery, HandedForward, HandedMessage, HandedTopic, HandoverAnswer};
     use firetower_proto::relay::v1::Deliver;
     let mut released = Vec::with_capacity(reply.released.len());
     for slot in reply.released {
@@ -1015,7 +1027,24 @@ pub(crate) fn handover_answer(
             history,
         });
     }
-    Ok(HandoverAnswer { released, topics })
+    let mut forwards = Vec::with_capacity(reply.forwards.len());
+    for f in reply.forwards {
+        let slot = match firetower_proto::Slot::try_from(f.slot) {
+            Ok(s) if usize::from(s) < firetower_proto::SLOT_COUNT => s,
+            _ => return Err(format!("forward in slot {} is not a slot", f.slot)),
+        };
+        forwards.push(HandedForward {
+            key: (f.forwarder, f.incarnation, f.number),
+            slot,
+            epoch: f.epoch,
+            seq: f.seq,
+        });
+    }
+    Ok(HandoverAnswer {
+        released,
+        topics,
+        forwards,
+    })
 }
 
 #[cfg(test)]

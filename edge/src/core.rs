@@ -656,7 +656,13 @@ impl EdgeCore {
         let Some((owner, epoch)) = self.owner_link(name) else {
             return;
         };
-        let local = self.names.get(name).and_then(|n| self.topics.get(&n.base));
+        let route_name = self.names.get(name);
+        let local = route_name.and_then(|n| self.topics.get(&n.base));
+        // What this edge passed of the topic, for the owner to fill in what it missed
+        // (a plain topic's stream; see `Interest.passed_seq`).
+        let passed = route_name
+            .filter(|n| n.base == name && local.is_some_and(|t| t.routes.len() <= 1))
+            .map_or((0, 0), |n| n.last);
         let subscribers = local.map_or(0, LocalTopic::count);
         // Only a route joined during a change by a topic that already had subscribers here
         // asks for a replay of what was published on it since the change was prepared. The
@@ -682,6 +688,8 @@ impl EdgeCore {
                     subscribers,
                     epoch,
                     route_since,
+                    passed_epoch: passed.0,
+                    passed_seq: passed.1,
                 })),
             },
         });

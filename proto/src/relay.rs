@@ -204,6 +204,8 @@ mod tests {
                 subscribers: 5,
                 epoch: 1,
                 route_since: 0,
+                passed_epoch: 0,
+                passed_seq: 0,
             })),
         };
         encode_frame(&interest, &mut buf);

@@ -139,6 +139,13 @@ impl Cluster {
     }
 
     pub async fn start_with(distributors: u64, edges: u64, tuning: EdgeTuning) -> Result<Cluster> {
+        // With RUST_LOG set, the nodes' logs go to the test's output (shown when it fails).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir()?;
         let mut listeners = Vec::new();
         let mut peers = BTreeMap::new();

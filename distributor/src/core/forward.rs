@@ -383,6 +383,14 @@ impl DistributorCore {
                 (key, msg_id, data)
             })
             .collect();
+        tracing::trace!(
+            distributor = self.id,
+            topic = %run.topic,
+            origin = run.origin,
+            incarnation = run.incarnation,
+            keys = ?messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            "forwarded run"
+        );
         let outcome = match self.sequence_run(&run.topic, run.route_tag, &messages, &run.canon) {
             Ok(RunOutcome::Sequenced(positions)) => {
                 if run.canon.is_empty() && self.routing.fanout_route(&run.topic).is_some() {
@@ -738,6 +746,15 @@ impl DistributorCore {
             }
             return Ok(());
         };
+        if self.incarnation == 0 && name.keys.is_none() {
+            // Keys are unique by the registration's incarnation: a run forwarded without
+            // one could not be recognised when retried, and would be numbered again (sim
+            // seed 127: a joining distributor's forward numbered three times).
+            if let Some(op) = self.publishes.ops.get_mut(&op_id) {
+                op.last = String::from("this distributor has not registered yet");
+            }
+            return Ok(());
+        }
         let attempt = self.publishes.next_attempt;
         self.publishes.next_attempt += 1;
         let count = op.messages.len() as u64;
@@ -945,7 +962,7 @@ impl DistributorCore {
         for (i, (key, msg_id, data)) in messages.iter().enumerate() {
             // A retried forward of a run sequenced before: its first positions, and no
             // second delivery.
-            if let Some(&(epoch, seq)) = key.as_ref().and_then(|k| self.recent.get(k)) {
+            if let Some(&(_, epoch, seq)) = key.as_ref().and_then(|k| self.recent.get(k)) {
                 positions.push(Position {
                     epoch,
                     seq,

@@ -94,7 +94,7 @@ fn data(s: &'static str) -> Bytes {
 fn an_owned_topic_is_sequenced_here_and_replied_at_once() {
     let mut core = core_owning("mine");
     core.handle_edge_up(9);
-    core.handle_interest(9, "mine", 1, 5, 0).unwrap();
+    core.handle_interest(9, "mine", 1, 5, 0, (0, 0)).unwrap();
     drain(&mut core);
     let t0 = Instant::now();
     let op = core.handle_publish(t0, "mine", vec![data("1"), data("2")]);
@@ -353,7 +353,7 @@ fn an_owner_that_moved_mid_forward_sends_the_run_to_the_new_owner() {
 fn a_duplicate_forward_key_gets_the_first_positions_and_no_second_delivery() {
     let mut core = core_owning("mine");
     core.handle_edge_up(9);
-    core.handle_interest(9, "mine", 1, 5, 0).unwrap();
+    core.handle_interest(9, "mine", 1, 5, 0, (0, 0)).unwrap();
     drain(&mut core);
     let run = ForwardRun {
         topic: "mine".into(),
@@ -724,4 +724,20 @@ fn history_stops_before_a_message_still_being_fanned_out() {
             .collect::<Vec<_>>(),
         vec![1]
     );
+}
+
+/// Forward keys are unique by the registration's incarnation: before it, a run would go
+/// without keys, and a retry of it would be numbered twice (sim seed 127). It waits.
+#[test]
+fn nothing_is_forwarded_before_the_registration() {
+    let mut core = core_owning("mine");
+    core.handle_registered(0);
+    let t0 = Instant::now();
+    core.handle_publish(t0, "theirs", vec![data("1")]);
+    assert!(forwards(&drain(&mut core)).is_empty());
+    core.handle_registered(3);
+    core.handle_timeout(t0 + RETRY_POLL);
+    let sent = forwards(&drain(&mut core));
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].3.origin, sent[0].3.incarnation), (1, 3));
 }

@@ -19,12 +19,12 @@
 //! The old owner may see the move in its own view before the request comes: it keeps the
 //! streams of slots it lost to a live member for [`DEPARTING_FOR`] lease TTLs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use firetower_proto::{slot_of, Slot};
 use tokio::time::{Duration, Instant};
 
-use super::{Command, Delivery, DistributorCore, Kept, TopicState};
+use super::{Command, Delivery, DistributorCore, ForwardKey, Kept, TopicState};
 use firetower_proto::routing::RoutingChanges;
 
 /// Slots asked for in one Handover call.
@@ -54,12 +54,24 @@ pub struct HandedMessage {
     pub age_ms: u64,
 }
 
+/// A forwarded publish the old owner sequenced in a handed-over slot: a retry of it that
+/// reaches the new owner gets this position back instead of a second one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandedForward {
+    pub key: ForwardKey,
+    pub slot: Slot,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
 /// What the old owner answers.
 #[derive(Debug, Clone, Default)]
 pub struct HandoverAnswer {
     /// The slots it no longer sequences: the asker may start them now.
     pub released: Vec<Slot>,
     pub topics: Vec<HandedTopic>,
+    /// The forward keys it remembers in those slots.
+    pub forwards: Vec<HandedForward>,
 }
 
 /// A stream of a slot this node lost to a live member, kept for its Handover.
@@ -78,6 +90,7 @@ pub(super) struct Departing {
     epoch: u64,
     until: Instant,
     streams: Vec<Stream>,
+    forwards: Vec<HandedForward>,
 }
 
 /// The old owner's side: slots it released before its view showed the move.
@@ -125,10 +138,34 @@ impl DistributorCore {
                     epoch,
                     until,
                     streams: Vec::new(),
+                    forwards: Vec::new(),
                 })
                 .streams
                 .push(stream);
         }
+        let slots: BTreeSet<Slot> = lost.keys().copied().collect();
+        for forward in self.forwards_in(&slots) {
+            if let Some(d) = self.handovers.departing.get_mut(&forward.slot) {
+                d.forwards.push(forward);
+            }
+        }
+    }
+
+    /// The forward keys remembered in `slots`.
+    fn forwards_in(&self, slots: &BTreeSet<Slot>) -> Vec<HandedForward> {
+        if slots.is_empty() {
+            return Vec::new();
+        }
+        self.recent
+            .iter()
+            .filter(|(_, (slot, _, _))| slots.contains(slot))
+            .map(|(key, &(slot, epoch, seq))| HandedForward {
+                key: *key,
+                slot,
+                epoch,
+                seq,
+            })
+            .collect()
     }
 
     /// The new owner's side, on a watch event: asks each live previous owner for the
@@ -182,6 +219,7 @@ impl DistributorCore {
                 if d.to == to && d.epoch == epoch {
                     if let Some(d) = self.handovers.departing.remove(&slot) {
                         streams.extend(d.streams);
+                        answer.forwards.extend(d.forwards);
                     }
                     answer.released.push(slot);
                     continue;
@@ -196,6 +234,8 @@ impl DistributorCore {
             }
         }
         if !stale.is_empty() {
+            let slots: BTreeSet<Slot> = stale.keys().copied().collect();
+            answer.forwards.extend(self.forwards_in(&slots));
             for (topic, state) in self.topics.iter_mut() {
                 if let Some(&reign) = stale.get(&slot_of(topic)) {
                     streams.extend(take_stream(topic, state, reign));
@@ -283,6 +323,11 @@ impl DistributorCore {
                 })
                 .collect();
             state.history_bytes = state.history.iter().map(|k| k.delivery.len()).sum();
+        }
+        for f in answer.forwards {
+            if released.contains(&f.slot) {
+                self.remember_forward(f.key, f.slot, f.epoch, f.seq);
+            }
         }
         if let Some(fence) = self.fence.as_mut() {
             for slot in &released {

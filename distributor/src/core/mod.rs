@@ -35,7 +35,7 @@ pub use delivery::Delivery;
 pub use forward::{
     AttemptId, ForwardResult, ForwardRun, OpId, Outcome, Position, PublishError, RunOutcome,
 };
-pub use handover::{HandedMessage, HandedTopic, HandoverAnswer};
+pub use handover::{HandedForward, HandedMessage, HandedTopic, HandoverAnswer};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -266,8 +266,10 @@ pub struct DistributorCore {
     relayed: u64,
     /// Forwarded publishes already sequenced here, by the forwarder's key, so a retried
     /// forward (the first attempt's reply was lost) is answered without sequencing twice.
-    /// FIFO-bounded by [`RECENT_FORWARDS`].
-    recent: HashMap<ForwardKey, (u64, u64)>,
+    /// FIFO-bounded by [`RECENT_FORWARDS`]. With the topic's slot: a slot handed over to
+    /// another distributor takes its keys along ([`handover`]), so a retry that reaches
+    /// the new owner is not numbered twice in the stream that continues there.
+    recent: HashMap<ForwardKey, (Slot, u64, u64)>,
     /// This process's registration incarnation (0 before it registered). It owns a slot
     /// only at an epoch at least this: every slot a new registration gets (or keeps) is
     /// granted at that revision, so an older epoch in the view is stale routing (a lagging
@@ -642,7 +644,10 @@ impl DistributorCore {
     /// topic's route first gets the deliveries published on it since the change was
     /// prepared ([`Command::Replay`], see [`HISTORY_FRAMES`]), then (as any edge that
     /// announces a topic that was ever split) the owner's fence, on the topic's lane behind
-    /// them, and the edge's interest is acked ([`Command::InterestAck`]).
+    /// them, and the edge's interest is acked ([`Command::InterestAck`]). An edge that newly
+    /// announces a plain topic with the position it `passed` of the topic's stream first
+    /// gets what the history holds after it (the deliveries sequenced here before its
+    /// interest arrived: a slot that moved here before the edge linked to this node).
     pub fn handle_interest(
         &mut self,
         edge: u64,
@@ -650,8 +655,9 @@ impl DistributorCore {
         subscribers: u64,
         epoch: u64,
         route_since: u64,
+        passed: (u64, u64),
     ) -> Result<(), CoreError> {
-        let replay = self.record_interest(edge, topic, subscribers, epoch, route_since)?;
+        let replay = self.record_interest(edge, topic, subscribers, epoch, route_since, passed)?;
         if subscribers == 0 {
             return Ok(());
         }
@@ -686,6 +692,7 @@ impl DistributorCore {
         subscribers: u64,
         epoch: u64,
         route_since: u64,
+        passed: (u64, u64),
     ) -> Result<Vec<Delivery>, CoreError> {
         if subscribers == 0 {
             if let Some(state) = self.topics.get_mut(topic) {
@@ -715,6 +722,18 @@ impl DistributorCore {
                 .filter(|k| k.tag >= since)
                 .map(|k| k.delivery.clone())
                 .collect()
+        } else if joined && passed.0 == state.epoch && passed.1 < state.seq {
+            // Only deliveries routed under the topic's own name (tag 0): a split topic's
+            // sub-topics are replayed by `route_since` above.
+            state
+                .history
+                .iter()
+                .filter(|k| {
+                    let d = k.delivery.deliver();
+                    k.tag == 0 && d.epoch == passed.0 && d.seq > passed.1
+                })
+                .map(|k| k.delivery.clone())
+                .collect()
         } else {
             Vec::new()
         };
@@ -725,6 +744,7 @@ impl DistributorCore {
             subscribers,
             epoch,
             route_since,
+            ?passed,
             joined,
             replay = replay.len(),
             "interest"
@@ -985,7 +1005,7 @@ impl DistributorCore {
         route_tag: u64,
         key: ForwardKey,
     ) -> Result<PublishOutcome, CoreError> {
-        if let Some(&(epoch, seq)) = self.recent.get(&key) {
+        if let Some(&(_, epoch, seq)) = self.recent.get(&key) {
             return Ok(PublishOutcome::Sequenced {
                 epoch,
                 seq,
@@ -994,15 +1014,23 @@ impl DistributorCore {
         }
         let outcome = self.sequence(topic, route_tag)?;
         if let PublishOutcome::Sequenced { epoch, seq, .. } = &outcome {
-            if self.recent_order.len() >= RECENT_FORWARDS {
-                if let Some(old) = self.recent_order.pop_front() {
-                    self.recent.remove(&old);
-                }
-            }
-            self.recent.insert(key, (*epoch, *seq));
-            self.recent_order.push_back(key);
+            self.remember_forward(key, slot_of(topic), *epoch, *seq);
         }
         Ok(outcome)
+    }
+
+    /// Remembers a forwarded publish's position (the oldest goes beyond
+    /// [`RECENT_FORWARDS`]).
+    fn remember_forward(&mut self, key: ForwardKey, slot: Slot, epoch: u64, seq: u64) {
+        if self.recent.insert(key, (slot, epoch, seq)).is_some() {
+            return;
+        }
+        if self.recent_order.len() >= RECENT_FORWARDS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+        self.recent_order.push_back(key);
     }
 
     /// Sequences one message if this distributor owns the topic, and picks its edges: those

@@ -34,14 +34,14 @@
 //! recipient yet, exactly as while its request is out); one that waits past the subscribe
 //! timeout fails like a subscribe that was never confirmed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use firetower_proto::client::{Recovery, StreamPos};
 use firetower_proto::relay::v1::{relay_frame::Frame, Recover, Recovered, RelayFrame};
 use tokio::time::Instant;
 
-use super::{ConnId, EdgeCore, Fanout, Output};
+use super::{ConnId, CoreCounters, EdgeCore, Fanout, Output};
 use crate::frame::delivery_frame;
 
 /// Recover requests one edge has unanswered at a time (see the module doc): with the
@@ -241,39 +241,15 @@ impl EdgeCore {
             // a later one): the rest is not sent; documented in docs/protocol.md §5.11.
             return;
         }
-        if !waiting.acked {
-            waiting.acked = true;
-            let position = (answer.epoch > 0).then_some(StreamPos {
-                epoch: answer.epoch,
-                seq: answer.seq,
-            });
-            self.outputs.push_back(Output::SubscribedFrom {
-                conn,
-                topic: topic.clone(),
-                recovery: Recovery {
-                    recovered: answer.ok,
-                    position: if answer.ok { None } else { position },
-                },
-            });
-        }
-        let since = waiting.since;
-        if answer.ok {
-            let to: Arc<[ConnId]> = Arc::from([conn]);
-            for m in &answer.messages {
-                if (m.epoch, m.seq) <= (since.epoch, since.seq) {
-                    continue;
-                }
-                let Ok(text) = std::str::from_utf8(&m.data) else {
-                    self.counters.bad_deliveries += 1;
-                    continue;
-                };
-                self.counters.recovered_deliveries += 1;
-                self.outputs.push_back(Output::Deliver(Fanout {
-                    frame: delivery_frame(&topic, text, m.epoch, m.seq),
-                    conns: to.clone(),
-                }));
-            }
-        }
+        ack_once(&mut self.outputs, conn, &topic, waiting, &answer);
+        send_answered(
+            &mut self.outputs,
+            &mut self.counters,
+            conn,
+            &topic,
+            waiting.since,
+            &answer,
+        );
         if answer.last {
             entry.recovering.remove(&conn);
             entry.add_subscriber(conn);
@@ -294,39 +270,15 @@ impl EdgeCore {
         let Some(waiting) = entry.recovering.get_mut(&conn) else {
             return;
         };
-        if !waiting.acked {
-            waiting.acked = true;
-            let position = (answer.epoch > 0).then_some(StreamPos {
-                epoch: answer.epoch,
-                seq: answer.seq,
-            });
-            self.outputs.push_back(Output::SubscribedFrom {
-                conn,
-                topic: topic.to_string(),
-                recovery: Recovery {
-                    recovered: answer.ok,
-                    position: if answer.ok { None } else { position },
-                },
-            });
-        }
-        let since = (waiting.since.epoch, waiting.since.seq);
-        let to: Arc<[ConnId]> = Arc::from([conn]);
-        if answer.ok {
-            for m in &answer.messages {
-                if (m.epoch, m.seq) <= since {
-                    continue;
-                }
-                let Ok(text) = std::str::from_utf8(&m.data) else {
-                    self.counters.bad_deliveries += 1;
-                    continue;
-                };
-                self.counters.recovered_deliveries += 1;
-                self.outputs.push_back(Output::Deliver(Fanout {
-                    frame: delivery_frame(topic, text, m.epoch, m.seq),
-                    conns: to.clone(),
-                }));
-            }
-        }
+        ack_once(&mut self.outputs, conn, topic, waiting, &answer);
+        send_answered(
+            &mut self.outputs,
+            &mut self.counters,
+            conn,
+            topic,
+            waiting.since,
+            &answer,
+        );
         if !answer.last {
             return;
         }
@@ -351,6 +303,7 @@ impl EdgeCore {
         if entry.record_dropped > answered {
             self.counters.recovery_record_short += 1;
         }
+        let to: Arc<[ConnId]> = Arc::from([conn]);
         for (at, frame) in &entry.record {
             if *at > answered {
                 self.counters.recovered_deliveries += 1;
@@ -376,5 +329,61 @@ impl EdgeCore {
             }
         }
         out
+    }
+}
+
+/// The ack of a recovering subscribe, with the answer's first frame: recovered, or not
+/// with the topic's current position.
+fn ack_once(
+    outputs: &mut VecDeque<Output>,
+    conn: ConnId,
+    topic: &str,
+    waiting: &mut Recovering,
+    answer: &Recovered,
+) {
+    if waiting.acked {
+        return;
+    }
+    waiting.acked = true;
+    let position = (answer.epoch > 0 && !answer.ok).then_some(StreamPos {
+        epoch: answer.epoch,
+        seq: answer.seq,
+    });
+    outputs.push_back(Output::SubscribedFrom {
+        conn,
+        topic: topic.to_string(),
+        recovery: Recovery {
+            recovered: answer.ok,
+            position,
+        },
+    });
+}
+
+/// The answer's messages after the connection's position, to it alone.
+fn send_answered(
+    outputs: &mut VecDeque<Output>,
+    counters: &mut CoreCounters,
+    conn: ConnId,
+    topic: &str,
+    since: StreamPos,
+    answer: &Recovered,
+) {
+    if !answer.ok {
+        return;
+    }
+    let to: Arc<[ConnId]> = Arc::from([conn]);
+    for m in &answer.messages {
+        if (m.epoch, m.seq) <= (since.epoch, since.seq) {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&m.data) else {
+            counters.bad_deliveries += 1;
+            continue;
+        };
+        counters.recovered_deliveries += 1;
+        outputs.push_back(Output::Deliver(Fanout {
+            frame: delivery_frame(topic, text, m.epoch, m.seq),
+            conns: to.clone(),
+        }));
     }
 }

@@ -51,6 +51,8 @@ fn interest(topic: &str, subscribers: u64, epoch: u64) -> Output {
                 subscribers,
                 epoch,
                 route_since: 0,
+                passed_epoch: 0,
+                passed_seq: 0,
             })),
         },
     }
@@ -102,7 +104,18 @@ fn subscribe_is_acked_after_the_owner_acks_interest() {
         }]
     );
     core.handle_tick(now);
-    assert_eq!(drain(&mut core), vec![interest("chat", 2, 4)]);
+    // With the position this edge saw of the stream (for an owner that newly records it).
+    let mut update = interest("chat", 2, 4);
+    if let Output::Relay {
+        frame: RelayFrame {
+            frame: Some(Frame::Interest(i)),
+        },
+        ..
+    } = &mut update
+    {
+        (i.passed_epoch, i.passed_seq) = (4, 1);
+    }
+    assert_eq!(drain(&mut core), vec![update]);
     let fan = deliver(
         &mut core,
         "chat",
@@ -229,6 +242,8 @@ fn an_owner_change_re_announces_to_the_new_owner() {
                         subscribers: 1,
                         epoch: 9,
                         route_since: 0,
+                        passed_epoch: 0,
+                        passed_seq: 0,
                     }))
                 }
             },
