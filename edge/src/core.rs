@@ -75,6 +75,11 @@ pub const DEPARTED_TOPICS: usize = 64;
 /// Deliveries of a split topic kept while a recovery of it waits for its answer (see
 /// [`LocalTopic::record`]): a few seconds of a busy topic.
 pub const RECOVERY_RECORD: usize = 8192;
+/// Deliveries of a split topic with subscribers here always kept (see
+/// [`LocalTopic::record`]): what a recovery answer can stop short of, passed before the
+/// recovering connection's subscribe arrived (the owner's fan-out of a message takes
+/// milliseconds).
+pub const RECOVERY_TAIL: usize = 64;
 /// How often an unanswered hot-topic ack is sent again.
 const HOT_ACK_RESEND: Duration = Duration::from_secs(2);
 
@@ -237,7 +242,8 @@ struct LocalTopic {
     floors: BTreeMap<ConnId, (u64, u64)>,
     /// What was passed on while a recovery of a split topic waits for its answer (an
     /// answer can stop short of what this edge passed meanwhile), at most
-    /// [`RECOVERY_RECORD`]; and the newest position dropped from it.
+    /// [`RECOVERY_RECORD`], else the newest [`RECOVERY_TAIL`] of a split topic; and the
+    /// newest position dropped from it.
     record: VecDeque<((u64, u64), Bytes)>,
     record_dropped: (u64, u64),
     /// Recent message ids (split topics only), oldest first.
@@ -307,7 +313,8 @@ impl LocalTopic {
 
     /// Passes a message on to the subscribers, if there are any: it is the topic's latest.
     /// A recovered connection waiting for a position before this one joins first; while a
-    /// recovery of a split topic waits for its answer, the frame is kept for it.
+    /// recovery of a split topic waits for its answer (or to be asked), the frame is kept
+    /// for it.
     fn fanout(&mut self, topic: &str, text: &str, epoch: u64, seq: u64) -> Option<Fanout> {
         self.client_last = (epoch, seq);
         if !self.floors.is_empty() {
@@ -325,17 +332,31 @@ impl LocalTopic {
                 self.add_subscriber(conn);
             }
         }
-        let recording = !self.recovering.is_empty()
-            && self.recovering.values().any(recovery::Recovering::records);
-        if !recording && !self.record.is_empty() {
+        // A split topic's owner answers a recovery only up to its first message still being
+        // fanned out, so the answer can stop short of what this edge passed, even before
+        // the connection's subscribe arrived (sim seed 76): the newest deliveries are
+        // always kept ([`RECOVERY_TAIL`]), and everything while a connection with a
+        // position waits (for its routes to be acknowledged, to be asked, for the answer).
+        let split = self.routes.iter().any(|r| r.name != topic);
+        let recording = (!self.recovering.is_empty()
+            && self.recovering.values().any(recovery::Recovering::records))
+            || (!self.positions.is_empty() && split);
+        let keep = if recording {
+            RECOVERY_RECORD
+        } else if split && !self.subscribers.is_empty() {
+            RECOVERY_TAIL
+        } else {
+            0
+        };
+        if keep == 0 && !self.record.is_empty() {
             self.record.clear();
         }
         if self.subscribers.is_empty() && !recording {
             return None;
         }
         let frame = delivery_frame(topic, text, epoch, seq);
-        if recording {
-            if self.record.len() >= RECOVERY_RECORD {
+        if keep > 0 {
+            while self.record.len() >= keep {
                 if let Some((at, _)) = self.record.pop_front() {
                     self.record_dropped = at;
                 }

@@ -213,4 +213,20 @@ pub const SEEDS: &[(u64, &str)] = &[
          position (unit test \
          a_connection_that_recovered_ahead_and_subscribes_again_joins_past_the_same_position)",
     ),
+    (
+        127,
+        "a split topic's message numbered three times (a duplicate): a joining distributor \
+         forwarded it before it had registered, so its forward carried no keys, and each \
+         retry was numbered again. Fixed: nothing is forwarded before the registration \
+         (unit test nothing_is_forwarded_before_the_registration); handovers also carry \
+         the forward keys (unit test a_handover_takes_the_forward_keys_along)",
+    ),
+    (
+        76,
+        "split-topic recovery: the owner answered up to a message before one still being \
+         fanned out, which the edge had passed before the client's subscribe arrived: a gap. \
+         Fixed: the edge always keeps the newest 64 deliveries of a split topic, and all \
+         while a connection with a position waits (unit test \
+         a_split_recovery_waiting_to_be_asked_keeps_what_passes_meanwhile)",
+    ),
 ];

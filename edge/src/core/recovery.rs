@@ -69,10 +69,12 @@ impl Recovering {
         self.request != 0
     }
 
-    /// Whether what the edge passes on must be kept for it (a split topic's recovery,
-    /// asked and unanswered).
+    /// Whether what the edge passes on must be kept for it: a split topic's recovery,
+    /// unanswered, from the moment it waits, also while its request waits to be sent (the
+    /// answer can stop short of a message this edge passed before the request went out:
+    /// sim seed 76).
     pub(super) fn records(&self) -> bool {
-        self.split && self.sent()
+        self.split
     }
 }
 
@@ -292,6 +294,14 @@ impl EdgeCore {
         self.counters.recoveries += 1;
         let answered = (answer.epoch, answer.seq);
         let passed = entry.client_last;
+        tracing::trace!(
+            topic,
+            conn,
+            ?answered,
+            ?passed,
+            recorded = ?entry.record.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+            "split recovery answered"
+        );
         if passed <= answered {
             // This edge has not passed the answer's position yet: the connection joins
             // just before the first delivery past it.
