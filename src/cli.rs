@@ -48,6 +48,8 @@ pub enum Command {
         /// The cluster name shared by every node.
         #[arg(long, default_value = "firetower")]
         cluster: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Run one distributor (gRPC publish API + QUIC relay to the edges).
     Distributor {
@@ -92,10 +94,10 @@ pub enum Command {
         legacy_heartbeat: bool,
         #[command(flatten)]
         auth: ClientAuthArgs,
-        /// A file holding the API key the edge presents to the distributors (for the demo
-        /// page's online count).
+        /// A file holding the API key the edge presents to the metastore and the
+        /// distributors: a `member` key of theirs.
         #[arg(long)]
-        distributor_key_file: Option<PathBuf>,
+        member_key_file: Option<PathBuf>,
     },
     /// Make a client token (JWT, HS256) for a user, signed with the edges' key file.
     Token {
@@ -174,6 +176,10 @@ pub enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// A file holding an `admin` (or `member`) key of the metastore's (`dev` prints
+        /// its `api key file:`).
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
     },
     /// Split or merge hot topics.
     Hot {
@@ -217,15 +223,15 @@ impl HistoryArgs {
     }
 }
 
-/// Who may call a distributor's gRPC API (docs/security.md).
+/// Who may call a node's gRPC API, distributor or metastore (docs/security.md).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// An accepted API key: `NAME:SCOPE[+SCOPE…]:SHA256` (what `firetower api-key`
     /// prints). Repeatable.
     #[arg(long = "api-key", value_name = "ENTRY")]
     pub api_keys: Vec<String>,
-    /// The key (a file) this distributor presents to the others: one of their `member`
-    /// keys.
+    /// The key (a file) this node presents to the other nodes and the metastore: a
+    /// `member` key of theirs.
     #[arg(long)]
     pub member_key_file: Option<PathBuf>,
     /// Take calls without a key, in every scope.
@@ -311,6 +317,9 @@ pub enum HotAction {
         topic: String,
         #[arg(long)]
         shards: u32,
+        /// A file holding an `admin` key of the metastore's.
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
     },
     /// Merge TOPIC back into one, in the same two phases.
     Clear {
@@ -318,6 +327,9 @@ pub enum HotAction {
         metastore: String,
         #[arg(long)]
         topic: String,
+        /// A file holding an `admin` key of the metastore's.
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
     },
 }
 
@@ -372,6 +384,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             data_dir,
             peers,
             cluster,
+            api,
         } => {
             let listen: SocketAddr = listen
                 .parse()
@@ -382,6 +395,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 cluster,
                 peers,
                 data_dir,
+                api: api.config()?,
                 ..MetastoreConfig::default()
             };
             config
@@ -446,7 +460,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             cluster,
             legacy_heartbeat,
             auth,
-            distributor_key_file,
+            member_key_file,
         } => {
             let config = firetower_edge::Config {
                 id,
@@ -456,7 +470,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 tls: tls.files(),
                 legacy_heartbeat,
                 auth: auth.config(),
-                distributor_key_file,
+                member_key_file,
                 ..firetower_edge::Config::default()
             };
             config
@@ -551,9 +565,22 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             println!("{token}");
             Ok(())
         }
-        Command::Status { metastore, json } => status::run(&parse_addrs(&metastore)?, json).await,
+        Command::Status {
+            metastore,
+            json,
+            api_key_file,
+        } => {
+            let key = api_key(api_key_file.as_deref())?;
+            status::run(&parse_addrs(&metastore)?, json, &key).await
+        }
         Command::Hot { action } => hot(action).await,
     }
+}
+
+/// The key in `--api-key-file` (none without one).
+fn api_key(file: Option<&std::path::Path>) -> Result<firetower_net::ApiKey, Failure> {
+    firetower_net::ApiKey::from_optional_file("--api-key-file", file)
+        .map_err(|e| Failure::Usage(e.to_string()))
 }
 
 /// A client of the distributor at `distributor` (host:port).
@@ -566,8 +593,7 @@ async fn distributor_client(
     >,
     Failure,
 > {
-    let key = firetower_net::ApiKey::from_optional_file("--api-key-file", api_key_file)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let key = api_key(api_key_file)?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{distributor}"))
         .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(2));
@@ -761,17 +787,25 @@ async fn history(
 }
 
 async fn hot(action: HotAction) -> Result<(), Failure> {
-    let (metastore, topic) = match &action {
+    let (metastore, topic, api_key_file) = match &action {
         HotAction::Set {
-            metastore, topic, ..
+            metastore,
+            topic,
+            api_key_file,
+            ..
         }
-        | HotAction::Clear { metastore, topic } => (metastore, topic),
+        | HotAction::Clear {
+            metastore,
+            topic,
+            api_key_file,
+        } => (metastore, topic, api_key_file),
     };
+    let key = api_key(api_key_file.as_deref())?;
     firetower_proto::topic::validate_topic(topic)
         .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
     let mut last_error = String::from("no address tried");
     for addr in parse_addrs(metastore)? {
-        let Ok(mut client) = status::connect(&addr).await else {
+        let Ok(mut client) = status::connect(&addr, &key).await else {
             last_error = format!("{addr}: unreachable");
             continue;
         };

@@ -59,11 +59,13 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         .map(|(i, port)| (i as u64 + 1, format!("{HOST}:{port}")))
         .collect();
     let metastore: Vec<String> = peers.values().cloned().collect();
+    let api = write_api_keys(&root).context("writing the API keys")?;
     for (&id, addr) in &peers {
         let config = MetastoreConfig {
             id,
             peers: peers.clone(),
             data_dir: root.join(format!("metastore-{id}")),
+            api: api.config.clone(),
             ..MetastoreConfig::default()
         };
         let listener = tokio::net::TcpListener::bind(addr)
@@ -86,7 +88,6 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         &firetower_edge::Claims::everything("dev", 24 * 3600),
     )
     .context("signing the dev token")?;
-    let api = write_api_keys(&root).context("writing the API keys")?;
     let pki = DevPki::new().context("making the dev CA")?;
     let tls_dir = root.join("tls");
     for (id, grpc_port, quic_port) in DISTRIBUTORS {
@@ -137,7 +138,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
                 dev_tokens: true,
                 ..Default::default()
             },
-            distributor_key_file: Some(api.member_key_file.clone()),
+            member_key_file: Some(api.member_key_file.clone()),
             ..firetower_edge::Config::default()
         };
         let listener = tokio::net::TcpListener::bind(&listen)
@@ -171,8 +172,9 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         api.backend_key_file.display()
     );
     println!(
-        "status: cargo run --release -- status --metastore {}",
-        metastore.join(",")
+        "status: cargo run --release -- status --metastore {} --api-key-file {}",
+        metastore.join(","),
+        api.backend_key_file.display()
     );
 
     let ready = tokio::select! {
@@ -215,7 +217,7 @@ async fn wait_ready(token: &str, api_key: &firetower_net::ApiKey) -> anyhow::Res
     // Every node registered and the slots spread: from here slots move only on failures.
     loop {
         if let Ok(mut client) =
-            crate::status::connect(&format!("{HOST}:{}", METASTORE_PORTS[0])).await
+            crate::status::connect(&format!("{HOST}:{}", METASTORE_PORTS[0]), api_key).await
         {
             if let Ok(status) = client
                 .cluster_status(firetower_proto::metastore::v1::ClusterStatusRequest {})

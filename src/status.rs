@@ -3,28 +3,37 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use firetower_net::{ApiKey, KeyedChannel};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::cli::Failure;
 
 /// How long one status call may take before the node counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn connect(addr: &str) -> Result<MetastoreClient<Channel>, tonic::transport::Error> {
+/// A client of the metastore node at `addr`, presenting `key` (an `admin` or `member` key
+/// of the metastore's).
+pub async fn connect(
+    addr: &str,
+    key: &ApiKey,
+) -> Result<MetastoreClient<KeyedChannel>, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CALL_TIMEOUT)
         .timeout(CALL_TIMEOUT);
     // A full SlotMap with many edges can exceed tonic's 4 MiB default.
-    Ok(MetastoreClient::new(endpoint.connect().await?).max_decoding_message_size(64 << 20))
+    Ok(
+        MetastoreClient::with_interceptor(endpoint.connect().await?, key.clone())
+            .max_decoding_message_size(64 << 20),
+    )
 }
 
 /// The hot-topic table as `addr` has applied it (`None`: the node did not answer). Not a
 /// linearizable read: status shows one node's view, the same node as the rest.
-async fn hot_topics(addr: &str) -> Option<Vec<pb::HotTopic>> {
-    let mut client = connect(addr).await.ok()?;
+async fn hot_topics(addr: &str, key: &ApiKey) -> Option<Vec<pb::HotTopic>> {
+    let mut client = connect(addr, key).await.ok()?;
     client
         .get_slot_map(pb::GetSlotMapRequest {
             linearizable: false,
@@ -48,13 +57,16 @@ pub fn describe_hot_topic(h: &pb::HotTopic) -> String {
     )
 }
 
-async fn query(addr: &str) -> Option<pb::ClusterStatusReply> {
-    let mut client = connect(addr).await.ok()?;
+/// A node's status, or why it gave none.
+async fn query(addr: &str, key: &ApiKey) -> Result<pb::ClusterStatusReply, String> {
+    let mut client = connect(addr, key)
+        .await
+        .map_err(|e| format!("{addr}: unreachable: {e}"))?;
     client
         .cluster_status(pb::ClusterStatusRequest {})
         .await
-        .ok()
         .map(|r| r.into_inner())
+        .map_err(|status| format!("{addr}: {:?}: {}", status.code(), status.message()))
 }
 
 fn kind_name(kind: i32) -> &'static str {
@@ -65,10 +77,15 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-pub async fn run(addrs: &[String], as_json: bool) -> Result<(), Failure> {
+pub async fn run(addrs: &[String], as_json: bool, key: &ApiKey) -> Result<(), Failure> {
     let mut replies: BTreeMap<String, Option<pb::ClusterStatusReply>> = BTreeMap::new();
+    let mut refusals = Vec::new();
     for addr in addrs {
-        replies.insert(addr.clone(), query(addr).await);
+        let reply = query(addr, key).await;
+        if let Err(why) = &reply {
+            refusals.push(why.clone());
+        }
+        replies.insert(addr.clone(), reply.ok());
     }
     // Prefer the leader's own view; otherwise any node's.
     let answered = || {
@@ -81,15 +98,19 @@ pub async fn run(addrs: &[String], as_json: bool) -> Result<(), Failure> {
         .or_else(|| answered().next())
         .map(|(addr, r)| (addr.clone(), r.clone()))
         .ok_or_else(|| {
-            Failure::Unavailable(format!("no metastore node answered at {}", addrs.join(",")))
+            Failure::Unavailable(format!(
+                "no metastore node answered at {}: {}",
+                addrs.join(","),
+                refusals.join("; ")
+            ))
         })?;
     // Empty when the node stopped answering in between: the rest is still worth showing.
-    let hot = hot_topics(&view_addr).await.unwrap_or_default();
+    let hot = hot_topics(&view_addr, key).await.unwrap_or_default();
     let mut nodes = Vec::new();
     for voter in &view.voters {
         let reply = match replies.get(&voter.addr) {
             Some(reply) => reply.clone(),
-            None => query(&voter.addr).await,
+            None => query(&voter.addr, key).await.ok(),
         };
         nodes.push((voter.id, voter.addr.clone(), reply));
     }

@@ -138,7 +138,41 @@ impl Drop for Proc {
     }
 }
 
-fn start(id: u64, addr: &str, data: &str, peers: &str, cluster: &str) -> Result<Proc> {
+/// The metastore's API keys in a test's directory: an `admin` key the CLI presents, and the
+/// `member` key the nodes present to each other (docs/security.md).
+struct MetaKeys {
+    admin_file: String,
+    node_args: Vec<String>,
+}
+
+fn meta_keys(dir: &std::path::Path) -> Result<MetaKeys> {
+    use firetower_distributor::api::hash_key;
+    let (admin, member) = ("ftk_cli_test_admin", "ftk_cli_test_member");
+    let admin_file = dir.join("admin.key");
+    let member_file = dir.join("member.key");
+    std::fs::write(&admin_file, admin)?;
+    std::fs::write(&member_file, member)?;
+    Ok(MetaKeys {
+        admin_file: admin_file.to_string_lossy().to_string(),
+        node_args: vec![
+            "--api-key".into(),
+            format!("ops:admin:{}", hash_key(admin)),
+            "--api-key".into(),
+            format!("cluster:member:{}", hash_key(member)),
+            "--member-key-file".into(),
+            member_file.to_string_lossy().to_string(),
+        ],
+    })
+}
+
+fn start(
+    id: u64,
+    addr: &str,
+    data: &str,
+    peers: &str,
+    cluster: &str,
+    keys: &MetaKeys,
+) -> Result<Proc> {
     let child = Command::new(BIN)
         .args([
             "metastore",
@@ -152,6 +186,7 @@ fn start(id: u64, addr: &str, data: &str, peers: &str, cluster: &str) -> Result<
             peers,
         ])
         .args(["--cluster", cluster])
+        .args(&keys.node_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -159,8 +194,34 @@ fn start(id: u64, addr: &str, data: &str, peers: &str, cluster: &str) -> Result<
     Ok(Proc(child))
 }
 
-fn status_json(addrs: &str) -> Option<serde_json::Value> {
-    let out = firetower(&["status", "--metastore", addrs, "--json"]).ok()?;
+/// `firetower hot set` of `topic` into 4 shards, with the key in `key_file` (if any).
+fn hot_set(all: &str, topic: &str, key_file: Option<&str>) -> Result<Output> {
+    let mut args = vec![
+        "hot",
+        "set",
+        "--metastore",
+        all,
+        "--topic",
+        topic,
+        "--shards",
+        "4",
+    ];
+    if let Some(file) = key_file {
+        args.extend(["--api-key-file", file]);
+    }
+    firetower(&args)
+}
+
+fn status_json(addrs: &str, keys: &MetaKeys) -> Option<serde_json::Value> {
+    let out = firetower(&[
+        "status",
+        "--metastore",
+        addrs,
+        "--json",
+        "--api-key-file",
+        &keys.admin_file,
+    ])
+    .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -193,6 +254,7 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
         .collect::<Vec<_>>()
         .join(",");
     let all = addrs.join(",");
+    let keys = meta_keys(dir.path())?;
     let data = |id: usize| {
         dir.path()
             .join(format!("n{id}"))
@@ -207,24 +269,26 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
             &data(id),
             &peers,
             "cli",
+            &keys,
         )?));
     }
     let leader = wait_until(Duration::from_secs(15), || {
-        let s = status_json(&all)?;
+        let s = status_json(&all, &keys)?;
         let nodes = s["nodes"].as_array()?;
         (nodes.len() == 3 && nodes.iter().all(|n| n["reachable"] == true)).then_some(())?;
         s["leader"].as_u64()
     })?;
-    let out = firetower(&[
-        "hot",
-        "set",
-        "--metastore",
-        &all,
-        "--topic",
-        "before",
-        "--shards",
-        "4",
-    ])?;
+    // Without a key, the metastore answers nobody (it used to take a Register or a hot
+    // topic from anyone who reached the port).
+    let out = firetower(&["status", "--metastore", &all])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("missing API key"), "{stderr}");
+    let out = hot_set(&all, "nokey", None)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a split without a key was taken");
+    assert!(stderr.contains("missing API key"), "{stderr}");
+    let out = hot_set(&all, "before", Some(&keys.admin_file))?;
     assert!(
         out.status.success(),
         "{}",
@@ -239,7 +303,7 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
     killed.0.wait()?;
     let killed_at = Instant::now();
     let new_leader = wait_until(Duration::from_secs(5), || {
-        let s = status_json(&all)?;
+        let s = status_json(&all, &keys)?;
         s["leader"].as_u64().filter(|&l| l != leader)
     })?;
     let failover = killed_at.elapsed();
@@ -247,16 +311,7 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
         failover < Duration::from_secs(2),
         "failover took {failover:?} (new leader {new_leader})"
     );
-    let out = firetower(&[
-        "hot",
-        "set",
-        "--metastore",
-        &all,
-        "--topic",
-        "after",
-        "--shards",
-        "4",
-    ])?;
+    let out = hot_set(&all, "after", Some(&keys.admin_file))?;
     assert!(
         out.status.success(),
         "writes continue: {}",
@@ -266,9 +321,16 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
     // Restarted from its data dir, the node catches up: every node applied the same index
     // and the leader's revision covers both writes.
     let id = leader as usize;
-    procs[id - 1] = Some(start(leader, &addrs[id - 1], &data(id), &peers, "cli")?);
+    procs[id - 1] = Some(start(
+        leader,
+        &addrs[id - 1],
+        &data(id),
+        &peers,
+        "cli",
+        &keys,
+    )?);
     wait_until(Duration::from_secs(15), || {
-        let s = status_json(&all)?;
+        let s = status_json(&all, &keys)?;
         let applied: Vec<u64> = s["nodes"]
             .as_array()?
             .iter()
@@ -278,7 +340,7 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
             .then_some(())
     })?;
     // No edge is registered, so both splits committed at once.
-    let s = status_json(&all).ok_or_else(|| anyhow!("status failed"))?;
+    let s = status_json(&all, &keys).ok_or_else(|| anyhow!("status failed"))?;
     let hot: Vec<(&str, u64, bool)> = s["hot_topics"]
         .as_array()
         .ok_or_else(|| anyhow!("no hot_topics in {s}"))?
@@ -300,19 +362,23 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
     stopped.0.kill()?;
     stopped.0.wait()?;
     let leader_id = leader.to_string();
-    let out = firetower(&[
-        "metastore",
-        "--id",
-        &leader_id,
-        "--listen",
-        &addrs[id - 1],
-        "--data-dir",
-        &data(id),
-        "--peers",
-        &peers,
-        "--cluster",
-        "other",
-    ])?;
+    let out = Command::new(BIN)
+        .args([
+            "metastore",
+            "--id",
+            &leader_id,
+            "--listen",
+            &addrs[id - 1],
+            "--data-dir",
+            &data(id),
+            "--peers",
+            &peers,
+            "--cluster",
+            "other",
+        ])
+        .args(&keys.node_args)
+        .stdin(Stdio::null())
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("belongs to cluster \"cli\""), "{stderr}");

@@ -139,6 +139,13 @@ async fn set_hot(args: &Args, topics: usize, shards: u32) -> Result<()> {
         args.metastore.split(',').map(str::to_string).collect(),
         firetower_net::TcpConnector::default(),
         Duration::from_secs(2),
+    )
+    // The dev cluster's key has the `admin` scope the metastore asks for a split.
+    .with_key(
+        firetower_benches::rawws::API_KEY
+            .get()
+            .cloned()
+            .unwrap_or_default(),
     );
     for t in 0..topics {
         let topic = format!("bench-{t}");

@@ -10,7 +10,7 @@
 //! Relay stream I/O, TLS material and the metastore client come from `firetower-net`.
 //! - [`config`], [`error`].
 
-pub mod api;
+pub use firetower_net::api_auth as api;
 pub mod config;
 pub mod core;
 pub mod error;

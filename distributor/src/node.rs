@@ -745,7 +745,8 @@ where
     });
     let mut tasks = tokio::task::JoinSet::new();
 
-    let meta = MetaClient::new(config.metastore.clone(), connector, config.rpc_timeout());
+    let meta = MetaClient::new(config.metastore.clone(), connector, config.rpc_timeout())
+        .with_key(shared.member_key.clone());
     // Follow the routing state.
     let (events_tx, mut events_rx) = mpsc::channel::<pb::WatchEvent>(64);
     let watch_task = spawn_watch(meta.clone(), events_tx, stop_rx.clone());

@@ -102,9 +102,10 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Per-connection rate limits on client frames and publishes ([`crate::rate`]).
     pub rate: crate::rate::RateConfig,
-    /// The API key (a file) this edge presents to the distributors' gRPC API, for the
-    /// demo page's `/api/topic` (a `member` or `publish` key of theirs).
-    pub distributor_key_file: Option<std::path::PathBuf>,
+    /// The API key (a file) this edge presents to the metastore (registration, interest,
+    /// the routing watch) and to the distributors' gRPC API (the demo page's
+    /// `/api/topic`): a `member` key of theirs.
+    pub member_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -140,7 +141,7 @@ impl Default for Config {
             shutdown_grace_ms: 5000,
             auth: crate::auth::AuthConfig::default(),
             rate: crate::rate::RateConfig::default(),
-            distributor_key_file: None,
+            member_key_file: None,
         }
     }
 }

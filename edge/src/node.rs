@@ -73,7 +73,7 @@ pub(crate) struct Edge<C: Connector> {
     /// The connection limits (edge-wide and per address).
     pub(crate) admission: Admission,
     /// What this edge presents on its gRPC calls to distributors.
-    pub(crate) distributor_key: firetower_net::ApiKey,
+    pub(crate) member_key: firetower_net::ApiKey,
     pub(crate) counters: Arc<Counters>,
     /// The decisions. Its lock is held only to run one input and its outputs.
     core: Mutex<EdgeCore>,
@@ -375,9 +375,9 @@ where
 {
     config.validate()?;
     let auth = ClientAuth::from_config(&config.auth)?;
-    let distributor_key = firetower_net::ApiKey::from_optional_file(
-        "distributor_key_file",
-        config.distributor_key_file.as_deref(),
+    let member_key = firetower_net::ApiKey::from_optional_file(
+        "member_key_file",
+        config.member_key_file.as_deref(),
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (hot_ack_tx, hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
@@ -385,7 +385,7 @@ where
         hooks,
         auth,
         admission: Admission::new(config.max_connections, config.max_connections_per_ip),
-        distributor_key,
+        member_key,
         core: Mutex::new(
             EdgeCore::new(
                 config.id,
@@ -410,7 +410,8 @@ where
         config: config.clone(),
     });
     let rpc_timeout = Duration::from_millis(config.rpc_timeout_ms);
-    let meta = MetaClient::new(config.metastore.clone(), connector, rpc_timeout);
+    let meta = MetaClient::new(config.metastore.clone(), connector, rpc_timeout)
+        .with_key(edge.member_key.clone());
     edge.tasks.spawn(report_hot_acks(
         meta.clone(),
         config.id,

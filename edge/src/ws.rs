@@ -271,7 +271,7 @@ async fn topic_status<C: Connector>(edge: &Edge<C>, query: &str) -> (u16, String
     let Ok(channel) = edge.distributors.get(&addr) else {
         return (503, r#"{"error":"bad distributor address"}"#.into());
     };
-    let mut client = DistributorClient::with_interceptor(channel, edge.distributor_key.clone());
+    let mut client = DistributorClient::with_interceptor(channel, edge.member_key.clone());
     let mut request = tonic::Request::new(dpb::TopicStatusRequest {
         topic: topic.clone(),
         owner_only: false,

@@ -55,6 +55,10 @@ pub struct Config {
     pub max_hot_topics: usize,
     /// The most concurrent watch streams per node; each holds a task and a buffer.
     pub max_watchers: usize,
+    /// Who may call this node (API keys with scopes, docs/security.md): members (`member`
+    /// scope) for every RPC, Raft's included; operators (`admin`) for reads and hot-topic
+    /// changes. `api.member_key_file` is the key this node presents to the other nodes.
+    pub api: firetower_net::api_auth::ApiAuthConfig,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             max_members: 10_000,
             max_hot_topics: 10_000,
             max_watchers: 1024,
+            api: firetower_net::api_auth::ApiAuthConfig::default(),
         }
     }
 }
@@ -207,6 +212,7 @@ impl Config {
                 "rpc timeout, max lease ttl and max interest batch must be > 0".into(),
             );
         }
+        self.api.validate()?;
         Ok(())
     }
 
@@ -273,6 +279,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"bad name\""));
-        assert!(Config::default().validate().is_ok());
+        // No API keys: nobody could call it, unless that is what is asked for.
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("nobody could call this node"), "{err}");
+        let open = Config {
+            api: firetower_net::api_auth::ApiAuthConfig {
+                allow_unauthenticated: true,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        assert!(open.validate().is_ok());
     }
 }

@@ -19,6 +19,8 @@ pub enum ConfigError {
     BadClusterName(String),
     #[error("{name}: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error(transparent)]
+    Api(#[from] firetower_net::ConfigError),
 }
 
 /// The storage backend failed.

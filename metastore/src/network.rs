@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firetower_net::{Channels, Connector};
+use firetower_net::api_auth::{ApiAuth, Scope};
+use firetower_net::{ApiKey, Channels, Connector};
 use firetower_proto::raft::v1 as pb;
 use firetower_proto::raft::v1::raft_transport_client::RaftTransportClient;
 use openraft::error::{
@@ -32,6 +33,8 @@ pub struct Network<C: Connector> {
     pub(crate) channels: Channels<C>,
     pub(crate) cluster: String,
     pub(crate) from: u64,
+    /// The key this node presents to its peers (a `member` key of theirs).
+    pub(crate) key: ApiKey,
 }
 
 impl<C: Connector> RaftNetworkFactory<TypeConfig> for Network<C> {
@@ -43,6 +46,7 @@ impl<C: Connector> RaftNetworkFactory<TypeConfig> for Network<C> {
             channel: self.channels.get(&node.addr),
             cluster: self.cluster.clone(),
             from: self.from,
+            key: self.key.clone(),
         }
     }
 }
@@ -53,6 +57,7 @@ pub struct PeerClient {
     channel: Result<Channel, String>,
     cluster: String,
     from: u64,
+    key: ApiKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,7 @@ impl PeerClient {
             payload: payload.into(),
         });
         request.set_timeout(ttl);
+        self.key.attach(&mut request);
         let mut client = RaftTransportClient::new(channel);
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,
@@ -149,6 +155,8 @@ pub struct RaftService {
     /// Whether this node has a vote or any log; read by a peer deciding whether to
     /// initialize the cluster.
     pub(crate) has_state: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Who may call: members only (`member` scope).
+    pub(crate) auth: Arc<ApiAuth>,
 }
 
 impl RaftService {
@@ -287,6 +295,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         &self,
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
+        self.auth.check(&request, &[Scope::Member])?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&self.cluster, request.get_ref())?;
         self.wire(request.get_ref()).append_entries(&rpc)?;
         encode(&self.raft.append_entries(rpc).await)
@@ -296,6 +305,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         &self,
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
+        self.auth.check(&request, &[Scope::Member])?;
         let rpc: VoteRequest<u64> = decode(&self.cluster, request.get_ref())?;
         self.wire(request.get_ref()).vote_request(&rpc)?;
         encode(&self.raft.vote(rpc).await)
@@ -305,6 +315,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         &self,
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
+        self.auth.check(&request, &[Scope::Member])?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&self.cluster, request.get_ref())?;
         self.wire(request.get_ref()).install_snapshot(&rpc)?;
         encode(&self.raft.install_snapshot(rpc).await)
@@ -314,6 +325,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         &self,
         request: tonic::Request<pb::NodeInfoRequest>,
     ) -> Result<tonic::Response<pb::NodeInfoReply>, tonic::Status> {
+        self.auth.check(&request, &[Scope::Member])?;
         check_cluster(&self.cluster, &request.get_ref().cluster)?;
         Ok(tonic::Response::new(pb::NodeInfoReply {
             node_id: self.id,

@@ -229,6 +229,12 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let member_key = firetower_net::ApiKey::from_optional_file(
+        "api.member_key_file",
+        config.api.member_key_file.as_deref(),
+    )
+    .map_err(crate::error::ConfigError::from)?;
+    let auth = Arc::new(firetower_net::api_auth::ApiAuth::new(&config.api));
     let log_store = LogStore::new(storage.clone());
     let state_machine = StateMachine::open(storage.clone(), config.watch_history_changes)?;
     let sm = state_machine.shared();
@@ -237,6 +243,7 @@ where
         channels: channels.clone(),
         cluster: config.cluster.clone(),
         from: config.id,
+        key: member_key.clone(),
     };
     // In the node's scope, so that RaftCore, the tick and the state-machine worker (and
     // whatever they spawn) are tasks of the node.
@@ -262,6 +269,7 @@ where
         stopping: stopping.clone(),
         watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers)),
         tasks: tasks.clone(),
+        auth: auth.clone(),
     });
     let state_storage = storage.clone();
     let raft_service = RaftService {
@@ -270,11 +278,13 @@ where
         id: config.id,
         voters: config.peers.keys().copied().collect(),
         has_state: Arc::new(move || has_state(&state_storage)),
+        auth,
     };
 
     let init = tasks.spawn(initialize_when_ready(
         raft.clone(),
         config.clone(),
+        member_key,
         channels.clone(),
         storage.clone(),
         stopping.clone(),
@@ -341,6 +351,7 @@ where
 async fn initialize_when_ready<B: Backend, C: Connector>(
     raft: Raft,
     config: Config,
+    member_key: firetower_net::ApiKey,
     channels: Channels<C>,
     backend: B,
     mut stopping: watch::Receiver<bool>,
@@ -370,6 +381,7 @@ async fn initialize_when_ready<B: Backend, C: Connector>(
                 cluster: config.cluster.clone(),
             });
             request.set_timeout(config.rpc_timeout);
+            member_key.attach(&mut request);
             match RaftTransportClient::new(channel).node_info(request).await {
                 Ok(reply) if reply.get_ref().has_state => {
                     tracing::info!(

@@ -28,7 +28,13 @@ use crate::state::{Command, MemberKind, Response as CommandResponse};
 use crate::store::{Catchup, SmShared};
 use crate::tracked::Tasks;
 use crate::types::Raft;
+use firetower_net::api_auth::{ApiAuth, Scope};
 use firetower_net::{Channels, Connector};
+
+/// What members call: registration, leases, interest, hot-topic acks.
+const MEMBERS: &[Scope] = &[Scope::Member];
+/// What operators may call too: reads, and splitting or merging a hot topic.
+const MEMBERS_AND_ADMINS: &[Scope] = &[Scope::Member, Scope::Admin];
 
 /// Metadata set on a request a follower forwards, so the leader never forwards it again.
 const FORWARDED: &str = "firetower-forwarded";
@@ -51,6 +57,8 @@ pub(crate) struct NodeContext<C: Connector> {
     /// Spawns the watch streams' tasks as tasks of the node, which `run` waits for. Holding
     /// it counts too: `run` returns once no part of the node can start a task any more.
     pub(crate) tasks: Tasks,
+    /// Who may call (`config.api`).
+    pub(crate) auth: Arc<ApiAuth>,
 }
 
 /// The API service of one node.
@@ -156,7 +164,12 @@ impl<C: Connector> NodeContext<C> {
 
 /// Re-sends a request to the leader, marked as forwarded, within the RPC deadline.
 fn forwarded<T>(request: Request<T>, timeout: Duration) -> Request<T> {
+    // The caller's key goes along: the leader checks it as well.
+    let key = request.metadata().get("authorization").cloned();
     let mut out = Request::new(request.into_inner());
+    if let Some(key) = key {
+        out.metadata_mut().insert("authorization", key);
+    }
     out.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     out.set_timeout(timeout);
@@ -245,6 +258,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        self.node.auth.check(&request, MEMBERS)?;
         let command = check_register(&self.node.config, request.get_ref())?;
         if let Some(mut leader) = self.node.leader_route(&request)? {
             return leader
@@ -265,6 +279,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.node.auth.check(&request, MEMBERS)?;
         let req = request.get_ref();
         let kind = member_kind(req.kind)?;
         let id = member_id(req.id)?;
@@ -316,6 +331,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterReply>, Status> {
+        self.node.auth.check(&request, MEMBERS)?;
         let kind = member_kind(request.get_ref().kind)?;
         let id = member_id(request.get_ref().id)?;
         if let Some(mut leader) = self.node.leader_route(&request)? {
@@ -333,6 +349,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::UpdateInterestRequest>,
     ) -> Result<Response<pb::UpdateInterestReply>, Status> {
+        self.node.auth.check(&request, MEMBERS)?;
         let req = request.get_ref();
         if req.edge_id == 0 {
             return Err(ApiError::invalid("edge_id", "member ids start at 1").into());
@@ -371,6 +388,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::SetHotTopicRequest>,
     ) -> Result<Response<pb::HotTopicReply>, Status> {
+        self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
         let req = request.get_ref();
         let name = topic(&req.topic)?;
         if !(MIN_SHARDS..=MAX_SHARDS).contains(&req.shards) {
@@ -400,6 +418,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::ClearHotTopicRequest>,
     ) -> Result<Response<pb::HotTopicReply>, Status> {
+        self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
         let command = Command::ClearHotTopic {
             topic: topic(&request.get_ref().topic)?,
         };
@@ -418,6 +437,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::AckHotTopicRequest>,
     ) -> Result<Response<pb::HotTopicReply>, Status> {
+        self.node.auth.check(&request, MEMBERS)?;
         let req = request.get_ref();
         if req.edge_id == 0 {
             return Err(ApiError::invalid("edge_id", "member ids start at 1").into());
@@ -442,6 +462,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::GetSlotMapRequest>,
     ) -> Result<Response<pb::SlotMap>, Status> {
+        self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
         if request.get_ref().linearizable {
             if let Some(mut leader) = self.node.leader_route(&request)? {
                 return leader
@@ -461,6 +482,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
         let permit = self
             .node
             .watchers
@@ -487,8 +509,9 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
         let (leader, voters, last_applied, term, state) = {
             let metrics = self.node.raft.metrics();
             let m = metrics.borrow();

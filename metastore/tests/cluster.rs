@@ -64,6 +64,7 @@ impl Cluster {
             cluster: cluster.into(),
             peers: self.peers.clone(),
             data_dir: self.root.join(format!("node-{id}")),
+            api: open_api(),
             ..Config::default()
         };
         (self.tune)(&mut config);
@@ -634,6 +635,7 @@ async fn a_data_dir_of_another_cluster_is_refused() -> Result<()> {
         cluster: "alpha".into(),
         peers: BTreeMap::from([(1, addr.clone())]),
         data_dir: dir.path().join("node"),
+        api: open_api(),
         ..Config::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -1048,5 +1050,141 @@ async fn forged_raft_rpcs_are_refused_and_the_leader_stays() -> Result<()> {
     })
     .await?;
     assert_eq!(cluster.agreed_leader(Duration::from_secs(5)).await?, leader);
+    cluster.shutdown().await
+}
+
+/// Every test cluster above takes calls without keys; this one is configured as a real
+/// deployment is.
+fn open_api() -> firetower_net::api_auth::ApiAuthConfig {
+    firetower_net::api_auth::ApiAuthConfig {
+        allow_unauthenticated: true,
+        ..Default::default()
+    }
+}
+
+const MEMBER_KEY: &str = "ftk_cluster_test_member";
+const ADMIN_KEY: &str = "ftk_cluster_test_admin";
+
+fn member_key_file() -> PathBuf {
+    std::env::temp_dir().join(format!("firetower-cluster-test-{}.key", std::process::id()))
+}
+
+fn keyed(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    Ok(format!("Bearer {key}").parse()?)
+}
+
+/// The issue-15 probe of the metastore API: anyone who reached the port could Register as
+/// a distributor (and take a third of the slots), or split topics. With keys configured,
+/// a call without one is refused, an `admin` key may read and split but not register, and
+/// the nodes reach each other (Raft, forwarded writes) with their `member` key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> {
+    use firetower_net::api_auth::{hash_key, ApiKeyEntry, Scope};
+    std::fs::write(member_key_file(), MEMBER_KEY)?;
+    let cluster = Cluster::start_tuned("test", |c| {
+        c.api = firetower_net::api_auth::ApiAuthConfig {
+            allow_unauthenticated: false,
+            keys: vec![
+                ApiKeyEntry {
+                    name: "cluster".into(),
+                    sha256: hash_key(MEMBER_KEY),
+                    scopes: vec![Scope::Member],
+                },
+                ApiKeyEntry {
+                    name: "ops".into(),
+                    sha256: hash_key(ADMIN_KEY),
+                    scopes: vec![Scope::Admin],
+                },
+            ],
+            member_key_file: Some(member_key_file()),
+        };
+    })
+    .await?;
+    let with = |key: &'static str, node: u64| {
+        let addr = format!("http://{}", cluster.peers[&node]);
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(addr)?
+                .connect()
+                .await?;
+            let value = keyed(key)?;
+            Ok::<_, anyhow::Error>(MetastoreClient::with_interceptor(
+                channel,
+                move |mut r: tonic::Request<()>| {
+                    r.metadata_mut().insert("authorization", value.clone());
+                    Ok(r)
+                },
+            ))
+        }
+    };
+    // The nodes elect a leader among themselves: Raft calls carry the member key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let mut admin = with(ADMIN_KEY, 1).await?;
+        if let Ok(s) = admin.cluster_status(pb::ClusterStatusRequest {}).await {
+            if let Some(leader) = s.into_inner().leader {
+                break leader;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no leader within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let follower = follower_of(leader);
+    // No key: refused, whatever the call.
+    let mut anonymous = cluster.client(follower).await?;
+    let err = anonymous
+        .register(register(pb::MemberKind::Distributor, 9, 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("missing API key"), "{err}");
+    let err = anonymous
+        .set_hot_topic(pb::SetHotTopicRequest {
+            topic: "t".into(),
+            shards: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let forged = forged_raft_call(
+        &cluster.peers[&follower],
+        "vote",
+        leader,
+        serde_json::json!({}),
+    )
+    .await?
+    .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated, "{forged}");
+    // An admin key reads and splits, but is no member.
+    let mut admin = with(ADMIN_KEY, follower).await?;
+    let err = admin
+        .register(register(pb::MemberKind::Distributor, 9, 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("lacks the member scope"), "{err}");
+    write_with_retry(Duration::from_secs(10), || {
+        let mut a = admin.clone();
+        async move {
+            a.set_hot_topic(pb::SetHotTopicRequest {
+                topic: "t".into(),
+                shards: 2,
+            })
+            .await
+        }
+    })
+    .await?;
+    // A member registers through a follower: the write is forwarded with its key.
+    let member = with(MEMBER_KEY, follower).await?;
+    write_with_retry(Duration::from_secs(10), || {
+        let mut m = member.clone();
+        async move {
+            m.register(register(pb::MemberKind::Distributor, 9, 60_000))
+                .await
+        }
+    })
+    .await?;
+    let _ = std::fs::remove_file(member_key_file());
     cluster.shutdown().await
 }

@@ -48,6 +48,17 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// Sets the key on one request (for clients built without the interceptor).
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+    }
+}
+
 impl Interceptor for ApiKey {
     fn call(
         &mut self,

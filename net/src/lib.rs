@@ -6,7 +6,8 @@
 //! connections.
 //!
 //! # Layout
-//! - [`api_key`]: the API key a gRPC caller presents to a distributor.
+//! - [`api_key`]: the API key a gRPC caller presents to a distributor or the metastore.
+//! - [`api_auth`]: the servers' side: hashed keys with scopes, checked on every call.
 //! - [`connect`]: the [`Connector`] the simulator injects, the per-address [`Channels`]
 //!   cache, and [`accept_nodelay`] for gRPC servers.
 //! - `tls` (feature `relay`): certificates for the relay (and a throwaway CA for `dev` and tests).
@@ -17,6 +18,7 @@
 //! - [`tasks`]: the tasks a node spawned, so its `run` returns only once they have ended.
 //! - [`error`]: [`ConfigError`], [`TlsError`].
 
+pub mod api_auth;
 pub mod api_key;
 pub mod connect;
 pub mod error;

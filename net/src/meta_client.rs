@@ -16,9 +16,9 @@ use std::time::Duration;
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::api_key::{ApiKey, KeyedChannel};
 use crate::connect::{Channels, Connector};
 
 /// The largest message the client accepts (a full SlotMap with many edges is several MiB).
@@ -32,6 +32,8 @@ pub struct MetaClient<C: Connector> {
     /// The node that answered last: tried first next time.
     preferred: Arc<AtomicUsize>,
     timeout: Duration,
+    /// Presented on every call (a `member` key for nodes, `admin` for operators).
+    key: ApiKey,
 }
 
 impl<C: Connector> MetaClient<C> {
@@ -42,13 +44,20 @@ impl<C: Connector> MetaClient<C> {
             channels: Channels::new(connector),
             preferred: Arc::default(),
             timeout,
+            key: ApiKey::none(),
         }
     }
 
-    fn client(&self, index: usize) -> Result<MetastoreClient<Channel>, Status> {
+    /// The same client, presenting `key` on every call.
+    pub fn with_key(mut self, key: ApiKey) -> Self {
+        self.key = key;
+        self
+    }
+
+    fn client(&self, index: usize) -> Result<MetastoreClient<KeyedChannel>, Status> {
         let addr = &self.addrs[index % self.addrs.len().max(1)];
         let channel = self.channels.get(addr).map_err(Status::unavailable)?;
-        Ok(MetastoreClient::new(channel)
+        Ok(MetastoreClient::with_interceptor(channel, self.key.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
@@ -57,7 +66,7 @@ impl<C: Connector> MetaClient<C> {
     /// UNAVAILABLE / DEADLINE_EXCEEDED / a transport error.
     async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(MetastoreClient<Channel>) -> Fut,
+        F: FnMut(MetastoreClient<KeyedChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         if self.addrs.is_empty() {

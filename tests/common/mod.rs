@@ -160,6 +160,10 @@ impl Cluster {
                 id,
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("meta-{id}")),
+                api: firetower_net::api_auth::ApiAuthConfig {
+                    allow_unauthenticated: true,
+                    ..Default::default()
+                },
                 ..firetower_metastore::Config::default()
             };
             let addr = peers[&id].clone();

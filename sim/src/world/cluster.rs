@@ -98,6 +98,10 @@ fn add_metastore(sim: &mut turmoil::Sim<'_>, name: &str, id: u64, peers: &BTreeM
         id,
         peers: peers.clone(),
         data_dir: std::path::PathBuf::from(format!("/sim/meta{id}")),
+        api: firetower_net::api_auth::ApiAuthConfig {
+            allow_unauthenticated: true,
+            ..Default::default()
+        },
         ..firetower_metastore::Config::default()
     };
     sim.host(name, move || {

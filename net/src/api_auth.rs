@@ -1,15 +1,15 @@
-//! Who may call the distributor's gRPC API: API keys, presented as `authorization: Bearer
-//! <key>`, checked against the SHA-256 hashes in the configuration, each with scopes
-//! (docs/security.md):
+//! Who may call a gRPC API (the distributor's, the metastore's): API keys, presented as
+//! `authorization: Bearer <key>`, checked against the SHA-256 hashes in the node's
+//! configuration, each with scopes (docs/security.md):
 //!
-//! | scope | RPCs |
-//! |---|---|
-//! | `publish` | Publish, PublishBatch, PublishStream, History, TopicStatus |
-//! | `admin` | KickUser |
-//! | `member` | ForwardBatch, Handover, and the owner-only forms of History and TopicStatus: the calls distributors make to each other (and edges make for TopicStatus) |
+//! | scope | distributor RPCs | metastore RPCs |
+//! |---|---|---|
+//! | `publish` | Publish, PublishBatch, PublishStream, History, TopicStatus | none |
+//! | `admin` | KickUser | GetSlotMap, Watch, ClusterStatus, SetHotTopic, ClearHotTopic |
+//! | `member` | ForwardBatch, Handover, and the owner-only forms of History and TopicStatus | every RPC, Raft's too |
 //!
 //! The configuration holds only hashes, so it can be read by more people than the keys.
-//! A distributor presents its own `member_key_file` on its calls to other distributors.
+//! A node presents its own `member_key_file` on its calls to the others.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -98,14 +98,15 @@ impl ApiKeyEntry {
     }
 }
 
-/// How callers of the gRPC API authenticate (`[api]` of the distributor's configuration).
+/// How callers of a node's gRPC API authenticate (`[api]` of its configuration).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiAuthConfig {
     /// Take calls without a key, in every scope. Off by default.
     pub allow_unauthenticated: bool,
     pub keys: Vec<ApiKeyEntry>,
-    /// The key this distributor presents to other distributors (a `member` key of theirs).
+    /// The key this node presents to the other nodes of its role and to the metastore (a
+    /// `member` key of theirs).
     pub member_key_file: Option<PathBuf>,
 }
 
@@ -114,7 +115,7 @@ impl ApiAuthConfig {
         if !self.allow_unauthenticated && self.keys.is_empty() {
             return Err(ConfigError::new(
                 "api",
-                "no API keys and allow_unauthenticated is false: no backend could publish",
+                "no API keys and allow_unauthenticated is false: nobody could call this node",
             ));
         }
         let mut names = std::collections::HashSet::new();
