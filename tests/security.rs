@@ -495,3 +495,52 @@ async fn the_distributor_api_needs_a_key_with_the_right_scope() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A gRPC call whose request never finishes arriving (a body that trickles in, or never
+/// ends) is cut off at the distributor's request bound, with a clear status; the node
+/// keeps serving. Before, such a call held its stream (and the decode buffer it reserved)
+/// for as long as the caller liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_finishes_arriving_is_cut_off() -> Result<()> {
+    let tuning = EdgeTuning {
+        publish_retry_ms: 500,
+        request_timeout_ms: 3000,
+        ..EdgeTuning::default()
+    };
+    let cluster = Cluster::start_with(1, 1, tuning).await?;
+    cluster.wait_ready(READY).await?;
+    let addr = cluster.distributors[&1].addr.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await?;
+    // The unary Publish, sent as a stream of requests that never yields its first.
+    let never = futures::stream::pending::<dpb::PublishRequest>();
+    let call = raw.client_streaming::<_, dpb::PublishRequest, dpb::PublishReply, _>(
+        tonic::Request::new(never),
+        tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/firetower.distributor.v1.Distributor/Publish",
+        ),
+        tonic_prost::ProstCodec::default(),
+    );
+    let Ok(answer) = tokio::time::timeout(Duration::from_secs(20), call).await else {
+        bail!("the call was still open after 20 s");
+    };
+    let Err(status) = answer else {
+        bail!("a publish without a body succeeded");
+    };
+    ensure!(
+        status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired"),
+        "{status:?}"
+    );
+    // Everyone else is served as before.
+    let mut d = cluster.distributor(1).await?;
+    d.publish(dpb::PublishRequest {
+        topic: "after".into(),
+        data: "1".into(),
+    })
+    .await?;
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -45,6 +45,11 @@ pub struct Config {
     pub publish_retry_ms: u64,
     /// Bound on each call to the metastore or another distributor.
     pub rpc_timeout_ms: u64,
+    /// Bound on each call to this node's gRPC API, from its first byte to its answer's
+    /// headers (a request whose body trickles in is cut off: CANCELLED `Timeout expired`).
+    /// A streaming answer (PublishStream) goes on after its headers. More than
+    /// `publish_retry_ms + rpc_timeout_ms`, the longest a publish may take.
+    pub request_timeout_ms: u64,
     /// When this distributor proposes splitting or merging a hot topic on its own.
     pub hot: HotPolicy,
     /// How much of each owned topic's recent messages is kept for recovery and History.
@@ -217,6 +222,7 @@ impl Default for Config {
             max_stream_in_flight: 1000,
             publish_retry_ms: 5000,
             rpc_timeout_ms: 2000,
+            request_timeout_ms: 30_000,
             hot: HotPolicy::default(),
             history: HistoryPolicy::default(),
             history_rules: Vec::new(),
@@ -287,6 +293,16 @@ impl Config {
                 &rule.policy,
             )?;
         }
+        if self.request_timeout_ms <= self.publish_retry_ms + self.rpc_timeout_ms {
+            return Err(ConfigError::new(
+                "request_timeout_ms",
+                format!(
+                    "must be more than publish_retry_ms + rpc_timeout_ms ({} ms), the longest \
+                     a publish may take",
+                    self.publish_retry_ms + self.rpc_timeout_ms
+                ),
+            ));
+        }
         if self.max_batch == 0 {
             return Err(ConfigError::new("max_batch", "must be positive"));
         }
@@ -338,6 +354,10 @@ impl Config {
 
     pub(crate) fn rpc_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub(crate) fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -411,6 +431,12 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(bad.validate().unwrap_err().field, "relay_lanes");
+        // A request bound a publish could outlast.
+        let bad = Config {
+            request_timeout_ms: 7000,
+            ..ok.clone()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "request_timeout_ms");
         let bad = Config {
             history: HistoryPolicy {
                 bytes: 1 << 30,

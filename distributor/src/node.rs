@@ -878,8 +878,10 @@ where
     // gRPC.
     let service = DistributorService::new(shared.clone());
     let server = tonic::transport::Server::builder()
-        // Each call may hold a request of up to the decode limit: bounded per connection.
+        // Each call may hold a request of up to the decode limit: bounded per connection,
+        // and in time.
         .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
+        .timeout(config.request_timeout())
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(grpc_incoming, shutdown);
     let result = server.await.map_err(|e| NodeError::Grpc(e.to_string()));

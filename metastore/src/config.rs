@@ -43,6 +43,10 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Deadline of one Raft RPC or forwarded request.
     pub rpc_timeout: Duration,
+    /// Bound on each call to this node, Raft's included, from its first byte to its
+    /// answer's headers (a request whose body trickles in is cut off: CANCELLED `Timeout
+    /// expired`). A watch stream goes on after its headers. More than `rpc_timeout`.
+    pub request_timeout: Duration,
     /// The largest accepted lease, so a member cannot pin slots forever by asking for one.
     pub max_lease_ttl: Duration,
     /// The most slots one interest update may name (all of them, twice).
@@ -76,6 +80,7 @@ impl Default for Config {
             watch_history_changes: 200_000,
             watch_buffer: 256,
             rpc_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
             max_lease_ttl: Duration::from_secs(300),
             max_interest_batch: 2 * firetower_proto::SLOT_COUNT,
             max_members: 10_000,
@@ -212,6 +217,15 @@ impl Config {
                 "rpc timeout, max lease ttl and max interest batch must be > 0".into(),
             );
         }
+        if self.request_timeout <= self.rpc_timeout {
+            return invalid(
+                "request timeout",
+                format!(
+                    "{:?} must be more than the rpc timeout ({:?})",
+                    self.request_timeout, self.rpc_timeout
+                ),
+            );
+        }
         self.api.validate()?;
         Ok(())
     }
@@ -279,6 +293,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"bad name\""));
+        let short = Config {
+            request_timeout: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let err = short.validate().unwrap_err().to_string();
+        assert!(err.contains("request timeout"), "{err}");
         // No API keys: nobody could call it, unless that is what is asked for.
         let err = Config::default().validate().unwrap_err().to_string();
         assert!(err.contains("nobody could call this node"), "{err}");

@@ -297,6 +297,7 @@ where
     // accepts, and a tokio watch there would spend the cooperative budget.
     let (stop_server, server_stop) = signal();
     let server = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
         .add_service(
             RaftTransportServer::new(raft_service).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

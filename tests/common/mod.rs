@@ -75,6 +75,7 @@ pub struct Cluster {
     hot: firetower_distributor::config::HotPolicy,
     lane_queue_bytes: usize,
     publish_retry_ms: u64,
+    request_timeout_ms: u64,
     /// The path `wait_ready`'s probes connect to (with a token when the edges need one).
     pub probe_path: String,
     /// The lease TTL of the distributors started from now on.
@@ -93,6 +94,8 @@ pub struct EdgeTuning {
     /// The distributors' byte budget per edge link, and their publish deadline.
     pub lane_queue_bytes: usize,
     pub publish_retry_ms: u64,
+    /// The distributors' bound on one call to their gRPC API.
+    pub request_timeout_ms: u64,
     /// How the edges authenticate clients: anonymous unless a test says otherwise (the
     /// token check has its own tests in tests/security.rs).
     pub auth: firetower_edge::AuthConfig,
@@ -116,6 +119,7 @@ impl Default for EdgeTuning {
             hot: firetower_distributor::config::HotPolicy::default(),
             lane_queue_bytes: firetower_distributor::Config::default().lane_queue_bytes,
             publish_retry_ms: firetower_distributor::Config::default().publish_retry_ms,
+            request_timeout_ms: firetower_distributor::Config::default().request_timeout_ms,
             auth: firetower_edge::AuthConfig {
                 allow_anonymous: true,
                 ..Default::default()
@@ -189,6 +193,7 @@ impl Cluster {
             hot: tuning.hot.clone(),
             lane_queue_bytes: tuning.lane_queue_bytes,
             publish_retry_ms: tuning.publish_retry_ms,
+            request_timeout_ms: tuning.request_timeout_ms,
             api: tuning.api.clone(),
             distributor_lease_ttl_ms: 1500,
             api_key: match &tuning.api_key {
@@ -227,6 +232,7 @@ impl Cluster {
             lane_queue_bytes: self.lane_queue_bytes,
             lane_hard_bytes: self.lane_queue_bytes * 16,
             publish_retry_ms: self.publish_retry_ms,
+            request_timeout_ms: self.request_timeout_ms,
             api: self.api.clone(),
             ..firetower_distributor::Config::default()
         };
