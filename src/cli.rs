@@ -157,6 +157,21 @@ pub enum Command {
         #[arg(long)]
         api_key_file: Option<PathBuf>,
     },
+    /// Make what a deployment's nodes need, into a new directory: a CA and a certificate
+    /// per distributor and edge (`tls/`), the edges' JWT key and two API keys (`auth/`);
+    /// prints the flags each role takes. Run it again for a new set (a new CA: every node
+    /// at once).
+    Certs {
+        /// A directory that does not exist yet, or is empty.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many distributors (ids 1..=N).
+        #[arg(long, default_value_t = 2)]
+        distributors: u64,
+        /// How many edges (ids 1..=N).
+        #[arg(long, default_value_t = 2)]
+        edges: u64,
+    },
     /// Make an API key for the distributors' gRPC API: prints the key (give it to the
     /// caller, e.g. in a file for `--api-key-file`) and the `--api-key` value that the
     /// distributors take (it holds only the key's hash).
@@ -534,6 +549,11 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Certs {
+            out,
+            distributors,
+            edges,
+        } => certs(&out, distributors, edges),
         Command::ApiKey { name, scopes } => {
             let key =
                 firetower_distributor::api::new_key().map_err(|e| Failure::Other(e.into()))?;
@@ -575,6 +595,71 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Hot { action } => hot(action).await,
     }
+}
+
+/// `firetower certs`: writes the material and prints what each role takes.
+fn certs(out: &std::path::Path, distributors: u64, edges: u64) -> Result<(), Failure> {
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Failure::Usage(format!(
+            "--out {}: not empty; certs never overwrites keys",
+            out.display()
+        )));
+    }
+    if distributors == 0 || edges == 0 || distributors > 1000 || edges > 1000 {
+        return Err(Failure::Usage(
+            "--distributors and --edges: 1 ..= 1000".to_string(),
+        ));
+    }
+    let pki = firetower_net::tls::DevPki::new().map_err(|e| Failure::Other(e.into()))?;
+    let tls = out.join("tls");
+    let nodes = (1..=distributors)
+        .map(|id| format!("distributor-{id}"))
+        .chain((1..=edges).map(|id| format!("edge-{id}")));
+    for name in nodes {
+        pki.write_node(&tls, &name)
+            .map_err(|e| Failure::Other(e.into()))?;
+    }
+    let jwt = crate::dev::write_jwt_key(out)?;
+    let keys = crate::dev::write_api_keys(out, "backend")?;
+    let entries: Vec<String> = keys
+        .config
+        .keys
+        .iter()
+        .map(|k| {
+            let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+            format!("--api-key {}:{}:{}", k.name, scopes.join("+"), k.sha256)
+        })
+        .collect();
+    println!("ca: {}", tls.join("ca.crt").display());
+    println!(
+        "node certificates: {}/<role>-<id>.crt and .key",
+        tls.display()
+    );
+    println!("jwt key file (edges, firetower token): {}", jwt.display());
+    println!(
+        "api key file (backends, status, hot; publish+admin): {}",
+        keys.backend_key_file.display()
+    );
+    println!(
+        "member key file (every node presents it): {}",
+        keys.member_key_file.display()
+    );
+    println!(
+        "metastore and distributor flags: {} --member-key-file {}",
+        entries.join(" "),
+        keys.member_key_file.display()
+    );
+    println!(
+        "distributor N: --tls-cert {0}/distributor-N.crt --tls-key {0}/distributor-N.key --tls-ca {0}/ca.crt",
+        tls.display()
+    );
+    println!(
+        "edge N: --tls-cert {0}/edge-N.crt --tls-key {0}/edge-N.key --tls-ca {0}/ca.crt --jwt-hs256-key-file {1} --member-key-file {2}",
+        tls.display(),
+        jwt.display(),
+        keys.member_key_file.display()
+    );
+    Ok(())
 }
 
 /// The key in `--api-key-file` (none without one).

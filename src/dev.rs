@@ -59,7 +59,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         .map(|(i, port)| (i as u64 + 1, format!("{HOST}:{port}")))
         .collect();
     let metastore: Vec<String> = peers.values().cloned().collect();
-    let api = write_api_keys(&root).context("writing the API keys")?;
+    let api = write_api_keys(&root, "dev").context("writing the API keys")?;
     for (&id, addr) in &peers {
         let config = MetastoreConfig {
             id,
@@ -298,7 +298,7 @@ async fn probe(
 
 /// A fresh HS256 secret for the edges' token check, in `<data>/auth/jwt-hs256.key` (readable
 /// by this user only). A data dir that has one keeps it, so tokens outlive a restart.
-fn write_jwt_key(root: &std::path::Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn write_jwt_key(root: &std::path::Path) -> anyhow::Result<PathBuf> {
     use rand::RngCore;
     let dir = root.join("auth");
     std::fs::create_dir_all(&dir)?;
@@ -316,16 +316,19 @@ fn write_jwt_key(root: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 /// The dev cluster's API keys: one for backends and the CLI (`publish` and `admin`), one
 /// the distributors and edges present to each other (`member`).
-struct DevApiKeys {
-    config: firetower_distributor::ApiAuthConfig,
-    backend_key_file: PathBuf,
+pub(crate) struct DevApiKeys {
+    pub(crate) config: firetower_distributor::ApiAuthConfig,
+    pub(crate) backend_key_file: PathBuf,
     backend_key: firetower_net::ApiKey,
-    member_key_file: PathBuf,
+    pub(crate) member_key_file: PathBuf,
 }
 
 /// Writes (or, in a data dir that has them, reuses) `<data>/auth/api.key` and
 /// `<data>/auth/member.key`.
-fn write_api_keys(root: &std::path::Path) -> anyhow::Result<DevApiKeys> {
+pub(crate) fn write_api_keys(
+    root: &std::path::Path,
+    backend_name: &str,
+) -> anyhow::Result<DevApiKeys> {
     use firetower_distributor::api::{hash_key, new_key};
     use firetower_distributor::{ApiKeyEntry, Scope};
     let dir = root.join("auth");
@@ -333,7 +336,7 @@ fn write_api_keys(root: &std::path::Path) -> anyhow::Result<DevApiKeys> {
     let mut keys = Vec::new();
     let mut files = Vec::new();
     for (name, file, scopes) in [
-        ("dev", "api.key", vec![Scope::Publish, Scope::Admin]),
+        (backend_name, "api.key", vec![Scope::Publish, Scope::Admin]),
         ("cluster", "member.key", vec![Scope::Member]),
     ] {
         let path = dir.join(file);

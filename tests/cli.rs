@@ -384,3 +384,63 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
     assert!(stderr.contains("belongs to cluster \"cli\""), "{stderr}");
     Ok(())
 }
+
+/// `firetower certs` makes what a deployment needs (issue 15): certificates that load as
+/// the nodes load them, API key entries the nodes accept, and it never overwrites keys.
+#[test]
+fn certs_writes_what_each_role_takes_and_never_overwrites() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out_dir = dir.path().join("deploy");
+    let out_arg = out_dir.to_string_lossy().to_string();
+    let out = firetower(&[
+        "certs",
+        "--out",
+        &out_arg,
+        "--distributors",
+        "2",
+        "--edges",
+        "1",
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["distributor-1", "distributor-2", "edge-1"] {
+        let files = firetower_net::TlsFiles {
+            cert: out_dir.join(format!("tls/{name}.crt")),
+            key: out_dir.join(format!("tls/{name}.key")),
+            ca: out_dir.join("tls/ca.crt"),
+        };
+        firetower_net::TlsMaterial::load(&files)
+            .map_err(|e| anyhow!("{name}: {e}"))?
+            .server_config()
+            .map_err(|e| anyhow!("{name}: {e}"))?;
+    }
+    assert!(!out_dir.join("tls/edge-2.crt").exists());
+    // The printed entries are what the nodes parse, and they match the key files.
+    let entries: Vec<firetower_distributor::ApiKeyEntry> = stdout
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--api-key")
+        .map(|w| firetower_distributor::ApiKeyEntry::parse(w[1]))
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(entries.len(), 2, "{stdout}");
+    for (entry, file) in entries.iter().zip(["auth/api.key", "auth/member.key"]) {
+        let key = std::fs::read_to_string(out_dir.join(file))?;
+        assert_eq!(entry.sha256, firetower_distributor::api::hash_key(&key));
+    }
+    assert!(out_dir.join("auth/jwt-hs256.key").exists());
+    // A second run into the same directory changes nothing.
+    let member = std::fs::read_to_string(out_dir.join("auth/member.key"))?;
+    let again = firetower(&["certs", "--out", &out_arg])?;
+    assert_eq!(again.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("auth/member.key"))?,
+        member
+    );
+    Ok(())
+}

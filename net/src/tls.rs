@@ -160,7 +160,9 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// A throwaway CA with node certificates, for `firetower dev` and tests.
+/// A CA made here, with node certificates: for `firetower dev`, the tests, and
+/// `firetower certs` (which writes the CA's certificate, not its key: a new set means a new
+/// CA for every node).
 pub struct DevPki {
     pub ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
