@@ -50,6 +50,11 @@ pub struct Config {
     /// A streaming answer (PublishStream) goes on after its headers. More than
     /// `publish_retry_ms + rpc_timeout_ms`, the longest a publish may take.
     pub request_timeout_ms: u64,
+    /// A topic no edge is interested in, with no publish in progress, leaves the topic
+    /// table after this long without a message (its history goes with it; a new message
+    /// numbers on after the highest `seq` its slot's evicted topics had). So one-shot topics
+    /// never fill the table. 0: never. At least `history.age_ms` when that is set.
+    pub idle_topic_ms: u64,
     /// When this distributor proposes splitting or merging a hot topic on its own.
     pub hot: HotPolicy,
     /// How much of each owned topic's recent messages is kept for recovery and History.
@@ -223,6 +228,7 @@ impl Default for Config {
             publish_retry_ms: 5000,
             rpc_timeout_ms: 2000,
             request_timeout_ms: 30_000,
+            idle_topic_ms: 600_000,
             hot: HotPolicy::default(),
             history: HistoryPolicy::default(),
             history_rules: Vec::new(),
@@ -300,6 +306,15 @@ impl Config {
                     "must be more than publish_retry_ms + rpc_timeout_ms ({} ms), the longest \
                      a publish may take",
                     self.publish_retry_ms + self.rpc_timeout_ms
+                ),
+            ));
+        }
+        if self.idle_topic_ms != 0 && self.idle_topic_ms < self.history.age_ms.max(1000) {
+            return Err(ConfigError::new(
+                "idle_topic_ms",
+                format!(
+                    "0 (never) or at least history.age_ms ({} ms) and 1000",
+                    self.history.age_ms
                 ),
             ));
         }
@@ -437,6 +452,11 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(bad.validate().unwrap_err().field, "request_timeout_ms");
+        let bad = Config {
+            idle_topic_ms: 1000,
+            ..ok.clone()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "idle_topic_ms");
         let bad = Config {
             history: HistoryPolicy {
                 bytes: 1 << 30,

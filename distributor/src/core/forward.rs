@@ -254,6 +254,11 @@ pub(crate) struct Publishes {
 }
 
 impl Publishes {
+    /// Whether `topic` has an unfinished op here.
+    pub(super) fn has_ops(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
     pub(crate) fn new(retry: Duration) -> Self {
         Publishes {
             ops: BTreeMap::new(),

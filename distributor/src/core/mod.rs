@@ -89,6 +89,9 @@ struct TopicState {
     /// The topic's history policy (its rule's, or the default), resolved when the state was
     /// made.
     policy: HistoryPolicy,
+    /// When the state was made or last sequenced (the core's clock): a topic idle past
+    /// [`DistributorCore::with_idle_topics`] with nobody interested leaves the table.
+    active_at: Option<Instant>,
 }
 
 /// One delivery in a topic's history.
@@ -217,6 +220,8 @@ pub struct CoreCounters {
     pub fences: u64,
     /// Messages forwarded to their owners (one per message per attempt).
     pub forwarded: u64,
+    /// Idle topics that left the table.
+    pub topics_evicted: u64,
 }
 
 /// A split or merge this owner proposes to the metastore (`shards` 0: merge).
@@ -297,6 +302,14 @@ pub struct DistributorCore {
     /// The latest time an input brought (history ages and lease fencing are measured with
     /// it).
     clock: Option<Instant>,
+    /// How long a topic nobody is interested in may stay idle before it leaves the table
+    /// (None: never).
+    idle_after: Option<Duration>,
+    /// slot → (reign, the highest `seq` of a topic of that slot evicted in that reign): a
+    /// topic made again in the same reign numbers on from there, so no position of its old
+    /// stream is ever given twice (a client's old position then answers `recovered:
+    /// false`, never a recovery from another stream). At most one entry per slot.
+    evicted_floors: HashMap<Slot, (u64, u64)>,
     /// Lease fencing of sequencing (None: off, for tests of other decisions).
     fence: Option<LeaseFence>,
     /// Streams of lost slots kept for their new owners, and slots released early.
@@ -375,6 +388,8 @@ impl DistributorCore {
             route_floors: HashMap::new(),
             history_rules: HistoryRules::default(),
             clock: None,
+            idle_after: None,
+            evicted_floors: HashMap::new(),
             fence: None,
             handovers: handover::Handovers::default(),
         }
@@ -451,6 +466,58 @@ impl DistributorCore {
     pub fn with_history(mut self, policy: HistoryPolicy) -> Self {
         self.history_rules.default = policy;
         self
+    }
+
+    /// The same core, dropping topics idle for `after` that no edge is interested in (and
+    /// with no publish in progress) from its table, at the end of a load window.
+    pub fn with_idle_topics(mut self, after: Duration) -> Self {
+        self.idle_after = Some(after);
+        self
+    }
+
+    /// Where a new stream of a topic of `slot` starts numbering in `reign` (see
+    /// `evicted_floors`).
+    fn evicted_floor(&self, slot: Slot, reign: u64) -> u64 {
+        self.evicted_floors
+            .get(&slot)
+            .filter(|(r, _)| *r == reign)
+            .map_or(0, |(_, seq)| *seq)
+    }
+
+    /// Drops the idle topics nobody wants (see [`Self::with_idle_topics`]).
+    fn evict_idle_topics(&mut self, now: Instant) {
+        let Some(after) = self.idle_after else {
+            return;
+        };
+        let routing = &self.routing;
+        let busy = &self.publishes;
+        let mut evicted: Vec<(Slot, u64, u64)> = Vec::new();
+        self.topics.retain(|name, state| {
+            let idle = state
+                .active_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= after);
+            let wanted = state.interest.values().any(|(n, _)| *n > 0);
+            let publishing = busy.has_ops(name) || busy.has_ops(base_topic(name));
+            if !idle || wanted || !state.unfanned.is_empty() || publishing {
+                return true;
+            }
+            let slot = slot_of(name);
+            evicted.push((slot, state.reign, state.seq));
+            false
+        });
+        for (slot, reign, seq) in evicted {
+            self.counters.topics_evicted += 1;
+            if reign != routing.route(slot).epoch || seq == 0 {
+                continue; // A stream of an older reign: a new one has a new epoch anyway.
+            }
+            let floor = self.evicted_floors.entry(slot).or_insert((reign, 0));
+            if floor.0 != reign {
+                *floor = (reign, 0);
+            }
+            floor.1 = floor.1.max(seq);
+        }
+        self.evicted_floors
+            .retain(|slot, (reign, _)| routing.route(*slot).epoch == *reign);
     }
 
     /// The same core, keeping the history of the topics these rules match by the first
@@ -867,7 +934,9 @@ impl DistributorCore {
             };
         }
         let state = self.topics.get(topic).filter(|s| s.reign == route.epoch);
-        let current = state.map_or((route.epoch, 0), |s| (s.epoch, s.seq));
+        let current = state.map_or((route.epoch, self.evicted_floor(slot, route.epoch)), |s| {
+            (s.epoch, s.seq)
+        });
         // The end of what is served: before the first message still being fanned out.
         let fanned = state
             .and_then(|s| s.unfanned.iter().find(|p| p.0 == current.0))
@@ -987,6 +1056,7 @@ impl DistributorCore {
                 topic.to_string(),
                 TopicState {
                     policy,
+                    active_at: self.clock,
                     ..TopicState::default()
                 },
             );
@@ -1076,12 +1146,15 @@ impl DistributorCore {
             return Ok(PublishOutcome::NotOwner { owner: 0 });
         }
         let edges = self.targets(topic, slot, route.epoch);
+        let start = self.evicted_floor(slot, route.epoch);
+        let clock = self.clock;
         let state = self.topic_entry(topic)?;
         if state.reign != route.epoch {
             state.reign = route.epoch;
             state.epoch = route.epoch;
-            state.seq = 0;
+            state.seq = start;
         }
+        state.active_at = clock;
         state.seq += 1;
         state.sequenced += 1;
         state.window_messages += 1;
@@ -1221,6 +1294,7 @@ impl DistributorCore {
                 }
             }
         }
+        self.evict_idle_topics(now);
         // The table's iteration order is arbitrary; the proposals' order is not.
         proposals.sort_by(|a, b| a.topic.cmp(&b.topic));
         self.counters.hot_proposals += proposals.len() as u64;

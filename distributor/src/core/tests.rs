@@ -575,6 +575,46 @@ fn history_serves_what_followed_a_position_in_the_current_epoch() {
     assert_eq!(fresh.current, (5, 0));
 }
 
+/// One-shot topics leave the table once idle (issue 15: a million of them refused every
+/// new topic for everyone); one an edge wants stays; a topic made again numbers on past its
+/// old stream, so an old position is refused, never recovered from the new stream.
+#[test]
+fn idle_topics_leave_the_table_and_their_numbers_are_not_given_twice() {
+    let t0 = Instant::now();
+    let mut core = DistributorCore::new(1, 3)
+        .with_history(HistoryPolicy::default())
+        .with_idle_topics(Duration::from_secs(60));
+    core.handle_registered(1);
+    core.handle_watch(t0, snapshot(|_| 1, 5, vec![]));
+    core.handle_edge_up(9);
+    core.handle_interest(9, "wanted", 1, 5, 0, (0, 0)).unwrap();
+    core.handle_tick(t0);
+    for i in 1..=3u8 {
+        publish_tagged(&mut core, "chat", 0, Bytes::from(vec![b'0' + i]));
+    }
+    publish_tagged(&mut core, "once", 0, Bytes::from_static(b"x"));
+    // The table is full (3): a new topic is refused until the idle ones go.
+    assert!(core.sequence("new", 0).is_err());
+    core.handle_tick(t0 + Duration::from_secs(30));
+    assert_eq!(core.counters().topics_evicted, 0, "not idle long enough");
+    core.handle_tick(t0 + Duration::from_secs(61));
+    assert_eq!(core.counters().topics_evicted, 2);
+    assert!(core.topic_count("wanted").is_ok_and(|c| c.subscribers == 1));
+    assert!(matches!(
+        core.sequence("new", 0),
+        Ok(PublishOutcome::Sequenced { .. })
+    ));
+    // "chat" again: past its old numbers (and any evicted topic's of its slot).
+    let gone = core.history("chat", Some((5, 1)), 100);
+    assert!(!gone.recovered, "the history went with the topic");
+    assert!(gone.current.1 >= 3, "{:?}", gone.current);
+    match core.sequence("chat", 0) {
+        Ok(PublishOutcome::Sequenced { epoch: 5, seq, .. }) => assert!(seq > 3, "{seq}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!core.history("chat", Some((5, 2)), 100).recovered);
+}
+
 #[test]
 fn history_ages_out_and_can_be_off() {
     let mut core = owning_core(HistoryPolicy {
