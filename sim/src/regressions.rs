@@ -229,4 +229,13 @@ pub const SEEDS: &[(u64, &str)] = &[
          while a connection with a position waits (unit test \
          a_split_recovery_waiting_to_be_asked_keeps_what_passes_meanwhile)",
     ),
+    (
+        41476,
+        "recovery on an edge whose view had not seen a topic's split yet: the connection \
+         recovered the topic as a plain one and became a recipient at once; when the edge \
+         learned of the split, the owner of its new route replayed older messages, and the \
+         connection got one it had recovered. Fixed: a connection recovered past what its \
+         edge passed joins just before the first delivery past the answer (unit test \
+         a_connection_recovered_past_what_this_edge_passed_joins_past_the_answer)",
+    ),
 ];

@@ -254,7 +254,16 @@ impl EdgeCore {
         );
         if answer.last {
             entry.recovering.remove(&conn);
-            entry.add_subscriber(conn);
+            let answered = (answer.epoch, answer.seq);
+            if answer.ok && entry.client_last < answered {
+                // This edge has passed less of the stream than the answer gave (the topic
+                // is new here): the connection joins just before the first delivery past
+                // the answer, so none it was given comes again (a route change this edge
+                // learns of later replays older messages: sim seed 41476).
+                entry.joining.insert(conn, answered);
+            } else {
+                entry.add_subscriber(conn);
+            }
             self.recoveries_in_flight -= 1;
             if answer.ok {
                 self.counters.recoveries += 1;

@@ -1079,6 +1079,31 @@ fn a_subscribe_with_a_position_gets_what_it_missed_then_the_live_deliveries() {
     assert_eq!(core.counters().recovered_deliveries, 2);
 }
 
+/// A topic new on this edge, recovered up to the owner's position: the connection joins
+/// past that position, so a message the answer covered that reaches the edge later (a route
+/// change this edge learns of replays older messages of the topic) is not passed to it
+/// again (sim seed 41476).
+#[test]
+fn a_connection_recovered_past_what_this_edge_passed_joins_past_the_answer() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_subscribe_from(
+        now,
+        11,
+        vec!["live".into()],
+        vec![("live".into(), pos(4, 2))],
+    );
+    core.handle_interest_ack(1, "live", 4);
+    let asked = recovers(&drain(&mut core));
+    core.handle_recovered(recovered(asked[0].3, true, (4, 5), &[3, 4, 5]));
+    assert_eq!(delivered(drain(&mut core)).len(), 3);
+    // Older messages of the stream arrive after the answer: not for 11.
+    assert!(deliver(&mut core, "live", 4, 4, b"4", tags(4, 0)).is_none());
+    assert!(deliver(&mut core, "live", 4, 5, b"5", tags(5, 0)).is_none());
+    let f = deliver(&mut core, "live", 4, 6, b"6", tags(6, 0)).unwrap();
+    assert_eq!(&f.conns[..], &[11]);
+}
+
 /// A position the owner cannot serve: the ack says so with the topic's position, and the
 /// connection gets the live deliveries from there.
 #[test]
