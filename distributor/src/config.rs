@@ -53,7 +53,9 @@ pub struct Config {
     /// A topic no edge is interested in, with no publish in progress, leaves the topic
     /// table after this long without a message (its history goes with it; a new message
     /// numbers on after the highest `seq` its slot's evicted topics had). So one-shot topics
-    /// never fill the table. 0: never. At least `history.age_ms` when that is set.
+    /// never fill the table. 0: never. A topic whose history keeps messages longer (the
+    /// default policy's or its rule's `age_ms`) waits that long instead
+    /// ([`Config::idle_topic`]).
     pub idle_topic_ms: u64,
     /// When this distributor proposes splitting or merging a hot topic on its own.
     pub hot: HotPolicy,
@@ -309,13 +311,10 @@ impl Config {
                 ),
             ));
         }
-        if self.idle_topic_ms != 0 && self.idle_topic_ms < self.history.age_ms.max(1000) {
+        if self.idle_topic_ms != 0 && self.idle_topic_ms < 1000 {
             return Err(ConfigError::new(
                 "idle_topic_ms",
-                format!(
-                    "0 (never) or at least history.age_ms ({} ms) and 1000",
-                    self.history.age_ms
-                ),
+                "0 (never) or at least 1000",
             ));
         }
         if self.max_batch == 0 {
@@ -369,6 +368,24 @@ impl Config {
 
     pub(crate) fn rpc_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    /// How long a topic may idle before it leaves the table (None: never): `idle_topic_ms`,
+    /// but never less than the longest history age of any policy, so no topic's history is
+    /// cut short by eviction. (It was a validation error before, and the CLI has no flag
+    /// for `idle_topic_ms`: a history rule kept longer than 10 min refused to start.)
+    pub(crate) fn idle_topic(&self) -> Option<std::time::Duration> {
+        if self.idle_topic_ms == 0 {
+            return None;
+        }
+        let longest_history = self
+            .history_rules
+            .iter()
+            .map(|rule| rule.policy.age_ms)
+            .fold(self.history.age_ms, u64::max);
+        Some(std::time::Duration::from_millis(
+            self.idle_topic_ms.max(longest_history),
+        ))
     }
 
     pub(crate) fn request_timeout(&self) -> std::time::Duration {
@@ -453,10 +470,26 @@ mod tests {
         };
         assert_eq!(bad.validate().unwrap_err().field, "request_timeout_ms");
         let bad = Config {
-            idle_topic_ms: 1000,
+            idle_topic_ms: 500,
             ..ok.clone()
         };
         assert_eq!(bad.validate().unwrap_err().field, "idle_topic_ms");
+        // A history kept longer than the idle bound holds its topics that long.
+        let long_history = Config {
+            idle_topic_ms: 1000,
+            history_rules: vec![HistoryRule::parse("chat/*=10,4096,7200000").unwrap()],
+            ..ok.clone()
+        };
+        assert_eq!(long_history.validate(), Ok(()));
+        assert_eq!(
+            long_history.idle_topic(),
+            Some(std::time::Duration::from_millis(7_200_000))
+        );
+        let never = Config {
+            idle_topic_ms: 0,
+            ..ok.clone()
+        };
+        assert_eq!(never.idle_topic(), None);
         let bad = Config {
             history: HistoryPolicy {
                 bytes: 1 << 30,

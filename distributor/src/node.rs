@@ -720,8 +720,8 @@ where
             .with_history(config.history)
             .with_history_rules(config.history_rules.clone())
             .with_lease_fencing(Duration::from_millis(config.lease_ttl_ms));
-    if config.idle_topic_ms > 0 {
-        core = core.with_idle_topics(Duration::from_millis(config.idle_topic_ms));
+    if let Some(idle) = config.idle_topic() {
+        core = core.with_idle_topics(idle);
     }
     core.set_publish_retry(Duration::from_millis(config.publish_retry_ms));
     let shared = Arc::new(Shared {
