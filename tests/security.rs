@@ -458,6 +458,7 @@ async fn the_distributor_api_needs_a_key_with_the_right_scope() -> Result<()> {
                     to: 9,
                     epoch: 1,
                     slots: vec![1],
+                    from_epochs: vec![],
                 })
                 .await
                 .unwrap_err(),

@@ -610,7 +610,7 @@ async fn handover<C: Connector>(
     from: u64,
     addr: String,
     epoch: u64,
-    slots: Vec<firetower_proto::Slot>,
+    slots: Vec<(firetower_proto::Slot, u64)>,
 ) {
     let answer = match shared.peers.get(&addr) {
         Err(reason) => Err(reason),
@@ -623,7 +623,8 @@ async fn handover<C: Connector>(
                 firetower_proto::distributor::v1::HandoverRequest {
                     to: shared.config.id,
                     epoch,
-                    slots: slots.iter().map(|s| u32::from(*s)).collect(),
+                    slots: slots.iter().map(|(s, _)| u32::from(*s)).collect(),
+                    from_epochs: slots.iter().map(|(_, e)| *e).collect(),
                 },
                 timeout,
             );
@@ -915,8 +916,9 @@ where
     result
 }
 
-/// A Handover to ask for after a step: (from, addr, epoch, slots).
-type Handover = (u64, String, u64, Vec<firetower_proto::Slot>);
+/// A Handover to ask for after a step: (from, addr, epoch, slots with their epochs under
+/// `from`).
+type Handover = (u64, String, u64, Vec<(firetower_proto::Slot, u64)>);
 
 /// Serves one edge's relay connection until it ends.
 async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incoming) {

@@ -894,10 +894,20 @@ impl<C: Connector> Distributor for DistributorService<C> {
                 crate::core::handover::HANDOVER_SLOTS
             )));
         }
+        if !request.from_epochs.is_empty() && request.from_epochs.len() != request.slots.len() {
+            return Err(Status::invalid_argument(format!(
+                "from_epochs: {} given for {} slots",
+                request.from_epochs.len(),
+                request.slots.len()
+            )));
+        }
         let mut slots = Vec::with_capacity(request.slots.len());
         for (i, slot) in request.slots.iter().enumerate() {
+            let from_epoch = request.from_epochs.get(i).copied().unwrap_or(0);
             match firetower_proto::Slot::try_from(*slot) {
-                Ok(s) if usize::from(s) < firetower_proto::SLOT_COUNT => slots.push(s),
+                Ok(s) if usize::from(s) < firetower_proto::SLOT_COUNT => {
+                    slots.push((s, from_epoch))
+                }
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "slots[{i}]: {slot} is not a slot"

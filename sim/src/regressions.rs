@@ -238,4 +238,23 @@ pub const SEEDS: &[(u64, &str)] = &[
          edge passed joins just before the first delivery past the answer (unit test \
          a_connection_recovered_past_what_this_edge_passed_joins_past_the_answer)",
     ),
+    (
+        716205,
+        "completeness on a split topic: its slot went 2@4, unowned, 3@84 (a failed \
+         Handover: a new stream), 2@88, 1@91 while 2's view still showed 2@4; asked by 1, \
+         2 handed over its epoch-4 stream and edges that had passed epoch 84 dropped the \
+         rest as stale. Fixed: a Handover names each slot's reign under the answerer and \
+         only streams of that reign go along (unit test \
+         a_lagging_owner_hands_over_no_stream_of_an_older_reign_than_asked)",
+    ),
+    (
+        716164,
+        "completeness on split topics after slot moves with failed handovers (the class of \
+         716205)",
+    ),
+    (
+        716342,
+        "completeness on split topics after slot moves with failed handovers (the class of \
+         716205)",
+    ),
 ];

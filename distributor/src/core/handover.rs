@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  new owner                                   old owner
-//!  handle_watch: slots from live member M ─► Command::Handover{from: M, epoch, slots}
+//!  handle_watch: slots from live member M ─► Command::Handover{from: M, epoch,
+//!                                                 slots: (slot, its epoch under M)}
 //!                                              handle_handover(now, to, epoch, slots)
 //!                                                released: no more sequencing of those
 //!                                                slots here; their topics' (epoch, seq,
@@ -88,6 +89,8 @@ struct Stream {
 pub(super) struct Departing {
     to: u64,
     epoch: u64,
+    /// The slot's epoch under this node, which its streams number in.
+    reign: u64,
     until: Instant,
     streams: Vec<Stream>,
     forwards: Vec<HandedForward>,
@@ -136,6 +139,7 @@ impl DistributorCore {
                 .or_insert_with(|| Departing {
                     to,
                     epoch,
+                    reign,
                     until,
                     streams: Vec::new(),
                     forwards: Vec::new(),
@@ -174,14 +178,17 @@ impl DistributorCore {
         if self.fence.is_none() {
             return;
         }
-        let mut wanted: BTreeMap<(u64, u64), Vec<Slot>> = BTreeMap::new();
+        let mut wanted: BTreeMap<(u64, u64), Vec<(Slot, u64)>> = BTreeMap::new();
         for c in &changes.owners {
             if c.to == self.id
                 && c.from != 0
                 && c.from != self.id
                 && self.routing.distributors().contains_key(&c.from)
             {
-                wanted.entry((c.from, c.epoch)).or_default().push(c.slot);
+                wanted
+                    .entry((c.from, c.epoch))
+                    .or_default()
+                    .push((c.slot, c.from_epoch));
             }
         }
         for ((from, epoch), slots) in wanted {
@@ -203,20 +210,27 @@ impl DistributorCore {
     /// Distributor `to` took `slots` at `epoch` and asks for their streams: every slot this
     /// node held at an older epoch, or lost to `to` at that epoch, is released (never
     /// sequenced here again under that reign) and its topics' streams are handed over.
+    ///
+    /// Each slot comes with its epoch under this node as the asker's view shows it (0:
+    /// unknown). A view here that lags may still show an older reign of this node: the
+    /// slot went elsewhere and came back meanwhile (sim seed 716205: 2@4, 3@84 with a new
+    /// stream, 2@88, asked by 1@91 while this view still showed 2@4). Streams of that
+    /// older reign are older than what the owners between have numbered, so the slot is
+    /// released without them and the asker starts a newer stream.
     pub fn handle_handover(
         &mut self,
         now: Instant,
         to: u64,
         epoch: u64,
-        slots: &[Slot],
+        slots: &[(Slot, u64)],
     ) -> HandoverAnswer {
         self.advance_clock(now);
         let mut answer = HandoverAnswer::default();
         let mut streams = Vec::new();
         let mut stale: BTreeMap<Slot, u64> = BTreeMap::new();
-        for &slot in slots {
+        for &(slot, from_epoch) in slots {
             if let Some(d) = self.handovers.departing.get(&slot) {
-                if d.to == to && d.epoch == epoch {
+                if d.to == to && d.epoch == epoch && (from_epoch == 0 || d.reign == from_epoch) {
                     if let Some(d) = self.handovers.departing.remove(&slot) {
                         streams.extend(d.streams);
                         answer.forwards.extend(d.forwards);
@@ -229,7 +243,17 @@ impl DistributorCore {
             if route.distributor == self.id && route.epoch < epoch {
                 // This view has not seen the move yet: stop here and now.
                 self.handovers.released.insert(slot, (to, epoch));
-                stale.insert(slot, route.epoch);
+                if from_epoch == 0 || from_epoch == route.epoch {
+                    stale.insert(slot, route.epoch);
+                } else {
+                    tracing::debug!(
+                        distributor = self.id,
+                        slot,
+                        reign = route.epoch,
+                        from_epoch,
+                        "released without its streams: the slot had other owners since"
+                    );
+                }
                 answer.released.push(slot);
             }
         }

@@ -201,7 +201,8 @@ pub enum Command {
         from: u64,
         addr: String,
         epoch: u64,
-        slots: Vec<Slot>,
+        /// Each slot with its epoch under `from`, as this view shows it.
+        slots: Vec<(Slot, u64)>,
     },
 }
 

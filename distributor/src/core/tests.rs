@@ -866,7 +866,7 @@ fn handover_pair(t0: Instant) -> (DistributorCore, DistributorCore) {
     (old, new)
 }
 
-fn handovers_asked(core: &mut DistributorCore) -> Vec<(u64, u64, Vec<Slot>)> {
+fn handovers_asked(core: &mut DistributorCore) -> Vec<(u64, u64, Vec<(Slot, u64)>)> {
     drain(core)
         .into_iter()
         .filter_map(|c| match c {
@@ -888,13 +888,13 @@ fn a_slot_moved_to_a_live_member_hands_its_streams_over_and_numbering_goes_on() 
     old.handle_watch(t1, move_slot(chat, 2, 7));
     new.handle_watch(t1, move_slot(chat, 2, 7));
     new.handle_lease_confirmed(t1, t1, 7);
-    assert_eq!(handovers_asked(&mut new), vec![(1, 7, vec![chat])]);
+    assert_eq!(handovers_asked(&mut new), vec![(1, 7, vec![(chat, 5)])]);
     // Until the answer, the new owner waits (the old one might still be sequencing).
     assert_eq!(
         new.sequence("chat", 0).unwrap(),
         PublishOutcome::NotOwner { owner: 0 }
     );
-    let answer = old.handle_handover(t1, 2, 7, &[chat]);
+    let answer = old.handle_handover(t1, 2, 7, &[(chat, 5)]);
     assert_eq!(answer.released, vec![chat]);
     assert_eq!(answer.topics.len(), 1);
     assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
@@ -909,7 +909,7 @@ fn a_slot_moved_to_a_live_member_hands_its_streams_over_and_numbering_goes_on() 
     assert!(recovered.recovered);
     assert_eq!(seqs(&recovered), vec![2, 3, 4]);
     // A second ask for the same slot finds nothing left to hand over.
-    let again = old.handle_handover(t1, 2, 7, &[chat]);
+    let again = old.handle_handover(t1, 2, 7, &[(chat, 5)]);
     assert!(again.released.is_empty() && again.topics.is_empty());
 }
 
@@ -939,7 +939,7 @@ fn a_handover_takes_the_forward_keys_along() {
         }
         new.handle_watch(t1, move_slot(chat, 2, 7));
         new.handle_lease_confirmed(t1, t1, 7);
-        let answer = old.handle_handover(t1, 2, 7, &[chat]);
+        let answer = old.handle_handover(t1, 2, 7, &[(chat, 5)]);
         assert_eq!(answer.forwards.len(), 1, "view first: {view_first}");
         new.handle_handover_answer(t1, 1, 7, Ok(answer));
         assert_eq!(run(&mut new, b"4", Some(key)), (5, 4), "the retry");
@@ -954,7 +954,7 @@ fn an_old_owner_whose_view_lags_releases_the_slot_when_asked() {
     let (mut old, _) = handover_pair(t0);
     let chat = slot_of("chat");
     // 2 took the slot at 7; this view has not seen it, yet the ask proves it.
-    let answer = old.handle_handover(t0, 2, 7, &[chat]);
+    let answer = old.handle_handover(t0, 2, 7, &[(chat, 5)]);
     assert_eq!(answer.released, vec![chat]);
     assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
     assert_eq!(
@@ -965,13 +965,48 @@ fn an_old_owner_whose_view_lags_releases_the_slot_when_asked() {
     // A slot it lost at a later epoch than asked is not released.
     let other = slot_of("room-1");
     old.handle_watch(t0, move_slot(other, 2, 9));
-    assert!(old.handle_handover(t0, 2, 8, &[other]).released.is_empty());
+    assert!(old
+        .handle_handover(t0, 2, 8, &[(other, 5)])
+        .released
+        .is_empty());
     // Once the view shows the move, the early release is forgotten.
     old.handle_watch(t0, move_slot(chat, 2, 10));
     assert_eq!(
         old.sequence("chat", 0).unwrap(),
         PublishOutcome::NotOwner { owner: 2 }
     );
+}
+
+/// Sim seed 716205: "chat"'s slot went 1@5 → 3@6 (which started a stream of its own) → 1@7
+/// → 2@8 while 1's view showed none of it. 2's ask names 1's reign 7, not the reign 5 that
+/// 1's stream numbers in: the slot is released without that stream, which is older than
+/// 3's, and 2 starts a newer one instead of continuing the old one past 3's messages.
+#[test]
+fn a_lagging_owner_hands_over_no_stream_of_an_older_reign_than_asked() {
+    let t0 = Instant::now();
+    let (mut old, _) = handover_pair(t0);
+    let chat = slot_of("chat");
+    let answer = old.handle_handover(t0, 2, 8, &[(chat, 7)]);
+    assert_eq!(answer.released, vec![chat]);
+    assert!(answer.topics.is_empty(), "{:?}", answer.topics);
+    assert_eq!(
+        old.sequence("chat", 0).unwrap(),
+        PublishOutcome::NotOwner { owner: 2 }
+    );
+    // Asked for the reign its stream numbers in, it hands that stream over.
+    let (mut old, _) = handover_pair(t0);
+    let answer = old.handle_handover(t0, 2, 8, &[(chat, 5)]);
+    assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
+    // The same for streams kept after the view showed the move: 1 lost the slot at 6 to
+    // 2, which (say) asks for a later move naming another reign.
+    let (mut old, _) = handover_pair(t0);
+    old.handle_watch(t0, move_slot(chat, 2, 6));
+    assert!(old
+        .handle_handover(t0, 2, 6, &[(chat, 4)])
+        .topics
+        .is_empty());
+    let answer = old.handle_handover(t0, 2, 6, &[(chat, 5)]);
+    assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
 }
 
 #[test]
