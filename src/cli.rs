@@ -50,6 +50,8 @@ pub enum Command {
         cluster: String,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        tls: MetastoreTlsArgs,
     },
     /// Run one distributor (gRPC publish API + QUIC relay to the edges).
     Distributor {
@@ -138,6 +140,8 @@ pub enum Command {
         /// prints its `api key file:`).
         #[arg(long)]
         api_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
     },
     /// Print a topic's recent messages from its owner's history, oldest first
     /// (`epoch=E seq=S data=JSON` per line), then the topic's position now.
@@ -156,15 +160,20 @@ pub enum Command {
         /// A file holding the API key to present.
         #[arg(long)]
         api_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
     },
     /// Make what a deployment's nodes need, into a new directory: a CA and a certificate
-    /// per distributor and edge (`tls/`), the edges' JWT key and two API keys (`auth/`);
+    /// per metastore node, distributor and edge (`tls/`), the edges' JWT key and two API keys (`auth/`);
     /// prints the flags each role takes. Run it again for a new set (a new CA: every node
     /// at once).
     Certs {
         /// A directory that does not exist yet, or is empty.
         #[arg(long)]
         out: PathBuf,
+        /// How many metastore nodes (ids 1..=N).
+        #[arg(long, default_value_t = 3)]
+        metastores: u64,
         /// How many distributors (ids 1..=N).
         #[arg(long, default_value_t = 2)]
         distributors: u64,
@@ -195,6 +204,8 @@ pub enum Command {
         /// its `api key file:`).
         #[arg(long)]
         api_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
     },
     /// Split or merge hot topics.
     Hot {
@@ -321,6 +332,58 @@ impl TlsArgs {
     }
 }
 
+/// A metastore node's TLS files (PEM): its certificate (`metastore-ID`) and key, and the
+/// cluster CA; or plaintext, on a network nobody else reaches.
+#[derive(clap::Args, Debug)]
+pub struct MetastoreTlsArgs {
+    #[arg(long, required_unless_present = "allow_plaintext")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, required_unless_present = "allow_plaintext")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, required_unless_present = "allow_plaintext")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve and dial plaintext gRPC (API keys still hold).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
+    pub allow_plaintext: bool,
+}
+
+impl MetastoreTlsArgs {
+    fn files(self) -> firetower_net::tls::TlsFiles {
+        firetower_net::tls::TlsFiles {
+            cert: self.tls_cert.unwrap_or_default(),
+            key: self.tls_key.unwrap_or_default(),
+            ca: self.tls_ca.unwrap_or_default(),
+        }
+    }
+}
+
+/// How a CLI command reaches the cluster's gRPC ports.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CaArgs {
+    /// The cluster CA (PEM) to check the server's certificate with (`dev` prints its
+    /// `ca file:`; `firetower certs` writes `tls/ca.crt`). Without it, plaintext: only for
+    /// a cluster that serves plaintext.
+    #[arg(long, env = "FIRETOWER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl CaArgs {
+    fn tls(&self) -> Result<Option<firetower_net::ClientTls>, Failure> {
+        self.ca_file
+            .as_deref()
+            .map(firetower_net::ClientTls::trusting)
+            .transpose()
+            .map_err(|e| Failure::Usage(format!("--ca-file: {e}")))
+    }
+
+    fn access(&self, api_key_file: Option<&std::path::Path>) -> Result<status::Access, Failure> {
+        Ok(status::Access {
+            key: api_key(api_key_file)?,
+            tls: self.tls()?,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum HotAction {
     /// Split TOPIC into SHARDS sub-topics (or change its count). The change is prepared
@@ -335,6 +398,8 @@ pub enum HotAction {
         /// A file holding an `admin` key of the metastore's.
         #[arg(long)]
         api_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
     },
     /// Merge TOPIC back into one, in the same two phases.
     Clear {
@@ -345,6 +410,8 @@ pub enum HotAction {
         /// A file holding an `admin` key of the metastore's.
         #[arg(long)]
         api_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
     },
 }
 
@@ -400,6 +467,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             peers,
             cluster,
             api,
+            tls,
         } => {
             let listen: SocketAddr = listen
                 .parse()
@@ -411,6 +479,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 peers,
                 data_dir,
                 api: api.config()?,
+                allow_plaintext: tls.allow_plaintext,
+                tls: tls.files(),
                 ..MetastoreConfig::default()
             };
             config
@@ -422,9 +492,11 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             eprintln!("metastore node {id} listening on {listen}");
             match firetower_metastore::run_tcp(config, listener, shutdown_signal()).await {
                 Ok(()) => Ok(()),
-                Err(e @ (NodeError::Config(_) | NodeError::ForeignDataDir { .. })) => {
-                    Err(Failure::Usage(e.to_string()))
-                }
+                Err(
+                    e @ (NodeError::Config(_)
+                    | NodeError::ForeignDataDir { .. }
+                    | NodeError::Tls(_)),
+                ) => Err(Failure::Usage(e.to_string())),
                 Err(e) => Err(Failure::Other(e.into())),
             }
         }
@@ -516,18 +588,20 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             distributor,
             stream: true,
             api_key_file,
+            ca,
             ..
-        } => publish_stream(&distributor, api_key_file.as_deref()).await,
+        } => publish_stream(&distributor, &ca.access(api_key_file.as_deref())?).await,
         Command::Publish {
             distributor,
             topic,
             data,
             api_key_file,
+            ca,
             ..
         } => {
             publish(
                 &distributor,
-                api_key_file.as_deref(),
+                &ca.access(api_key_file.as_deref())?,
                 topic.unwrap_or_default(),
                 data.unwrap_or_default(),
             )
@@ -539,10 +613,11 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             since,
             limit,
             api_key_file,
+            ca,
         } => {
             history(
                 &distributor,
-                api_key_file.as_deref(),
+                &ca.access(api_key_file.as_deref())?,
                 topic,
                 since.as_deref(),
                 limit,
@@ -551,9 +626,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Certs {
             out,
+            metastores,
             distributors,
             edges,
-        } => certs(&out, distributors, edges),
+        } => certs(&out, metastores, distributors, edges),
         Command::ApiKey { name, scopes } => {
             let key =
                 firetower_distributor::api::new_key().map_err(|e| Failure::Other(e.into()))?;
@@ -589,34 +665,45 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             metastore,
             json,
             api_key_file,
+            ca,
         } => {
-            let key = api_key(api_key_file.as_deref())?;
-            status::run(&parse_addrs(&metastore)?, json, &key).await
+            let access = ca.access(api_key_file.as_deref())?;
+            status::run(&parse_addrs(&metastore)?, json, &access).await
         }
         Command::Hot { action } => hot(action).await,
     }
 }
 
 /// `firetower certs`: writes the material and prints what each role takes.
-fn certs(out: &std::path::Path, distributors: u64, edges: u64) -> Result<(), Failure> {
+fn certs(
+    out: &std::path::Path,
+    metastores: u64,
+    distributors: u64,
+    edges: u64,
+) -> Result<(), Failure> {
     if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(Failure::Usage(format!(
             "--out {}: not empty; certs never overwrites keys",
             out.display()
         )));
     }
-    if distributors == 0 || edges == 0 || distributors > 1000 || edges > 1000 {
+    if [metastores, distributors, edges]
+        .iter()
+        .any(|n| !(1..=1000).contains(n))
+    {
         return Err(Failure::Usage(
-            "--distributors and --edges: 1 ..= 1000".to_string(),
+            "--metastores, --distributors and --edges: 1 ..= 1000".to_string(),
         ));
     }
     let pki = firetower_net::tls::DevPki::new().map_err(|e| Failure::Other(e.into()))?;
     let tls = out.join("tls");
-    let nodes = (1..=distributors)
-        .map(|id| format!("distributor-{id}"))
-        .chain((1..=edges).map(|id| format!("edge-{id}")));
-    for name in nodes {
-        pki.write_node(&tls, &name)
+    use firetower_net::{NodeIdentity, Role};
+    let nodes = (1..=metastores)
+        .map(|id| NodeIdentity::new(Role::Metastore, id))
+        .chain((1..=distributors).map(|id| NodeIdentity::new(Role::Distributor, id)))
+        .chain((1..=edges).map(|id| NodeIdentity::new(Role::Edge, id)));
+    for identity in nodes {
+        pki.write_node(&tls, identity)
             .map_err(|e| Failure::Other(e.into()))?;
     }
     let jwt = crate::dev::write_jwt_key(out)?;
@@ -650,6 +737,14 @@ fn certs(out: &std::path::Path, distributors: u64, edges: u64) -> Result<(), Fai
         keys.member_key_file.display()
     );
     println!(
+        "metastore N: --tls-cert {0}/metastore-N.crt --tls-key {0}/metastore-N.key --tls-ca {0}/ca.crt",
+        tls.display()
+    );
+    println!(
+        "CLI (publish, history, status, hot): --ca-file {}/ca.crt (or FIRETOWER_CA_FILE)",
+        tls.display()
+    );
+    println!(
         "distributor N: --tls-cert {0}/distributor-N.crt --tls-key {0}/distributor-N.key --tls-ca {0}/ca.crt",
         tls.display()
     );
@@ -671,24 +766,27 @@ fn api_key(file: Option<&std::path::Path>) -> Result<firetower_net::ApiKey, Fail
 /// A client of the distributor at `distributor` (host:port).
 async fn distributor_client(
     distributor: &str,
-    api_key_file: Option<&std::path::Path>,
+    access: &status::Access,
 ) -> Result<
     firetower_proto::distributor::v1::distributor_client::DistributorClient<
         firetower_net::KeyedChannel,
     >,
     Failure,
 > {
-    let key = api_key(api_key_file)?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{distributor}"))
-        .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(2));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Failure::Unavailable(format!("{distributor}: {e}")))?;
+    let channel = firetower_net::Connector::channel(
+        &firetower_net::TcpConnector {
+            connect_timeout: std::time::Duration::from_secs(2),
+            request_timeout: None,
+            tls: access.tls.clone(),
+        },
+        distributor,
+        firetower_net::Role::Distributor,
+    )
+    .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))?;
     Ok(
         firetower_proto::distributor::v1::distributor_client::DistributorClient::with_interceptor(
-            channel, key,
+            channel,
+            access.key.clone(),
         ),
     )
 }
@@ -696,14 +794,11 @@ async fn distributor_client(
 /// `publish --stream`: every line of standard input (`topic<TAB>json`) over one
 /// PublishStream, the line number as the message id. A line that does not parse is
 /// reported and skipped; the command fails if any line was not published.
-async fn publish_stream(
-    distributor: &str,
-    api_key_file: Option<&std::path::Path>,
-) -> Result<(), Failure> {
+async fn publish_stream(distributor: &str, access: &status::Access) -> Result<(), Failure> {
     use firetower_proto::distributor::v1 as dpb;
     use tokio::io::AsyncBufReadExt;
     use tokio_stream::StreamExt;
-    let mut client = distributor_client(distributor, api_key_file).await?;
+    let mut client = distributor_client(distributor, access).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<dpb::PublishStreamRequest>(1024);
     let bad_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_bad = bad_lines.clone();
@@ -775,7 +870,7 @@ async fn publish_stream(
 
 async fn publish(
     distributor: &str,
-    api_key_file: Option<&std::path::Path>,
+    access: &status::Access,
     topic: String,
     data: String,
 ) -> Result<(), Failure> {
@@ -784,7 +879,7 @@ async fn publish(
         .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
     firetower_proto::client::validate_json_data(data.as_bytes())
         .map_err(|e| Failure::Usage(format!("--data: {e}")))?;
-    let mut client = distributor_client(distributor, api_key_file).await?;
+    let mut client = distributor_client(distributor, access).await?;
     match client
         .publish(dpb::PublishRequest {
             topic,
@@ -816,7 +911,7 @@ async fn publish(
 /// naming the topic's position.
 async fn history(
     distributor: &str,
-    api_key_file: Option<&std::path::Path>,
+    access: &status::Access,
     topic: String,
     since: Option<&str>,
     limit: u32,
@@ -836,7 +931,7 @@ async fn history(
             Some(dpb::StreamPosition { epoch, seq })
         }
     };
-    let mut client = distributor_client(distributor, api_key_file).await?;
+    let mut client = distributor_client(distributor, access).await?;
     let reply = client
         .history(dpb::HistoryRequest {
             topic: topic.clone(),
@@ -872,25 +967,27 @@ async fn history(
 }
 
 async fn hot(action: HotAction) -> Result<(), Failure> {
-    let (metastore, topic, api_key_file) = match &action {
+    let (metastore, topic, api_key_file, ca) = match &action {
         HotAction::Set {
             metastore,
             topic,
             api_key_file,
+            ca,
             ..
         }
         | HotAction::Clear {
             metastore,
             topic,
             api_key_file,
-        } => (metastore, topic, api_key_file),
+            ca,
+        } => (metastore, topic, api_key_file, ca),
     };
-    let key = api_key(api_key_file.as_deref())?;
+    let access = ca.access(api_key_file.as_deref())?;
     firetower_proto::topic::validate_topic(topic)
         .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
     let mut last_error = String::from("no address tried");
     for addr in parse_addrs(metastore)? {
-        let Ok(mut client) = status::connect(&addr, &key).await else {
+        let Ok(mut client) = status::connect(&addr, &access) else {
             last_error = format!("{addr}: unreachable");
             continue;
         };

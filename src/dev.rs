@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use firetower_metastore::Config as MetastoreConfig;
 use firetower_net::tls::DevPki;
+use firetower_net::{NodeIdentity, Role};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use futures::{SinkExt, StreamExt};
@@ -60,12 +61,18 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         .collect();
     let metastore: Vec<String> = peers.values().cloned().collect();
     let api = write_api_keys(&root, "dev").context("writing the API keys")?;
+    let pki = DevPki::new().context("making the dev CA")?;
+    let tls_dir = root.join("tls");
+    let ca_file = tls_dir.join("ca.crt");
     for (&id, addr) in &peers {
         let config = MetastoreConfig {
             id,
             peers: peers.clone(),
             data_dir: root.join(format!("metastore-{id}")),
             api: api.config.clone(),
+            tls: pki
+                .write_node(&tls_dir, NodeIdentity::new(Role::Metastore, id))
+                .context("writing certificates")?,
             ..MetastoreConfig::default()
         };
         let listener = tokio::net::TcpListener::bind(addr)
@@ -88,8 +95,6 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         &firetower_edge::Claims::everything("dev", 24 * 3600),
     )
     .context("signing the dev token")?;
-    let pki = DevPki::new().context("making the dev CA")?;
-    let tls_dir = root.join("tls");
     for (id, grpc_port, quic_port) in DISTRIBUTORS {
         let grpc = format!("{HOST}:{grpc_port}");
         let quic = format!("{HOST}:{quic_port}");
@@ -99,7 +104,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
             grpc_advertise: grpc.clone(),
             quic_advertise: quic.clone(),
             tls: pki
-                .write_node(&tls_dir, &format!("distributor-{id}"))
+                .write_node(&tls_dir, NodeIdentity::new(Role::Distributor, id))
                 .context("writing certificates")?,
             history: history.0,
             history_rules: history.1.clone(),
@@ -128,7 +133,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
             metastore: metastore.clone(),
             ws_advertise: listen.clone(),
             tls: pki
-                .write_node(&tls_dir, &format!("edge-{id}"))
+                .write_node(&tls_dir, NodeIdentity::new(Role::Edge, id))
                 .context("writing certificates")?,
             // The secure default: a token is needed; the demo page gets one from
             // /dev/token, which only `dev` serves.
@@ -167,18 +172,25 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
     println!("jwt key file: {}", jwt_key.display());
     println!("client token: {client_token}");
     println!("api key file: {}", api.backend_key_file.display());
+    println!("ca file: {}", ca_file.display());
     println!(
-        "try: cargo run --release -- publish --distributor {HOST}:6667 --api-key-file {} --topic chat/lobby --data '{{\"user\":\"cli\",\"text\":\"hello\"}}'",
-        api.backend_key_file.display()
+        "try: cargo run --release -- publish --distributor {HOST}:6667 --api-key-file {} --ca-file {} --topic chat/lobby --data '{{\"user\":\"cli\",\"text\":\"hello\"}}'",
+        api.backend_key_file.display(),
+        ca_file.display()
     );
     println!(
-        "status: cargo run --release -- status --metastore {} --api-key-file {}",
+        "status: cargo run --release -- status --metastore {} --api-key-file {} --ca-file {}",
         metastore.join(","),
-        api.backend_key_file.display()
+        api.backend_key_file.display(),
+        ca_file.display()
     );
+    let access = crate::status::Access {
+        key: api.backend_key.clone(),
+        tls: Some(firetower_net::ClientTls::trusting(&ca_file).context("reading the dev CA")?),
+    };
 
     let ready = tokio::select! {
-        r = tokio::time::timeout(Duration::from_secs(60), wait_ready(&client_token, &api.backend_key)) => Some(r),
+        r = tokio::time::timeout(Duration::from_secs(60), wait_ready(&client_token, &access)) => Some(r),
         _ = shutdown_signal() => None,
     };
     let mut result = Ok(());
@@ -213,11 +225,11 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
 
 /// Subscribes on each edge and publishes through each distributor until every pair has
 /// delivered once.
-async fn wait_ready(token: &str, api_key: &firetower_net::ApiKey) -> anyhow::Result<()> {
+async fn wait_ready(token: &str, access: &crate::status::Access) -> anyhow::Result<()> {
     // Every node registered and the slots spread: from here slots move only on failures.
     loop {
         if let Ok(mut client) =
-            crate::status::connect(&format!("{HOST}:{}", METASTORE_PORTS[0]), api_key).await
+            crate::status::connect(&format!("{HOST}:{}", METASTORE_PORTS[0]), access)
         {
             if let Ok(status) = client
                 .cluster_status(firetower_proto::metastore::v1::ClusterStatusRequest {})
@@ -238,7 +250,7 @@ async fn wait_ready(token: &str, api_key: &firetower_net::ApiKey) -> anyhow::Res
         for (dist, grpc_port, _) in DISTRIBUTORS {
             let topic = format!("dev-ready-{edge}-{dist}");
             loop {
-                match probe(port, grpc_port, &topic, token, api_key).await {
+                match probe(port, grpc_port, &topic, token, access).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::debug!("not ready yet: {e:#}");
@@ -256,7 +268,7 @@ async fn probe(
     grpc_port: u16,
     topic: &str,
     token: &str,
-    api_key: &firetower_net::ApiKey,
+    access: &crate::status::Access,
 ) -> anyhow::Result<()> {
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{HOST}:{edge_port}/ws?token={token}"))
@@ -266,11 +278,11 @@ async fn probe(
     )))
     .await?;
     let mut subscribed = false;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{HOST}:{grpc_port}"))?
-        .connect()
-        .await?;
+    let channel = access
+        .channel(&format!("{HOST}:{grpc_port}"), Role::Distributor)
+        .map_err(anyhow::Error::msg)?;
     let mut client =
-        dpb::distributor_client::DistributorClient::with_interceptor(channel, api_key.clone());
+        dpb::distributor_client::DistributorClient::with_interceptor(channel, access.key.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     loop {
         let next = tokio::time::timeout_at(deadline, ws.next()).await;

@@ -7,33 +7,51 @@ use firetower_net::{ApiKey, KeyedChannel};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
 use serde_json::json;
-use tonic::transport::Endpoint;
 
 use crate::cli::Failure;
 
 /// How long one status call may take before the node counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A client of the metastore node at `addr`, presenting `key` (an `admin` or `member` key
-/// of the metastore's).
-pub async fn connect(
-    addr: &str,
-    key: &ApiKey,
-) -> Result<MetastoreClient<KeyedChannel>, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+/// What a CLI caller presents: an API key, and TLS (trusting the cluster's CA) unless the
+/// cluster serves plaintext.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub key: ApiKey,
+    pub tls: Option<firetower_net::ClientTls>,
+}
+
+impl Access {
+    /// A channel to the node of `role` at `addr` (connects on first use).
+    pub fn channel(
+        &self,
+        addr: &str,
+        role: firetower_net::Role,
+    ) -> Result<tonic::transport::Channel, String> {
+        let connector = firetower_net::TcpConnector {
+            connect_timeout: CALL_TIMEOUT,
+            request_timeout: Some(CALL_TIMEOUT),
+            tls: self.tls.clone(),
+        };
+        firetower_net::Connector::channel(&connector, addr, role)
+    }
+}
+
+/// A client of the metastore node at `addr`, presenting `access.key` (an `admin` or
+/// `member` key of the metastore's).
+pub fn connect(addr: &str, access: &Access) -> Result<MetastoreClient<KeyedChannel>, String> {
+    let channel = access.channel(addr, firetower_net::Role::Metastore)?;
     // A full SlotMap with many edges can exceed tonic's 4 MiB default.
     Ok(
-        MetastoreClient::with_interceptor(endpoint.connect().await?, key.clone())
+        MetastoreClient::with_interceptor(channel, access.key.clone())
             .max_decoding_message_size(64 << 20),
     )
 }
 
 /// The hot-topic table as `addr` has applied it (`None`: the node did not answer). Not a
 /// linearizable read: status shows one node's view, the same node as the rest.
-async fn hot_topics(addr: &str, key: &ApiKey) -> Option<Vec<pb::HotTopic>> {
-    let mut client = connect(addr, key).await.ok()?;
+async fn hot_topics(addr: &str, access: &Access) -> Option<Vec<pb::HotTopic>> {
+    let mut client = connect(addr, access).ok()?;
     client
         .get_slot_map(pb::GetSlotMapRequest {
             linearizable: false,
@@ -58,10 +76,8 @@ pub fn describe_hot_topic(h: &pb::HotTopic) -> String {
 }
 
 /// A node's status, or why it gave none.
-async fn query(addr: &str, key: &ApiKey) -> Result<pb::ClusterStatusReply, String> {
-    let mut client = connect(addr, key)
-        .await
-        .map_err(|e| format!("{addr}: unreachable: {e}"))?;
+async fn query(addr: &str, access: &Access) -> Result<pb::ClusterStatusReply, String> {
+    let mut client = connect(addr, access).map_err(|e| format!("{addr}: unreachable: {e}"))?;
     client
         .cluster_status(pb::ClusterStatusRequest {})
         .await
@@ -77,11 +93,11 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-pub async fn run(addrs: &[String], as_json: bool, key: &ApiKey) -> Result<(), Failure> {
+pub async fn run(addrs: &[String], as_json: bool, access: &Access) -> Result<(), Failure> {
     let mut replies: BTreeMap<String, Option<pb::ClusterStatusReply>> = BTreeMap::new();
     let mut refusals = Vec::new();
     for addr in addrs {
-        let reply = query(addr, key).await;
+        let reply = query(addr, access).await;
         if let Err(why) = &reply {
             refusals.push(why.clone());
         }
@@ -105,12 +121,12 @@ pub async fn run(addrs: &[String], as_json: bool, key: &ApiKey) -> Result<(), Fa
             ))
         })?;
     // Empty when the node stopped answering in between: the rest is still worth showing.
-    let hot = hot_topics(&view_addr, key).await.unwrap_or_default();
+    let hot = hot_topics(&view_addr, access).await.unwrap_or_default();
     let mut nodes = Vec::new();
     for voter in &view.voters {
         let reply = match replies.get(&voter.addr) {
             Some(reply) => reply.clone(),
-            None => query(&voter.addr, key).await.ok(),
+            None => query(&voter.addr, access).await.ok(),
         };
         nodes.push((voter.id, voter.addr.clone(), reply));
     }

@@ -37,6 +37,7 @@ fn bad_arguments_exit_64_naming_the_value() -> Result<()> {
                 &data,
                 "--peers",
                 peers,
+                "--allow-plaintext",
             ],
             "abc",
         ),
@@ -51,6 +52,7 @@ fn bad_arguments_exit_64_naming_the_value() -> Result<()> {
                 &data,
                 "--peers",
                 peers,
+                "--allow-plaintext",
             ],
             "node id 4",
         ),
@@ -65,6 +67,7 @@ fn bad_arguments_exit_64_naming_the_value() -> Result<()> {
                 &data,
                 "--peers",
                 peers,
+                "--allow-plaintext",
             ],
             "at least 1",
         ),
@@ -79,6 +82,7 @@ fn bad_arguments_exit_64_naming_the_value() -> Result<()> {
                 &data,
                 "--peers",
                 peers,
+                "--allow-plaintext",
             ],
             "\"nowhere\"",
         ),
@@ -93,6 +97,7 @@ fn bad_arguments_exit_64_naming_the_value() -> Result<()> {
                 &data,
                 "--peers",
                 "1=x",
+                "--allow-plaintext",
             ],
             "\"1=x\"",
         ),
@@ -143,6 +148,29 @@ impl Drop for Proc {
 struct MetaKeys {
     admin_file: String,
     node_args: Vec<String>,
+    /// The CA the CLI checks the nodes' certificates with (`--ca-file`).
+    ca_file: String,
+    tls_dir: std::path::PathBuf,
+}
+
+impl MetaKeys {
+    /// Node `id`'s certificate flags.
+    fn tls_args(&self, id: u64) -> Vec<String> {
+        let file = |ext: &str| {
+            self.tls_dir
+                .join(format!("metastore-{id}.{ext}"))
+                .to_string_lossy()
+                .to_string()
+        };
+        vec![
+            "--tls-cert".into(),
+            file("crt"),
+            "--tls-key".into(),
+            file("key"),
+            "--tls-ca".into(),
+            self.ca_file.clone(),
+        ]
+    }
 }
 
 fn meta_keys(dir: &std::path::Path) -> Result<MetaKeys> {
@@ -152,7 +180,17 @@ fn meta_keys(dir: &std::path::Path) -> Result<MetaKeys> {
     let member_file = dir.join("member.key");
     std::fs::write(&admin_file, admin)?;
     std::fs::write(&member_file, member)?;
+    let pki = firetower_net::tls::DevPki::new()?;
+    let tls_dir = dir.join("tls");
+    for id in 1..=3 {
+        pki.write_node(
+            &tls_dir,
+            firetower_net::NodeIdentity::new(firetower_net::Role::Metastore, id),
+        )?;
+    }
     Ok(MetaKeys {
+        ca_file: tls_dir.join("ca.crt").to_string_lossy().to_string(),
+        tls_dir,
         admin_file: admin_file.to_string_lossy().to_string(),
         node_args: vec![
             "--api-key".into(),
@@ -187,6 +225,7 @@ fn start(
         ])
         .args(["--cluster", cluster])
         .args(&keys.node_args)
+        .args(keys.tls_args(id))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -195,7 +234,7 @@ fn start(
 }
 
 /// `firetower hot set` of `topic` into 4 shards, with the key in `key_file` (if any).
-fn hot_set(all: &str, topic: &str, key_file: Option<&str>) -> Result<Output> {
+fn hot_set(all: &str, topic: &str, keys: &MetaKeys, key_file: Option<&str>) -> Result<Output> {
     let mut args = vec![
         "hot",
         "set",
@@ -205,6 +244,8 @@ fn hot_set(all: &str, topic: &str, key_file: Option<&str>) -> Result<Output> {
         topic,
         "--shards",
         "4",
+        "--ca-file",
+        &keys.ca_file,
     ];
     if let Some(file) = key_file {
         args.extend(["--api-key-file", file]);
@@ -220,6 +261,8 @@ fn status_json(addrs: &str, keys: &MetaKeys) -> Option<serde_json::Value> {
         "--json",
         "--api-key-file",
         &keys.admin_file,
+        "--ca-file",
+        &keys.ca_file,
     ])
     .ok()?;
     if !out.status.success() {
@@ -280,15 +323,15 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
     })?;
     // Without a key, the metastore answers nobody (it used to take a Register or a hot
     // topic from anyone who reached the port).
-    let out = firetower(&["status", "--metastore", &all])?;
+    let out = firetower(&["status", "--metastore", &all, "--ca-file", &keys.ca_file])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{stderr}");
     assert!(stderr.contains("missing API key"), "{stderr}");
-    let out = hot_set(&all, "nokey", None)?;
+    let out = hot_set(&all, "nokey", &keys, None)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a split without a key was taken");
     assert!(stderr.contains("missing API key"), "{stderr}");
-    let out = hot_set(&all, "before", Some(&keys.admin_file))?;
+    let out = hot_set(&all, "before", &keys, Some(&keys.admin_file))?;
     assert!(
         out.status.success(),
         "{}",
@@ -311,7 +354,7 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
         failover < Duration::from_secs(2),
         "failover took {failover:?} (new leader {new_leader})"
     );
-    let out = hot_set(&all, "after", Some(&keys.admin_file))?;
+    let out = hot_set(&all, "after", &keys, Some(&keys.admin_file))?;
     assert!(
         out.status.success(),
         "writes continue: {}",
@@ -377,6 +420,7 @@ fn killed_leader_process_is_replaced_and_rejoins_from_its_data_dir() -> Result<(
             "other",
         ])
         .args(&keys.node_args)
+        .args(keys.tls_args(leader))
         .stdin(Stdio::null())
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -407,7 +451,13 @@ fn certs_writes_what_each_role_takes_and_never_overwrites() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["distributor-1", "distributor-2", "edge-1"] {
+    for name in [
+        "metastore-1",
+        "metastore-3",
+        "distributor-1",
+        "distributor-2",
+        "edge-1",
+    ] {
         let files = firetower_net::TlsFiles {
             cert: out_dir.join(format!("tls/{name}.crt")),
             key: out_dir.join(format!("tls/{name}.key")),
@@ -419,6 +469,20 @@ fn certs_writes_what_each_role_takes_and_never_overwrites() -> Result<()> {
             .map_err(|e| anyhow!("{name}: {e}"))?;
     }
     assert!(!out_dir.join("tls/edge-2.crt").exists());
+    assert!(!out_dir.join("tls/metastore-4.crt").exists());
+    // Each certificate carries its node's identity.
+    let edge = firetower_net::TlsMaterial::load(&firetower_net::TlsFiles {
+        cert: out_dir.join("tls/edge-1.crt"),
+        key: out_dir.join("tls/edge-1.key"),
+        ca: out_dir.join("tls/ca.crt"),
+    })?;
+    assert_eq!(
+        edge.identity(),
+        Some(firetower_net::NodeIdentity::new(
+            firetower_net::Role::Edge,
+            1
+        ))
+    );
     // The printed entries are what the nodes parse, and they match the key files.
     let entries: Vec<firetower_distributor::ApiKeyEntry> = stdout
         .split_whitespace()

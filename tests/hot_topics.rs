@@ -23,12 +23,12 @@ const READY: Duration = Duration::from_secs(30);
 /// are not loss-free; see docs/architecture.md).
 static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn meta(cluster: &Cluster) -> MetaClient<TcpConnector> {
-    MetaClient::new(
+fn meta(cluster: &Cluster) -> Result<MetaClient<TcpConnector>> {
+    Ok(MetaClient::new(
         cluster.metastore.clone(),
-        TcpConnector::default(),
+        cluster.connector()?,
         Duration::from_secs(2),
-    )
+    ))
 }
 
 /// Waits until the metastore shows `topic` with `shards` sub-topics, committed (every edge
@@ -218,7 +218,7 @@ async fn a_split_topic_delivers_once_and_spreads_its_work() -> Result<()> {
     let cluster = Cluster::start(3, 2).await?;
     cluster.wait_ready(READY).await?;
     let topic = "arena";
-    let meta = meta(&cluster);
+    let meta = meta(&cluster)?;
     let mut readers = subscribers(&cluster, topic, 20).await?;
     meta.set_hot_topic(topic.to_string(), 8).await?;
     let hot = wait_committed(&meta, topic, 8).await?;
@@ -293,7 +293,7 @@ async fn a_websocket_publisher_to_a_split_topic_keeps_its_order() -> Result<()> 
     let cluster = Cluster::start(3, 2).await?;
     cluster.wait_ready(READY).await?;
     let topic = "arena-ws";
-    let meta = meta(&cluster);
+    let meta = meta(&cluster)?;
     let mut readers = subscribers(&cluster, topic, 6).await?;
     meta.set_hot_topic(topic.to_string(), 8).await?;
     wait_committed(&meta, topic, 8).await?;
@@ -334,7 +334,7 @@ async fn split_and_merge_while_publishing_lose_nothing() -> Result<()> {
     let cluster = Cluster::start(3, 2).await?;
     cluster.wait_ready(READY).await?;
     let topic = "live";
-    let meta = meta(&cluster);
+    let meta = meta(&cluster)?;
     let mut readers = subscribers(&cluster, topic, 10).await?;
     let mut clients = Vec::new();
     for id in 1..=3 {
@@ -424,7 +424,7 @@ async fn sustained_load_splits_a_topic_and_quiet_merges_it() -> Result<()> {
     let cluster = Cluster::start_with(2, 2, tuning).await?;
     cluster.wait_ready(READY).await?;
     let topic = "surge";
-    let meta = meta(&cluster);
+    let meta = meta(&cluster)?;
     let mut readers = subscribers(&cluster, topic, 6).await?;
     let mut d1 = cluster.distributor(1).await?;
     let mut published = Vec::new();

@@ -255,7 +255,7 @@ async fn a_slot_moved_to_a_joining_distributor_keeps_its_streams_and_history() -
     cluster.start_distributor(2)?;
     let meta = firetower_net::MetaClient::new(
         cluster.metastore.clone(),
-        firetower_net::TcpConnector::default(),
+        cluster.connector()?,
         Duration::from_secs(2),
     );
     let deadline = tokio::time::Instant::now() + READY;
@@ -359,7 +359,7 @@ async fn a_client_recovers_across_a_hot_topic_split() -> Result<()> {
     // Split into 4 sub-topics, committed (every edge joined the route).
     let meta = firetower_net::MetaClient::new(
         cluster.metastore.clone(),
-        firetower_net::TcpConnector::default(),
+        cluster.connector()?,
         Duration::from_secs(2),
     );
     meta.set_hot_topic(topic.to_string(), 4).await?;

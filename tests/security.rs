@@ -366,12 +366,10 @@ async fn the_distributor_api_needs_a_key_with_the_right_scope() -> Result<()> {
     cluster.wait_ready(READY).await?;
     let addr = cluster.distributors[&1].addr.clone();
     let client = |key: Option<&str>| {
-        let addr = addr.clone();
+        let channel = cluster.channel(&addr, firetower_net::Role::Distributor);
         let key = key.map(str::to_string);
         async move {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await?;
+            let channel = channel?;
             let key = match key {
                 Some(k) => firetower_net::ApiKey::new("key", &k)?,
                 None => firetower_net::ApiKey::none(),
@@ -511,9 +509,7 @@ async fn a_request_that_never_finishes_arriving_is_cut_off() -> Result<()> {
     let cluster = Cluster::start_with(1, 1, tuning).await?;
     cluster.wait_ready(READY).await?;
     let addr = cluster.distributors[&1].addr.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel = cluster.channel(&addr, firetower_net::Role::Distributor)?;
     let mut raw = tonic::client::Grpc::new(channel);
     raw.ready().await?;
     // The unary Publish, sent as a stream of requests that never yields its first.
@@ -543,5 +539,126 @@ async fn a_request_that_never_finishes_arriving_is_cut_off() -> Result<()> {
     })
     .await?;
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// Issue 15, cluster members: every gRPC port is TLS, and what a caller may do follows the
+/// identity its certificate proves (role and id in the subjectAltName), not a header or a
+/// shared key: an edge's certificate cannot register as a distributor or another edge,
+/// vote in Raft or forward publishes; a backend without a certificate cannot make member
+/// calls; a plaintext caller gets no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_calls_follow_the_certificates_identity() -> Result<()> {
+    use firetower_net::{Connector, NodeIdentity, Role};
+    use firetower_proto::metastore::v1 as mpb;
+    let cluster = Cluster::start(1, 1).await?;
+    cluster.wait_ready(READY).await?;
+    let meta_addr = cluster.metastore[0].clone();
+    let dist_addr = cluster.distributors[&1].addr.clone();
+    let edge1 = cluster.node_connector(NodeIdentity::new(Role::Edge, 1))?;
+    let meta_as = |connector: &firetower_net::TcpConnector| -> Result<_> {
+        Ok(mpb::metastore_client::MetastoreClient::new(
+            connector
+                .channel(&meta_addr, Role::Metastore)
+                .map_err(anyhow::Error::msg)?,
+        ))
+    };
+    let register = |kind: mpb::MemberKind, id: u64| mpb::RegisterRequest {
+        kind: kind as i32,
+        id,
+        addrs: Default::default(),
+        lease_ttl_ms: 1000,
+        instance: 1,
+    };
+    let denied =
+        |what: &str, result: Result<tonic::Response<mpb::RegisterReply>, tonic::Status>| {
+            match result {
+                Err(status) if status.code() == tonic::Code::PermissionDenied => Ok(status),
+                other => Err(anyhow::anyhow!("{what}: {other:?}")),
+            }
+        };
+    // An edge's certificate registers as that edge only.
+    let status = denied(
+        "edge 1 as distributor 7",
+        meta_as(&edge1)?
+            .register(register(mpb::MemberKind::Distributor, 7))
+            .await,
+    )?;
+    ensure!(status.message().contains("edge 1"), "{status}");
+    denied(
+        "edge 1 as edge 2",
+        meta_as(&edge1)?
+            .register(register(mpb::MemberKind::Edge, 2))
+            .await,
+    )?;
+    // A caller without a certificate (a backend, the CLI) makes no member call.
+    denied(
+        "no certificate",
+        meta_as(&cluster.connector()?)?
+            .register(register(mpb::MemberKind::Edge, 1))
+            .await,
+    )?;
+    // ... but reads with its key (here: an open cluster).
+    meta_as(&cluster.connector()?)?
+        .cluster_status(mpb::ClusterStatusRequest {})
+        .await?;
+    // Raft messages only from the metastore node the certificate names.
+    let vote = firetower_proto::raft::v1::RaftRequest {
+        cluster: "firetower".into(),
+        from: 2,
+        payload: Default::default(),
+    };
+    for (who, connector) in [
+        ("edge 1", edge1.clone()),
+        (
+            "metastore 3 claiming 2",
+            cluster.node_connector(NodeIdentity::new(Role::Metastore, 3))?,
+        ),
+    ] {
+        let channel = connector
+            .channel(&meta_addr, Role::Metastore)
+            .map_err(anyhow::Error::msg)?;
+        let mut raft =
+            firetower_proto::raft::v1::raft_transport_client::RaftTransportClient::new(channel);
+        let status = raft.vote(vote.clone()).await.unwrap_err();
+        ensure!(
+            status.code() == tonic::Code::PermissionDenied,
+            "a Raft vote from {who}: {status}"
+        );
+    }
+    // Forwarded publishes only from a distributor's certificate.
+    let forward = dpb::ForwardBatchRequest { runs: vec![] };
+    let channel = edge1
+        .channel(&dist_addr, Role::Distributor)
+        .map_err(anyhow::Error::msg)?;
+    let status = dpb::distributor_client::DistributorClient::new(channel)
+        .forward_batch(forward)
+        .await
+        .unwrap_err();
+    ensure!(
+        status.code() == tonic::Code::PermissionDenied,
+        "a forward from an edge: {status}"
+    );
+    // The server's certificate is checked for the role dialled: the distributor's port,
+    // dialled as a metastore, fails the handshake.
+    let channel = cluster
+        .connector()?
+        .channel(&dist_addr, Role::Metastore)
+        .map_err(anyhow::Error::msg)?;
+    let wrong_role = mpb::metastore_client::MetastoreClient::new(channel)
+        .cluster_status(mpb::ClusterStatusRequest {})
+        .await;
+    ensure!(wrong_role.is_err(), "a distributor passed as a metastore");
+    // Plaintext gets no answer: the server wants a TLS handshake and ends the connection.
+    let plain = firetower_net::TcpConnector::default()
+        .channel(&dist_addr, Role::Distributor)
+        .map_err(anyhow::Error::msg)?;
+    let plaintext = dpb::distributor_client::DistributorClient::new(plain)
+        .publish(dpb::PublishRequest {
+            topic: "t".into(),
+            data: "1".into(),
+        })
+        .await;
+    ensure!(plaintext.is_err(), "a plaintext publish: {plaintext:?}");
     Ok(())
 }

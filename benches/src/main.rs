@@ -78,6 +78,9 @@ struct Args {
     /// `firetower dev`).
     #[arg(long)]
     api_key_file: Option<std::path::PathBuf>,
+    /// The cluster CA for the gRPC ports (the `ca file:` line of `firetower dev`).
+    #[arg(long, env = "FIRETOWER_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[arg(long)]
     subscribers: Option<usize>,
     #[arg(long)]
@@ -137,7 +140,7 @@ struct Args {
 async fn set_hot(args: &Args, topics: usize, shards: u32) -> Result<()> {
     let meta = firetower_net::MetaClient::new(
         args.metastore.split(',').map(str::to_string).collect(),
-        firetower_net::TcpConnector::default(),
+        firetower_benches::rawws::connector(),
         Duration::from_secs(2),
     )
     // The dev cluster's key has the `admin` scope the metastore asks for a split.
@@ -532,6 +535,10 @@ fn start_dev(binary: &str) -> Result<DevServer> {
             let key = firetower_net::ApiKey::from_file("api key file", path.as_ref())?;
             let _ = firetower_benches::rawws::API_KEY.set(key);
         }
+        if let Some(path) = line.strip_prefix("ca file: ") {
+            let tls = firetower_net::ClientTls::trusting(path.as_ref())?;
+            let _ = firetower_benches::rawws::CLIENT_TLS.set(tls);
+        }
         if line == "ready" {
             return Ok(server);
         }
@@ -549,6 +556,9 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.api_key_file {
         let key = firetower_net::ApiKey::from_file("--api-key-file", path)?;
         let _ = firetower_benches::rawws::API_KEY.set(key);
+    }
+    if let Some(path) = &args.ca_file {
+        let _ = firetower_benches::rawws::CLIENT_TLS.set(firetower_net::ClientTls::trusting(path)?);
     }
     let _dev = match &args.start_dev {
         Some(binary) => Some(start_dev(binary)?),

@@ -36,6 +36,18 @@ pub static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// `api key file:` of the `firetower dev` it started); none: no key.
 pub static API_KEY: std::sync::OnceLock<firetower_net::ApiKey> = std::sync::OnceLock::new();
 
+/// The TLS the gRPC clients of this process speak (`--ca-file`, or the `ca file:` of the
+/// `firetower dev` it started); none: plaintext.
+pub static CLIENT_TLS: std::sync::OnceLock<firetower_net::ClientTls> = std::sync::OnceLock::new();
+
+/// A connector over [`CLIENT_TLS`].
+pub fn connector() -> firetower_net::TcpConnector {
+    firetower_net::TcpConnector {
+        tls: CLIENT_TLS.get().cloned(),
+        ..firetower_net::TcpConnector::default()
+    }
+}
+
 /// A distributor client presenting [`API_KEY`].
 pub async fn grpc_client(
     addr: &str,
@@ -44,9 +56,9 @@ pub async fn grpc_client(
         firetower_net::KeyedChannel,
     >,
 > {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel =
+        firetower_net::Connector::channel(&connector(), addr, firetower_net::Role::Distributor)
+            .map_err(anyhow::Error::msg)?;
     let key = API_KEY.get().cloned().unwrap_or_default();
     Ok(
         firetower_proto::distributor::v1::distributor_client::DistributorClient::with_interceptor(

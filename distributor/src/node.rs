@@ -735,7 +735,7 @@ where
             waiters: HashMap::new(),
             client_waiters: HashMap::new(),
         }),
-        peers: Channels::new(connector.clone()),
+        peers: Channels::new(connector.clone(), firetower_net::Role::Distributor),
         counters,
         api: crate::api::ApiAuth::new(&config.api),
         member_key,
@@ -921,6 +921,17 @@ where
 type Handover = (u64, String, u64, Vec<(firetower_proto::Slot, u64)>);
 
 /// Serves one edge's relay connection until it ends.
+/// The node identity in a relay peer's (verified) certificate.
+fn relay_peer_identity(conn: &quinn::Connection) -> Option<firetower_net::NodeIdentity> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs
+        .first()
+        .and_then(firetower_net::NodeIdentity::from_cert)
+}
+
 async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incoming) {
     let conn = match incoming.await {
         Ok(c) => c,
@@ -960,6 +971,30 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
             return;
         }
     };
+    // The Hello's edge id is the one the edge's certificate proves (the CA signs every
+    // node's certificate; without this check any of them could take over an edge's link).
+    let certified = relay_peer_identity(&conn);
+    if certified
+        != Some(firetower_net::NodeIdentity::new(
+            firetower_net::Role::Edge,
+            edge,
+        ))
+    {
+        tracing::warn!(
+            edge,
+            ?certified,
+            "relay hello refused: not the certificate's edge"
+        );
+        conn.close(
+            close_code::BAD_HELLO.into(),
+            format!(
+                "edge {edge}: the certificate says {}",
+                certified.map_or("no node identity".to_string(), |i| i.to_string())
+            )
+            .as_bytes(),
+        );
+        return;
+    }
     let mut lanes = Vec::with_capacity(shared.config.relay_lanes);
     // Bytes are the bound (`lane_hard_bytes`); the frame bound only keeps the channel finite.
     let lane_frames = (shared.config.lane_hard_bytes / 32).max(1024);
@@ -1232,12 +1267,19 @@ pub async fn run_udp_with_counters(
         udp,
         Arc::new(quinn::TokioRuntime),
     )?;
-    let incoming = firetower_net::accept_nodelay(grpc);
+    tls.require_identity(firetower_net::NodeIdentity::new(
+        firetower_net::Role::Distributor,
+        config.id,
+    ))?;
+    let incoming = firetower_net::tls_incoming(
+        firetower_net::accept_nodelay(grpc),
+        firetower_net::ServerTls::new(&tls)?,
+    );
     run_with_counters(
         config,
         incoming,
         endpoint,
-        firetower_net::TcpConnector::default(),
+        firetower_net::TcpConnector::tls(firetower_net::ClientTls::node(&tls)?),
         shutdown,
         counters,
     )

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_net::{Connector, KeyedChannel};
+use firetower_net::{Caller, Connector, KeyedChannel, Role};
 use firetower_proto::client::validate_json_data;
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
@@ -623,6 +623,7 @@ impl<C: Connector> Distributor for DistributorService<C> {
         request: Request<dpb::ForwardBatchRequest>,
     ) -> Result<Response<dpb::ForwardBatchReply>, Status> {
         self.shared.api.check(&request, &[Scope::Member])?;
+        from_a_distributor(&request, "ForwardBatch", |_| true)?;
         let request = request.into_inner();
         // A run is at most a batch (one op's messages); a call carries a step's runs to this
         // owner (a group of a topic's ops, bounded by `core::GROUP_COPIES`, or a split
@@ -742,6 +743,9 @@ impl<C: Connector> Distributor for DistributorService<C> {
             &[Scope::Publish, Scope::Member]
         };
         self.shared.api.check(&request, scopes)?;
+        if request.get_ref().forwarded {
+            from_a_distributor(&request, "History (forwarded)", |_| true)?;
+        }
         let dpb::HistoryRequest {
             topic,
             since,
@@ -820,6 +824,9 @@ impl<C: Connector> Distributor for DistributorService<C> {
             &[Scope::Publish, Scope::Member]
         };
         self.shared.api.check(&request, scopes)?;
+        if request.get_ref().owner_only {
+            from_a_distributor(&request, "TopicStatus (owner only)", |_| true)?;
+        }
         let dpb::TopicStatusRequest { topic, owner_only } = request.into_inner();
         let valid = if owner_only {
             validate_route_topic(&topic)
@@ -884,6 +891,8 @@ impl<C: Connector> Distributor for DistributorService<C> {
         request: Request<dpb::HandoverRequest>,
     ) -> Result<Response<dpb::HandoverReply>, Status> {
         self.shared.api.check(&request, &[Scope::Member])?;
+        let to = request.get_ref().to;
+        from_a_distributor(&request, "Handover", |id| id == to)?;
         let request = request.into_inner();
         if request.to == 0 || request.epoch == 0 {
             return Err(Status::invalid_argument("to and epoch must be non-zero"));
@@ -948,6 +957,19 @@ impl<C: Connector> Distributor for DistributorService<C> {
             connections_closed: closed,
         }))
     }
+}
+
+/// Over TLS, the calls distributors make to each other (forwarded runs, owner-only
+/// questions, handovers) come only from a distributor's certificate, whose id `id_ok`
+/// accepts: the member API key or a `forwarded` flag alone proves nothing.
+fn from_a_distributor<T>(
+    request: &Request<T>,
+    what: &str,
+    id_ok: impl FnOnce(u64) -> bool,
+) -> Result<(), Status> {
+    Caller::of(request).require_node(what, |node| {
+        node.role == Role::Distributor && id_ok(node.id)
+    })
 }
 
 /// A handover answer on the wire.

@@ -404,7 +404,7 @@ where
         endpoint: endpoint.clone(),
         next_conn: AtomicU64::new(1),
         write_turns: tokio::sync::Semaphore::new(config.write_turns()),
-        distributors: Channels::new(connector.clone()),
+        distributors: Channels::new(connector.clone(), firetower_net::Role::Distributor),
         stop: stop_rx.clone(),
         hot_acks: hot_ack_tx,
         config: config.clone(),
@@ -497,6 +497,10 @@ pub async fn run_tcp(
         Arc::new(quinn::TokioRuntime),
     )?;
     endpoint.set_default_client_config(tls.client_config()?);
+    tls.require_identity(firetower_net::NodeIdentity::new(
+        firetower_net::Role::Edge,
+        config.id,
+    ))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|r| {
         r.inspect(|s| {
             let _ = s.set_nodelay(true);
@@ -506,7 +510,7 @@ pub async fn run_tcp(
         config,
         incoming,
         endpoint,
-        firetower_net::TcpConnector::default(),
+        firetower_net::TcpConnector::tls(firetower_net::ClientTls::node(&tls)?),
         hooks,
         counters,
         shutdown,

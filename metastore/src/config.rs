@@ -63,6 +63,13 @@ pub struct Config {
     /// scope) for every RPC, Raft's included; operators (`admin`) for reads and hot-topic
     /// changes. `api.member_key_file` is the key this node presents to the other nodes.
     pub api: firetower_net::api_auth::ApiAuthConfig,
+    /// This node's certificate (`metastore-ID`: the identity `firetower://metastore/ID` and
+    /// the name `metastore.firetower`), key and the cluster CA: every connection to and
+    /// from it is TLS, and members must present their own certificates (docs/security.md).
+    pub tls: firetower_net::TlsFiles,
+    /// Serve and dial plaintext gRPC instead (API keys still hold): only for a cluster on
+    /// a network nobody else reaches.
+    pub allow_plaintext: bool,
 }
 
 impl Default for Config {
@@ -87,6 +94,8 @@ impl Default for Config {
             max_hot_topics: 10_000,
             max_watchers: 1024,
             api: firetower_net::api_auth::ApiAuthConfig::default(),
+            tls: firetower_net::TlsFiles::default(),
+            allow_plaintext: false,
         }
     }
 }
@@ -227,6 +236,18 @@ impl Config {
             );
         }
         self.api.validate()?;
+        if !self.allow_plaintext
+            && (self.tls.cert.as_os_str().is_empty()
+                || self.tls.key.as_os_str().is_empty()
+                || self.tls.ca.as_os_str().is_empty())
+        {
+            return invalid(
+                "tls",
+                "a metastore serves only over TLS: give its cert, key and the CA \
+                 (`firetower certs` makes them), or allow_plaintext"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -309,6 +330,13 @@ mod tests {
             },
             ..Config::default()
         };
-        assert!(open.validate().is_ok());
+        // No TLS files: plaintext only when that is what is asked for.
+        let err = open.validate().unwrap_err().to_string();
+        assert!(err.contains("serves only over TLS"), "{err}");
+        let plain = Config {
+            allow_plaintext: true,
+            ..open
+        };
+        assert!(plain.validate().is_ok());
     }
 }

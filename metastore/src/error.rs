@@ -56,6 +56,8 @@ pub enum NodeError {
     Raft(String),
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] firetower_net::TlsError),
 }
 
 /// Why an API request failed.

@@ -39,20 +39,40 @@ pub use node::run;
 pub use store::{Backend, MemBackend, SledBackend};
 
 /// Runs a node on a bound TCP listener with sled storage in `config.data_dir`: what the
-/// `firetower metastore` command does. When it returns, the data dir is closed and
-/// unlocked: a node can be started on it again at once.
+/// `firetower metastore` command does. Every connection is TLS with `config.tls` (unless
+/// `config.allow_plaintext`). When it returns, the data dir is closed and unlocked: a node
+/// can be started on it again at once.
 pub async fn run_tcp(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     config.validate()?;
-    let backend = SledBackend::open(&config.data_dir)?;
     let incoming = firetower_net::accept_nodelay(listener);
+    if config.allow_plaintext && !config.tls.is_set() {
+        tracing::warn!(id = config.id, "serving plaintext gRPC (allow_plaintext)");
+        let backend = SledBackend::open(&config.data_dir)?;
+        return run(
+            config,
+            incoming,
+            firetower_net::TcpConnector::default(),
+            backend,
+            shutdown,
+        )
+        .await;
+    }
+    let material = firetower_net::TlsMaterial::load(&config.tls)?;
+    material.require_identity(firetower_net::NodeIdentity::new(
+        firetower_net::Role::Metastore,
+        config.id,
+    ))?;
+    let server = firetower_net::ServerTls::new(&material)?;
+    let connector = firetower_net::TcpConnector::tls(firetower_net::ClientTls::node(&material)?);
+    let backend = SledBackend::open(&config.data_dir)?;
     run(
         config,
-        incoming,
-        firetower_net::TcpConnector::default(),
+        firetower_net::tls_incoming(incoming, server),
+        connector,
         backend,
         shutdown,
     )

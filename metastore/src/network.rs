@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use firetower_net::api_auth::{ApiAuth, Scope};
 use firetower_net::{ApiKey, Channels, Connector};
+use firetower_net::{Caller, Role};
 use firetower_proto::raft::v1 as pb;
 use firetower_proto::raft::v1::raft_transport_client::RaftTransportClient;
 use openraft::error::{
@@ -160,6 +161,14 @@ pub struct RaftService {
 }
 
 impl RaftService {
+    /// Over TLS, a Raft message comes from the metastore node its certificate names, and
+    /// `from` says the same.
+    fn check_peer<T>(&self, request: &tonic::Request<T>, from: u64) -> Result<(), tonic::Status> {
+        Caller::of(request).require_node("Raft", |node| {
+            node.role == Role::Metastore && node.id == from
+        })
+    }
+
     fn wire(&self, request: &pb::RaftRequest) -> WireCheck<'_> {
         WireCheck {
             id: self.id,
@@ -296,6 +305,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         self.auth.check(&request, &[Scope::Member])?;
+        self.check_peer(&request, request.get_ref().from)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&self.cluster, request.get_ref())?;
         self.wire(request.get_ref()).append_entries(&rpc)?;
         encode(&self.raft.append_entries(rpc).await)
@@ -306,6 +316,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         self.auth.check(&request, &[Scope::Member])?;
+        self.check_peer(&request, request.get_ref().from)?;
         let rpc: VoteRequest<u64> = decode(&self.cluster, request.get_ref())?;
         self.wire(request.get_ref()).vote_request(&rpc)?;
         encode(&self.raft.vote(rpc).await)
@@ -316,6 +327,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::RaftRequest>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         self.auth.check(&request, &[Scope::Member])?;
+        self.check_peer(&request, request.get_ref().from)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&self.cluster, request.get_ref())?;
         self.wire(request.get_ref()).install_snapshot(&rpc)?;
         encode(&self.raft.install_snapshot(rpc).await)
@@ -326,6 +338,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: tonic::Request<pb::NodeInfoRequest>,
     ) -> Result<tonic::Response<pb::NodeInfoReply>, tonic::Status> {
         self.auth.check(&request, &[Scope::Member])?;
+        Caller::of(&request).require_node("NodeInfo", |node| node.role == Role::Metastore)?;
         check_cluster(&self.cluster, &request.get_ref().cluster)?;
         Ok(tonic::Response::new(pb::NodeInfoReply {
             node_id: self.id,

@@ -238,7 +238,7 @@ where
     let log_store = LogStore::new(storage.clone());
     let state_machine = StateMachine::open(storage.clone(), config.watch_history_changes)?;
     let sm = state_machine.shared();
-    let channels = Channels::new(connector);
+    let channels = Channels::new(connector, firetower_net::Role::Metastore);
     let network = Network {
         channels: channels.clone(),
         cluster: config.cluster.clone(),

@@ -29,7 +29,7 @@ use crate::store::{Catchup, SmShared};
 use crate::tracked::Tasks;
 use crate::types::Raft;
 use firetower_net::api_auth::{ApiAuth, Scope};
-use firetower_net::{Channels, Connector};
+use firetower_net::{Caller, Channels, Connector, Role};
 
 /// What members call: registration, leases, interest, hot-topic acks.
 const MEMBERS: &[Scope] = &[Scope::Member];
@@ -250,6 +250,32 @@ fn check_register(config: &Config, req: &pb::RegisterRequest) -> Result<Command,
     })
 }
 
+/// Over TLS, a member acts only as itself: its certificate names the member of `kind`
+/// and `id` the request is about. A metastore node's certificate is also taken: a follower
+/// forwards its callers' requests to the leader, and checked them itself.
+fn as_member<T>(request: &Request<T>, what: &str, kind: i32, id: u64) -> Result<(), Status> {
+    let role = match pb::MemberKind::try_from(kind) {
+        Ok(pb::MemberKind::Distributor) => Role::Distributor,
+        Ok(pb::MemberKind::Edge) => Role::Edge,
+        _ => return Err(ApiError::invalid("kind", format!("{kind} is not a member kind")).into()),
+    };
+    Caller::of(request).require_node(what, |node| {
+        node.role == Role::Metastore || (node.role == role && node.id == id)
+    })
+}
+
+/// Hot-topic changes come from distributors (splits and merges they measured), the
+/// metastore's own forwarding, or an operator (no certificate, an admin API key); an edge
+/// never makes one.
+fn not_an_edge<T>(request: &Request<T>, what: &str) -> Result<(), Status> {
+    match Caller::of(request) {
+        Caller::Node(node) if node.role == Role::Edge => Err(Status::permission_denied(format!(
+            "{what}: not allowed for {node}, as its certificate says"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -260,6 +286,12 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
     ) -> Result<Response<pb::RegisterReply>, Status> {
         self.node.auth.check(&request, MEMBERS)?;
         let command = check_register(&self.node.config, request.get_ref())?;
+        as_member(
+            &request,
+            "Register",
+            request.get_ref().kind,
+            request.get_ref().id,
+        )?;
         if let Some(mut leader) = self.node.leader_route(&request)? {
             return leader
                 .register(forwarded(request, self.node.config.rpc_timeout))
@@ -283,6 +315,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         let req = request.get_ref();
         let kind = member_kind(req.kind)?;
         let id = member_id(req.id)?;
+        as_member(&request, "Heartbeat", req.kind, id)?;
         let incarnation = req.incarnation;
         if let Some(mut leader) = self.node.leader_route(&request)? {
             return leader
@@ -334,6 +367,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         self.node.auth.check(&request, MEMBERS)?;
         let kind = member_kind(request.get_ref().kind)?;
         let id = member_id(request.get_ref().id)?;
+        as_member(&request, "Deregister", request.get_ref().kind, id)?;
         if let Some(mut leader) = self.node.leader_route(&request)? {
             return leader
                 .deregister(forwarded(request, self.node.config.rpc_timeout))
@@ -354,6 +388,12 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         if req.edge_id == 0 {
             return Err(ApiError::invalid("edge_id", "member ids start at 1").into());
         }
+        as_member(
+            &request,
+            "UpdateInterest",
+            pb::MemberKind::Edge as i32,
+            req.edge_id,
+        )?;
         let total = req.add_slots.len() + req.remove_slots.len();
         let field = if req.add_slots.len() >= req.remove_slots.len() {
             "add_slots"
@@ -389,6 +429,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         request: Request<pb::SetHotTopicRequest>,
     ) -> Result<Response<pb::HotTopicReply>, Status> {
         self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
+        not_an_edge(&request, "SetHotTopic")?;
         let req = request.get_ref();
         let name = topic(&req.topic)?;
         if !(MIN_SHARDS..=MAX_SHARDS).contains(&req.shards) {
@@ -419,6 +460,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         request: Request<pb::ClearHotTopicRequest>,
     ) -> Result<Response<pb::HotTopicReply>, Status> {
         self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
+        not_an_edge(&request, "ClearHotTopic")?;
         let command = Command::ClearHotTopic {
             topic: topic(&request.get_ref().topic)?,
         };
@@ -442,6 +484,12 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         if req.edge_id == 0 {
             return Err(ApiError::invalid("edge_id", "member ids start at 1").into());
         }
+        as_member(
+            &request,
+            "AckHotTopic",
+            pb::MemberKind::Edge as i32,
+            req.edge_id,
+        )?;
         let command = Command::AckHotTopic {
             edge: req.edge_id,
             topic: topic(&req.topic)?,

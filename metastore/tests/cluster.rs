@@ -65,6 +65,9 @@ impl Cluster {
             peers: self.peers.clone(),
             data_dir: self.root.join(format!("node-{id}")),
             api: open_api(),
+            // These tests probe Raft and the API over plaintext; the root crate's tests run
+            // the metastore over TLS (tests/security.rs checks the certificates' identities).
+            allow_plaintext: true,
             ..Config::default()
         };
         (self.tune)(&mut config);
@@ -636,6 +639,7 @@ async fn a_data_dir_of_another_cluster_is_refused() -> Result<()> {
         peers: BTreeMap::from([(1, addr.clone())]),
         data_dir: dir.path().join("node"),
         api: open_api(),
+        allow_plaintext: true,
         ..Config::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();

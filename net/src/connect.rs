@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::grpc_tls::ClientTls;
+use crate::tls::Role;
+
 /// The connections a gRPC server accepts from `listener`, with Nagle's algorithm off:
 /// replies are small and latency-bound, and a delayed ACK would hold each one back for
 /// tens of milliseconds.
@@ -31,30 +34,50 @@ pub fn accept_nodelay(
 /// Makes a gRPC channel to an address. Real nodes dial TCP ([`TcpConnector`]); the
 /// simulator passes a connector over its own network.
 pub trait Connector: Clone + Send + Sync + 'static {
-    /// A lazily connecting channel to `addr` (host:port).
-    fn channel(&self, addr: &str) -> Result<Channel, String>;
+    /// A lazily connecting channel to `addr` (host:port), a node of role `server` (over
+    /// TLS, the server's certificate must carry that role's name).
+    fn channel(&self, addr: &str, server: Role) -> Result<Channel, String>;
 }
 
-/// Dials plain TCP.
+/// Dials TCP, with TLS when it has a [`ClientTls`].
 #[derive(Clone, Debug)]
 pub struct TcpConnector {
     /// Bound on one connection attempt, so a dead peer fails fast instead of hanging a call.
     pub connect_timeout: Duration,
+    /// Bound on each call (None: the caller's, or none).
+    pub request_timeout: Option<Duration>,
+    /// None: plaintext (only towards servers an embedding runs without TLS).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for TcpConnector {
     fn default() -> Self {
         TcpConnector {
             connect_timeout: Duration::from_millis(500),
+            request_timeout: None,
+            tls: None,
+        }
+    }
+}
+
+impl TcpConnector {
+    /// A connector that speaks TLS.
+    pub fn tls(tls: ClientTls) -> Self {
+        TcpConnector {
+            tls: Some(tls),
+            ..TcpConnector::default()
         }
     }
 }
 
 impl Connector for TcpConnector {
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    fn channel(&self, addr: &str, server: Role) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("{addr:?}: {e}"))?;
-        Ok(endpoint
+        if let Some(timeout) = self.request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             // A connection that silently stopped carrying bytes (a peer that vanished, a
@@ -62,8 +85,34 @@ impl Connector for TcpConnector {
             // and watch streams do not hang on it forever.
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect_lazy())
+            .keep_alive_while_idle(true);
+        let Some(tls) = self.tls.clone() else {
+            return Ok(endpoint.connect_lazy());
+        };
+        let addr = addr.to_string();
+        let timeout = self.connect_timeout;
+        Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
+            move |_: tonic::transport::Uri| {
+                let (tls, addr) = (tls.clone(), addr.clone());
+                async move {
+                    let connect = async {
+                        let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                        tcp.set_nodelay(true)?;
+                        tls.handshake(tcp, server).await
+                    };
+                    match tokio::time::timeout(timeout, connect).await {
+                        Ok(stream) => stream.map(hyper_util::rt::TokioIo::new),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "{addr}: no TLS connection within {} ms",
+                                timeout.as_millis()
+                            ),
+                        )),
+                    }
+                }
+            },
+        )))
     }
 }
 
@@ -72,14 +121,16 @@ impl Connector for TcpConnector {
 #[derive(Clone)]
 pub struct Channels<C: Connector> {
     connector: C,
+    server: Role,
     cache: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl<C: Connector> Channels<C> {
-    /// An empty cache over `connector`.
-    pub fn new(connector: C) -> Self {
+    /// An empty cache over `connector`, of channels to nodes of role `server`.
+    pub fn new(connector: C, server: Role) -> Self {
         Channels {
             connector,
+            server,
             cache: Arc::default(),
         }
     }
@@ -90,7 +141,7 @@ impl<C: Connector> Channels<C> {
         if let Some(channel) = cache.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = self.connector.channel(addr)?;
+        let channel = self.connector.channel(addr, self.server)?;
         cache.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -31,4 +31,7 @@ pub enum TlsError {
     Invalid { path: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// The node's certificate names another node (`firetower certs` makes one per node).
+    #[error("tls.cert: the certificate says {found}, this node is {expected}")]
+    Identity { expected: String, found: String },
 }

@@ -10,7 +10,10 @@
 //! - [`api_auth`]: the servers' side: hashed keys with scopes, checked on every call.
 //! - [`connect`]: the [`Connector`] the simulator injects, the per-address [`Channels`]
 //!   cache, and [`accept_nodelay`] for gRPC servers.
-//! - `tls` (feature `relay`): certificates for the relay (and a throwaway CA for `dev` and tests).
+//! - [`tls`]: node identities in certificates, TLS configurations for gRPC and (feature
+//!   `relay`) the relay, and a throwaway CA for `dev` and tests (feature `relay`).
+//! - [`grpc_tls`]: gRPC over TLS: accepted connections that carry the caller's identity,
+//!   and the dialling side the connectors use.
 //! - `relay` (feature `relay`, on by default; the metastore turns it off): length-prefixed frame I/O on QUIC streams, batched writers, close codes.
 //! - [`meta_client`]: the metastore client side: node failover, membership upkeep
 //!   (register + heartbeat) and a resuming watch.
@@ -22,18 +25,18 @@ pub mod api_auth;
 pub mod api_key;
 pub mod connect;
 pub mod error;
+pub mod grpc_tls;
 pub mod meta_client;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod rng;
 pub mod tasks;
-#[cfg(feature = "relay")]
 pub mod tls;
 
 pub use api_key::{ApiKey, KeyedChannel};
 pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
 pub use error::{ConfigError, TlsError};
+pub use grpc_tls::{peer_identity, tls_incoming, Caller, ClientTls, PeerIdentity, ServerTls};
 pub use meta_client::{spawn_membership, spawn_watch, LeaseConfirmed, MetaClient, Registration};
 pub use tasks::Tasks;
-#[cfg(feature = "relay")]
-pub use tls::{TlsFiles, TlsMaterial};
+pub use tls::{NodeIdentity, Role, TlsFiles, TlsMaterial};

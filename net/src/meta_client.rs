@@ -41,7 +41,7 @@ impl<C: Connector> MetaClient<C> {
     pub fn new(addrs: Vec<String>, connector: C, timeout: Duration) -> Self {
         MetaClient {
             addrs: Arc::new(addrs),
-            channels: Channels::new(connector),
+            channels: Channels::new(connector, crate::tls::Role::Metastore),
             preferred: Arc::default(),
             timeout,
             key: ApiKey::none(),

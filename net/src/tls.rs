@@ -1,10 +1,22 @@
-//! TLS for the QUIC relay: mutual TLS with certificates from configuration.
+//! TLS for every connection between nodes, and for backends.
 //!
-//! Every node (distributor or edge) presents a certificate signed by the cluster CA and
-//! checks its peer's against the same CA. The server name is [`RELAY_SERVER_NAME`], which
-//! every distributor certificate carries. [`DevPki`] makes a throwaway CA and node
-//! certificates for `firetower dev` and tests.
+//! Every node presents a certificate signed by the cluster CA whose subjectAltName carries
+//! its identity, `firetower://ROLE/ID` ([`NodeIdentity`]), and, for the roles that serve,
+//! the role's server name ([`Role::server_name`]): a client checks that the server it
+//! dialled is of the role it wanted (an edge's certificate names no server, so it cannot
+//! pose as a distributor). Servers ask for a client certificate but also accept callers
+//! without one (backends, the CLI), whose calls then have no node identity: the services
+//! decide what each identity may do (the metastore, the distributor's forwarding and
+//! handover, the relay's Hello).
+//!
+//! - gRPC: [`TlsMaterial::grpc_server`] and [`TlsMaterial::grpc_client`], used by
+//!   [`crate::grpc_tls`];
+//! - the QUIC relay (feature `relay`): [`TlsMaterial::server_config`] (distributors) and
+//!   [`TlsMaterial::client_config`] (edges), mutual;
+//! - [`DevPki`] (feature `relay`) makes a throwaway CA and node certificates for
+//!   `firetower dev`, `firetower certs` and tests.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,9 +27,115 @@ use serde::{Deserialize, Serialize};
 use crate::error::TlsError;
 
 /// The name edges expect on a distributor's certificate.
-pub const RELAY_SERVER_NAME: &str = "distributor.firetower";
+pub const RELAY_SERVER_NAME: &str = Role::Distributor.server_name_str();
 /// The ALPN protocol of the relay.
 pub const RELAY_ALPN: &[u8] = b"firetower-relay/1";
+/// The ALPN protocol of gRPC over TLS.
+pub const GRPC_ALPN: &[u8] = b"h2";
+/// The URI scheme of a node identity in a certificate.
+const IDENTITY_SCHEME: &str = "firetower://";
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Metastore,
+    Distributor,
+    Edge,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Metastore => "metastore",
+            Role::Distributor => "distributor",
+            Role::Edge => "edge",
+        }
+    }
+
+    const fn server_name_str(self) -> &'static str {
+        match self {
+            Role::Metastore => "metastore.firetower",
+            Role::Distributor => "distributor.firetower",
+            Role::Edge => "edge.firetower",
+        }
+    }
+
+    /// The server name a client dialling this role checks on its certificate. Edges serve
+    /// no node, so their certificates do not carry theirs.
+    pub fn server_name(self) -> rustls::pki_types::ServerName<'static> {
+        rustls::pki_types::ServerName::DnsName(
+            rustls::pki_types::DnsName::try_from(self.server_name_str())
+                .unwrap_or_else(|_| unreachable!("a constant, valid DNS name")),
+        )
+    }
+
+    fn parse(text: &str) -> Option<Role> {
+        match text {
+            "metastore" => Some(Role::Metastore),
+            "distributor" => Some(Role::Distributor),
+            "edge" => Some(Role::Edge),
+            _ => None,
+        }
+    }
+}
+
+/// A node's identity, as its certificate proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeIdentity {
+    pub role: Role,
+    pub id: u64,
+}
+
+impl NodeIdentity {
+    pub fn new(role: Role, id: u64) -> Self {
+        NodeIdentity { role, id }
+    }
+
+    /// The subjectAltName URI that carries it.
+    pub fn uri(&self) -> String {
+        format!("{IDENTITY_SCHEME}{}/{}", self.role.as_str(), self.id)
+    }
+
+    /// A file and common name for its certificate: `distributor-3`.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.role.as_str(), self.id)
+    }
+
+    fn parse_uri(uri: &str) -> Option<NodeIdentity> {
+        let rest = uri.strip_prefix(IDENTITY_SCHEME)?;
+        let (role, id) = rest.split_once('/')?;
+        let id: u64 = id.parse().ok()?;
+        (id > 0).then_some(NodeIdentity {
+            role: Role::parse(role)?,
+            id,
+        })
+    }
+
+    /// The identity a (verified) certificate carries: exactly one `firetower://` URI in its
+    /// subjectAltName; none, several or a malformed one is no identity.
+    pub fn from_cert(cert: &CertificateDer<'_>) -> Option<NodeIdentity> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+        let san = parsed.subject_alternative_name().ok()??;
+        let mut found = None;
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                if uri.starts_with(IDENTITY_SCHEME) {
+                    if found.is_some() {
+                        return None;
+                    }
+                    found = Some(NodeIdentity::parse_uri(uri)?);
+                }
+            }
+        }
+        found
+    }
+}
+
+impl fmt::Display for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.role.as_str(), self.id)
+    }
+}
 
 /// Where a node's TLS material is, as PEM files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +148,15 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+impl TlsFiles {
+    /// Whether any file is named (the default names none).
+    pub fn is_set(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+            || !self.key.as_os_str().is_empty()
+            || !self.ca.as_os_str().is_empty()
+    }
+}
+
 /// Loaded TLS material.
 #[derive(Debug, Clone)]
 pub struct TlsMaterial {
@@ -38,14 +165,17 @@ pub struct TlsMaterial {
     pub ca: Vec<CertificateDer<'static>>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
 }
 
-fn certs_from(pem: &[u8], what: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs_from(
+    pem: &[u8],
+    what: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
     let certs = certs.map_err(|e| TlsError::Invalid {
         path: what.to_path_buf(),
@@ -91,7 +221,24 @@ impl TlsMaterial {
         })
     }
 
-    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    /// The identity this node's own certificate carries.
+    pub fn identity(&self) -> Option<NodeIdentity> {
+        self.certs.first().and_then(NodeIdentity::from_cert)
+    }
+
+    /// Refuses a certificate that does not name this node: it would fail every peer's
+    /// identity check, one call at a time.
+    pub fn require_identity(&self, own: NodeIdentity) -> Result<(), TlsError> {
+        match self.identity() {
+            Some(found) if found == own => Ok(()),
+            found => Err(TlsError::Identity {
+                expected: own.to_string(),
+                found: found.map_or("no node identity".into(), |i| i.to_string()),
+            }),
+        }
+    }
+
+    pub(crate) fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in &self.ca {
             roots
@@ -101,6 +248,42 @@ impl TlsMaterial {
         Ok(Arc::new(roots))
     }
 
+    /// The TLS configuration of a gRPC server: its certificate, and a client certificate
+    /// signed by the CA asked for but not required (backends and the CLI have none).
+    pub fn grpc_server(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        tls.alpn_protocols = vec![GRPC_ALPN.to_vec()];
+        Ok(Arc::new(tls))
+    }
+
+    /// The TLS configuration of a node dialling another over gRPC: presents its
+    /// certificate and checks the server's against the CA.
+    pub fn grpc_client(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        tls.alpn_protocols = vec![GRPC_ALPN.to_vec()];
+        Ok(Arc::new(tls))
+    }
+
+    #[cfg(feature = "relay")]
     /// The QUIC server configuration of a distributor: requires a client certificate
     /// signed by the CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
@@ -125,6 +308,7 @@ impl TlsMaterial {
         Ok(config)
     }
 
+    #[cfg(feature = "relay")]
     /// The QUIC client configuration of an edge: presents its certificate and checks the
     /// distributor's against the CA.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
@@ -144,6 +328,7 @@ impl TlsMaterial {
     }
 }
 
+#[cfg(feature = "relay")]
 /// Relay transport settings shared by both ends. Keep-alives let a dead peer be noticed
 /// within the idle timeout; the stream windows are sized for a relay that carries many
 /// small messages at high rates.
@@ -160,6 +345,7 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+#[cfg(feature = "relay")]
 /// A CA made here, with node certificates: for `firetower dev`, the tests, and
 /// `firetower certs` (which writes the CA's certificate, not its key: a new set means a new
 /// CA for every node).
@@ -168,12 +354,14 @@ pub struct DevPki {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
+#[cfg(feature = "relay")]
 /// One node's PEM certificate and key.
 pub struct DevCert {
     pub cert_pem: String,
     pub key_pem: String,
 }
 
+#[cfg(feature = "relay")]
 impl DevPki {
     /// A new CA.
     ///
@@ -198,18 +386,23 @@ impl DevPki {
         })
     }
 
-    /// A certificate for a node, valid as a relay server and client.
-    pub fn issue(&self, common_name: &str) -> Result<DevCert, TlsError> {
+    /// A certificate for a node: its identity as a subjectAltName URI, and the role's
+    /// server name for roles that serve nodes (not edges). Valid as a server and a client.
+    pub fn issue(&self, identity: NodeIdentity) -> Result<DevCert, TlsError> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(vec![
-            RELAY_SERVER_NAME.to_string(),
-            "localhost".to_string(),
-        ])
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut names = Vec::new();
+        if identity.role != Role::Edge {
+            names.push(identity.role.server_name_str().to_string());
+        }
+        let mut params =
+            rcgen::CertificateParams::new(names).map_err(|e| TlsError::Config(e.to_string()))?;
+        let uri = rcgen::string::Ia5String::try_from(identity.uri())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        params.subject_alt_names.push(rcgen::SanType::URI(uri));
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
+            .push(rcgen::DnType::CommonName, identity.name());
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -223,9 +416,11 @@ impl DevPki {
         })
     }
 
-    /// Writes the CA and a node certificate into `dir` and returns their paths.
-    pub fn write_node(&self, dir: &Path, name: &str) -> Result<TlsFiles, TlsError> {
-        let cert = self.issue(name)?;
+    /// Writes the CA and a node certificate into `dir` (named after the identity,
+    /// `distributor-3.crt`) and returns their paths.
+    pub fn write_node(&self, dir: &Path, identity: NodeIdentity) -> Result<TlsFiles, TlsError> {
+        let cert = self.issue(identity)?;
+        let name = identity.name();
         std::fs::create_dir_all(dir).map_err(|e| TlsError::Read {
             path: dir.to_path_buf(),
             reason: e.to_string(),
@@ -251,5 +446,65 @@ impl DevPki {
                 })?;
         }
         Ok(files)
+    }
+}
+
+#[cfg(all(test, feature = "relay"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_carries_its_identity_and_its_roles_server_name() {
+        let pki = DevPki::new().unwrap();
+        for identity in [
+            NodeIdentity::new(Role::Metastore, 1),
+            NodeIdentity::new(Role::Distributor, 3),
+            NodeIdentity::new(Role::Edge, 2),
+        ] {
+            let cert = pki.issue(identity).unwrap();
+            let material =
+                TlsMaterial::from_pem(&cert.cert_pem, &cert.key_pem, &pki.ca_pem).unwrap();
+            assert_eq!(material.identity(), Some(identity));
+            assert!(material.require_identity(identity).is_ok());
+            let other = NodeIdentity::new(identity.role, identity.id + 1);
+            let err = material.require_identity(other).unwrap_err().to_string();
+            assert!(err.contains(&identity.to_string()), "{err}");
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(material.certs[0].as_ref()).unwrap();
+            let names: Vec<String> = parsed
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect();
+            let expected: Vec<String> = match identity.role {
+                Role::Edge => vec![],
+                role => vec![role.server_name_str().to_string()],
+            };
+            assert_eq!(names, expected, "{identity}");
+        }
+    }
+
+    #[test]
+    fn identity_uris_parse_strictly() {
+        assert_eq!(
+            NodeIdentity::parse_uri("firetower://edge/7"),
+            Some(NodeIdentity::new(Role::Edge, 7))
+        );
+        for bad in [
+            "firetower://edge/0",
+            "firetower://edge/x",
+            "firetower://router/1",
+            "firetower://edge",
+            "https://edge/1",
+        ] {
+            assert_eq!(NodeIdentity::parse_uri(bad), None, "{bad}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use firetower_net::tls::{DevPki, TlsFiles};
+use firetower_net::{NodeIdentity, Role};
 use firetower_proto::client::{parse_server_frame, ServerFrame};
 use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
@@ -159,6 +160,7 @@ impl Cluster {
             listeners.push((id, l));
         }
         let mut metas = Vec::new();
+        let pki = DevPki::new()?;
         for (id, l) in listeners {
             let config = firetower_metastore::Config {
                 id,
@@ -168,6 +170,10 @@ impl Cluster {
                     allow_unauthenticated: true,
                     ..Default::default()
                 },
+                tls: pki.write_node(
+                    &dir.path().join("tls"),
+                    NodeIdentity::new(Role::Metastore, id),
+                )?,
                 ..firetower_metastore::Config::default()
             };
             let addr = peers[&id].clone();
@@ -189,7 +195,7 @@ impl Cluster {
             distributors: BTreeMap::new(),
             edges: BTreeMap::new(),
             edge_counters: HashMap::new(),
-            pki: DevPki::new()?,
+            pki,
             hot: tuning.hot.clone(),
             lane_queue_bytes: tuning.lane_queue_bytes,
             publish_retry_ms: tuning.publish_retry_ms,
@@ -214,8 +220,41 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn tls(&self, name: &str) -> Result<TlsFiles> {
-        Ok(self.pki.write_node(&self.dir.path().join("tls"), name)?)
+    fn tls(&self, identity: NodeIdentity) -> Result<TlsFiles> {
+        Ok(self
+            .pki
+            .write_node(&self.dir.path().join("tls"), identity)?)
+    }
+
+    /// The cluster CA, as backends and the CLI take it (`--ca-file`).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("tls").join("ca.crt")
+    }
+
+    /// A connector for the harness's own calls: TLS trusting the cluster CA, no node
+    /// certificate (a backend's or an operator's).
+    pub fn connector(&self) -> Result<firetower_net::TcpConnector> {
+        Ok(firetower_net::TcpConnector::tls(
+            firetower_net::ClientTls::trusting(&self.ca_file())?,
+        ))
+    }
+
+    /// A connector presenting a certificate of this cluster's CA for `identity` (a node
+    /// that exists or not: the CA signs what it is asked to).
+    pub fn node_connector(&self, identity: NodeIdentity) -> Result<firetower_net::TcpConnector> {
+        let files = self
+            .pki
+            .write_node(&self.dir.path().join("other-tls"), identity)?;
+        let material = firetower_net::TlsMaterial::load(&files)?;
+        Ok(firetower_net::TcpConnector::tls(
+            firetower_net::ClientTls::node(&material)?,
+        ))
+    }
+
+    /// A gRPC channel to the node of `role` at `addr`, over [`Self::connector`].
+    pub fn channel(&self, addr: &str, role: Role) -> Result<tonic::transport::Channel> {
+        firetower_net::Connector::channel(&self.connector()?, addr, role)
+            .map_err(anyhow::Error::msg)
     }
 
     pub fn start_distributor(&mut self, id: u64) -> Result<()> {
@@ -226,7 +265,7 @@ impl Cluster {
             metastore: self.metastore.clone(),
             grpc_advertise: grpc.local_addr()?.to_string(),
             quic_advertise: udp.local_addr()?.to_string(),
-            tls: self.tls(&format!("distributor-{id}"))?,
+            tls: self.tls(NodeIdentity::new(Role::Distributor, id))?,
             lease_ttl_ms: self.distributor_lease_ttl_ms,
             hot: self.hot.clone(),
             lane_queue_bytes: self.lane_queue_bytes,
@@ -257,7 +296,7 @@ impl Cluster {
             id,
             metastore: self.metastore.clone(),
             ws_advertise: ws.local_addr()?.to_string(),
-            tls: self.tls(&format!("edge-{id}"))?,
+            tls: self.tls(NodeIdentity::new(Role::Edge, id))?,
             lease_ttl_ms: 1500,
             send_queue_bytes: tuning.send_queue_bytes,
             slow_after_ms: tuning.slow_after_ms,
@@ -298,10 +337,7 @@ impl Cluster {
         &self,
         id: u64,
     ) -> Result<DistributorClient<firetower_net::KeyedChannel>> {
-        let addr = &self.distributors[&id].addr;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
+        let channel = self.channel(&self.distributors[&id].addr, Role::Distributor)?;
         Ok(DistributorClient::with_interceptor(
             channel,
             self.api_key.clone(),
@@ -376,12 +412,8 @@ impl Cluster {
         settled: impl Fn(&pb::ClusterStatusReply) -> bool,
     ) -> Result<()> {
         loop {
-            if let Ok(mut client) = pb::metastore_client::MetastoreClient::connect(format!(
-                "http://{}",
-                self.metastore[0]
-            ))
-            .await
-            {
+            if let Ok(channel) = self.channel(&self.metastore[0], Role::Metastore) {
+                let mut client = pb::metastore_client::MetastoreClient::new(channel);
                 if let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await {
                     if settled(status.get_ref()) {
                         return Ok(());

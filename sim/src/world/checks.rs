@@ -58,7 +58,7 @@ pub(super) async fn watch_ownership(ctx: Rc<Ctx>) {
 /// `ctx.leader`.
 pub(super) async fn track_leader(ctx: &Ctx) {
     for addr in &ctx.metas {
-        let Ok(channel) = SimConnector.channel(addr) else {
+        let Ok(channel) = SimConnector.channel(addr, firetower_net::Role::Metastore) else {
             continue;
         };
         let mut client = pb::metastore_client::MetastoreClient::new(channel);
@@ -137,7 +137,9 @@ pub(super) async fn check_quiet(ctx: &Ctx, window: Option<(Duration, (Duration, 
 }
 
 async fn slot_map(addr: &str) -> Option<pb::SlotMap> {
-    let channel = SimConnector.channel(addr).ok()?;
+    let channel = SimConnector
+        .channel(addr, firetower_net::Role::Metastore)
+        .ok()?;
     let mut client =
         pb::metastore_client::MetastoreClient::new(channel).max_decoding_message_size(64 << 20);
     tokio::time::timeout(
@@ -154,7 +156,7 @@ async fn slot_map(addr: &str) -> Option<pb::SlotMap> {
 
 async fn topic_status(ctx: &Ctx, topic: &str) -> Option<u64> {
     for addr in &ctx.dists {
-        let Ok(channel) = SimConnector.channel(addr) else {
+        let Ok(channel) = SimConnector.channel(addr, firetower_net::Role::Distributor) else {
             continue;
         };
         let mut client = dpb::distributor_client::DistributorClient::new(channel);

@@ -89,7 +89,7 @@ pub(super) fn publish(ctx: &Rc<Ctx>, dist: String, publisher: u32, messages: Vec
     };
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
-        let Ok(channel) = SimConnector.channel(&dist) else {
+        let Ok(channel) = SimConnector.channel(&dist, firetower_net::Role::Distributor) else {
             return;
         };
         let mut client = dpb::distributor_client::DistributorClient::new(channel)

@@ -102,6 +102,8 @@ fn add_metastore(sim: &mut turmoil::Sim<'_>, name: &str, id: u64, peers: &BTreeM
             allow_unauthenticated: true,
             ..Default::default()
         },
+        // The simulated gRPC is plaintext (see `SimConnector`).
+        allow_plaintext: true,
         ..firetower_metastore::Config::default()
     };
     sim.host(name, move || {
@@ -123,8 +125,8 @@ fn add_metastore(sim: &mut turmoil::Sim<'_>, name: &str, id: u64, peers: &BTreeM
     });
 }
 
-fn tls_for(pki: &DevPki, name: &str) -> anyhow::Result<TlsMaterial> {
-    let cert = pki.issue(name)?;
+fn tls_for(pki: &DevPki, identity: firetower_net::NodeIdentity) -> anyhow::Result<TlsMaterial> {
+    let cert = pki.issue(identity)?;
     Ok(TlsMaterial::from_pem(
         &cert.cert_pem,
         &cert.key_pem,
@@ -151,7 +153,10 @@ pub(super) fn add_distributor(
 ) -> anyhow::Result<()> {
     let name = format!("dist{d}");
     let ip = sim.lookup(name.as_str());
-    let tls = tls_for(pki, &name)?;
+    let tls = tls_for(
+        pki,
+        firetower_net::NodeIdentity::new(firetower_net::Role::Distributor, d as u64),
+    )?;
     let server = tls.server_config()?;
     let config = firetower_distributor::Config {
         id: d as u64,
@@ -206,7 +211,11 @@ fn add_edge(
 ) -> anyhow::Result<()> {
     let name = format!("edge{e}");
     let ip = sim.lookup(name.as_str());
-    let client = tls_for(pki, &name)?.client_config()?;
+    let client = tls_for(
+        pki,
+        firetower_net::NodeIdentity::new(firetower_net::Role::Edge, e as u64),
+    )?
+    .client_config()?;
     let config = firetower_edge::Config {
         id: e as u64,
         metastore: metas.to_vec(),
