@@ -892,17 +892,28 @@ async fn publish(
             println!("epoch={} seq={}", r.epoch, r.seq);
             Ok(())
         }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            Err(Failure::Usage(status.message().to_string()))
-        }
-        Err(status) if status.code() == tonic::Code::Unavailable => {
-            Err(Failure::Unavailable(status.message().to_string()))
-        }
-        Err(status) => Err(Failure::Other(anyhow::anyhow!(
-            "{:?}: {}",
+        Err(status) => Err(call_failure(&status, access)),
+    }
+}
+
+/// How a failed call ends the command. A plaintext call to a TLS port fails in HTTP/2
+/// framing, which says nothing useful: the hint says what to give.
+fn call_failure(status: &tonic::Status, access: &status::Access) -> Failure {
+    let mut message = status.message().to_string();
+    if access.tls.is_none()
+        && matches!(
             status.code(),
-            status.message()
-        ))),
+            tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::Unavailable
+        )
+    {
+        message.push_str(
+            " (a plaintext call: if the cluster serves TLS, give --ca-file or FIRETOWER_CA_FILE)",
+        );
+    }
+    match status.code() {
+        tonic::Code::InvalidArgument => Failure::Usage(message),
+        tonic::Code::Unavailable => Failure::Unavailable(message),
+        code => Failure::Other(anyhow::anyhow!("{code:?}: {message}")),
     }
 }
 
@@ -940,11 +951,7 @@ async fn history(
             forwarded: false,
         })
         .await
-        .map_err(|status| match status.code() {
-            tonic::Code::InvalidArgument => Failure::Usage(status.message().to_string()),
-            tonic::Code::Unavailable => Failure::Unavailable(status.message().to_string()),
-            code => Failure::Other(anyhow::anyhow!("{code:?}: {}", status.message())),
-        })?
+        .map_err(|status| call_failure(&status, access))?
         .into_inner();
     let current = reply.current.unwrap_or_default();
     if !reply.recovered {

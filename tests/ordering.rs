@@ -17,8 +17,9 @@ const READY: Duration = Duration::from_secs(30);
 async fn a_publish_stream_keeps_stream_order_on_owned_and_forwarded_topics() -> Result<()> {
     let cluster = Cluster::start(3, 2).await?;
     cluster.wait_ready(READY).await?;
-    // Three topics distributor 1 owns (sequenced inline) and three it forwards.
-    let mut d1 = cluster.distributor(1).await?;
+    // Three topics distributor 1 owns (sequenced inline) and three it forwards (asked as
+    // a fellow distributor: the owner-only form is theirs).
+    let mut d1 = cluster.distributor_as_peer(1).await?;
     let (mut owned, mut forwarded) = (Vec::new(), Vec::new());
     for i in 0..200 {
         let topic = format!("stream-{i}");

@@ -156,6 +156,8 @@ async fn a_client_that_reconnects_to_the_other_edge_gets_exactly_what_it_missed(
         std::process::Command::new(env!("CARGO_BIN_EXE_firetower"))
             .args(["history", "--distributor", &cluster.distributors[&2].addr])
             .args(["--topic", topic, "--since", &since, "--limit", "2"])
+            .arg("--ca-file")
+            .arg(cluster.ca_file())
             .output()
     };
     let out = cli(format!("{epoch}:{last}"))?;
@@ -187,8 +189,9 @@ async fn a_killed_owner_loses_its_history_and_clients_are_told() -> Result<()> {
     let _one = ONE_CLUSTER.lock().await;
     let mut cluster = Cluster::start(2, 1).await?;
     cluster.wait_ready(READY).await?;
-    // A topic distributor 2 owns, published through distributor 1.
-    let mut d1 = cluster.distributor(1).await?;
+    // A topic distributor 2 owns, published through distributor 1 (ownership asked as a
+    // fellow distributor: the owner-only form is theirs).
+    let mut d1 = cluster.distributor_as_peer(1).await?;
     let mut topic = None;
     for i in 0..200 {
         let t = format!("recover-{i}");

@@ -344,6 +344,26 @@ impl Cluster {
         ))
     }
 
+    /// A client of distributor `id` presenting a distributor's certificate (of a made-up
+    /// distributor 1000), for the calls distributors make to each other: TopicStatus and
+    /// History in their owner-only form.
+    pub async fn distributor_as_peer(
+        &self,
+        id: u64,
+    ) -> Result<DistributorClient<firetower_net::KeyedChannel>> {
+        let connector = self.node_connector(NodeIdentity::new(Role::Distributor, 1000))?;
+        let channel = firetower_net::Connector::channel(
+            &connector,
+            &self.distributors[&id].addr,
+            Role::Distributor,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(DistributorClient::with_interceptor(
+            channel,
+            self.api_key.clone(),
+        ))
+    }
+
     /// Waits until a publish to a probe topic on `edge` reaches a subscriber there, through
     /// every distributor: the cluster routes end to end.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
