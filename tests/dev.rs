@@ -1,0 +1,90 @@
+//! `firetower dev` as a person runs it: the whole local cluster comes up, prints what
+//! scripts need before `ready`, and the printed key and CA file publish through the CLI.
+//! It uses the dev cluster's fixed ports (7101-7103, 6667/6668, 9998/9999).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const BIN: &str = env!("CARGO_BIN_EXE_firetower");
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_starts_a_cluster_whose_printed_credentials_publish() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(BIN)
+        .args(["dev", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("dev's stdout")?;
+    let _dev = Dev(child);
+    // Read dev's lines on a thread, so the wait for `ready` has a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut key_file, mut ca_file, mut token) = (None, None, None);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(_) => bail!("dev printed no `ready` within 120 s"),
+        };
+        if let Some(v) = line.strip_prefix("api key file: ") {
+            key_file = Some(v.to_string());
+        }
+        if let Some(v) = line.strip_prefix("ca file: ") {
+            ca_file = Some(v.to_string());
+        }
+        if let Some(v) = line.strip_prefix("client token: ") {
+            token = Some(v.to_string());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    let (Some(key_file), Some(ca_file), Some(token)) = (key_file, ca_file, token) else {
+        bail!("dev did not print its api key file, ca file and client token before ready");
+    };
+    ensure!(token.split('.').count() == 3, "not a JWT: {token}");
+    let publish = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["publish", "--distributor", "127.0.0.1:6667"])
+            .args(["--topic", "chat/lobby", "--data", r#"{"text":"hi"}"#])
+            .args(extra)
+            .env_remove("FIRETOWER_CA_FILE")
+            .output()
+    };
+    let out = publish(&["--api-key-file", &key_file, "--ca-file", &ca_file])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.starts_with("epoch="),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the CA the call is plaintext, which the TLS port does not answer; the
+    // error says what to give.
+    let out = publish(&["--api-key-file", &key_file])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "a plaintext publish succeeded");
+    ensure!(stderr.contains("--ca-file"), "{stderr}");
+    Ok(())
+}
