@@ -361,15 +361,26 @@ impl MetastoreTlsArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct CaArgs {
     /// The cluster CA (PEM) to check the server's certificate with (`dev` prints its
-    /// `ca file:`; `firetower certs` writes `tls/ca.crt`). Without it, plaintext: only for
-    /// a cluster that serves plaintext.
+    /// `ca file:`; `firetower certs` writes `tls/ca.crt`). Without it, the `tls/ca.crt`
+    /// beside the API key file's `auth/` directory (the layout `dev` and `certs` write), if
+    /// there is one; else plaintext: only for a cluster that serves plaintext.
     #[arg(long, env = "FIRETOWER_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 }
 
 impl CaArgs {
-    fn tls(&self) -> Result<Option<firetower_net::ClientTls>, Failure> {
+    fn tls(
+        &self,
+        api_key_file: Option<&std::path::Path>,
+    ) -> Result<Option<firetower_net::ClientTls>, Failure> {
+        let beside_key = || {
+            let auth = api_key_file?.parent()?;
+            let ca = auth.parent()?.join("tls").join("ca.crt");
+            (auth.file_name()? == "auth" && ca.is_file()).then_some(ca)
+        };
         self.ca_file
+            .clone()
+            .or_else(beside_key)
             .as_deref()
             .map(firetower_net::ClientTls::trusting)
             .transpose()
@@ -379,7 +390,7 @@ impl CaArgs {
     fn access(&self, api_key_file: Option<&std::path::Path>) -> Result<status::Access, Failure> {
         Ok(status::Access {
             key: api_key(api_key_file)?,
-            tls: self.tls()?,
+            tls: self.tls(api_key_file)?,
         })
     }
 }

@@ -662,3 +662,75 @@ async fn cluster_calls_follow_the_certificates_identity() -> Result<()> {
     ensure!(plaintext.is_err(), "a plaintext publish: {plaintext:?}");
     Ok(())
 }
+
+/// Issue 15: "any CA-signed certificate may claim any edge id" on the relay. Now a
+/// distributor takes an edge's QUIC Hello only for the id the edge's certificate names:
+/// edge 5's certificate saying Hello as edge 6 is closed with BAD_HELLO and the reason;
+/// saying its own id, it is linked (the distributor opens its lanes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_hello_must_name_the_certificates_edge() -> Result<()> {
+    use firetower_net::relay::close_code;
+    use firetower_net::{NodeIdentity, Role};
+    use firetower_proto::relay::v1::{relay_frame::Frame, Hello, RelayFrame};
+    let cluster = Cluster::start(1, 1).await?;
+    cluster.wait_ready(READY).await?;
+    let quic: std::net::SocketAddr = cluster.distributor_quic[&1].parse()?;
+    let tls = cluster.node_tls(NodeIdentity::new(Role::Edge, 5))?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(tls.client_config()?);
+    let hello = |edge_id: u64| {
+        firetower_net::relay::encode(&RelayFrame {
+            frame: Some(Frame::Hello(Hello {
+                edge_id,
+                cluster: "firetower".into(),
+            })),
+        })
+    };
+    // Another edge's id.
+    let conn = endpoint
+        .connect(quic, firetower_net::tls::RELAY_SERVER_NAME)?
+        .await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    send.write_all(&hello(6)).await?;
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await?;
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+        bail!("expected the distributor to close the link: {closed:?}");
+    };
+    ensure!(
+        close.error_code == quinn::VarInt::from_u32(close_code::BAD_HELLO),
+        "{close:?}"
+    );
+    let reason = String::from_utf8_lossy(&close.reason);
+    ensure!(
+        reason.contains("edge 6") && reason.contains("edge 5"),
+        "{reason}"
+    );
+    // Its own id: linked. Shown by what only a linked edge sees: a second link of the same
+    // edge replaces the first (closed REPLACED), whichever of the two came first.
+    let link = || async {
+        let conn = endpoint
+            .connect(quic, firetower_net::tls::RELAY_SERVER_NAME)?
+            .await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        send.write_all(&hello(5)).await?;
+        anyhow::Ok((conn, send, recv))
+    };
+    let (a, _a_send, _a_recv) = link().await?;
+    let (b, _b_send, _b_recv) = link().await?;
+    let first_closed = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            e = a.closed() => e,
+            e = b.closed() => e,
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("neither link of edge 5 was replaced within 10 s"))?;
+    let quinn::ConnectionError::ApplicationClosed(close) = first_closed else {
+        bail!("expected a replaced link: {first_closed:?}");
+    };
+    ensure!(
+        close.error_code == quinn::VarInt::from_u32(close_code::REPLACED),
+        "{close:?}"
+    );
+    Ok(())
+}

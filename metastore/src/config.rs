@@ -59,6 +59,9 @@ pub struct Config {
     pub max_hot_topics: usize,
     /// The most concurrent watch streams per node; each holds a task and a buffer.
     pub max_watchers: usize,
+    /// The most concurrent watch streams one caller (a node certificate, else an API key)
+    /// holds on a node: a member needs one, an operator's tools a few.
+    pub max_watchers_per_caller: usize,
     /// Who may call this node (API keys with scopes, docs/security.md): members (`member`
     /// scope) for every RPC, Raft's included; operators (`admin`) for reads and hot-topic
     /// changes. `api.member_key_file` is the key this node presents to the other nodes.
@@ -93,6 +96,7 @@ impl Default for Config {
             max_members: 10_000,
             max_hot_topics: 10_000,
             max_watchers: 1024,
+            max_watchers_per_caller: 64,
             api: firetower_net::api_auth::ApiAuthConfig::default(),
             tls: firetower_net::TlsFiles::default(),
             allow_plaintext: false,
@@ -234,6 +238,9 @@ impl Config {
                     self.request_timeout, self.rpc_timeout
                 ),
             );
+        }
+        if self.max_watchers_per_caller == 0 {
+            return invalid("max watchers per caller", "must be at least 1".into());
         }
         self.api.validate()?;
         if !self.allow_plaintext

@@ -268,6 +268,9 @@ where
         leases: leases.clone(),
         stopping: stopping.clone(),
         watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers)),
+        watchers_per_caller: firetower_net::per_caller::PerCaller::new(
+            config.max_watchers_per_caller,
+        ),
         tasks: tasks.clone(),
         auth: auth.clone(),
     });

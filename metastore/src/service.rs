@@ -54,6 +54,8 @@ pub(crate) struct NodeContext<C: Connector> {
     pub(crate) stopping: watch::Receiver<bool>,
     /// Permits for concurrent watch streams (`config.max_watchers`).
     pub(crate) watchers: Arc<tokio::sync::Semaphore>,
+    /// Watch streams per caller (`config.max_watchers_per_caller`).
+    pub(crate) watchers_per_caller: Arc<firetower_net::per_caller::PerCaller>,
     /// Spawns the watch streams' tasks as tasks of the node, which `run` waits for. Holding
     /// it counts too: `run` returns once no part of the node can start a task any more.
     pub(crate) tasks: Tasks,
@@ -531,6 +533,17 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
+        let caller = firetower_net::per_caller::caller_key(&request, &self.node.auth);
+        let caller_permit = self
+            .node
+            .watchers_per_caller
+            .try_acquire(caller.clone())
+            .ok_or_else(|| {
+                let max = self.node.config.max_watchers_per_caller;
+                ApiError::ResourceExhausted(format!(
+                    "{caller} holds {max} watch streams on this node, its limit"
+                ))
+            })?;
         let permit = self
             .node
             .watchers
@@ -551,6 +564,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
         self.node.tasks.spawn(async move {
             serve_watch(sm, from, tx, stopping).await;
             drop(permit);
+            drop(caller_permit);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -1102,6 +1102,7 @@ async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> 
             ],
             member_key_file: Some(member_key_file()),
         };
+        c.max_watchers_per_caller = 1;
     })
     .await?;
     let with = |key: &'static str, node: u64| {
@@ -1189,6 +1190,23 @@ async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> 
         }
     })
     .await?;
+    // Watch streams are bounded per caller (here 1): the admin key's second is refused,
+    // the member key (another caller) still gets one.
+    let _first = admin
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await?
+        .into_inner();
+    let err = admin
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("key ops holds 1"), "{err}");
+    let _other = member
+        .clone()
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await?
+        .into_inner();
     let _ = std::fs::remove_file(member_key_file());
     cluster.shutdown().await
 }

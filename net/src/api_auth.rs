@@ -201,6 +201,17 @@ impl ApiAuth {
         }
     }
 
+    /// The name of the known API key the call presents, if any.
+    pub fn key_name<T>(&self, request: &tonic::Request<T>) -> Option<&str> {
+        let header = request.metadata().get("authorization")?.to_str().ok()?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))?;
+        self.keys
+            .get(&digest_of(key))
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Whether the call's key grants one of `scopes`: `UNAUTHENTICATED` without a known key,
     /// `PERMISSION_DENIED` with a key that lacks the scope.
     pub fn check<T>(

@@ -15,6 +15,7 @@
 //! - [`grpc_tls`]: gRPC over TLS: accepted connections that carry the caller's identity,
 //!   and the dialling side the connectors use.
 //! - `relay` (feature `relay`, on by default; the metastore turns it off): length-prefixed frame I/O on QUIC streams, batched writers, close codes.
+//! - [`per_caller`]: limits per authenticated caller (node identity or API key).
 //! - [`meta_client`]: the metastore client side: node failover, membership upkeep
 //!   (register + heartbeat) and a resuming watch.
 //! - [`rng`]: a per-thread random-number generator the simulator seeds.
@@ -27,6 +28,7 @@ pub mod connect;
 pub mod error;
 pub mod grpc_tls;
 pub mod meta_client;
+pub mod per_caller;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod rng;

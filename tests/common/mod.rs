@@ -70,6 +70,8 @@ pub struct Cluster {
     pub metastore: Vec<String>,
     metas: Vec<Node>,
     pub distributors: BTreeMap<u64, Node>,
+    /// Each distributor's QUIC (relay) address.
+    pub distributor_quic: BTreeMap<u64, String>,
     pub edges: BTreeMap<u64, Node>,
     pub edge_counters: HashMap<u64, Arc<firetower_edge::Counters>>,
     pki: DevPki,
@@ -193,6 +195,7 @@ impl Cluster {
             metastore,
             metas,
             distributors: BTreeMap::new(),
+            distributor_quic: BTreeMap::new(),
             edges: BTreeMap::new(),
             edge_counters: HashMap::new(),
             pki,
@@ -239,13 +242,18 @@ impl Cluster {
         ))
     }
 
-    /// A connector presenting a certificate of this cluster's CA for `identity` (a node
-    /// that exists or not: the CA signs what it is asked to).
-    pub fn node_connector(&self, identity: NodeIdentity) -> Result<firetower_net::TcpConnector> {
+    /// TLS material of this cluster's CA for `identity` (a node that exists or not).
+    pub fn node_tls(&self, identity: NodeIdentity) -> Result<firetower_net::TlsMaterial> {
         let files = self
             .pki
             .write_node(&self.dir.path().join("other-tls"), identity)?;
-        let material = firetower_net::TlsMaterial::load(&files)?;
+        Ok(firetower_net::TlsMaterial::load(&files)?)
+    }
+
+    /// A connector presenting a certificate of this cluster's CA for `identity` (a node
+    /// that exists or not: the CA signs what it is asked to).
+    pub fn node_connector(&self, identity: NodeIdentity) -> Result<firetower_net::TcpConnector> {
+        let material = self.node_tls(identity)?;
         Ok(firetower_net::TcpConnector::tls(
             firetower_net::ClientTls::node(&material)?,
         ))
@@ -276,6 +284,8 @@ impl Cluster {
             ..firetower_distributor::Config::default()
         };
         let addr = config.grpc_advertise.clone();
+        self.distributor_quic
+            .insert(id, config.quic_advertise.clone());
         let node = spawn_node(addr, move |stop| async move {
             grpc.set_nonblocking(true)?;
             let grpc = tokio::net::TcpListener::from_std(grpc)?;

@@ -866,7 +866,10 @@ fn handover_pair(t0: Instant) -> (DistributorCore, DistributorCore) {
     (old, new)
 }
 
-fn handovers_asked(core: &mut DistributorCore) -> Vec<(u64, u64, Vec<(Slot, u64)>)> {
+/// The Handovers a core asks for: (from, epoch, slots with their epochs under `from`).
+type Asked = Vec<(u64, u64, Vec<(Slot, u64)>)>;
+
+fn handovers_asked(core: &mut DistributorCore) -> Asked {
     drain(core)
         .into_iter()
         .filter_map(|c| match c {
