@@ -1,7 +1,8 @@
 //! One client connection: the HTTP request, then (for `/ws`) the WebSocket session.
 //!
-//! Routes: `GET /` the chat demo page, `GET /ws` the WebSocket, `GET /api/topic?topic=T`
-//! the topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /metrics`.
+//! Routes: `GET /` the chat demo page, `GET /firetower.js` the JavaScript client library
+//! (which the demo page loads), `GET /ws` the WebSocket, `GET /api/topic?topic=T` the
+//! topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /metrics`.
 //!
 //! A WebSocket session is one task. It reads client frames, answers them, and drains the
 //! connection's send queue: every frame pending at that moment (already framed, shared
@@ -51,6 +52,9 @@ const MAX_FRAMES_PER_WRITE: usize = 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 const DEMO_PAGE: &str = include_str!("demo.html");
+/// The JavaScript client library (`clients/js/`), served so that a page of any edge can
+/// `import` it without a build step; the demo page does.
+const CLIENT_LIBRARY: &str = include_str!("../../clients/js/firetower.js");
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve_conn<C, IO>(edge: Arc<Edge<C>>, mut io: IO)
@@ -98,6 +102,15 @@ where
                 200,
                 "text/html; charset=utf-8",
                 DEMO_PAGE.as_bytes(),
+            )
+            .await;
+        }
+        "/firetower.js" => {
+            let _ = respond(
+                &mut io,
+                200,
+                "text/javascript; charset=utf-8",
+                CLIENT_LIBRARY.as_bytes(),
             )
             .await;
         }
@@ -764,4 +777,16 @@ fn handle_text<C: Connector>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_library_is_the_es_module_of_clients_js() {
+        // The demo page imports `FiretowerClient` from /firetower.js.
+        assert!(CLIENT_LIBRARY.contains("export class FiretowerClient"));
+        assert!(DEMO_PAGE.contains("/firetower.js"));
+    }
 }
