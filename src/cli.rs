@@ -1015,6 +1015,7 @@ async fn hot(action: HotAction) -> Result<(), Failure> {
                     .set_hot_topic(pb::SetHotTopicRequest {
                         topic: topic.clone(),
                         shards: *shards,
+                        on_behalf_of: String::new(),
                     })
                     .await
             }

@@ -91,6 +91,32 @@ fn dev_starts_a_cluster_whose_printed_credentials_publish() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The secure default, as an outsider finds it: no key, no publish; no key, no status;
+    // no token, no WebSocket.
+    let out = publish(&["--ca-file", &ca_file])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("missing API key"),
+        "a publish without a key: {stderr}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "status",
+            "--metastore",
+            "127.0.0.1:7101",
+            "--ca-file",
+            &ca_file,
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("missing API key"),
+        "status without a key: {stderr}"
+    );
+    let status_line = upgrade_status("127.0.0.1:9999", "/ws")?;
+    ensure!(status_line.contains(" 401 "), "{status_line}");
+    let status_line = upgrade_status("127.0.0.1:9999", &format!("/ws?token={token}"))?;
+    ensure!(status_line.contains(" 101 "), "{status_line}");
     // Neither: the call is plaintext, which the TLS port does not answer; the error says
     // what to give.
     let out = publish(&[])?;
@@ -98,4 +124,20 @@ fn dev_starts_a_cluster_whose_printed_credentials_publish() -> Result<()> {
     ensure!(!out.status.success(), "a plaintext publish succeeded");
     ensure!(stderr.contains("--ca-file"), "{stderr}");
     Ok(())
+}
+
+/// The status line the edge at `addr` answers a WebSocket upgrade of `path` with.
+fn upgrade_status(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )?;
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    Ok(text.lines().next().unwrap_or_default().to_string())
 }

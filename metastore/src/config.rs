@@ -57,6 +57,9 @@ pub struct Config {
     /// The most hot topics, for the same reason. Merged topics keep their entry (a
     /// tombstone, so their route tags only grow) and count too.
     pub max_hot_topics: usize,
+    /// The most hot topics one caller (a node certificate, else an API key) makes, so one
+    /// identity cannot take the whole table.
+    pub max_hot_topics_per_caller: usize,
     /// The most concurrent watch streams per node; each holds a task and a buffer.
     pub max_watchers: usize,
     /// The most concurrent watch streams one caller (a node certificate, else an API key)
@@ -95,6 +98,7 @@ impl Default for Config {
             max_interest_batch: 2 * firetower_proto::SLOT_COUNT,
             max_members: 10_000,
             max_hot_topics: 10_000,
+            max_hot_topics_per_caller: 1000,
             max_watchers: 1024,
             max_watchers_per_caller: 64,
             api: firetower_net::api_auth::ApiAuthConfig::default(),
@@ -238,6 +242,9 @@ impl Config {
                     self.request_timeout, self.rpc_timeout
                 ),
             );
+        }
+        if self.max_hot_topics_per_caller == 0 {
+            return invalid("max hot topics per caller", "must be at least 1".into());
         }
         if self.max_watchers_per_caller == 0 {
             return invalid("max watchers per caller", "must be at least 1".into());

@@ -131,12 +131,27 @@ impl<C: Connector> NodeContext<C> {
 
     /// Refuses a new hot topic past `max_hot_topics`. Tombstones of merged topics count:
     /// they are entries of the replicated state like any other.
-    fn check_hot_topic_room(&self, topic: &str) -> Result<(), ApiError> {
+    fn check_hot_topic_room(&self, topic: &str, by: &str) -> Result<(), ApiError> {
         let inner = self.sm.read();
+        if inner.state.hot_topics.contains_key(topic) {
+            return Ok(()); // A change of an entry adds none.
+        }
         let max = self.config.max_hot_topics;
-        if !inner.state.hot_topics.contains_key(topic) && inner.state.hot_topics.len() >= max {
+        if inner.state.hot_topics.len() >= max {
             return Err(ApiError::ResourceExhausted(format!(
                 "the hot topic limit ({max}) is reached"
+            )));
+        }
+        let per_caller = self.config.max_hot_topics_per_caller;
+        let made = inner
+            .state
+            .hot_topics
+            .values()
+            .filter(|e| e.creator == by)
+            .count();
+        if made >= per_caller {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{by} made {made} hot topics, its limit ({per_caller})"
             )));
         }
         Ok(())
@@ -432,6 +447,16 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
     ) -> Result<Response<pb::HotTopicReply>, Status> {
         self.node.auth.check(&request, MEMBERS_AND_ADMINS)?;
         not_an_edge(&request, "SetHotTopic")?;
+        // Whom a new entry counts against: the caller, or (from a metastore node that
+        // forwards) the caller it checked.
+        let by = match Caller::of(&request) {
+            Caller::Node(node)
+                if node.role == Role::Metastore && !request.get_ref().on_behalf_of.is_empty() =>
+            {
+                request.get_ref().on_behalf_of.clone()
+            }
+            _ => firetower_net::per_caller::caller_key(&request, &self.node.auth),
+        };
         let req = request.get_ref();
         let name = topic(&req.topic)?;
         if !(MIN_SHARDS..=MAX_SHARDS).contains(&req.shards) {
@@ -441,15 +466,16 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
             )
             .into());
         }
-        self.node.check_hot_topic_room(&name)?;
+        self.node.check_hot_topic_room(&name, &by)?;
         let command = Command::SetHotTopic {
             topic: name,
             shards: req.shards,
+            by: by.clone(),
         };
         if let Some(mut leader) = self.node.leader_route(&request)? {
-            return leader
-                .set_hot_topic(forwarded(request, self.node.config.rpc_timeout))
-                .await;
+            let mut request = forwarded(request, self.node.config.rpc_timeout);
+            request.get_mut().on_behalf_of = by;
+            return leader.set_hot_topic(request).await;
         }
         let reply = self.node.write(command).await?;
         Ok(Response::new(pb::HotTopicReply {

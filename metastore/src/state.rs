@@ -108,7 +108,14 @@ pub enum Command {
     },
     /// Prepares a change of `topic`'s route to `shards` sub-topics (0: plain, which merges
     /// a hot topic back into one). See [`HotEntry`].
-    SetHotTopic { topic: String, shards: u32 },
+    SetHotTopic {
+        topic: String,
+        shards: u32,
+        /// Who asked (a node identity or an API key's name): a new entry counts against
+        /// them (`max_hot_topics_per_caller`). Empty in logs written before it existed.
+        #[serde(default)]
+        by: String,
+    },
     /// The same as `SetHotTopic { topic, shards: 0 }`. Kept as its own command because the
     /// log (and the API) already names it.
     ClearHotTopic { topic: String },
@@ -150,6 +157,9 @@ pub struct HotEntry {
     /// re-registered edge keeps its ack: a new process of it starts from a snapshot that
     /// shows this change prepared, so it joins both routes before serving anyone.
     pub acked: BTreeSet<u64>,
+    /// Who made the entry (the first split), for the per-caller limit; kept across its
+    /// later changes. Not visible to watchers.
+    pub creator: String,
 }
 
 impl HotEntry {
@@ -180,6 +190,8 @@ enum HotEntryRepr {
         changed: u64,
         #[serde(default)]
         acked: BTreeSet<u64>,
+        #[serde(default)]
+        creator: String,
     },
     Legacy(u32),
 }
@@ -194,6 +206,7 @@ impl From<HotEntryRepr> for HotEntry {
                 committed,
                 changed,
                 acked,
+                creator,
             } => HotEntry {
                 shards,
                 prev_shards,
@@ -201,6 +214,7 @@ impl From<HotEntryRepr> for HotEntry {
                 committed,
                 changed: changed.max(since),
                 acked,
+                creator,
             },
             HotEntryRepr::Legacy(shards) => HotEntry {
                 shards,
@@ -209,6 +223,7 @@ impl From<HotEntryRepr> for HotEntry {
                 committed: true,
                 changed: 0,
                 acked: BTreeSet::new(),
+                creator: String::new(),
             },
         }
     }
@@ -390,11 +405,11 @@ impl MetaState {
                     }
                 }
             }
-            Command::SetHotTopic { topic, shards } => {
-                response.rejected = self.set_hot_topic(topic, *shards, next, &mut changes);
+            Command::SetHotTopic { topic, shards, by } => {
+                response.rejected = self.set_hot_topic(topic, *shards, by, next, &mut changes);
             }
             Command::ClearHotTopic { topic } => {
-                response.rejected = self.set_hot_topic(topic, 0, next, &mut changes);
+                response.rejected = self.set_hot_topic(topic, 0, "", next, &mut changes);
             }
             Command::AckHotTopic { edge, topic, since } => {
                 if !self.edges.contains_key(edge) {
@@ -460,6 +475,7 @@ impl MetaState {
         &mut self,
         topic: &str,
         shards: u32,
+        by: &str,
         next: u64,
         changes: &mut Vec<pb::Change>,
     ) -> Option<Rejection> {
@@ -483,6 +499,10 @@ impl MetaState {
             }
             None => 0,
         };
+        let creator = self
+            .hot_topics
+            .get(topic)
+            .map_or_else(|| by.to_string(), |e| e.creator.clone());
         let mut entry = HotEntry {
             shards,
             prev_shards: prev,
@@ -490,6 +510,7 @@ impl MetaState {
             committed: false,
             changed: next,
             acked: BTreeSet::new(),
+            creator,
         };
         // Back to the committed route, or no edge to wait for: nothing to prepare.
         entry.committed = prev == shards || all_acked(&self.edges, &entry);

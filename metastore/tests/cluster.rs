@@ -239,6 +239,7 @@ async fn leader_failover_and_restart_catch_up() -> Result<()> {
         let req = pb::SetHotTopicRequest {
             topic: format!("hot-{i}"),
             shards: 4,
+            on_behalf_of: String::new(),
         };
         client.set_hot_topic(req).await?;
     }
@@ -333,6 +334,7 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         .set_hot_topic(pb::SetHotTopicRequest {
             topic: "live".into(),
             shards: 8,
+            on_behalf_of: String::new(),
         })
         .await?;
 
@@ -540,6 +542,7 @@ async fn malformed_requests_name_the_field_and_the_node_keeps_serving() -> Resul
             c.set_hot_topic(pb::SetHotTopicRequest {
                 topic: "a,b".into(),
                 shards: 4,
+                on_behalf_of: String::new(),
             })
             .await
             .unwrap_err(),
@@ -577,6 +580,7 @@ async fn malformed_requests_name_the_field_and_the_node_keeps_serving() -> Resul
             c.set_hot_topic(pb::SetHotTopicRequest {
                 topic: "ok".into(),
                 shards: 1,
+                on_behalf_of: String::new(),
             })
             .await
             .unwrap_err(),
@@ -658,6 +662,7 @@ async fn a_data_dir_of_another_cluster_is_refused() -> Result<()> {
             c.set_hot_topic(pb::SetHotTopicRequest {
                 topic: "t".into(),
                 shards: 2,
+                on_behalf_of: String::new(),
             })
             .await
         }
@@ -706,12 +711,14 @@ async fn configured_bounds_answer_resource_exhausted() -> Result<()> {
     c.set_hot_topic(pb::SetHotTopicRequest {
         topic: "a".into(),
         shards: 2,
+        on_behalf_of: String::new(),
     })
     .await?;
     let err = c
         .set_hot_topic(pb::SetHotTopicRequest {
             topic: "b".into(),
             shards: 2,
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap_err();
@@ -1103,6 +1110,7 @@ async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> 
             member_key_file: Some(member_key_file()),
         };
         c.max_watchers_per_caller = 1;
+        c.max_hot_topics_per_caller = 1;
     })
     .await?;
     let with = |key: &'static str, node: u64| {
@@ -1148,6 +1156,7 @@ async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> 
         .set_hot_topic(pb::SetHotTopicRequest {
             topic: "t".into(),
             shards: 2,
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap_err();
@@ -1175,6 +1184,7 @@ async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> 
             a.set_hot_topic(pb::SetHotTopicRequest {
                 topic: "t".into(),
                 shards: 2,
+                on_behalf_of: String::new(),
             })
             .await
         }
@@ -1187,6 +1197,31 @@ async fn a_cluster_with_keys_answers_only_callers_that_have_one() -> Result<()> 
         async move {
             m.register(register(pb::MemberKind::Distributor, 9, 60_000))
                 .await
+        }
+    })
+    .await?;
+    // Hot topics are bounded per caller (here 1): the admin key made "t" (through a
+    // follower, which forwarded it on the key's behalf); its next is refused, changing "t"
+    // again is not a new one, and another caller still makes one.
+    let err = admin
+        .set_hot_topic(pb::SetHotTopicRequest {
+            topic: "t2".into(),
+            shards: 2,
+            on_behalf_of: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("key ops made 1 hot topics"), "{err}");
+    write_with_retry(Duration::from_secs(10), || {
+        let mut m = member.clone();
+        async move {
+            m.set_hot_topic(pb::SetHotTopicRequest {
+                topic: "t3".into(),
+                shards: 2,
+                on_behalf_of: String::new(),
+            })
+            .await
         }
     })
     .await?;

@@ -172,8 +172,12 @@ impl<C: Connector> MetaClient<C> {
         self.call(|mut c| {
             let topic = topic.clone();
             async move {
-                c.set_hot_topic(pb::SetHotTopicRequest { topic, shards })
-                    .await
+                c.set_hot_topic(pb::SetHotTopicRequest {
+                    topic,
+                    shards,
+                    on_behalf_of: String::new(),
+                })
+                .await
             }
         })
         .await

@@ -206,6 +206,7 @@ fn set_hot(topic: &str, shards: u32) -> Command {
     Command::SetHotTopic {
         topic: topic.into(),
         shards,
+        by: "ops".into(),
     }
 }
 
@@ -492,6 +493,7 @@ fn snapshots_keep_acks_and_read_the_old_shard_counts() {
             committed: true,
             changed: 0,
             acked: BTreeSet::new(),
+            creator: String::new(),
         }
     );
 }
@@ -566,4 +568,29 @@ proptest! {
             prop_assert_eq!(moved_between_live, minimal_moves(&before, &live));
         }
     }
+}
+
+#[test]
+fn a_hot_topic_remembers_who_made_it_across_its_changes() {
+    let mut state = MetaState::default();
+    state.apply(&Command::SetHotTopic {
+        topic: "t".into(),
+        shards: 4,
+        by: "key ops".into(),
+    });
+    state.apply(&Command::SetHotTopic {
+        topic: "t".into(),
+        shards: 8,
+        by: "node distributor 2".into(),
+    });
+    state.apply(&Command::ClearHotTopic { topic: "t".into() });
+    assert_eq!(state.hot_topics["t"].creator, "key ops");
+    // The snapshot carries it; an entry written before it existed reads with none.
+    let json = serde_json::to_string(&state).unwrap();
+    let back: MetaState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.hot_topics["t"].creator, "key ops");
+    let old = json.replace(r#","creator":"key ops""#, "");
+    assert_ne!(old, json);
+    let back: MetaState = serde_json::from_str(&old).unwrap();
+    assert_eq!(back.hot_topics["t"].creator, "");
 }
