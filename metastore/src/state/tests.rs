@@ -479,7 +479,7 @@ fn snapshots_keep_acks_and_read_the_old_shard_counts() {
 
     // Before the two-phase change a snapshot held a bare count: a committed route.
     let old = json.replace(
-        r#""t":{"shards":8,"prev_shards":0,"since":3,"committed":false,"changed":3,"acked":[1]}"#,
+        r#""t":{"shards":8,"prev_shards":0,"since":3,"committed":false,"changed":3,"acked":[1],"creator":"ops"}"#,
         r#""t":8"#,
     );
     assert_ne!(old, json);
