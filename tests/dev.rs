@@ -25,12 +25,13 @@ impl Drop for Dev {
 #[test]
 fn dev_starts_a_cluster_whose_printed_credentials_publish() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let log = dir.path().join("dev.stderr");
     let mut child = Command::new(BIN)
         .args(["dev", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir.path().join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let stdout = child.stdout.take().context("dev's stdout")?;
     let _dev = Dev(child);
@@ -49,7 +50,13 @@ fn dev_starts_a_cluster_whose_printed_credentials_publish() -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
             Ok(line) => line,
-            Err(_) => bail!("dev printed no `ready` within 120 s"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bail!("dev printed no `ready` within 120 s")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                "dev exited before `ready` (its fixed ports taken by another dev?): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
         };
         if let Some(v) = line.strip_prefix("api key file: ") {
             key_file = Some(v.to_string());

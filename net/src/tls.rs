@@ -352,6 +352,7 @@ fn transport_config() -> quinn::TransportConfig {
 pub struct DevPki {
     pub ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
 }
 
 #[cfg(feature = "relay")]
@@ -363,14 +364,23 @@ pub struct DevCert {
 
 #[cfg(feature = "relay")]
 impl DevPki {
-    /// A new CA.
-    ///
-    /// Keys are Ed25519: its signatures have a fixed length, so every TLS handshake has the
-    /// same message sizes (ECDSA's vary by a byte or two), which keeps simulated runs that
-    /// draw a latency per datagram identical from one run to the next.
+    /// A new CA with ECDSA P-256 keys, for `dev`, `certs` and the tests: every TLS stack
+    /// checks them (gRPC's C core, under Python's grpcio and others, cannot check Ed25519).
     pub fn new() -> Result<Self, TlsError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Self::with_algorithm(&rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// A new CA with Ed25519 keys, for the simulator: Ed25519 signatures have a fixed
+    /// length, so every TLS handshake has the same message sizes (ECDSA's vary by a byte or
+    /// two), which keeps simulated runs that draw a latency per datagram identical from one
+    /// run to the next.
+    pub fn ed25519() -> Result<Self, TlsError> {
+        Self::with_algorithm(&rcgen::PKCS_ED25519)
+    }
+
+    fn with_algorithm(algorithm: &'static rcgen::SignatureAlgorithm) -> Result<Self, TlsError> {
+        let key =
+            rcgen::KeyPair::generate_for(algorithm).map_err(|e| TlsError::Config(e.to_string()))?;
         let mut params = rcgen::CertificateParams::new(Vec::new())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -383,13 +393,14 @@ impl DevPki {
         Ok(DevPki {
             ca_pem: cert.pem(),
             issuer: rcgen::Issuer::new(params, key),
+            algorithm,
         })
     }
 
     /// A certificate for a node: its identity as a subjectAltName URI, and the role's
     /// server name for roles that serve nodes (not edges). Valid as a server and a client.
     pub fn issue(&self, identity: NodeIdentity) -> Result<DevCert, TlsError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        let key = rcgen::KeyPair::generate_for(self.algorithm)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut names = Vec::new();
         if identity.role != Role::Edge {
@@ -455,7 +466,12 @@ mod tests {
 
     #[test]
     fn a_node_certificate_carries_its_identity_and_its_roles_server_name() {
-        let pki = DevPki::new().unwrap();
+        for pki in [DevPki::new().unwrap(), DevPki::ed25519().unwrap()] {
+            certificates_carry_identities(&pki);
+        }
+    }
+
+    fn certificates_carry_identities(pki: &DevPki) {
         for identity in [
             NodeIdentity::new(Role::Metastore, 1),
             NodeIdentity::new(Role::Distributor, 3),

@@ -73,7 +73,7 @@ pub(super) fn boot(
         add_metastore(sim, name, i as u64 + 1, &peers);
     }
 
-    let pki = Rc::new(DevPki::new()?);
+    let pki = Rc::new(DevPki::ed25519()?);
     for d in 1..=shape.distributors {
         add_distributor(sim, &pki, d, &metas, seed)?;
     }
