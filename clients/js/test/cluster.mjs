@@ -8,7 +8,7 @@
 
 import { spawn, execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { openSync, closeSync } from 'node:fs';
+import { openSync, closeSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import http2 from 'node:http2';
@@ -22,8 +22,10 @@ export const REPO = resolve(here, '../../..');
 export const BIN = process.env.FIRETOWER_BIN ?? join(REPO, 'target/release/firetower');
 const run = promisify(execFile);
 
-// Every child of this test process, killed on the way out whatever happens.
+// Every child of this test process, killed on the way out whatever happens, and every
+// temp dir made here, removed then too (unless FIRETOWER_KEEP is set).
 const children = new Set();
+const tempDirs = new Set();
 function killAll() {
   for (const child of children) {
     try {
@@ -33,6 +35,10 @@ function killAll() {
     }
   }
   children.clear();
+  if (!process.env.FIRETOWER_KEEP) {
+    for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  }
+  tempDirs.clear();
 }
 process.on('exit', killAll);
 for (const signal of ['SIGINT', 'SIGTERM']) {
@@ -117,6 +123,7 @@ export class Cluster {
 
   async #boot(edgeCount, distributorCount) {
     this.dir = await mkdtemp(join(tmpdir(), 'firetower-js-'));
+    tempDirs.add(this.dir);
     const deploy = join(this.dir, 'deploy');
     const { stdout } = await run(BIN, ['certs', '--out', deploy, '--distributors', String(distributorCount), '--edges', String(edgeCount)]);
     // "metastore and distributor flags: --api-key … --api-key … --member-key-file …"
@@ -324,6 +331,7 @@ export class Cluster {
  * a machine. Resolves once it printed `ready`, with what it printed. */
 export async function startDev() {
   const dir = await mkdtemp(join(tmpdir(), 'firetower-js-dev-'));
+  tempDirs.add(dir);
   const busy = [];
   for (const port of [9999, 9998, 6667, 6677, 7101, 7102, 7103]) {
     const free = await new Promise((r) => {
