@@ -186,6 +186,32 @@ async fn unsubscribe_status_and_bad_input() -> Result<()> {
             other => bail!("expected the delivery, got {other:?}"),
         }
     }
+    // A numbered client publish is answered with its position, which is the position the
+    // subscribers receive it at; an unnumbered one (the original protocol) is not answered.
+    b.send(r#"{"type":"publish","topic":"news","data":{"n":2},"id":41}"#)
+        .await?;
+    let answer = b.next_frame(Duration::from_secs(5)).await?;
+    let Some(Frame::Published {
+        id: 41,
+        topic,
+        epoch,
+        seq,
+    }) = answer
+    else {
+        bail!("b: expected the answer to publish 41, got {answer:?}");
+    };
+    ensure!(topic == "news");
+    for x in [&mut a, &mut c] {
+        match x.next_frame(Duration::from_secs(5)).await? {
+            Some(Frame::Publish {
+                data,
+                epoch: e,
+                seq: s,
+                ..
+            }) if data == r#"{"n":2}"# && (e, s) == (epoch, seq) => {}
+            other => bail!("expected the numbered publish at {epoch}:{seq}, got {other:?}"),
+        }
+    }
     // The next frame b sees must be its own error, not the delivery.
     b.send("{oops").await?;
     match b.next_frame(Duration::from_secs(5)).await? {

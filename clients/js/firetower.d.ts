@@ -60,7 +60,7 @@ export interface FiretowerOptions {
   heartbeatTimeoutMs?: number;
   /** Longest handshake (default 10000). */
   connectTimeoutMs?: number;
-  /** A publish that is not echoed back resolves null after this without an error (default 16000). */
+  /** A publish the edge does not answer (an edge too old to answer numbered publishes) resolves null after this (default 16000). */
   publishTimeoutMs?: number;
   /** Publishes waiting for a connection (default 1000). */
   maxQueuedPublishes?: number;
@@ -146,8 +146,8 @@ export declare class FiretowerClient {
     options?: SubscribeOptions,
   ): Promise<SubscribeAck>;
   unsubscribe(topic: string, handler?: (data: unknown, meta: MessageMeta) => void): Promise<void>;
-  /** Resolves with the position of the echo (when this client receives the topic), or
-   * null once publishTimeoutMs passed with no error; rejects with a FiretowerError. */
+  /** Resolves with the message's position when the edge answers the publish, or null
+   * once publishTimeoutMs passed unanswered (an older edge); rejects with a FiretowerError. */
   publish(topic: string, data: unknown): Promise<Position | null>;
   /** The position of the last message handled on the topic. */
   position(topic: string): Position | null;

@@ -44,10 +44,10 @@ const DEFAULTS = {
   heartbeatTimeoutMs: 5000,
   // A handshake (TCP, HTTP upgrade, token check) that takes longer is abandoned.
   connectTimeoutMs: 10000,
-  // The protocol has no success answer to a publish, only error frames; the edge answers
-  // every failure within publish_answer_timeout_ms (15 s by default) or closes with 4003.
-  // A publish this client does not see echoed resolves (with no position) once this long
-  // has passed without an error.
+  // Each publish carries a number (`id`) that the edge answers with a `published` frame
+  // (its position) or an error frame carrying it, within publish_answer_timeout_ms (15 s by
+  // default) or it closes with 4003. An edge too old to answer numbered publishes leaves
+  // them unanswered: they resolve (with no position) once this long has passed.
   publishTimeoutMs: 16000,
   // Publishes made while not connected wait for the connection, at most this many.
   maxQueuedPublishes: 1000,
@@ -100,11 +100,6 @@ function tokenExpiry(token) {
   }
 }
 
-// Deliveries are `{"type":"publish","topic":…,"data":<raw>,"epoch":E,"seq":S}`, byte for
-// byte (edge/src/frame.rs delivery_frame). The raw data text is what matches an echo to
-// its publish: the edge passes a publish's data on verbatim.
-const DELIVERY_TAIL = /,"epoch":(\d+),"seq":(\d+)\}$/;
-
 export class FiretowerClient {
   /**
    * @param {string|string[]} url one edge's WebSocket URL (ws://host:port/ws), or several:
@@ -145,8 +140,10 @@ export class FiretowerClient {
     this.subs = new Map();
     /** Publishes not yet on the wire, in order: {topic, text, resolve, reject}. */
     this.outbox = [];
-    /** topic → publishes on the wire, oldest first: {text, resolve, reject, timer}. */
+    /** topic → publishes on the wire, oldest first: {id, resolve, reject, timer}. */
     this.inflight = new Map();
+    /** The number the next publish carries (the edge answers it: `published` or an error). */
+    this.nextPublishId = 1;
     /** topic → unsubscribe promises waiting for their unSubscribed ack. */
     this.unsubWaiters = new Map();
   }
@@ -254,9 +251,9 @@ export class FiretowerClient {
 
   /**
    * Publishes `data` (any JSON value) to `topic`. Resolves with the message's position
-   * {epoch, seq} when this client receives its own message back (it subscribes to the
-   * topic), or with null once `publishTimeoutMs` passed without an error (the protocol
-   * reports failures only). Rejects with a FiretowerError carrying the edge's code
+   * {epoch, seq} when the edge answers it (`published`), or with null once
+   * `publishTimeoutMs` passed without an answer (an edge too old to answer numbered
+   * publishes). Rejects with a FiretowerError carrying the edge's code
    * (`denied`, `unavailable`, `overloaded`, `rate_limited`, …), or `disconnected` when the
    * connection closed before the answer (the message may or may not have been delivered).
    */
@@ -521,7 +518,10 @@ export class FiretowerClient {
     }
     switch (frame.type) {
       case 'publish':
-        this.#onDelivery(frame, text);
+        this.#onDelivery(frame);
+        break;
+      case 'published':
+        this.#onPublished(frame);
         break;
       case 'subscribed':
         this.#onSubscribed(frame);
@@ -543,23 +543,25 @@ export class FiretowerClient {
     }
   }
 
-  #onDelivery(frame, text) {
+  /** The publish numbered `id` of `topic` on the wire, taken out of its list (or null). */
+  #takeInflight(topic, id) {
+    const list = this.inflight.get(topic);
+    const i = list ? list.findIndex((p) => p.id === id) : -1;
+    if (i < 0) return null;
+    const [p] = list.splice(i, 1);
+    clearTimeout(p.timer);
+    return p;
+  }
+
+  #onPublished(frame) {
+    const p = this.#takeInflight(frame.topic, frame.id);
+    if (p) p.resolve({ epoch: frame.epoch, seq: frame.seq });
+  }
+
+  #onDelivery(frame) {
     const topic = frame.topic;
     const sub = this.subs.get(topic);
     const pos = { epoch: frame.epoch, seq: frame.seq };
-    // Our own publish coming back answers it with its position.
-    const list = this.inflight.get(topic);
-    if (list && list.length > 0) {
-      const start = text.indexOf(',"data":');
-      const tail = DELIVERY_TAIL.exec(text);
-      const raw = start >= 0 && tail ? text.slice(start + 8, tail.index) : null;
-      const i = list.findIndex((p) => p.text === raw);
-      if (i >= 0) {
-        const [p] = list.splice(i, 1);
-        clearTimeout(p.timer);
-        p.resolve(pos);
-      }
-    }
     if (!sub) return; // unsubscribed; deliveries queued before the ack still arrive
     if (sub.position && !after(pos, sub.position)) {
       // The edge passes each topic on in increasing order (§5.7) and recovery has no
@@ -619,6 +621,13 @@ export class FiretowerClient {
   #onError(frame) {
     const error = new FiretowerError(frame.code, frame.message, frame.topic ?? null);
     const topic = frame.topic;
+    // The answer to a numbered publish names it.
+    if (typeof frame.id === 'number') {
+      const p = topic == null ? null : this.#takeInflight(topic, frame.id);
+      if (p) p.reject(error);
+      else this.#emit('error', error);
+      return;
+    }
     if (topic == null) {
       if (frame.code === 'too_many_topics') this.#failUnacked(error);
       if (frame.code === 'rate_limited') {
@@ -718,15 +727,15 @@ export class FiretowerClient {
       }
       const list = this.inflight.get(p.topic) ?? [];
       this.inflight.set(p.topic, list);
-      const entry = { text: p.text, resolve: p.resolve, reject: p.reject, timer: null };
+      const entry = { id: this.nextPublishId++, resolve: p.resolve, reject: p.reject, timer: null };
       entry.timer = setTimeout(() => {
         const i = list.indexOf(entry);
         if (i < 0) return;
         list.splice(i, 1);
-        entry.resolve(null); // no error within the edge's answer window: it was accepted
+        entry.resolve(null); // unanswered: an edge that does not answer numbered publishes
       }, this.options.publishTimeoutMs);
       list.push(entry);
-      this.#sendRaw(`{"type":"publish","topic":${JSON.stringify(p.topic)},"data":${p.text}}`);
+      this.#sendRaw(`{"type":"publish","topic":${JSON.stringify(p.topic)},"data":${p.text},"id":${entry.id}}`);
     }
     this.outbox = rest;
   }

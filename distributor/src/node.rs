@@ -641,6 +641,10 @@ async fn handover<C: Connector>(
 /// The `ClientPublishDone` answering a client publish: an empty error code when sequenced,
 /// else the client-protocol code that says what the client should do.
 fn client_publish_done(id: u64, outcome: &Outcome) -> RelayFrame {
+    let (epoch, seq) = match outcome {
+        Outcome::Published(positions) => positions.first().map_or((0, 0), |p| (p.epoch, p.seq)),
+        _ => (0, 0),
+    };
     let (code, message) = match outcome {
         Outcome::Published(_) => (None, String::new()),
         Outcome::Refused(refused) => (
@@ -661,6 +665,8 @@ fn client_publish_done(id: u64, outcome: &Outcome) -> RelayFrame {
             id,
             error_code: code.map_or_else(String::new, |c| c.as_str().to_string()),
             message,
+            epoch,
+            seq,
         })),
     }
 }

@@ -23,6 +23,7 @@
 //!  Output::Relay                  send a relay frame (Interest, SlotsSynced, ClientPublish)
 //!                                 to a distributor
 //!  Output::PublishFailed          tell a publishing connection its publish failed
+//!  Output::Published              answer a numbered publish with its position
 //!  Output::PauseReads / ResumeReads
 //!                                 stop / resume reading a publisher's socket (see [`publish`])
 //!  Output::Connect / Disconnect   keep or drop the relay link to a distributor
@@ -120,6 +121,15 @@ pub enum Output {
     /// A client publish failed (the distributor's answer, no route, a lost link, no
     /// answer in time): send the connection this error frame.
     PublishFailed { conn: ConnId, error: ClientError },
+    /// A client publish the client numbered (`id`) was sequenced at `(epoch, seq)`: send
+    /// the connection a `published` frame.
+    Published {
+        conn: ConnId,
+        id: u64,
+        topic: String,
+        epoch: u64,
+        seq: u64,
+    },
     /// Close the connection with this WebSocket close code and reason.
     Close {
         conn: ConnId,

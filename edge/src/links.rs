@@ -265,6 +265,7 @@ async fn read_control<C: Connector>(
                         done.id,
                         &done.error_code,
                         &done.message,
+                        (done.epoch, done.seq),
                     )
                 });
             }

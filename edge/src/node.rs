@@ -200,6 +200,20 @@ impl<C: Connector> Edge<C> {
                         .get_or_insert_with(|| self.sessions.lock())
                         .push_error(now, conn, &error, &mut after.wakes)
                 }
+                Output::Published {
+                    conn,
+                    id,
+                    topic,
+                    epoch,
+                    seq,
+                } => sessions
+                    .get_or_insert_with(|| self.sessions.lock())
+                    .push_json(
+                        now,
+                        conn,
+                        &firetower_proto::client::encode_published(id, &topic, epoch, seq),
+                        &mut after.wakes,
+                    ),
                 Output::Close { conn, code, reason } => sessions
                     .get_or_insert_with(|| self.sessions.lock())
                     .close(conn, code, reason),

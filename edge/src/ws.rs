@@ -616,14 +616,22 @@ async fn session<C, IO>(
 }
 
 /// Answers a subscribe or publish that the connection's token does not grant.
-fn deny_by_token<C: Connector>(edge: &Edge<C>, conn: u64, topic: &str, doing: &str) {
+fn deny_by_token<C: Connector>(
+    edge: &Edge<C>,
+    conn: u64,
+    topic: &str,
+    doing: &str,
+    publish_id: Option<u64>,
+) {
     edge.counters
         .denied_by_token
         .fetch_add(1, Ordering::Relaxed);
     let message = format!("the token does not allow {doing} this topic");
     edge.sessions.send_error(
         conn,
-        &ClientError::new(ErrorCode::Denied, message).with_topic(topic),
+        &ClientError::new(ErrorCode::Denied, message)
+            .with_topic(topic)
+            .with_id(publish_id),
     );
 }
 
@@ -711,7 +719,7 @@ fn handle_text<C: Connector>(
             asked.retain(|topic| {
                 let granted = identity.grants.may_subscribe(topic);
                 if !granted {
-                    deny_by_token(edge, conn, topic, "subscribing to");
+                    deny_by_token(edge, conn, topic, "subscribing to", None);
                 }
                 granted
             });
@@ -739,9 +747,9 @@ fn handle_text<C: Connector>(
             let topics: Vec<String> = topics.into_iter().map(|t| t.into_owned()).collect();
             edge.apply(|core, _| core.handle_unsubscribe(conn, topics));
         }
-        ClientFrame::Publish { topic, data } => {
+        ClientFrame::Publish { topic, data, id } => {
             if !identity.grants.may_publish(&topic) {
-                deny_by_token(edge, conn, &topic, "publishing to");
+                deny_by_token(edge, conn, &topic, "publishing to", id);
                 return None;
             }
             let (topic, data) = match edge.hooks.on_read(identity, &topic, data) {
@@ -749,7 +757,9 @@ fn handle_text<C: Connector>(
                 ReadDecision::Deny(reason) => {
                     edge.sessions.send_error(
                         conn,
-                        &ClientError::new(ErrorCode::Denied, reason).with_topic(topic.as_ref()),
+                        &ClientError::new(ErrorCode::Denied, reason)
+                            .with_topic(topic.as_ref())
+                            .with_id(id),
                     );
                     return None;
                 }
@@ -763,7 +773,8 @@ fn handle_text<C: Connector>(
                                 ErrorCode::Denied,
                                 "the server's rewrite of this publish is invalid",
                             )
-                            .with_topic(topic.as_str()),
+                            .with_topic(topic.as_str())
+                            .with_id(id),
                         );
                         return None;
                     }
@@ -773,7 +784,9 @@ fn handle_text<C: Connector>(
             edge.counters
                 .client_publishes
                 .fetch_add(1, Ordering::Relaxed);
-            edge.apply(|core, now| core.handle_client_publish(now, conn, topic, Bytes::from(data)));
+            edge.apply(|core, now| {
+                core.handle_client_publish(now, conn, topic, Bytes::from(data), id)
+            });
         }
     }
     None

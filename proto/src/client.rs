@@ -42,10 +42,13 @@ pub enum ClientFrame<'a> {
     Unsubscribe {
         topics: Vec<Cow<'a, str>>,
     },
-    /// `data` is the raw JSON text of the value, passed on byte for byte.
+    /// `data` is the raw JSON text of the value, passed on byte for byte. `id`: the
+    /// client's number for it (optional): the edge answers it with a `published` frame
+    /// carrying the position, or an error frame carrying the id.
     Publish {
         topic: Cow<'a, str>,
         data: &'a str,
+        id: Option<u64>,
     },
     /// The legacy `heartbeat` text frame: no answer, it only proves liveness.
     Heartbeat,
@@ -120,6 +123,8 @@ pub struct ClientError {
     pub message: String,
     /// The topic the error is about, when there is one.
     pub topic: Option<String>,
+    /// The client's number of the publish the error answers, when it gave one.
+    pub id: Option<u64>,
 }
 
 impl ClientError {
@@ -128,7 +133,16 @@ impl ClientError {
             code,
             message: message.into(),
             topic: None,
+            id: None,
         }
+    }
+
+    /// Answers the client's publish `id` (none: leaves the error as it is).
+    pub fn with_id(mut self, id: Option<u64>) -> Self {
+        if id.is_some() {
+            self.id = id;
+        }
+        self
     }
 
     pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
@@ -147,6 +161,8 @@ struct RawFrame<'a> {
     data: Option<&'a RawValue>,
     #[serde(default)]
     since: Option<std::collections::BTreeMap<String, StreamPos>>,
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 /// Parses one client text frame. `max_topics_per_frame` bounds how many topics one
@@ -189,7 +205,11 @@ pub fn parse_client_frame(
             })?;
             // A missing "data" (or JSON null) publishes null.
             let data = raw.data.map(RawValue::get).unwrap_or("null");
-            Ok(ClientFrame::Publish { topic, data })
+            Ok(ClientFrame::Publish {
+                topic,
+                data,
+                id: raw.id,
+            })
         }
         other => Err(ClientError::new(
             ErrorCode::UnknownType,
@@ -375,7 +395,20 @@ pub fn encode_error(error: &ClientError) -> Bytes {
         Some(t) => push_json_string(&mut out, t),
         None => out.push_str("null"),
     }
+    if let Some(id) = error.id {
+        out.push_str(&format!(r#","id":{id}"#));
+    }
     out.push('}');
+    Bytes::from(out)
+}
+
+/// Encodes the answer to a client's numbered publish:
+/// `{"type":"published","id":N,"topic":…,"epoch":E,"seq":S}`.
+pub fn encode_published(id: u64, topic: &str, epoch: u64, seq: u64) -> Bytes {
+    let mut out = String::with_capacity(64 + topic.len());
+    out.push_str(&format!(r#"{{"type":"published","id":{id},"topic":"#));
+    push_json_string(&mut out, topic);
+    out.push_str(&format!(r#","epoch":{epoch},"seq":{seq}}}"#));
     Bytes::from(out)
 }
 
@@ -390,6 +423,13 @@ pub enum ServerFrame<'a> {
     },
     Subscribed(Vec<String>),
     Unsubscribed(Vec<String>),
+    /// The answer to a numbered client publish.
+    Published {
+        id: u64,
+        topic: String,
+        epoch: u64,
+        seq: u64,
+    },
     Error {
         code: String,
         message: String,
@@ -414,6 +454,8 @@ struct RawServerFrame<'a> {
     code: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    id: u64,
 }
 
 /// Parses a server frame (the client side of the protocol).
@@ -446,6 +488,12 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'_>, String> {
                 ServerFrame::Unsubscribed(topics)
             })
         }
+        "published" => Ok(ServerFrame::Published {
+            id: raw.id,
+            topic: t_str(raw.topic)?.unwrap_or_default(),
+            epoch: raw.epoch,
+            seq: raw.seq,
+        }),
         "error" => Ok(ServerFrame::Error {
             code: raw.code.unwrap_or_default(),
             message: raw.message.unwrap_or_default(),
@@ -529,7 +577,8 @@ mod tests {
             f,
             ClientFrame::Publish {
                 topic: "t".into(),
-                data: r#"{"x":[1, 2]}"#
+                data: r#"{"x":[1, 2]}"#,
+                id: None,
             }
         );
         let f = parse_client_frame(r#"{"type":"publish","topic":"t"}"#, 8).unwrap();
@@ -537,9 +586,39 @@ mod tests {
             f,
             ClientFrame::Publish {
                 topic: "t".into(),
-                data: "null"
+                data: "null",
+                id: None,
             }
         );
+        // A numbered publish: answered with `published`, or an error carrying the id.
+        let f = parse_client_frame(r#"{"type":"publish","topic":"t","data":1,"id":7}"#, 8).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Publish {
+                topic: "t".into(),
+                data: "1",
+                id: Some(7),
+            }
+        );
+        let answer = encode_published(7, "t\"x", 3, 9);
+        assert_eq!(
+            parse_server_frame(std::str::from_utf8(&answer).unwrap()).unwrap(),
+            ServerFrame::Published {
+                id: 7,
+                topic: "t\"x".into(),
+                epoch: 3,
+                seq: 9
+            }
+        );
+        let error = encode_error(
+            &ClientError::new(ErrorCode::Overloaded, "full")
+                .with_topic("t")
+                .with_id(Some(7)),
+        );
+        let text = std::str::from_utf8(&error).unwrap();
+        assert!(text.ends_with(r#","topic":"t","id":7}"#), "{text}");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["id"], 7);
         assert_eq!(
             parse_client_frame("heartbeat", 8).unwrap(),
             ClientFrame::Heartbeat

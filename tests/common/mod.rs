@@ -535,6 +535,12 @@ pub enum Frame {
     },
     Subscribed(Vec<String>),
     Unsubscribed(Vec<String>),
+    Published {
+        id: u64,
+        topic: String,
+        epoch: u64,
+        seq: u64,
+    },
     Error {
         code: String,
         message: String,
@@ -569,6 +575,17 @@ pub fn to_frame(text: &str) -> Result<Frame> {
                 code,
                 message,
                 topic,
+            },
+            ServerFrame::Published {
+                id,
+                topic,
+                epoch,
+                seq,
+            } => Frame::Published {
+                id,
+                topic,
+                epoch,
+                seq,
             },
             ServerFrame::Heartbeat => Frame::Heartbeat,
         },

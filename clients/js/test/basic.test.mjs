@@ -58,7 +58,7 @@ describe('subscribe and publish', () => {
     assert.deepEqual(answers.map((p) => p.seq), [pos.seq + 1, pos.seq + 2, pos.seq + 3]);
   });
 
-  it('a publish to a topic the client does not receive resolves with null when no error came', async () => {
+  it('a publish to a topic the client does not receive resolves with its position too', async () => {
     const token = await cluster.token({ user: 'carol', subscribe: ['news/*'], publish: ['news/*'] });
     const watcher = client(cluster.wsUrl(2), { token });
     const seen = [];
@@ -69,9 +69,9 @@ describe('subscribe and publish', () => {
     const c = client(cluster.wsUrl(1), { token, publishTimeoutMs: 1500 });
     await c.connect();
     const answer = await c.publish('news/a', { breaking: true });
-    assert.equal(answer, null);
     await waitFor(() => seen.length === 1, { what: 'the other client to receive it' });
     assert.deepEqual(seen[0].data, { breaking: true });
+    assert.deepEqual(answer, { epoch: seen[0].epoch, seq: seen[0].seq });
   });
 
   it('rejects with the edge\'s error code: a publish or subscribe the token does not grant', async () => {

@@ -12,6 +12,7 @@
 //!        ▼
 //!  Output::Relay(ClientPublish{id})   sent to the owner in this edge's view
 //!  Output::PublishFailed              tell the publishing connection (error frame)
+//!  Output::Published                  a numbered publish was sequenced: its position
 //!  Output::PauseReads / ResumeReads   stop / resume reading the publisher's socket
 //! ```
 //!
@@ -45,6 +46,8 @@ struct Sent {
     conn: ConnId,
     topic: String,
     at: Instant,
+    /// The client's number for it, if it gave one: its answer carries it.
+    client_id: Option<u64>,
 }
 
 /// A publish waiting here.
@@ -52,6 +55,7 @@ struct Sent {
 struct Held {
     conn: ConnId,
     data: Bytes,
+    client_id: Option<u64>,
     /// Its connection's reading was paused for it (not yet for a publish that is only
     /// passing through the queue in the call that received it).
     paused: bool,
@@ -160,6 +164,7 @@ impl EdgeCore {
         conn: ConnId,
         topic: String,
         data: Bytes,
+        client_id: Option<u64>,
     ) {
         if self.publishes.closing.contains(&conn) {
             // Read before its close took effect: sending it could overtake the publish
@@ -171,6 +176,7 @@ impl EdgeCore {
         entry.held.push_back(Held {
             conn,
             data,
+            client_id,
             paused: false,
         });
         self.advance_publishes(now, &topic);
@@ -201,6 +207,7 @@ impl EdgeCore {
         id: u64,
         error_code: &str,
         message: &str,
+        position: (u64, u64),
     ) {
         let sent = self
             .publishes
@@ -214,7 +221,19 @@ impl EdgeCore {
         if !error_code.is_empty() {
             // A code this edge does not know (a newer distributor) still fails the publish.
             let code = ErrorCode::from_name(error_code).unwrap_or(ErrorCode::Unavailable);
-            self.fail_publish(sent.conn, ClientError::new(code, message), &sent.topic);
+            self.fail_publish(
+                sent.conn,
+                ClientError::new(code, message).with_id(sent.client_id),
+                &sent.topic,
+            );
+        } else if let Some(client_id) = sent.client_id {
+            self.outputs.push_back(Output::Published {
+                conn: sent.conn,
+                id: client_id,
+                topic: sent.topic.clone(),
+                epoch: position.0,
+                seq: position.1,
+            });
         }
         self.answered(now, distributor, &sent.topic);
         self.release_room(now, distributor);
@@ -235,7 +254,8 @@ impl EdgeCore {
                 ClientError::new(
                     ErrorCode::Unavailable,
                     "the relay link was lost; the publish may or may not have been delivered",
-                ),
+                )
+                .with_id(sent.client_id),
                 &sent.topic,
             );
             uncertain.insert(sent.conn);
@@ -283,7 +303,8 @@ impl EdgeCore {
                              may not have been delivered",
                             timeout.as_millis()
                         ),
-                    ),
+                    )
+                    .with_id(sent.client_id),
                     &sent.topic,
                 );
                 uncertain.insert(sent.conn);
@@ -419,7 +440,8 @@ impl EdgeCore {
                         ClientError::new(
                             ErrorCode::Unavailable,
                             "the topic's distributor cannot be reached right now; retry",
-                        ),
+                        )
+                        .with_id(held.client_id),
                         topic,
                     );
                     if held.paused {
@@ -441,6 +463,7 @@ impl EdgeCore {
                                 conn: held.conn,
                                 topic: topic.to_string(),
                                 at: now,
+                                client_id: held.client_id,
                             },
                         );
                     }

@@ -731,7 +731,13 @@ fn publishes(out: &[Output]) -> Vec<(u64, u64, String, String)> {
 }
 
 fn publish(core: &mut EdgeCore, now: Instant, conn: ConnId, topic: &str, data: &'static str) {
-    core.handle_client_publish(now, conn, topic.into(), Bytes::from_static(data.as_bytes()));
+    core.handle_client_publish(
+        now,
+        conn,
+        topic.into(),
+        Bytes::from_static(data.as_bytes()),
+        None,
+    );
 }
 
 #[test]
@@ -747,10 +753,10 @@ fn a_publish_is_numbered_per_link_and_an_error_answer_reaches_its_publisher() {
             (1, 2, "chat".into(), "2".into())
         ]
     );
-    // Sequenced: nothing to say (the protocol has no publish ack).
-    core.handle_publish_done(now, 1, 1, "", "");
+    // Sequenced: nothing to say to a client that did not number its publish.
+    core.handle_publish_done(now, 1, 1, "", "", (0, 0));
     assert_eq!(drain(&mut core), vec![]);
-    core.handle_publish_done(now, 1, 2, "overloaded", "the lanes stayed full");
+    core.handle_publish_done(now, 1, 2, "overloaded", "the lanes stayed full", (0, 0));
     assert_eq!(
         drain(&mut core),
         vec![Output::PublishFailed {
@@ -760,11 +766,42 @@ fn a_publish_is_numbered_per_link_and_an_error_answer_reaches_its_publisher() {
         }]
     );
     // A second answer, or one from another link, matches nothing.
-    core.handle_publish_done(now, 1, 2, "", "");
-    core.handle_publish_done(now, 2, 1, "", "");
+    core.handle_publish_done(now, 1, 2, "", "", (0, 0));
+    core.handle_publish_done(now, 2, 1, "", "", (0, 0));
     assert_eq!(drain(&mut core), vec![]);
     assert_eq!(core.publish_counters().unmatched_answers, 2);
     assert_eq!(core.publish_counters().failed, 1);
+}
+
+/// A client that numbers its publishes (`"id"`) gets each one answered: its position, or
+/// the error carrying its number.
+#[test]
+fn a_numbered_publish_is_answered_with_its_position_or_its_error() {
+    let now = Instant::now();
+    let mut core = linked_core();
+    core.handle_client_publish(now, 10, "chat".into(), Bytes::from_static(b"1"), Some(7));
+    core.handle_client_publish(now, 10, "chat".into(), Bytes::from_static(b"2"), Some(8));
+    drain(&mut core);
+    core.handle_publish_done(now, 1, 1, "", "", (3, 41));
+    core.handle_publish_done(now, 1, 2, "overloaded", "the lanes stayed full", (0, 0));
+    assert_eq!(
+        drain(&mut core),
+        vec![
+            Output::Published {
+                conn: 10,
+                id: 7,
+                topic: "chat".into(),
+                epoch: 3,
+                seq: 41,
+            },
+            Output::PublishFailed {
+                conn: 10,
+                error: ClientError::new(ErrorCode::Overloaded, "the lanes stayed full")
+                    .with_topic("chat")
+                    .with_id(Some(8)),
+            }
+        ]
+    );
 }
 
 #[test]
@@ -781,11 +818,11 @@ fn publishes_beyond_the_in_flight_bound_pause_their_publishers_until_answers_mak
     assert_eq!(drain(&mut core), vec![Output::PauseReads { conn: 11 }]);
     assert_eq!(core.publish_counters().held, 2);
     // Each answer lets the next waiting publish go, in arrival order.
-    core.handle_publish_done(now, 1, 1, "", "");
+    core.handle_publish_done(now, 1, 1, "", "", (0, 0));
     let out = drain(&mut core);
     assert_eq!(publishes(&out), vec![(1, 3, "a".into(), "3".into())]);
     assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 10 }));
-    core.handle_publish_done(now, 1, 2, "", "");
+    core.handle_publish_done(now, 1, 2, "", "", (0, 0));
     let out = drain(&mut core);
     assert_eq!(publishes(&out), vec![(1, 4, "b".into(), "4".into())]);
     assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 11 }));
@@ -851,13 +888,13 @@ fn an_owner_change_holds_a_topics_publishes_until_the_old_owner_answered() {
     // Another topic of the same slot owner is not held up by it.
     publish(&mut core, now, 12, "other", "x");
     assert_eq!(publishes(&drain(&mut core)).len(), 1);
-    core.handle_publish_done(now, 1, 1, "", "");
+    core.handle_publish_done(now, 1, 1, "", "", (0, 0));
     assert_eq!(
         drain(&mut core),
         vec![],
         "one of the old owner's is still open"
     );
-    core.handle_publish_done(now, 1, 2, "", "");
+    core.handle_publish_done(now, 1, 2, "", "", (0, 0));
     let out = drain(&mut core);
     let to = core.publish_route("chat");
     assert_eq!(to, Some(2));
@@ -961,7 +998,7 @@ fn an_unanswered_publish_fails_after_the_answer_timeout_closes_its_connection_an
     assert_eq!(core.publish_counters().timed_out, 1);
     assert_eq!(core.publish_counters().closed_uncertain, 1);
     // Its late answer matches nothing.
-    core.handle_publish_done(t1, 1, 1, "", "");
+    core.handle_publish_done(t1, 1, 1, "", "", (0, 0));
     assert_eq!(core.publish_counters().unmatched_answers, 1);
 }
 
@@ -975,7 +1012,7 @@ fn a_publisher_that_leaves_takes_its_waiting_publish_along() {
     drain(&mut core);
     core.handle_disconnect(now, 11);
     assert_eq!(drain(&mut core), vec![]);
-    core.handle_publish_done(now, 1, 1, "", "");
+    core.handle_publish_done(now, 1, 1, "", "", (0, 0));
     let out = drain(&mut core);
     assert_eq!(publishes(&out), vec![(1, 2, "chat".into(), "3".into())]);
     assert_eq!(out.last(), Some(&Output::ResumeReads { conn: 12 }));

@@ -359,6 +359,12 @@ fn handle_frame(ctx: &Ctx, c: usize, text: &str) {
             }
         }
         Ok(ServerFrame::Heartbeat) => {}
+        // The simulated clients never number their publishes (the original protocol).
+        Ok(ServerFrame::Published { id, .. }) => o.violate(
+            at,
+            "well-formed server frames",
+            format!("client {c}: an answer to publish {id}, which it did not number: {text}"),
+        ),
         Err(e) => o.violate(
             at,
             "well-formed server frames",
