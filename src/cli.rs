@@ -806,11 +806,11 @@ async fn distributor_client(
 /// PublishStream, the line number as the message id. A line that does not parse is
 /// reported and skipped; the command fails if any line was not published.
 async fn publish_stream(distributor: &str, access: &status::Access) -> Result<(), Failure> {
-    use firetower_proto::distributor::v1 as dpb;
     use tokio::io::AsyncBufReadExt;
     use tokio_stream::StreamExt;
-    let mut client = distributor_client(distributor, access).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<dpb::PublishStreamRequest>(1024);
+    let publisher = publisher(distributor, access)?;
+    // Lines go out as they are read (at most 1024 waiting), the line number as the id.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, String, Vec<u8>)>(1024);
     let bad_lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_bad = bad_lines.clone();
     let reader = tokio::spawn(async move {
@@ -825,45 +825,31 @@ async fn publish_stream(distributor: &str, access: &status::Access) -> Result<()
                 }
                 continue;
             };
-            let request = dpb::PublishStreamRequest {
-                id: number,
-                topic: topic.to_string(),
-                data: data.as_bytes().to_vec().into(),
-            };
-            if tx.send(request).await.is_err() {
+            if tx
+                .send((number, topic.to_string(), data.as_bytes().to_vec()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
     });
-    let mut replies = client
+    let mut answers = publisher
         .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| Failure::Unavailable(s.message().to_string()))?
-        .into_inner();
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
     let (mut published, mut failed) = (0u64, 0u64);
-    while let Some(reply) = replies.next().await {
-        let reply = reply.map_err(|s| {
-            Failure::Other(anyhow::anyhow!(
-                "stream ended: {:?}: {}",
-                s.code(),
-                s.message()
-            ))
-        })?;
-        match reply.result {
-            Some(dpb::publish_stream_reply::Result::Position(p)) => {
+    while let Some(answer) = answers.next().await {
+        let answer = answer.map_err(|e| Failure::Other(anyhow::anyhow!("stream ended: {e}")))?;
+        match answer.result {
+            Ok(p) => {
                 published += 1;
-                println!("line={} epoch={} seq={}", reply.id, p.epoch, p.seq);
+                println!("line={} epoch={} seq={}", answer.id, p.epoch, p.seq);
             }
-            Some(dpb::publish_stream_reply::Result::Error(e)) => {
+            Err((code, message)) => {
                 failed += 1;
-                println!(
-                    "line={} error={:?}: {}",
-                    reply.id,
-                    tonic::Code::from_i32(e.code),
-                    e.message
-                );
+                println!("line={} error={code:?}: {message}", answer.id);
             }
-            None => failed += 1,
         }
     }
     let _ = reader.await;
@@ -879,31 +865,35 @@ async fn publish_stream(distributor: &str, access: &status::Access) -> Result<()
     Ok(())
 }
 
+/// A publisher of the Rust client (`firetower-client`) for the distributor at
+/// `distributor` (host:port).
+fn publisher(
+    distributor: &str,
+    access: &status::Access,
+) -> Result<firetower_client::Publisher, Failure> {
+    firetower_client::Publisher::with_tls(distributor, access.tls.clone(), access.key.clone())
+        .map_err(|e| Failure::Usage(format!("--distributor {distributor:?}: {e}")))
+}
+
 async fn publish(
     distributor: &str,
     access: &status::Access,
     topic: String,
     data: String,
 ) -> Result<(), Failure> {
-    use firetower_proto::distributor::v1 as dpb;
     firetower_proto::topic::validate_topic(&topic)
         .map_err(|e| Failure::Usage(format!("--topic {topic:?}: {e}")))?;
     firetower_proto::client::validate_json_data(data.as_bytes())
         .map_err(|e| Failure::Usage(format!("--data: {e}")))?;
-    let mut client = distributor_client(distributor, access).await?;
-    match client
-        .publish(dpb::PublishRequest {
-            topic,
-            data: data.into(),
-        })
-        .await
-    {
-        Ok(reply) => {
-            let r = reply.into_inner();
-            println!("epoch={} seq={}", r.epoch, r.seq);
+    match publisher(distributor, access)?.publish(&topic, &data).await {
+        Ok(p) => {
+            println!("epoch={} seq={}", p.epoch, p.seq);
             Ok(())
         }
-        Err(status) => Err(call_failure(&status, access)),
+        Err(firetower_client::ClientError::Refused { code, message }) => {
+            Err(call_failure(&tonic::Status::new(code, message), access))
+        }
+        Err(e) => Err(Failure::Usage(e.to_string())),
     }
 }
 

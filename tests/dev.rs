@@ -98,6 +98,32 @@ fn dev_starts_a_cluster_whose_printed_credentials_publish() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `publish --stream` (the Rust client's PublishStream): one answer per line, in any
+    // order; a line that is not `topic<TAB>json` is reported and fails the command.
+    let mut stream = Command::new(BIN)
+        .args(["publish", "--stream", "--distributor", "127.0.0.1:6667"])
+        .args(["--api-key-file", &key_file])
+        .env_remove("FIRETOWER_CA_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = stream.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(b"chat/a\t1\nchat/b\t{\"x\":2}\nnot a line\n")?;
+    }
+    let out = stream.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    ensure!(lines.len() == 3, "{stdout}");
+    ensure!(lines[0].starts_with("line=1 epoch="), "{stdout}");
+    ensure!(lines[1].starts_with("line=2 epoch="), "{stdout}");
+    ensure!(
+        lines[2] == "line=3 error=bad_line: expected topic<TAB>json",
+        "{stdout}"
+    );
+    ensure!(!out.status.success(), "a bad line must fail the command");
     // The secure default, as an outsider finds it: no key, no publish; no key, no status;
     // no token, no WebSocket.
     let out = publish(&["--ca-file", &ca_file])?;

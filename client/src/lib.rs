@@ -12,7 +12,7 @@
 //! # Layout
 //! - [`subscriber`]: [`SubscriberCore`] (decisions, no I/O) and [`Subscriber`] (the task
 //!   that connects, backs off, reconnects to the next edge and recovers with its positions).
-//! - [`publisher`]: [`Publisher`]: Publish and PublishBatch over TLS with an API key.
+//! - [`publisher`]: [`Publisher`]: Publish and PublishStream over TLS with an API key.
 //! - [`error`]: the client's [`ClientError`].
 
 pub mod error;
@@ -21,5 +21,5 @@ pub mod subscriber;
 
 pub use error::ClientError;
 pub use firetower_proto::client::StreamPos;
-pub use publisher::{Publisher, PublisherConfig};
+pub use publisher::{Publisher, PublisherConfig, StreamAnswer};
 pub use subscriber::{Event, Subscriber, SubscriberConfig, SubscriberCore};

@@ -22,6 +22,15 @@ pub struct PublisherConfig {
     pub api_key: Option<String>,
 }
 
+/// The answer to one message of a PublishStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAnswer {
+    /// The caller's id of the message.
+    pub id: u64,
+    /// Its position, or the refusal (gRPC code and message).
+    pub result: Result<StreamPos, (tonic::Code, String)>,
+}
+
 /// A publisher: one HTTP/2 connection, calls multiplexed on it.
 #[derive(Clone)]
 pub struct Publisher {
@@ -37,22 +46,70 @@ impl Publisher {
             .map(ClientTls::trusting)
             .transpose()
             .map_err(|e| ClientError::Config(format!("ca_file: {e}")))?;
-        let connector = TcpConnector {
-            tls,
-            ..TcpConnector::default()
-        };
-        let channel = connector
-            .channel(&config.distributor, Role::Distributor)
-            .map_err(|e| ClientError::Config(format!("distributor: {e}")))?;
         let key = match &config.api_key {
             Some(key) => {
                 ApiKey::new("api_key", key).map_err(|e| ClientError::Config(e.to_string()))?
             }
             None => ApiKey::none(),
         };
+        Self::with_tls(&config.distributor, tls, key)
+    }
+
+    /// A publisher from loaded parts: TLS (`None`: plaintext) and the key to present.
+    pub fn with_tls(
+        distributor: &str,
+        tls: Option<ClientTls>,
+        key: ApiKey,
+    ) -> Result<Self, ClientError> {
+        let connector = TcpConnector {
+            tls,
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..TcpConnector::default()
+        };
+        let channel = connector
+            .channel(distributor, Role::Distributor)
+            .map_err(|e| ClientError::Config(format!("distributor: {e}")))?;
         Ok(Publisher {
             client: DistributorClient::with_interceptor(channel, key),
         })
+    }
+
+    /// Publishes every message of `messages` (`(id, topic, data)`, the caller's id echoed
+    /// in its answer) over one PublishStream, many in flight (the server bounds them and
+    /// pushes back): the answers, as they come, in any order.
+    pub async fn publish_stream(
+        &self,
+        messages: impl futures::Stream<Item = (u64, String, Vec<u8>)> + Send + 'static,
+    ) -> Result<impl futures::Stream<Item = Result<StreamAnswer, ClientError>>, ClientError> {
+        use futures::StreamExt;
+        let requests = messages.map(|(id, topic, data)| dpb::PublishStreamRequest {
+            id,
+            topic,
+            data: data.into(),
+        });
+        let replies = self
+            .client
+            .clone()
+            .publish_stream(requests)
+            .await?
+            .into_inner();
+        Ok(replies.map(|reply| {
+            let reply = reply?;
+            let result = match reply.result {
+                Some(dpb::publish_stream_reply::Result::Position(p)) => Ok(StreamPos {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                }),
+                Some(dpb::publish_stream_reply::Result::Error(e)) => {
+                    Err((tonic::Code::from_i32(e.code), e.message))
+                }
+                None => Err((tonic::Code::Unknown, "an answer without a result".into())),
+            };
+            Ok(StreamAnswer {
+                id: reply.id,
+                result,
+            })
+        }))
     }
 
     /// Publishes `data` (one JSON value, as text) to `topic`: its position, or the refusal.
