@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 use crate::error::TlsError;
-use crate::tls::{certs_from, read, NodeIdentity, Role, TlsMaterial};
+use crate::tls::{certs_from, client_tls, read, roots_of, NodeIdentity, Role, TlsMaterial};
 
 /// TLS handshakes a server runs at once; more connections wait to be accepted.
 pub const HANDSHAKES_IN_FLIGHT: usize = 64;
@@ -192,19 +192,7 @@ impl ClientTls {
     /// A backend's or the CLI's: trusts the CA in `ca_file`, presents no certificate.
     pub fn trusting(ca_file: &Path) -> Result<Self, TlsError> {
         let ca = certs_from(&read(ca_file)?, ca_file)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in ca {
-            roots
-                .add(cert)
-                .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![crate::tls::GRPC_ALPN.to_vec()];
+        let tls = client_tls(roots_of(&ca)?, None, crate::tls::GRPC_ALPN)?;
         Ok(ClientTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
         })

@@ -239,70 +239,62 @@ impl TlsMaterial {
     }
 
     pub(crate) fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in &self.ca {
-            roots
-                .add(ca.clone())
-                .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
-        }
-        Ok(Arc::new(roots))
+        roots_of(&self.ca)
     }
 
-    /// The TLS configuration of a gRPC server: its certificate, and a client certificate
-    /// signed by the CA asked for but not required (backends and the CLI have none).
-    pub fn grpc_server(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    /// A TLS 1.3 server presenting this node's certificate and asking for a client
+    /// certificate of the CA: required (the relay), or optional (gRPC: backends have none).
+    fn server_tls(
+        &self,
+        client_cert_required: bool,
+        alpn: &[u8],
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = provider();
+        let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             self.roots()?,
             provider.clone(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        );
+        if !client_cert_required {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.certs.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        tls.alpn_protocols = vec![GRPC_ALPN.to_vec()];
-        Ok(Arc::new(tls))
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tls)
+    }
+
+    /// A TLS 1.3 client presenting this node's certificate and checking the server's
+    /// against the CA.
+    fn client_tls(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+        client_tls(self.roots()?, Some(self), alpn)
+    }
+
+    /// The TLS configuration of a gRPC server: its certificate, and a client certificate
+    /// signed by the CA asked for but not required (backends and the CLI have none).
+    pub fn grpc_server(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        Ok(Arc::new(self.server_tls(false, GRPC_ALPN)?))
     }
 
     /// The TLS configuration of a node dialling another over gRPC: presents its
     /// certificate and checks the server's against the CA.
     pub fn grpc_client(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        tls.alpn_protocols = vec![GRPC_ALPN.to_vec()];
-        Ok(Arc::new(tls))
+        Ok(Arc::new(self.client_tls(GRPC_ALPN)?))
     }
 
     #[cfg(feature = "relay")]
     /// The QUIC server configuration of a distributor: requires a client certificate
     /// signed by the CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            self.roots()?,
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(self.server_tls(true, RELAY_ALPN)?)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));
         Ok(config)
@@ -312,20 +304,52 @@ impl TlsMaterial {
     /// The QUIC client configuration of an edge: presents its certificate and checks the
     /// distributor's against the CA.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(self.client_tls(RELAY_ALPN)?)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));
         Ok(config)
     }
+}
+
+/// The crypto provider every TLS configuration here uses.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A root store of the CA certificates `ca`.
+pub(crate) fn roots_of(
+    ca: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert.clone())
+            .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A TLS 1.3 client trusting `roots`, presenting `node`'s certificate if given (a backend
+/// presents none).
+pub(crate) fn client_tls(
+    roots: Arc<rustls::RootCertStore>,
+    node: Option<&TlsMaterial>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut tls = match node {
+        Some(node) => builder
+            .with_client_auth_cert(node.certs.clone(), node.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 #[cfg(feature = "relay")]
