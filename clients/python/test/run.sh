@@ -148,21 +148,24 @@ position() { # "epoch=E seq=S" -> "E S"
 
 # Refused: a key the cluster does not know (exit 1, UNAUTHENTICATED), data that is not JSON
 # (exit 64, INVALID_ARGUMENT). Neither may reach the subscribers.
+# expect_refused WHAT EXIT PATTERN ARGS...: publish.py with ARGS must exit EXIT with an error
+# line matching PATTERN.
+expect_refused() {
+  what=$1 want_rc=$2 pattern=$3
+  shift 3
+  set +e
+  publish "$@" >"$tmp/p.out" 2>"$tmp/p.err"
+  rc=$?
+  set -e
+  [ "$rc" -eq "$want_rc" ] && grep -q "$pattern" "$tmp/p.err" \
+    || die "$what: exit $rc, $(cat "$tmp/p.err") (want exit $want_rc, $pattern)"
+  say "$what refused: $(cat "$tmp/p.err")"
+}
 echo "not-a-key" >"$tmp/wrong.key"
-set +e
-publish --api-key-file "$tmp/wrong.key" --topic "$topic" --data '{"refused":1}' >"$tmp/p.out" 2>"$tmp/p.err"
-rc=$?
-set -e
-[ "$rc" -eq 1 ] && grep -q '^error: UNAUTHENTICATED: ' "$tmp/p.err" \
-  || die "a publish with a wrong key: exit $rc, $(cat "$tmp/p.err") (want exit 1, UNAUTHENTICATED)"
-say "wrong key refused: $(cat "$tmp/p.err")"
-set +e
-publish --api-key-file "$key_file" --topic "$topic" --data 'not json' >"$tmp/p.out" 2>"$tmp/p.err"
-rc=$?
-set -e
-[ "$rc" -eq 64 ] && grep -q '^error: INVALID_ARGUMENT: data: ' "$tmp/p.err" \
-  || die "a publish of bad JSON: exit $rc, $(cat "$tmp/p.err") (want exit 64, INVALID_ARGUMENT)"
-say "bad JSON refused: $(cat "$tmp/p.err")"
+expect_refused "a wrong key" 1 '^error: UNAUTHENTICATED: ' \
+  --api-key-file "$tmp/wrong.key" --topic "$topic" --data '{"refused":1}'
+expect_refused "bad JSON" 64 '^error: INVALID_ARGUMENT: data: ' \
+  --api-key-file "$key_file" --topic "$topic" --data 'not json'
 
 # One Publish through distributor 1.
 one='{"from":"python","text":"h\u00e9llo \u2713 ✓","n":1,"nested":{"a":[1,2.5,null,true,"x"]}}'
