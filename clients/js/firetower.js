@@ -711,9 +711,10 @@ export class FiretowerClient {
     this.#send(frame);
   }
 
-  /** Sends the queued publishes that may go: connected, and (so that an error naming the
-   * topic is not mistaken for the subscribe's) not waiting for their topic's first ack.
-   * Order is kept per topic: a held publish holds the later ones of its topic. */
+  /** Sends the queued publishes that may go: connected, and not waiting for their topic's
+   * first ack (the edge acks once the topic's owner has recorded this edge's interest, so a
+   * client that subscribes and then publishes receives its own message). Order is kept per
+   * topic: a held publish holds the later ones of its topic. */
   #flushOutbox() {
     if (this.state !== 'open') return;
     const held = new Set();
