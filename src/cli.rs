@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use firetower_metastore::{parse_peers, Config as MetastoreConfig, NodeError};
 use firetower_proto::metastore::v1 as pb;
 
-use crate::{dev, status};
+use crate::{dashboard, dev, status};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -212,6 +212,9 @@ pub enum Command {
         #[command(subcommand)]
         action: HotAction,
     },
+    /// Serve a live dashboard of the cluster over HTTP: members, the slot map, hot and
+    /// busy topics, per-node rates.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// What each distributor keeps per topic for recovery and History.
@@ -682,6 +685,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             status::run(&parse_addrs(&metastore)?, json, &access).await
         }
         Command::Hot { action } => hot(action).await,
+        Command::Dashboard(args) => dashboard::run(args).await,
     }
 }
 

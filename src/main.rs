@@ -5,6 +5,7 @@
 //! message naming the bad value.
 
 mod cli;
+mod dashboard;
 mod dev;
 mod status;
 

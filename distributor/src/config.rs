@@ -67,6 +67,16 @@ pub struct Config {
     pub history_rules: Vec<HistoryRule>,
     /// Who may call the gRPC API: API keys and their scopes (docs/security.md).
     pub api: crate::api::ApiAuthConfig,
+    /// The address the binary binds the gRPC listener to; empty: `grpc_advertise`.
+    pub grpc_listen: String,
+    /// The address the binary binds the QUIC (UDP) socket to; empty: `quic_advertise`.
+    pub quic_listen: String,
+    /// The HTTP address serving `/metrics`, `/healthz`, `/readyz` and `/topics`; empty:
+    /// none.
+    pub metrics_listen: String,
+    /// The metrics address registered for others (the dashboard) to reach; empty:
+    /// `metrics_listen`.
+    pub metrics_advertise: String,
 }
 
 /// The most rules in `history_rules` (each topic is matched against them once, when its
@@ -235,6 +245,10 @@ impl Default for Config {
             history: HistoryPolicy::default(),
             history_rules: Vec::new(),
             api: crate::api::ApiAuthConfig::default(),
+            grpc_listen: String::new(),
+            quic_listen: String::new(),
+            metrics_listen: String::new(),
+            metrics_advertise: String::new(),
         }
     }
 }

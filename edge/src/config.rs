@@ -106,6 +106,9 @@ pub struct Config {
     /// the routing watch) and to the distributors' gRPC API (the demo page's
     /// `/api/topic`): a `member` key of theirs.
     pub member_key_file: Option<std::path::PathBuf>,
+    /// The address the binary binds the HTTP/WebSocket listener to (it also serves
+    /// `/metrics`, `/healthz` and `/readyz`); empty: `ws_advertise`.
+    pub ws_listen: String,
 }
 
 impl Default for Config {
@@ -142,6 +145,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             rate: crate::rate::RateConfig::default(),
             member_key_file: None,
+            ws_listen: String::new(),
         }
     }
 }

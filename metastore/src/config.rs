@@ -76,6 +76,11 @@ pub struct Config {
     /// Serve and dial plaintext gRPC instead (API keys still hold): only for a cluster on
     /// a network nobody else reaches.
     pub allow_plaintext: bool,
+    /// The address the binary binds the Raft/API listener to; empty: this node's entry in
+    /// `peers` (what the others dial: its advertised address).
+    pub listen: String,
+    /// The HTTP address serving `/metrics`, `/healthz` and `/readyz`; empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -104,6 +109,8 @@ impl Default for Config {
             api: firetower_net::api_auth::ApiAuthConfig::default(),
             tls: firetower_net::TlsFiles::default(),
             allow_plaintext: false,
+            listen: String::new(),
+            metrics_listen: String::new(),
         }
     }
 }
