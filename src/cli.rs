@@ -1,14 +1,13 @@
 //! Argument parsing and dispatch.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use firetower_metastore::{parse_peers, Config as MetastoreConfig, NodeError};
+
 use firetower_proto::metastore::v1 as pb;
 
-use crate::{dashboard, dev, status};
+use crate::{dashboard, dev, roles, status};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,74 +31,15 @@ pub enum Command {
         history: HistoryArgs,
     },
     /// Run one metastore node.
-    Metastore {
-        /// This node's id, one of the ids in --peers.
-        #[arg(long)]
-        id: u64,
-        /// The address to listen on for Raft RPC and the API.
-        #[arg(long)]
-        listen: String,
-        /// Where this node keeps its log and snapshots.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Every voter as ID=HOST:PORT, comma-separated.
-        #[arg(long)]
-        peers: String,
-        /// The cluster name shared by every node.
-        #[arg(long, default_value = "firetower")]
-        cluster: String,
-        #[command(flatten)]
-        api: ApiArgs,
-        #[command(flatten)]
-        tls: MetastoreTlsArgs,
-    },
+    Metastore(roles::MetastoreArgs),
     /// Run one distributor (gRPC publish API + QUIC relay to the edges).
-    Distributor {
-        /// Non-zero, unique among distributors.
-        #[arg(long)]
-        id: u64,
-        #[command(flatten)]
-        history: HistoryArgs,
-        /// Metastore addresses, comma-separated.
-        #[arg(long)]
-        metastore: String,
-        /// gRPC address to listen on (and advertise).
-        #[arg(long, default_value = "127.0.0.1:6667")]
-        grpc: String,
-        /// QUIC (UDP) address to listen on (and advertise).
-        #[arg(long, default_value = "127.0.0.1:6666")]
-        quic: String,
-        #[command(flatten)]
-        tls: TlsArgs,
-        #[arg(long, default_value = "firetower")]
-        cluster: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Distributor(roles::DistributorArgs),
     /// Run one edge (WebSocket gateway at /ws, demo page at /).
-    Edge {
-        /// Non-zero, unique among edges.
-        #[arg(long)]
-        id: u64,
-        /// Metastore addresses, comma-separated.
-        #[arg(long)]
-        metastore: String,
-        /// HTTP/WebSocket address to listen on (and advertise).
-        #[arg(long, default_value = "127.0.0.1:9999")]
-        listen: String,
-        #[command(flatten)]
-        tls: TlsArgs,
-        #[arg(long, default_value = "firetower")]
-        cluster: String,
-        /// Also send the legacy `heartbeat` text frame with each ping.
-        #[arg(long)]
-        legacy_heartbeat: bool,
-        #[command(flatten)]
-        auth: ClientAuthArgs,
-        /// A file holding the API key the edge presents to the metastore and the
-        /// distributors: a `member` key of theirs.
-        #[arg(long)]
-        member_key_file: Option<PathBuf>,
+    Edge(roles::EdgeArgs),
+    /// Check config files, print defaults.
+    Config {
+        #[command(subcommand)]
+        action: roles::ConfigAction,
     },
     /// Make a client token (JWT, HS256) for a user, signed with the edges' key file.
     Token {
@@ -218,11 +158,11 @@ pub enum Command {
 }
 
 /// What each distributor keeps per topic for recovery and History.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct HistoryArgs {
-    /// Messages kept per topic for recovery and History (0: off).
-    #[arg(long, default_value_t = 1000)]
-    pub history_messages: usize,
+    /// Messages kept per topic for recovery and History (0: off; default 1000).
+    #[arg(long)]
+    pub history_messages: Option<usize>,
     /// The history of the topics a pattern matches: `PATTERN=MESSAGES[,BYTES[,AGE_MS]]`,
     /// e.g. `chat/*=100,65536,60000` (a name, or a prefix ending in `*`; left-out limits
     /// keep their defaults; the first matching rule decides). Repeatable.
@@ -237,23 +177,26 @@ pub type HistorySettings = (
 );
 
 impl HistoryArgs {
-    fn settings(&self) -> Result<HistorySettings, Failure> {
-        let rules = self
-            .history_rules
+    /// The `--history-rule`s.
+    pub fn rules(&self) -> Result<Vec<firetower_distributor::config::HistoryRule>, Failure> {
+        self.history_rules
             .iter()
             .map(|r| firetower_distributor::config::HistoryRule::parse(r))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::Usage(e.to_string()))?;
-        let default = firetower_distributor::config::HistoryPolicy {
-            messages: self.history_messages,
-            ..Default::default()
-        };
-        Ok((default, rules))
+            .map_err(|e| Failure::Usage(e.to_string()))
+    }
+
+    fn settings(&self) -> Result<HistorySettings, Failure> {
+        let mut default = firetower_distributor::config::HistoryPolicy::default();
+        if let Some(messages) = self.history_messages {
+            default.messages = messages;
+        }
+        Ok((default, self.rules()?))
     }
 }
 
 /// Who may call a node's gRPC API, distributor or metastore (docs/security.md).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ApiArgs {
     /// An accepted API key: `NAME:SCOPE[+SCOPE…]:SHA256` (what `firetower api-key`
     /// prints). Repeatable.
@@ -268,24 +211,8 @@ pub struct ApiArgs {
     pub allow_unauthenticated: bool,
 }
 
-impl ApiArgs {
-    fn config(&self) -> Result<firetower_distributor::ApiAuthConfig, Failure> {
-        let keys = self
-            .api_keys
-            .iter()
-            .map(|k| firetower_distributor::ApiKeyEntry::parse(k))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::Usage(e.to_string()))?;
-        Ok(firetower_distributor::ApiAuthConfig {
-            allow_unauthenticated: self.allow_unauthenticated,
-            keys,
-            member_key_file: self.member_key_file.clone(),
-        })
-    }
-}
-
 /// How an edge authenticates its clients (docs/security.md).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClientAuthArgs {
     /// Check client tokens (JWT, HS256) with the secret in this file (at least 32 bytes).
     #[arg(long)]
@@ -302,62 +229,15 @@ pub struct ClientAuthArgs {
     pub allowed_origins: Vec<String>,
 }
 
-impl ClientAuthArgs {
-    fn config(&self) -> firetower_edge::AuthConfig {
-        firetower_edge::AuthConfig {
-            allow_anonymous: self.allow_anonymous,
-            jwt_hs256_key_file: self.jwt_hs256_key_file.clone(),
-            jwt_public_key_file: self.jwt_public_key_file.clone(),
-            allowed_origins: self.allowed_origins.clone(),
-            dev_tokens: false,
-        }
-    }
-}
-
-/// The relay's TLS files (PEM): this node's certificate and key, and the cluster CA.
-#[derive(clap::Args, Debug)]
+/// A node's TLS files (PEM): its certificate and key, and the cluster CA.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     #[arg(long)]
-    pub tls_cert: PathBuf,
-    #[arg(long)]
-    pub tls_key: PathBuf,
-    #[arg(long)]
-    pub tls_ca: PathBuf,
-}
-
-impl TlsArgs {
-    fn files(self) -> firetower_net::tls::TlsFiles {
-        firetower_net::tls::TlsFiles {
-            cert: self.tls_cert,
-            key: self.tls_key,
-            ca: self.tls_ca,
-        }
-    }
-}
-
-/// A metastore node's TLS files (PEM): its certificate (`metastore-ID`) and key, and the
-/// cluster CA; or plaintext, on a network nobody else reaches.
-#[derive(clap::Args, Debug)]
-pub struct MetastoreTlsArgs {
-    #[arg(long, required_unless_present = "allow_plaintext")]
     pub tls_cert: Option<PathBuf>,
-    #[arg(long, required_unless_present = "allow_plaintext")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
-    #[arg(long, required_unless_present = "allow_plaintext")]
+    #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    /// Serve and dial plaintext gRPC (API keys still hold).
-    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
-    pub allow_plaintext: bool,
-}
-
-impl MetastoreTlsArgs {
-    fn files(self) -> firetower_net::tls::TlsFiles {
-        firetower_net::tls::TlsFiles {
-            cert: self.tls_cert.unwrap_or_default(),
-            key: self.tls_key.unwrap_or_default(),
-            ca: self.tls_ca.unwrap_or_default(),
-        }
-    }
 }
 
 /// How a CLI command reaches the cluster's gRPC ports.
@@ -474,130 +354,10 @@ pub fn parse_addrs(list: &str) -> Result<Vec<String>, Failure> {
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Dev { data_dir, history } => dev::run(data_dir, history.settings()?).await,
-        Command::Metastore {
-            id,
-            listen,
-            data_dir,
-            peers,
-            cluster,
-            api,
-            tls,
-        } => {
-            let listen: SocketAddr = listen
-                .parse()
-                .map_err(|_| Failure::Usage(format!("--listen {listen:?} is not IP:PORT")))?;
-            let peers = parse_peers(&peers).map_err(|e| Failure::Usage(format!("--peers: {e}")))?;
-            let config = MetastoreConfig {
-                id,
-                cluster,
-                peers,
-                data_dir,
-                api: api.config()?,
-                allow_plaintext: tls.allow_plaintext,
-                tls: tls.files(),
-                ..MetastoreConfig::default()
-            };
-            config
-                .validate()
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            eprintln!("metastore node {id} listening on {listen}");
-            match firetower_metastore::run_tcp(config, listener, shutdown_signal()).await {
-                Ok(()) => Ok(()),
-                Err(
-                    e @ (NodeError::Config(_)
-                    | NodeError::ForeignDataDir { .. }
-                    | NodeError::Tls(_)),
-                ) => Err(Failure::Usage(e.to_string())),
-                Err(e) => Err(Failure::Other(e.into())),
-            }
-        }
-        Command::Distributor {
-            id,
-            history,
-            metastore,
-            grpc,
-            quic,
-            tls,
-            cluster,
-            api,
-        } => {
-            let config = firetower_distributor::Config {
-                id,
-                cluster,
-                metastore: parse_addrs(&metastore)?,
-                grpc_advertise: grpc.clone(),
-                quic_advertise: quic.clone(),
-                tls: tls.files(),
-                history: history.settings()?.0,
-                history_rules: history.settings()?.1,
-                api: api.config()?,
-                ..firetower_distributor::Config::default()
-            };
-            config
-                .validate()
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            let listener = tokio::net::TcpListener::bind(&grpc)
-                .await
-                .with_context(|| format!("cannot listen on {grpc}"))?;
-            let udp = std::net::UdpSocket::bind(&quic)
-                .with_context(|| format!("cannot bind UDP {quic}"))?;
-            eprintln!("distributor {id}: grpc {grpc}, quic {quic}");
-            firetower_distributor::run_udp(config, listener, udp, shutdown_signal())
-                .await
-                .map_err(|e| match e {
-                    firetower_distributor::NodeError::Config(_)
-                    | firetower_distributor::NodeError::Tls(_) => Failure::Usage(e.to_string()),
-                    e => Failure::Other(e.into()),
-                })
-        }
-        Command::Edge {
-            id,
-            metastore,
-            listen,
-            tls,
-            cluster,
-            legacy_heartbeat,
-            auth,
-            member_key_file,
-        } => {
-            let config = firetower_edge::Config {
-                id,
-                cluster,
-                metastore: parse_addrs(&metastore)?,
-                ws_advertise: listen.clone(),
-                tls: tls.files(),
-                legacy_heartbeat,
-                auth: auth.config(),
-                member_key_file,
-                ..firetower_edge::Config::default()
-            };
-            config
-                .validate()
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            let udp = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot bind UDP")?;
-            eprintln!("edge {id}: http://{listen}/ (WebSocket at /ws)");
-            firetower_edge::run_tcp(
-                config,
-                listener,
-                udp,
-                std::sync::Arc::new(firetower_edge::AllowAll),
-                std::sync::Arc::default(),
-                shutdown_signal(),
-            )
-            .await
-            .map_err(|e| match e {
-                firetower_edge::NodeError::Config(_) | firetower_edge::NodeError::Tls(_) => {
-                    Failure::Usage(e.to_string())
-                }
-                e => Failure::Other(e.into()),
-            })
-        }
+        Command::Metastore(args) => roles::metastore(args).await,
+        Command::Distributor(args) => roles::distributor(args).await,
+        Command::Edge(args) => roles::edge(args).await,
+        Command::Config { action } => roles::config(action),
         Command::Publish {
             distributor,
             stream: true,

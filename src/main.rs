@@ -5,8 +5,10 @@
 //! message naming the bad value.
 
 mod cli;
+mod config_file;
 mod dashboard;
 mod dev;
+mod roles;
 mod status;
 
 use std::process::ExitCode;
@@ -40,6 +42,22 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Names the cluster's addresses use, for hosts without DNS for them (and tests):
+    // `/etc/hosts` format, consulted before the system resolver.
+    if let Ok(path) = std::env::var("FIRETOWER_HOSTS_FILE") {
+        let hosts = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| firetower_net::resolve::parse_hosts(&text));
+        match hosts {
+            Ok(hosts) => {
+                firetower_net::resolve::set_hosts(hosts);
+            }
+            Err(e) => {
+                eprintln!("error: FIRETOWER_HOSTS_FILE {path}: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -268,15 +268,23 @@ impl Config {
                 "name at least one metastore address",
             ));
         }
+        for addr in &self.metastore {
+            firetower_net::resolve::check(addr).map_err(|r| ConfigError::new("metastore", r))?;
+        }
         for (field, addr) in [
             ("grpc_advertise", &self.grpc_advertise),
             ("quic_advertise", &self.quic_advertise),
+            ("grpc_listen", &self.grpc_listen),
+            ("quic_listen", &self.quic_listen),
+            ("metrics_listen", &self.metrics_listen),
+            ("metrics_advertise", &self.metrics_advertise),
         ] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::new(
-                    field,
-                    format!("{addr:?} is not host:port"),
-                ));
+            let optional = !field.ends_with("_advertise") || field == "metrics_advertise";
+            if optional && addr.is_empty() {
+                continue;
+            }
+            if let Err(reason) = firetower_net::resolve::check(addr) {
+                return Err(ConfigError::new(field, reason));
             }
         }
         if self.lease_ttl_ms < 300 {

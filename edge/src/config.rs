@@ -196,6 +196,17 @@ impl Config {
                 "name at least one metastore address",
             ));
         }
+        for addr in &self.metastore {
+            firetower_net::resolve::check(addr).map_err(|r| ConfigError::new("metastore", r))?;
+        }
+        for (field, addr) in [
+            ("ws_advertise", &self.ws_advertise),
+            ("ws_listen", &self.ws_listen),
+        ] {
+            if !addr.is_empty() {
+                firetower_net::resolve::check(addr).map_err(|r| ConfigError::new(field, r))?;
+            }
+        }
         if self.pong_timeout_ms <= self.heartbeat_interval_ms {
             return Err(ConfigError::new(
                 "pong_timeout_ms",

@@ -159,11 +159,22 @@ pub(crate) async fn link_task<C: Connector>(
         if *stop.borrow() || *edge.stop.borrow() {
             return;
         }
-        let addr = edge.read_core(|core| {
+        let advertised = edge.read_core(|core| {
             core.routing()
                 .distributor_addr(distributor, "quic")
-                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(str::to_string)
         });
+        // Resolved on every attempt: a name that moved is followed on reconnect.
+        let addr = match advertised {
+            Some(name) => match firetower_net::resolve::first(&name).await {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    tracing::debug!(distributor, error = %e, "relay address does not resolve");
+                    None
+                }
+            },
+            None => None,
+        };
         if let Some(addr) = addr {
             match edge.endpoint.connect(addr, RELAY_SERVER_NAME) {
                 Ok(connecting) => {

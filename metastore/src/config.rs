@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-/// Configuration of one metastore node.
+/// Configuration of one metastore node. Durations are written in milliseconds, under
+/// their name with `_ms` (`heartbeat_interval_ms = 100`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This node's id (≥ 1), one of `peers`.
     pub id: u64,
@@ -25,16 +26,20 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Raft leader heartbeat. Small enough that followers see a leader well within the
     /// election timeout.
+    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
     pub heartbeat_interval: Duration,
     /// Election timeout range. A dead leader is replaced within about `election_timeout_max`
     /// plus one election round — under 2 s with the defaults.
+    #[serde(rename = "election_timeout_min_ms", with = "millis")]
     pub election_timeout_min: Duration,
     /// See `election_timeout_min`.
+    #[serde(rename = "election_timeout_max_ms", with = "millis")]
     pub election_timeout_max: Duration,
     /// Build a snapshot (and compact the log) after this many applied entries. Bounds the
     /// log on disk and the replay on restart.
     pub snapshot_every: u64,
     /// How often the leader checks member leases.
+    #[serde(rename = "lease_check_interval_ms", with = "millis")]
     pub lease_check_interval: Duration,
     /// The most changes kept in the watch history; a watcher further behind gets a snapshot.
     /// 200k changes is a dozen full rebalances, a few MB.
@@ -42,12 +47,15 @@ pub struct Config {
     /// Events buffered per watch stream before the sender waits for the client.
     pub watch_buffer: usize,
     /// Deadline of one Raft RPC or forwarded request.
+    #[serde(rename = "rpc_timeout_ms", with = "millis")]
     pub rpc_timeout: Duration,
     /// Bound on each call to this node, Raft's included, from its first byte to its
     /// answer's headers (a request whose body trickles in is cut off: CANCELLED `Timeout
     /// expired`). A watch stream goes on after its headers. More than `rpc_timeout`.
+    #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
     /// The largest accepted lease, so a member cannot pin slots forever by asking for one.
+    #[serde(rename = "max_lease_ttl_ms", with = "millis")]
     pub max_lease_ttl: Duration,
     /// The most slots one interest update may name (all of them, twice).
     pub max_interest_batch: usize,
@@ -112,6 +120,21 @@ impl Default for Config {
             listen: String::new(),
             metrics_listen: String::new(),
         }
+    }
+}
+
+/// A [`Duration`] as a whole number of milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -198,6 +221,16 @@ impl Config {
             return Err(ConfigError::NotAPeer { id: self.id, peers });
         }
         let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
+        for (name, addr) in [
+            ("listen", &self.listen),
+            ("metrics_listen", &self.metrics_listen),
+        ] {
+            if !addr.is_empty() {
+                if let Err(reason) = firetower_net::resolve::check(addr) {
+                    return invalid(name, reason);
+                }
+            }
+        }
         if self.election_timeout_min >= self.election_timeout_max {
             return invalid(
                 "election timeout",

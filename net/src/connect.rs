@@ -86,17 +86,38 @@ impl Connector for TcpConnector {
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
-        let Some(tls) = self.tls.clone() else {
-            return Ok(endpoint.connect_lazy());
-        };
+        // Our own connectors, with or without TLS: the name is resolved on every
+        // (re)connect, through the hosts override when there is one (crate::resolve).
         let addr = addr.to_string();
         let timeout = self.connect_timeout;
+        let Some(tls) = self.tls.clone() else {
+            return Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
+                move |_: tonic::transport::Uri| {
+                    let addr = addr.clone();
+                    async move {
+                        let tcp = tokio::time::timeout(timeout, crate::resolve::connect_tcp(&addr))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!(
+                                        "{addr}: no connection within {} ms",
+                                        timeout.as_millis()
+                                    ),
+                                )
+                            })??;
+                        tcp.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+                    }
+                },
+            )));
+        };
         Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
             move |_: tonic::transport::Uri| {
                 let (tls, addr) = (tls.clone(), addr.clone());
                 async move {
                     let connect = async {
-                        let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                        let tcp = crate::resolve::connect_tcp(&addr).await?;
                         tcp.set_nodelay(true)?;
                         tls.handshake(tcp, server).await
                     };

@@ -18,6 +18,8 @@
 //! - [`per_caller`]: limits per authenticated caller (node identity or API key).
 //! - [`meta_client`]: the metastore client side: node failover, membership upkeep
 //!   (register + heartbeat) and a resuming watch.
+//! - [`resolve`]: host names to addresses at every dial and bind, with a hosts-style
+//!   override (`FIRETOWER_HOSTS_FILE`).
 //! - [`rng`]: a per-thread random-number generator the simulator seeds.
 //! - [`tasks`]: the tasks a node spawned, so its `run` returns only once they have ended.
 //! - [`error`]: [`ConfigError`], [`TlsError`].
@@ -31,6 +33,7 @@ pub mod meta_client;
 pub mod per_caller;
 #[cfg(feature = "relay")]
 pub mod relay;
+pub mod resolve;
 pub mod rng;
 pub mod tasks;
 pub mod tls;
