@@ -7,261 +7,51 @@
 // Real processes in real time: this test is a shell, outside the simulated world.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_firetower");
-
-struct Proc(Child, &'static str);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The nodes: name, loopback address.
-const NODES: [(&str, &str); 7] = [
-    ("meta-1", "127.0.0.2"),
-    ("meta-2", "127.0.0.3"),
-    ("meta-3", "127.0.0.4"),
-    ("dist-1", "127.0.0.5"),
-    ("dist-2", "127.0.0.6"),
-    ("edge-1", "127.0.0.7"),
-    ("edge-2", "127.0.0.8"),
-];
-
-/// A port free on every node's address (each node binds its own address, so one port
-/// number per kind of listener is enough).
-fn free_port_everywhere() -> Result<u16> {
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.2:0")?;
-        let port = probe.local_addr()?.port();
-        drop(probe);
-        let free = NODES.iter().all(|(_, ip)| {
-            std::net::TcpListener::bind((*ip, port)).is_ok()
-                && std::net::UdpSocket::bind((*ip, port)).is_ok()
-        });
-        if free {
-            return Ok(port);
-        }
-    }
-    bail!("no port free on every loopback address")
-}
-
-fn firetower(args: &[&str], hosts: &Path) -> Result<std::process::Output> {
-    Ok(Command::new(BIN)
-        .args(args)
-        .env("FIRETOWER_HOSTS_FILE", hosts)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn wait_until<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("condition not met within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+mod procs;
+use procs::{ProcCluster, BIN};
 
 #[test]
 fn a_cluster_starts_from_config_files_on_distinct_addresses_by_name() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let root = dir.path();
-    // Credentials, as an operator makes them.
-    let secrets = root.join("secrets");
-    let out = Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(&secrets)
-        .output()?;
-    let printed = String::from_utf8_lossy(&out.stdout).to_string();
-    anyhow::ensure!(out.status.success(), "certs: {:?}", out);
-    let keys: Vec<firetower_distributor::ApiKeyEntry> = printed
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|w| w[0] == "--api-key")
-        .map(|w| firetower_distributor::ApiKeyEntry::parse(w[1]))
-        .collect::<std::result::Result<_, _>>()?;
-    anyhow::ensure!(keys.len() == 2, "{printed}");
-    let keys_toml = keys
-        .iter()
-        .map(|k| {
-            let scopes: Vec<String> = k
-                .scopes
-                .iter()
-                .map(|s| format!("{:?}", s.as_str()))
-                .collect();
-            format!(
-                "{{ name = {:?}, sha256 = {:?}, scopes = [{}] }}",
-                k.name,
-                k.sha256,
-                scopes.join(", ")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let s = |p: &str| secrets.join(p).display().to_string();
-    let hosts = root.join("hosts");
-    let mut hosts_text = String::from("# the cluster's names, as DNS would give them\n");
-    for (name, ip) in NODES {
-        hosts_text.push_str(&format!("{ip} {name}\n"));
-    }
-    std::fs::write(&hosts, hosts_text)?;
-
-    let (raft, grpc, quic, ws) = (
-        free_port_everywhere()?,
-        free_port_everywhere()?,
-        free_port_everywhere()?,
-        free_port_everywhere()?,
-    );
-    let metastores = format!("[\"meta-1:{raft}\", \"meta-2:{raft}\", \"meta-3:{raft}\"]");
-    let tls = |role: &str, id: u64| {
-        format!(
-            "cert = {:?}\nkey = {:?}\nca = {:?}\n",
-            s(&format!("tls/{role}-{id}.crt")),
-            s(&format!("tls/{role}-{id}.key")),
-            s("tls/ca.crt")
-        )
-    };
-    let mut files = Vec::new();
-    for id in 1..=3u64 {
-        let text = format!(
-            "[metastore]\nid = {id}\ndata_dir = {:?}\n\
-             [metastore.peers]\n1 = \"meta-1:{raft}\"\n2 = \"meta-2:{raft}\"\n3 = \"meta-3:{raft}\"\n\
-             [metastore.api]\nkeys = [{keys_toml}]\nmember_key_file = {:?}\n\
-             [metastore.tls]\n{}",
-            root.join(format!("data-{id}")).display().to_string(),
-            s("auth/member.key"),
-            tls("metastore", id),
-        );
-        files.push(("metastore", format!("metastore-{id}"), text));
-    }
-    for id in 1..=2u64 {
-        let text = format!(
-            "[distributor]\nid = {id}\nmetastore = {metastores}\n\
-             grpc_listen = \"dist-{id}:{grpc}\"\nquic_listen = \"dist-{id}:{quic}\"\n\
-             [distributor.api]\nkeys = [{keys_toml}]\nmember_key_file = {:?}\n\
-             [distributor.tls]\n{}",
-            s("auth/member.key"),
-            tls("distributor", id),
-        );
-        files.push(("distributor", format!("distributor-{id}"), text));
-        let text = format!(
-            "[edge]\nid = {id}\nmetastore = {metastores}\nws_listen = \"edge-{id}:{ws}\"\n\
-             member_key_file = {:?}\n\
-             [edge.auth]\njwt_hs256_key_file = {:?}\n\
-             [edge.tls]\n{}",
-            s("auth/member.key"),
-            s("auth/jwt-hs256.key"),
-            tls("edge", id),
-        );
-        files.push(("edge", format!("edge-{id}"), text));
-    }
-    let mut procs = Vec::new();
-    for (role, name, text) in &files {
-        let file = root.join(format!("{name}.toml"));
-        std::fs::write(&file, text)?;
-        // `config check` accepts what the node will run with.
-        let check = firetower(&["config", "check", &file.display().to_string()], &hosts)?;
+    let cluster = ProcCluster::start(2, 2, 2)?;
+    let mut checked = 0;
+    for node in cluster.nodes.values() {
+        // `config check` accepts what the node runs with.
+        let check = cluster.firetower(&["config", "check", &node.file.display().to_string()])?;
         anyhow::ensure!(
             check.status.success(),
-            "config check {name}: {}",
+            "config check {}: {}",
+            node.file.display(),
             String::from_utf8_lossy(&check.stderr)
         );
-        let log = std::fs::File::create(root.join(format!("{name}.log")))?;
-        let child = Command::new(BIN)
-            .args([role, "--config"])
-            .arg(&file)
-            .env("FIRETOWER_HOSTS_FILE", &hosts)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        procs.push(Proc(child, role));
+        checked += 1;
     }
-    let logs = || {
-        files
-            .iter()
-            .map(|(_, name, _)| {
-                format!(
-                    "--- {name}\n{}",
-                    std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
-
+    anyhow::ensure!(checked == 7);
     // The metastore, asked by name, knows both distributors and both edges, each by the
     // name it advertises, and every slot has an owner.
-    let all = format!("meta-1:{raft},meta-2:{raft},meta-3:{raft}");
-    let api_key = s("auth/api.key");
-    let ca = s("tls/ca.crt");
-    let status = wait_until(Duration::from_secs(60), || {
-        let out = firetower(
-            &[
-                "status",
-                "--metastore",
-                &all,
-                "--json",
-                "--api-key-file",
-                &api_key,
-                "--ca-file",
-                &ca,
-            ],
-            &hosts,
-        )
-        .ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let text = status.to_string();
-        let everyone = (1..=2).all(|i| {
-            text.contains(&format!("dist-{i}:{grpc}"))
-                && text.contains(&format!("dist-{i}:{quic}"))
-                && text.contains(&format!("edge-{i}:{ws}"))
-        });
-        let owned = status["unowned_slots"].as_u64() == Some(0);
-        (everyone && owned).then_some(status)
-    })
-    .with_context(logs)?;
+    let status = cluster.wait_ready(Duration::from_secs(60))?;
     anyhow::ensure!(
-        !status.to_string().contains("127.0.0.1"),
+        !status["members"].to_string().contains("127.0.0."),
         "an address other than the advertised names was registered: {status}"
     );
 
     // A client of edge 2 (dialled at its own address) gets what is published through
     // distributor 1 by name: the edges reached the distributors' QUIC by name.
-    let token = firetower(
-        &[
-            "token",
-            "--key-file",
-            &s("auth/jwt-hs256.key"),
-            "--user",
-            "u",
-            "--subscribe",
-            "*",
-        ],
-        &hosts,
-    )?;
-    let token = String::from_utf8(token.stdout)?.trim().to_string();
+    let token = cluster.token("u")?;
+    let grpc = cluster.ports.grpc;
+    let api_key = cluster.secret("auth/api.key");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime
         .block_on(async {
-            let url = format!("ws://127.0.0.8:{ws}/ws?token={token}");
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+            let (mut ws, _) = tokio_tungstenite::connect_async(cluster.ws_url(2, &token)).await?;
             ws.send(Message::text(r#"{"type":"subscribe","topic":"named"}"#))
                 .await?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -271,20 +61,17 @@ fn a_cluster_starts_from_config_files_on_distinct_addresses_by_name() -> Result<
                 // Publish until one arrives: the subscription takes a moment to reach
                 // the owner.
                 if tokio::time::Instant::now() >= next_publish {
-                    let out = firetower(
-                        &[
-                            "publish",
-                            "--distributor",
-                            &format!("dist-1:{grpc}"),
-                            "--topic",
-                            "named",
-                            "--data",
-                            "\"by name\"",
-                            "--api-key-file",
-                            &api_key,
-                        ],
-                        &hosts,
-                    )?;
+                    let out = cluster.firetower(&[
+                        "publish",
+                        "--distributor",
+                        &format!("dist-1:{grpc}"),
+                        "--topic",
+                        "named",
+                        "--data",
+                        "\"by name\"",
+                        "--api-key-file",
+                        &api_key,
+                    ])?;
                     anyhow::ensure!(
                         out.status.success(),
                         "publish by name: {}",
@@ -304,8 +91,7 @@ fn a_cluster_starts_from_config_files_on_distinct_addresses_by_name() -> Result<
                 }
             }
         })
-        .with_context(logs)?;
-    drop(procs);
+        .with_context(|| cluster.logs())?;
     Ok(())
 }
 

@@ -67,6 +67,9 @@ pub struct MemberRecord {
     /// this registration stands is a retry and changes nothing.
     #[serde(default)]
     pub instance: u64,
+    /// A distributor on its way out ([`Command::Drain`]): still a member, owns no slots.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The owner of one slot.
@@ -94,6 +97,11 @@ pub enum Command {
     },
     /// A member leaves on purpose.
     Deregister { kind: MemberKind, id: u64 },
+    /// A distributor is about to leave: its slots move to the others now, while it stays a
+    /// member that they can ask for their streams (a graceful drain: the numbering and
+    /// history of its topics go on under the new owners). It deregisters afterwards. A
+    /// draining edge changes nothing (it only deregisters).
+    Drain { kind: MemberKind, id: u64 },
     /// The leader saw no heartbeat of this registration for its lease.
     Expire {
         kind: MemberKind,
@@ -337,11 +345,12 @@ impl MetaState {
                     lease_ttl_ms: *lease_ttl_ms,
                     incarnation: next,
                     instance: *instance,
+                    draining: false,
                 };
-                let existed = self
-                    .members_mut(*kind)
-                    .insert(*id, record.clone())
-                    .is_some();
+                let replaced = self.members_mut(*kind).insert(*id, record.clone());
+                let existed = replaced.is_some();
+                // A new process of a draining distributor takes slots again.
+                let was_draining = replaced.is_some_and(|r| r.draining);
                 changes.push(change(pb::change::Change::MemberUp(member_to_proto(
                     *kind, *id, &record,
                 ))));
@@ -349,7 +358,9 @@ impl MetaState {
                 match kind {
                     // A re-registered edge starts from no interest and announces it again.
                     MemberKind::Edge => self.drop_edge_interest(*id, &mut changes),
-                    MemberKind::Distributor if !existed => self.rebalance(next, &mut changes),
+                    MemberKind::Distributor if !existed || was_draining => {
+                        self.rebalance(next, &mut changes)
+                    }
                     // A re-registered distributor is a new process with no sequence state:
                     // its slots are granted again at a new epoch, so its sequence numbers
                     // restart under an epoch edges have not seen (and its old self is fenced).
@@ -364,6 +375,22 @@ impl MetaState {
                     });
                 }
             }
+            Command::Drain { kind, id } => match self.members_mut(*kind).get_mut(id) {
+                None => {
+                    response.rejected = Some(Rejection::UnknownMember {
+                        kind: *kind,
+                        id: *id,
+                    });
+                }
+                // Already draining: a retry changes nothing.
+                Some(record) if record.draining => {}
+                Some(record) => {
+                    record.draining = true;
+                    if *kind == MemberKind::Distributor {
+                        self.rebalance(next, &mut changes);
+                    }
+                }
+            },
             Command::Expire {
                 kind,
                 id,
@@ -550,7 +577,12 @@ impl MetaState {
     /// already hold the most get the `SLOT_COUNT % n` larger targets, and only the excess
     /// and the orphaned slots move, in slot order, to distributors under their target.
     fn rebalance(&mut self, epoch: u64, changes: &mut Vec<pb::Change>) {
-        let live: Vec<u64> = self.distributors.keys().copied().collect();
+        let live: Vec<u64> = self
+            .distributors
+            .iter()
+            .filter(|(_, m)| !m.draining)
+            .map(|(&id, _)| id)
+            .collect();
         let targets = rebalance_targets(&self.slot_owner, &live);
         let mut kept: BTreeMap<u64, usize> = BTreeMap::new();
         let mut free = Vec::new();

@@ -389,6 +389,7 @@ async fn watch_delivers_every_change_in_order_and_resumes() -> Result<()> {
         .deregister(pb::DeregisterRequest {
             kind: pb::MemberKind::Edge as i32,
             id: 7,
+            drain: false,
         })
         .await?;
     let mut again = cluster

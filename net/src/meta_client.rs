@@ -135,10 +135,25 @@ impl<C: Connector> MetaClient<C> {
         let request = pb::DeregisterRequest {
             kind: kind as i32,
             id,
+            drain: false,
         };
         self.call(|mut c| async move { c.deregister(request).await })
             .await
             .map(|_| ())
+    }
+
+    /// Starts a graceful leave: the member stays registered (its heartbeats go on) while
+    /// the metastore moves its slots to the others; [`MetaClient::deregister`] ends it.
+    /// Returns the revision of the moves.
+    pub async fn drain(&self, kind: pb::MemberKind, id: u64) -> Result<u64, Status> {
+        let request = pb::DeregisterRequest {
+            kind: kind as i32,
+            id,
+            drain: true,
+        };
+        self.call(|mut c| async move { c.deregister(request).await })
+            .await
+            .map(|reply| reply.revision)
     }
 
     pub async fn update_interest(

@@ -123,6 +123,57 @@ fn last_distributor_leaving_orphans_every_slot() {
         .all(|o| o.distributor == 0 && o.epoch == 2));
 }
 
+/// A drain (issue 16): the distributor stays a member, every one of its slots moves to the
+/// others at once, a retry changes nothing, and its next process takes slots again.
+#[test]
+fn a_draining_distributor_stays_a_member_and_hands_every_slot_to_the_others() {
+    let mut state = MetaState::default();
+    for id in [1, 2, 3] {
+        state.apply(&register(MemberKind::Distributor, id));
+    }
+    let (response, changes) = state.apply(&Command::Drain {
+        kind: MemberKind::Distributor,
+        id: 2,
+    });
+    assert_eq!(response.rejected, None);
+    assert!(state.distributors.contains_key(&2), "still a member");
+    assert!(!changes.is_empty());
+    let now = owners(&state);
+    assert!(now.iter().all(|&o| o == 1 || o == 3), "no slot left on 2");
+    let ones = now.iter().filter(|&&o| o == 1).count();
+    assert!(ones.abs_diff(SLOT_COUNT - ones) <= 1, "1 and 3 share evenly");
+    let before = state.clone();
+    let (_, again) = state.apply(&Command::Drain {
+        kind: MemberKind::Distributor,
+        id: 2,
+    });
+    assert!(again.is_empty(), "a retried drain moves nothing");
+    assert_eq!(owners(&before), owners(&state));
+    // Leaving for good moves nothing more; an unknown member is refused.
+    let (_, left) = state.apply(&Command::Deregister {
+        kind: MemberKind::Distributor,
+        id: 2,
+    });
+    assert_eq!(left.len(), 1, "only the member's departure: {left:?}");
+    let (refused, _) = state.apply(&Command::Drain {
+        kind: MemberKind::Distributor,
+        id: 9,
+    });
+    assert!(refused.rejected.is_some());
+    // A distributor that drains and comes back (a new process) takes its share again.
+    state.apply(&Command::Drain {
+        kind: MemberKind::Distributor,
+        id: 3,
+    });
+    assert!(owners(&state).iter().all(|&o| o == 1));
+    let mut back = register(MemberKind::Distributor, 3);
+    if let Command::Register { instance, .. } = &mut back {
+        *instance = 77;
+    }
+    state.apply(&back);
+    assert_even(&state);
+}
+
 #[test]
 fn stale_expiry_is_rejected_and_changes_nothing() {
     let mut state = MetaState::default();
