@@ -270,7 +270,10 @@ impl CaArgs {
             .map_err(|e| Failure::Usage(format!("--ca-file: {e}")))
     }
 
-    fn access(&self, api_key_file: Option<&std::path::Path>) -> Result<status::Access, Failure> {
+    pub(crate) fn access(
+        &self,
+        api_key_file: Option<&std::path::Path>,
+    ) -> Result<status::Access, Failure> {
         Ok(status::Access {
             key: api_key(api_key_file)?,
             tls: self.tls(api_key_file)?,
