@@ -134,6 +134,7 @@ pub async fn run(addrs: &[String], as_json: bool, access: &Access) -> Result<(),
     if as_json {
         let out = json!({
             "leader": view.leader,
+            "term": view.term,
             "voters": view.voters.iter().map(|v| v.id).collect::<Vec<_>>(),
             "nodes": nodes.iter().map(|(id, addr, reply)| json!({
                 "id": id,

@@ -203,3 +203,55 @@ fn config_check_applies_the_environment_and_names_bad_keys() -> Result<()> {
     anyhow::ensure!(out.status.code() == Some(64), "two tables");
     Ok(())
 }
+
+/// IPv6: a metastore node on `[::1]` from a config file, asked for its status at that
+/// address.
+#[test]
+fn a_node_listens_and_is_reached_on_ipv6() -> Result<()> {
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        // A host without IPv6 loopback cannot run this; say so rather than pass silently.
+        bail!("this host has no IPv6 loopback ([::1]); the IPv6 test cannot run");
+    };
+    let port = probe.local_addr()?.port();
+    drop(probe);
+    let dir = tempfile::tempdir()?;
+    let admin = "ftk_ipv6_test_admin_key_0123456789";
+    let file = dir.path().join("metastore.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[metastore]\nid = 1\ndata_dir = {:?}\nallow_plaintext = true\n\
+             [metastore.peers]\n1 = \"[::1]:{port}\"\n\
+             [metastore.api]\nkeys = [{{ name = \"ops\", sha256 = {:?}, scopes = [\"admin\", \"member\"] }}]\n",
+            dir.path().join("data").display().to_string(),
+            firetower_distributor::api::hash_key(admin),
+        ),
+    )?;
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, admin)?;
+    let mut node = Command::new(BIN)
+        .args(["metastore", "--config"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let addr = format!("[::1]:{port}");
+    let answered = procs::wait_until(Duration::from_secs(30), || {
+        let out = Command::new(BIN)
+            .args(["status", "--metastore", &addr, "--json", "--api-key-file"])
+            .arg(&key_file)
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (status["leader"].as_u64() == Some(1)).then_some(status)
+    });
+    let _ = node.kill();
+    let _ = node.wait();
+    let status = answered?;
+    anyhow::ensure!(
+        status["nodes"][0]["addr"].as_str() == Some(addr.as_str()),
+        "{status}"
+    );
+    Ok(())
+}
