@@ -28,6 +28,10 @@ const METASTORE_PORTS: [u16; 3] = [7101, 7102, 7103];
 const DISTRIBUTORS: [(u64, u16, u16); 2] = [(1, 6667, 6666), (2, 6677, 6676)];
 const EDGES: [(u64, u16); 2] = [(1, 9999), (2, 9998)];
 const HOST: &str = "127.0.0.1";
+/// Metastore node N serves its metrics on this + N (7201…), distributor N on 6600 + N.
+const METASTORE_METRICS_PORT: u16 = 7200;
+const DISTRIBUTOR_METRICS_PORT: u16 = 6600;
+const DASHBOARD_PORT: u16 = 9990;
 
 type Task = JoinHandle<anyhow::Result<()>>;
 
@@ -78,15 +82,19 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        let metrics = format!("{HOST}:{}", METASTORE_METRICS_PORT + id as u16);
+        let ops = tokio::net::TcpListener::bind(&metrics)
+            .await
+            .with_context(|| format!("cannot listen on {metrics}"))?;
         let stop = stopped();
         tasks.push((
             format!("metastore {id}"),
             tokio::spawn(async move {
-                firetower_metastore::run_tcp(config, listener, stop).await?;
+                firetower_metastore::run_tcp_with_ops(config, listener, Some(ops), stop).await?;
                 Ok(())
             }),
         ));
-        println!("metastore {id}: grpc://{addr}");
+        println!("metastore {id}: grpc://{addr} metrics http://{metrics}/metrics");
     }
 
     let jwt_key = write_jwt_key(&root).context("writing the JWT key")?;
@@ -98,6 +106,7 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
     for (id, grpc_port, quic_port) in DISTRIBUTORS {
         let grpc = format!("{HOST}:{grpc_port}");
         let quic = format!("{HOST}:{quic_port}");
+        let metrics = format!("{HOST}:{}", DISTRIBUTOR_METRICS_PORT + id as u16);
         let config = firetower_distributor::Config {
             id,
             metastore: metastore.clone(),
@@ -109,8 +118,12 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
             history: history.0,
             history_rules: history.1.clone(),
             api: api.config.clone(),
+            metrics_listen: metrics.clone(),
             ..firetower_distributor::Config::default()
         };
+        let ops = tokio::net::TcpListener::bind(&metrics)
+            .await
+            .with_context(|| format!("cannot listen on {metrics}"))?;
         let listener = tokio::net::TcpListener::bind(&grpc)
             .await
             .with_context(|| format!("cannot listen on {grpc}"))?;
@@ -120,11 +133,19 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
         tasks.push((
             format!("distributor {id}"),
             tokio::spawn(async move {
-                firetower_distributor::run_udp(config, listener, udp, stop).await?;
+                firetower_distributor::run_udp_with_ops(
+                    config,
+                    listener,
+                    udp,
+                    Some(ops),
+                    stop,
+                    Arc::default(),
+                )
+                .await?;
                 Ok(())
             }),
         ));
-        println!("distributor {id}: grpc://{grpc} quic://{quic}");
+        println!("distributor {id}: grpc://{grpc} quic://{quic} metrics http://{metrics}/metrics");
     }
     for (id, port) in EDGES {
         let listen = format!("{HOST}:{port}");
@@ -166,8 +187,29 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
                 Ok(())
             }),
         ));
-        println!("edge {id}: http://{listen}/ (chat demo), ws://{listen}/ws");
+        println!("edge {id}: http://{listen}/ (chat demo), ws://{listen}/ws metrics http://{listen}/metrics");
     }
+    let dashboard = crate::dashboard::DashboardArgs {
+        metastore: metastore.join(","),
+        listen: format!("{HOST}:{DASHBOARD_PORT}"),
+        api_key_file: Some(api.backend_key_file.clone()),
+        ca: crate::cli::CaArgs {
+            ca_file: Some(ca_file.clone()),
+        },
+        scrape_interval_ms: 2000,
+        scrape_timeout_ms: None,
+        max_viewers: 16,
+    };
+    tasks.push((
+        "dashboard".to_string(),
+        tokio::spawn(async move {
+            crate::dashboard::run(dashboard).await.map_err(|e| match e {
+                Failure::Usage(m) | Failure::Unavailable(m) => anyhow::anyhow!(m),
+                Failure::Other(e) => e,
+            })
+        }),
+    ));
+    println!("dashboard: http://{HOST}:{DASHBOARD_PORT}/");
     println!("data: {}", root.display());
     println!("jwt key file: {}", jwt_key.display());
     println!("client token: {client_token}");

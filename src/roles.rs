@@ -458,10 +458,8 @@ pub async fn metastore(args: MetastoreArgs) -> Result<(), Failure> {
         config.id, config.listen
     );
     use firetower_metastore::NodeError;
-    match {
-        drop(metrics);
-        firetower_metastore::run_tcp(config, listener, shutdown_signal()).await
-    } {
+    match firetower_metastore::run_tcp_with_ops(config, listener, metrics, shutdown_signal()).await
+    {
         Ok(()) => Ok(()),
         Err(e @ (NodeError::Config(_) | NodeError::ForeignDataDir { .. } | NodeError::Tls(_))) => {
             Err(Failure::Usage(e.to_string()))
@@ -492,14 +490,21 @@ pub async fn distributor(args: DistributorArgs) -> Result<(), Failure> {
         config.quic_advertise,
         metrics_line(metrics.as_ref())
     );
-    drop(metrics);
-    firetower_distributor::run_udp(config, grpc, udp, shutdown_signal())
-        .await
-        .map_err(|e| match e {
-            firetower_distributor::NodeError::Config(_)
-            | firetower_distributor::NodeError::Tls(_) => Failure::Usage(e.to_string()),
-            e => Failure::Other(e.into()),
-        })
+    firetower_distributor::run_udp_with_ops(
+        config,
+        grpc,
+        udp,
+        metrics,
+        shutdown_signal(),
+        std::sync::Arc::default(),
+    )
+    .await
+    .map_err(|e| match e {
+        firetower_distributor::NodeError::Config(_) | firetower_distributor::NodeError::Tls(_) => {
+            Failure::Usage(e.to_string())
+        }
+        e => Failure::Other(e.into()),
+    })
 }
 
 pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {

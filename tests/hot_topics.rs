@@ -96,7 +96,7 @@ async fn edge_metric(addr: &str, name: &str) -> Result<u64> {
         .await?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
-    let key = format!("firetower_edge_{name}{{");
+    let key = format!("firetower_edge_{name}_total{{");
     let line = body
         .lines()
         .find(|l| l.starts_with(&key))

@@ -67,6 +67,10 @@ pub struct Config {
     pub history_rules: Vec<HistoryRule>,
     /// Who may call the gRPC API: API keys and their scopes (docs/security.md).
     pub api: crate::api::ApiAuthConfig,
+    /// How long a stopping distributor drains (SIGTERM): its slots move to the others,
+    /// which take their streams and history over, while it goes on serving; then it
+    /// stops whatever is left. 0: no drain (its slots start new streams elsewhere).
+    pub drain_timeout_ms: u64,
     /// The address the binary binds the gRPC listener to; empty: `grpc_advertise`.
     pub grpc_listen: String,
     /// The address the binary binds the QUIC (UDP) socket to; empty: `quic_advertise`.
@@ -245,6 +249,7 @@ impl Default for Config {
             history: HistoryPolicy::default(),
             history_rules: Vec::new(),
             api: crate::api::ApiAuthConfig::default(),
+            drain_timeout_ms: 10_000,
             grpc_listen: String::new(),
             quic_listen: String::new(),
             metrics_listen: String::new(),

@@ -80,6 +80,11 @@ pub(crate) struct LaneBytes {
     drained: Notify,
     /// How many links are over budget (shared by all links: the fast path of `admit`).
     over: Arc<AtomicUsize>,
+    /// Bytes of this link's lane frames handed to QUIC (its writers' cache lines, not one
+    /// shared by every link); added to `closed_sent` when the link goes.
+    sent: AtomicU64,
+    /// The bytes sent on the links that are gone (`Shared::relay_sent_closed`).
+    closed_sent: Arc<AtomicU64>,
 }
 
 impl LaneBytes {
@@ -127,12 +132,18 @@ impl CountedFrame {
 }
 
 impl From<CountedFrame> for Bytes {
+    /// The lane writer takes the frame: encoded (once per delivery), and counted as sent.
     fn from(mut counted: CountedFrame) -> Bytes {
-        match counted.frame.take() {
+        let bytes = match counted.frame.take() {
             Some(LaneFrame::Deliver(delivery)) => delivery.frame(),
             Some(LaneFrame::Other(frame)) => encode(&frame),
             None => Bytes::new(),
-        }
+        };
+        counted
+            .bytes
+            .sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        bytes
     }
 }
 
@@ -164,6 +175,15 @@ pub(crate) struct EdgeLink {
     lanes: Vec<mpsc::Sender<CountedFrame>>,
     bytes: Arc<LaneBytes>,
     control: mpsc::Sender<ControlFrame>,
+}
+
+impl Drop for EdgeLink {
+    /// A link leaves the table (under the node's lock, as a scrape reads it): its sent bytes
+    /// move to the closed links' total, so the sum a scrape makes never goes back.
+    fn drop(&mut self) {
+        let sent = self.bytes.sent.swap(0, Ordering::Relaxed);
+        self.bytes.closed_sent.fetch_add(sent, Ordering::Relaxed);
+    }
 }
 
 /// The relay links to edges, by edge id: the one job of queueing frames on them.
@@ -250,6 +270,9 @@ pub struct Counters {
     /// Publishes refused (RESOURCE_EXHAUSTED / `overloaded`) because that room did not come
     /// before their deadline.
     pub admission_refused: AtomicU64,
+    /// Messages publishers were answered for, by result (the metric
+    /// `firetower_distributor_publishes_total{result}`).
+    pub publish_results: crate::metrics::PublishResults,
 }
 
 impl Counters {
@@ -319,6 +342,10 @@ pub(crate) struct Shared<C: Connector> {
     /// How many edge links are over their byte budget: while 0, publishes need no room
     /// check.
     over_links: Arc<AtomicUsize>,
+    /// Bytes of lane frames sent on links that have closed (see `LaneBytes::sent`).
+    relay_sent_closed: Arc<AtomicU64>,
+    /// Set when the shutdown signal came: `/readyz` answers 503 while the node drains.
+    stopping: AtomicBool,
 }
 
 impl<C: Connector> Shared<C> {
@@ -387,6 +414,9 @@ impl<C: Connector> Shared<C> {
         let lanes = self.config.relay_lanes;
         match command {
             Command::Deliver { delivery, edges } => {
+                // The owner's timestamp for the edges' publish-to-delivery latency: taken
+                // here, in the shell, before any lane writer can encode the frame.
+                delivery.stamp(firetower_net::wall::unix_micros());
                 let lane = slot_of(&delivery.deliver().topic) as usize % lanes;
                 for edge in edges {
                     if !state
@@ -452,6 +482,9 @@ impl<C: Connector> Shared<C> {
                 if let Some(waiter) = state.waiters.remove(&op) {
                     let _ = waiter.send(outcome);
                 } else if let Some((edge, id)) = state.client_waiters.remove(&op) {
+                    self.counters
+                        .publish_results
+                        .record(crate::service::outcome_code(&outcome), 1);
                     let done = client_publish_done(id, &outcome);
                     // A full control queue closes the link (as for an InterestAck): the
                     // edge then tells its publishers the outcome is unknown.
@@ -543,6 +576,46 @@ impl<C: Connector> Shared<C> {
         }
     }
 
+    /// `/readyz`: the reason this node is not ready, if it is not.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        let now = tokio::time::Instant::now();
+        readiness_of(&self.lock().core, now)
+    }
+
+    /// What a scrape reads under the node's lock (one short lock: the links, and what the
+    /// core keeps summed).
+    pub(crate) fn view(&self) -> crate::metrics::NodeView {
+        let ready = self.readiness().is_ok();
+        let state = self.lock();
+        let (queued, sent) = state
+            .links
+            .links
+            .values()
+            .fold((0u64, 0u64), |(q, s), link| {
+                (
+                    q + link.bytes.queued.load(Ordering::Relaxed) as u64,
+                    s + link.bytes.sent.load(Ordering::Relaxed),
+                )
+            });
+        let history = state.core.history_size();
+        let routing = state.core.routing();
+        crate::metrics::NodeView {
+            links: state.links.links.len() as u64,
+            lane_queued_bytes: queued,
+            // Read under the lock links leave the table under, so the sum never goes back.
+            lane_sent_bytes: sent + self.relay_sent_closed.load(Ordering::Relaxed),
+            topics: state.core.topic_table_len() as u64,
+            owned_slots: routing.slots_of(self.config.id).count() as u64,
+            history_messages: history.messages,
+            history_bytes: history.bytes,
+            revision: routing.revision(),
+            ready,
+        }
+    }
+
     /// Sends a Kick to every linked edge; returns how many edges it went to.
     pub(crate) fn broadcast_kick(&self, user_id: &str, request_id: u64) -> usize {
         let frame = RelayFrame {
@@ -558,6 +631,26 @@ impl<C: Connector> Shared<C> {
             .values()
             .filter(|link| link.control.try_send(ControlFrame(frame.clone())).is_ok())
             .count()
+    }
+}
+
+/// Whether a distributor may take publishes: it holds a routing view, it is registered,
+/// and the metastore confirmed its lease recently enough that it may sequence (the core's
+/// lease fence).
+pub(crate) fn readiness_of(
+    core: &DistributorCore,
+    now: tokio::time::Instant,
+) -> Result<(), String> {
+    if core.routing().revision() == 0 {
+        return Err("no routing view from the metastore yet".into());
+    }
+    if core.incarnation() == 0 {
+        return Err("not registered with the metastore yet".into());
+    }
+    match core.lease_fresh_until() {
+        Some(until) if until > now => Ok(()),
+        Some(_) => Err("the lease lapsed: no heartbeat was confirmed within it".into()),
+        None => Err("the metastore has not confirmed the lease yet".into()),
     }
 }
 
@@ -715,6 +808,38 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    run_with_ops(
+        config,
+        grpc_incoming,
+        endpoint,
+        connector,
+        None,
+        shutdown,
+        counters,
+    )
+    .await
+}
+
+/// [`run_with_counters`], also serving the operations endpoints on `ops` (when given):
+/// `/metrics` (Prometheus text), `/healthz`, `/readyz` (200 once this node holds the
+/// routing view, is registered and its lease is confirmed fresh; 503 with the reason,
+/// and while it shuts down) and `/topics` (its busiest owned topics, JSON). The listener
+/// is closed, and every connection on it ended, when this returns.
+pub async fn run_with_ops<C, I, IO, IE>(
+    config: Config,
+    grpc_incoming: I,
+    endpoint: quinn::Endpoint,
+    connector: C,
+    ops: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    counters: Arc<Counters>,
+) -> Result<(), NodeError>
+where
+    C: Connector,
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     config.validate()?;
     let member_key = firetower_net::ApiKey::from_optional_file(
         "api.member_key_file",
@@ -751,12 +876,27 @@ where
         proposals: proposals_tx,
         tasks: Tasks::new(),
         over_links: Arc::new(AtomicUsize::new(0)),
+        relay_sent_closed: Arc::new(AtomicU64::new(0)),
+        stopping: AtomicBool::new(false),
         config: config.clone(),
     });
+    let ops_task = ops.map(|listener| spawn_ops(&shared, listener, stop_rx.clone()));
     let mut tasks = tokio::task::JoinSet::new();
 
     let meta = MetaClient::new(config.metastore.clone(), connector, config.rpc_timeout())
         .with_key(shared.member_key.clone());
+    // From the signal on, `/readyz` says "shutting down" and the node drains (its slots and
+    // their streams go to the others) while it goes on serving; then the server stops.
+    let stopping = Arc::downgrade(&shared);
+    let drain_meta = meta.clone();
+    let (id, drain_for) = (config.id, Duration::from_millis(config.drain_timeout_ms));
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(shared) = stopping.upgrade() {
+            shared.stopping.store(true, Ordering::Relaxed);
+        }
+        drain(stopping, drain_meta, id, drain_for).await;
+    };
     // Follow the routing state.
     let (events_tx, mut events_rx) = mpsc::channel::<pb::WatchEvent>(64);
     let watch_task = spawn_watch(meta.clone(), events_tx, stop_rx.clone());
@@ -842,10 +982,7 @@ where
     let registration = Registration {
         kind: pb::MemberKind::Distributor,
         id: config.id,
-        addrs: BTreeMap::from([
-            ("grpc".to_string(), config.grpc_advertise.clone()),
-            ("quic".to_string(), config.quic_advertise.clone()),
-        ]),
+        addrs: member_addrs(&config),
         lease_ttl: Duration::from_millis(config.lease_ttl_ms),
     };
     let mut membership_stop = stop_rx.clone();
@@ -901,6 +1038,9 @@ where
     let _ = membership.await;
     let _ = watch_task.await;
     let _ = relay_task.await;
+    if let Some(ops_task) = ops_task {
+        let _ = ops_task.await;
+    }
     // The watch task has ended, so the apply task's channel is closed; the others stop on
     // `stop`. Edge links and forwards end with the endpoint and the gRPC server.
     tasks.abort_all();
@@ -920,6 +1060,110 @@ where
         .await;
     endpoint.wait_idle().await;
     result
+}
+
+/// The graceful part of a stop: asks the metastore to move this node's slots to the others
+/// (it stays a member, so each new owner asks it for the slot's streams and history,
+/// handover.rs) and waits until the core has handed everything over, at most `within`.
+/// A node that cannot reach the metastore, or that was never registered, stops at once.
+async fn drain<C: Connector>(
+    shared: std::sync::Weak<Shared<C>>,
+    meta: MetaClient<C>,
+    id: u64,
+    within: Duration,
+) {
+    if within.is_zero() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let asked = tokio::time::timeout_at(deadline, meta.drain(pb::MemberKind::Distributor, id));
+        match asked.await {
+            Ok(Ok(revision)) => {
+                tracing::info!(
+                    revision,
+                    "draining: the slots move to the other distributors"
+                );
+                break;
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => return,
+            Ok(Err(status)) => {
+                tracing::warn!(%status, "drain refused; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => {
+                tracing::warn!("no metastore took the drain in time; stopping");
+                return;
+            }
+        }
+    }
+    loop {
+        let Some(node) = shared.upgrade() else { return };
+        if node.lock().core.drained() {
+            tracing::info!("drained: every slot and stream went to the other distributors");
+            return;
+        }
+        drop(node);
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("drain timed out; stopping with what is left");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The addresses this distributor registers: `grpc` and `quic`, and `metrics` (where the
+/// dashboard finds its operations endpoints) when it has one: `metrics_advertise`, else
+/// `metrics_listen`.
+fn member_addrs(config: &Config) -> BTreeMap<String, String> {
+    let mut addrs = BTreeMap::from([
+        ("grpc".to_string(), config.grpc_advertise.clone()),
+        ("quic".to_string(), config.quic_advertise.clone()),
+    ]);
+    let metrics = [&config.metrics_advertise, &config.metrics_listen]
+        .into_iter()
+        .find(|a| !a.is_empty());
+    if let Some(metrics) = metrics {
+        addrs.insert("metrics".to_string(), metrics.clone());
+    }
+    addrs
+}
+
+/// Serves the operations endpoints on `listener` until `stop` turns true. Everything it
+/// reads of the node goes through a weak handle: the server never keeps the node alive.
+fn spawn_ops<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(shared);
+    let view = weak.clone();
+    let registry = crate::metrics::registry(
+        shared.config.id,
+        shared.counters.clone(),
+        Box::new(move || view.upgrade().map(|s| s.view())),
+    );
+    let ready = weak.clone();
+    let handler = crate::metrics::handler(
+        registry,
+        move || {
+            ready
+                .upgrade()
+                .map_or_else(|| Err("stopped".to_string()), |s| s.readiness())
+        },
+        move || {
+            weak.upgrade()
+                .map(|s| s.lock().core.busiest_topics().to_vec())
+                .unwrap_or_default()
+        },
+    );
+    tokio::spawn(firetower_net::ops_http::serve(
+        listener,
+        handler,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ))
 }
 
 /// A Handover to ask for after a step: (from, addr, epoch, slots with their epochs under
@@ -1017,6 +1261,8 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
         budget: shared.config.lane_queue_bytes,
         drained: Notify::new(),
         over: shared.over_links.clone(),
+        sent: AtomicU64::new(0),
+        closed_sent: shared.relay_sent_closed.clone(),
     });
     let (control, control_rx) = mpsc::channel::<ControlFrame>(CONTROL_QUEUE);
     shared.tasks.spawn(write_frames(send, control_rx));
@@ -1120,6 +1366,10 @@ async fn serve_edge<C: Connector>(shared: Arc<Shared<C>>, incoming: quinn::Incom
                     .client_publishes
                     .fetch_add(1, Ordering::Relaxed);
                 if let Err(mpsc::error::TrySendError::Full(publish)) = publishes.try_send(publish) {
+                    shared
+                        .counters
+                        .publish_results
+                        .record(tonic::Code::ResourceExhausted, 1);
                     let done = client_publish_done(
                         publish.id,
                         &Outcome::Failed(PublishError::Refused {
@@ -1222,6 +1472,7 @@ async fn client_publishes<C: Connector>(
             // a publish that passed its room check after that is not started.
             _ if link_closed.load(Ordering::Relaxed) => {}
             Some((code, message)) => {
+                shared.counters.publish_results.record(code, 1);
                 if id != 0 {
                     let done = client_publish_done(
                         id,
@@ -1265,6 +1516,20 @@ pub async fn run_udp_with_counters(
     shutdown: impl Future<Output = ()> + Send + 'static,
     counters: Arc<Counters>,
 ) -> Result<(), NodeError> {
+    run_udp_with_ops(config, grpc, udp, None, shutdown, counters).await
+}
+
+/// [`run_udp_with_counters`], also serving the operations endpoints (`/metrics`,
+/// `/healthz`, `/readyz`, `/topics`; see [`run_with_ops`]) on `ops` when given: what
+/// `firetower distributor` does with `metrics_listen`.
+pub async fn run_udp_with_ops(
+    config: Config,
+    grpc: tokio::net::TcpListener,
+    udp: std::net::UdpSocket,
+    ops: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    counters: Arc<Counters>,
+) -> Result<(), NodeError> {
     config.validate()?;
     let tls = firetower_net::tls::TlsMaterial::load(&config.tls)?;
     let endpoint = quinn::Endpoint::new(
@@ -1281,11 +1546,12 @@ pub async fn run_udp_with_counters(
         firetower_net::accept_nodelay(grpc),
         firetower_net::ServerTls::new(&tls)?,
     );
-    run_with_counters(
+    run_with_ops(
         config,
         incoming,
         endpoint,
         firetower_net::TcpConnector::tls(firetower_net::ClientTls::node(&tls)?),
+        ops,
         shutdown,
         counters,
     )
@@ -1327,4 +1593,36 @@ fn recovered_frames(request_id: u64, topic: &str, answer: HistoryAnswer) -> Vec<
     }
     frames.push(frame(chunk, true));
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_address_is_registered_when_there_is_one() {
+        let config = Config {
+            grpc_advertise: "10.0.0.1:6667".into(),
+            quic_advertise: "10.0.0.1:6666".into(),
+            ..Config::default()
+        };
+        let names = |c: &Config| member_addrs(c).into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            names(&config),
+            vec![
+                ("grpc".to_string(), "10.0.0.1:6667".to_string()),
+                ("quic".to_string(), "10.0.0.1:6666".to_string())
+            ]
+        );
+        let listening = Config {
+            metrics_listen: "0.0.0.0:9100".into(),
+            ..config.clone()
+        };
+        assert_eq!(member_addrs(&listening)["metrics"], "0.0.0.0:9100");
+        let advertised = Config {
+            metrics_advertise: "10.0.0.1:9100".into(),
+            ..listening
+        };
+        assert_eq!(member_addrs(&advertised)["metrics"], "10.0.0.1:9100");
+    }
 }

@@ -90,6 +90,25 @@ pub(crate) fn status_of(error: &PublishError) -> Status {
     Status::new(code, error.to_string())
 }
 
+/// The code a publisher is answered with for `outcome` (`Ok` when sequenced): the
+/// `result` label of `firetower_distributor_publishes_total`.
+pub(crate) fn outcome_code(outcome: &Outcome) -> Code {
+    match outcome {
+        Outcome::Published(_) => Code::Ok,
+        Outcome::Failed(error) => status_of(error).code(),
+        Outcome::Refused(_) => Code::Internal,
+    }
+}
+
+/// Counts `messages` answered with `result` (`Ok`, or the status's code).
+fn record<T>(shared: &Shared<impl Connector>, messages: usize, result: &Result<T, Status>) {
+    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    shared
+        .counters
+        .publish_results
+        .record(code, messages as u64);
+}
+
 /// A publish outcome as a backend sees it: positions, or the status of the failure.
 fn published(outcome: Outcome) -> Result<Vec<Position>, Status> {
     match outcome {
@@ -279,6 +298,17 @@ async fn publish<C: Connector>(
     topic: &str,
     messages: Vec<Bytes>,
 ) -> Result<Vec<Position>, Status> {
+    let count = messages.len();
+    let result = publish_uncounted(shared, topic, messages).await;
+    record(shared, count, &result);
+    result
+}
+
+async fn publish_uncounted<C: Connector>(
+    shared: &Arc<Shared<C>>,
+    topic: &str,
+    messages: Vec<Bytes>,
+) -> Result<Vec<Position>, Status> {
     let deadline = tokio::time::Instant::now() + shared.config.publish_retry();
     shared.admit(topic, deadline).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -368,7 +398,15 @@ async fn serve_publish_stream<C: Connector>(
             biased;
             Some((ids, outcome)) = pending.next(), if !pending.is_empty() => {
                 in_flight -= ids.len();
-                for reply in stream_replies(ids, outcome) {
+                let replies_of = stream_replies(ids, outcome);
+                for reply in &replies_of {
+                    let code = match &reply.result {
+                        Some(dpb::publish_stream_reply::Result::Error(e)) => Code::from_i32(e.code),
+                        _ => Code::Ok,
+                    };
+                    shared.counters.publish_results.record(code, 1);
+                }
+                for reply in replies_of {
                     if replies.send(Ok(reply)).await.is_err() {
                         return;
                     }
@@ -429,6 +467,7 @@ async fn stream_batch<C: Connector>(
             .map_err(|e| Status::invalid_argument(format!("topic: {e}")))
             .and_then(|()| check_data(shared.config.max_data_bytes, "", &m.data));
         if let Err(status) = checked {
+            shared.counters.publish_results.record(status.code(), 1);
             refused.push(stream_error(m.id, &status));
             continue;
         }
@@ -445,7 +484,13 @@ async fn stream_batch<C: Connector>(
     for (topic, ids, data) in groups {
         match shared.admit(&topic, deadline).await {
             Ok(()) => admitted.push((topic, ids, data)),
-            Err(status) => refused.extend(ids.iter().map(|id| stream_error(*id, &status))),
+            Err(status) => {
+                shared
+                    .counters
+                    .publish_results
+                    .record(status.code(), ids.len() as u64);
+                refused.extend(ids.iter().map(|id| stream_error(*id, &status)));
+            }
         }
     }
     let mut ready = Vec::with_capacity(admitted.len());
@@ -528,7 +573,11 @@ impl<C: Connector> Distributor for DistributorService<C> {
     ) -> Result<Response<dpb::PublishReply>, Status> {
         self.shared.api.check(&request, &[Scope::Publish])?;
         let m = request.into_inner();
-        check_message(self.shared.config.max_data_bytes, "", &m)?;
+        let checked = check_message(self.shared.config.max_data_bytes, "", &m);
+        if checked.is_err() {
+            record(&self.shared, 1, &checked);
+        }
+        checked?;
         let positions = publish(&self.shared, &m.topic, vec![m.data]).await?;
         let position = positions
             .first()
@@ -543,19 +592,25 @@ impl<C: Connector> Distributor for DistributorService<C> {
         self.shared.api.check(&request, &[Scope::Publish])?;
         let batch = request.into_inner();
         let max = self.shared.config.max_batch;
-        if batch.messages.len() > max {
-            return Err(Status::invalid_argument(format!(
+        let checked = if batch.messages.len() > max {
+            Err(Status::invalid_argument(format!(
                 "messages: {} messages exceed the batch limit of {max}",
                 batch.messages.len()
-            )));
+            )))
+        } else {
+            batch.messages.iter().enumerate().try_for_each(|(i, m)| {
+                check_message(
+                    self.shared.config.max_data_bytes,
+                    &format!("messages[{i}]."),
+                    m,
+                )
+            })
+        };
+        if checked.is_err() {
+            // None of the batch is published.
+            record(&self.shared, batch.messages.len(), &checked);
         }
-        for (i, m) in batch.messages.iter().enumerate() {
-            check_message(
-                self.shared.config.max_data_bytes,
-                &format!("messages[{i}]."),
-                m,
-            )?;
-        }
+        checked?;
         // Each topic's messages are one publish, in batch order (sequenced all or none);
         // different topics go concurrently, so a batch costs about one forward's round trip.
         let count = batch.messages.len();
@@ -1047,6 +1102,8 @@ pub(crate) fn handover_answer(
                     route_tag: m.route_tag,
                     canon_epoch: m.canon_epoch,
                     canon_seq: m.canon_seq,
+                    // A handed-over message keeps no stamp (the handover carries none).
+                    sequenced_at_us: 0,
                 }),
                 tag: m.route_tag,
                 age_ms: m.age_ms,

@@ -644,6 +644,11 @@ impl EdgeCore {
         self.slot_topics.keys().copied()
     }
 
+    /// Topics with local subscribers (or subscribes waiting for their owner).
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
     /// Topics the connection is subscribed to (or waiting for).
     pub fn conn_topics(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, BTreeSet::len)

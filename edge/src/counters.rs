@@ -1,5 +1,6 @@
 //! The edge's counters: shared with the embedder (tests, metrics, the load generator) and
 //! bumped by every part of the shell. The core keeps its own ([`crate::core::CoreCounters`]).
+//! [`crate::metrics`] reads both at scrape time.
 
 use std::sync::atomic::AtomicU64;
 
@@ -16,6 +17,8 @@ pub struct Counters {
     pub denied_by_token: AtomicU64,
     /// Frames queued to clients (deliveries, acks, errors).
     pub frames_queued: AtomicU64,
+    /// Frames written to client sockets.
+    pub frames_written: AtomicU64,
     /// Frames not queued because their connection was already closing (it is closed, as
     /// slow or kicked or at shutdown, and would never write them). Nothing is dropped for
     /// a connection that stays open: this stays 0 unless connections are closed.
@@ -39,6 +42,12 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
     /// Connections closed with 1008: they kept sending while refused.
     pub closed_rate_limited: AtomicU64,
+    /// Connections closed with 4002: their user was kicked (KickUser).
+    pub closed_kicked: AtomicU64,
+    /// Connections closed with 1001 because the edge shut down.
+    pub closed_shutdown: AtomicU64,
+    /// Connections closed with 4003: a publish of theirs had no known outcome.
+    pub closed_publish_uncertain: AtomicU64,
     /// Socket writes (each carries every frame pending at the time).
     pub writes: AtomicU64,
     pub client_publishes: AtomicU64,

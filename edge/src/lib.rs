@@ -28,6 +28,8 @@
 //!   one allocation.
 //! - `send`: the send queue (bytes counted until written) and vectored writes.
 //! - [`hooks`]: the per-connection callbacks for embedding the edge.
+//! - [`metrics`]: the Prometheus metrics at `/metrics` (a collector over [`Counters`] and
+//!   the core's counts, and the publish-to-delivery latency histogram).
 //! - [`counters`], [`config`], [`error`].
 //!
 //! # A delivery's bytes
@@ -49,6 +51,7 @@ pub mod flow;
 mod frame;
 pub mod hooks;
 mod links;
+pub mod metrics;
 pub mod node;
 pub mod rate;
 mod send;

@@ -303,6 +303,8 @@ async fn lane_reader<C: Connector>(edge: Arc<Edge<C>>, stream: quinn::RecvStream
     let mut reader = FrameReader::new(stream);
     let mut frames = Vec::with_capacity(64);
     let mut hold = LaneHold::default();
+    // The owners' stamps of a group's deliveries, for the latency histogram.
+    let mut stamps: Vec<u64> = Vec::with_capacity(64);
     while let Ok(true) = reader.next_batch(&mut frames).await {
         let mut pending = frames.drain(..).peekable();
         while pending.peek().is_some() {
@@ -315,6 +317,7 @@ async fn lane_reader<C: Connector>(edge: Arc<Edge<C>>, stream: quinn::RecvStream
                     match frame.frame {
                         Some(Frame::Deliver(d)) => {
                             bytes += d.data.len();
+                            stamps.push(d.sequenced_at_us);
                             let tags = MessageTags::of(&d);
                             core.handle_deliver(&d.topic, d.epoch, d.seq, d.data, tags)
                         }
@@ -328,6 +331,12 @@ async fn lane_reader<C: Connector>(edge: Arc<Edge<C>>, stream: quinn::RecvStream
                     }
                 }
             });
+            // The group is queued to its clients: one read of the wall clock for it.
+            if !stamps.is_empty() {
+                edge.metrics
+                    .observe_deliveries(&stamps, firetower_net::wall::unix_micros());
+                stamps.clear();
+            }
             hold_lane(&edge, over, &mut hold).await;
         }
     }

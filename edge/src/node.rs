@@ -54,6 +54,7 @@ use crate::core::{ConnId, EdgeCore, Fanout, Output, SlotSync};
 use crate::error::NodeError;
 use crate::hooks::{Hooks, Identity};
 use crate::links::{link_task, LinkTable, Links};
+use crate::metrics::{CoreView, EdgeMetrics};
 use crate::sessions::{SessionTable, Sessions, Wakes};
 use firetower_net::Tasks;
 
@@ -93,6 +94,10 @@ pub(crate) struct Edge<C: Connector> {
     pub(crate) write_turns: tokio::sync::Semaphore,
     /// Hot-topic acks for the metastore task (bounded, see [`HOT_ACK_QUEUE`]).
     hot_acks: mpsc::Sender<(String, u64)>,
+    /// What `/metrics` serves; the lane readers feed its latency histogram.
+    pub(crate) metrics: EdgeMetrics,
+    /// The incarnation this edge is registered under (0: not yet), for `/readyz`.
+    registered: watch::Receiver<u64>,
 }
 
 /// A hook call to make once every lock is released.
@@ -260,6 +265,33 @@ impl<C: Connector> Edge<C> {
         }
     }
 
+    /// `/readyz`: the reason this edge is not ready to take clients, if it is not. Ready
+    /// once it is registered with the metastore and holds a routing view.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        if *self.stop.borrow() {
+            return Err("shutting down".into());
+        }
+        if self.read_core(|core| core.routing().revision()) == 0 {
+            return Err("no routing view from the metastore yet".into());
+        }
+        if *self.registered.borrow() == 0 {
+            return Err("not registered with the metastore yet".into());
+        }
+        Ok(())
+    }
+
+    /// What a scrape reads of the core (one short lock).
+    fn core_view(&self) -> CoreView {
+        let ready = self.readiness().is_ok();
+        self.read_core(|core| CoreView {
+            core: core.counters().clone(),
+            publishes: core.publish_counters().clone(),
+            topics: core.topic_count() as u64,
+            revision: core.routing().revision(),
+            ready,
+        })
+    }
+
     /// The gRPC address of some distributor (for TopicStatus, which any of them forwards).
     pub(crate) fn any_distributor_grpc(&self, topic: &str) -> Option<String> {
         self.read_core(|core| {
@@ -395,33 +427,44 @@ where
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (hot_ack_tx, hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
-    let edge = Arc::new(Edge {
-        hooks,
-        auth,
-        admission: Admission::new(config.max_connections, config.max_connections_per_ip),
-        member_key,
-        core: Mutex::new(
-            EdgeCore::new(
+    let (incarnation_tx, incarnations) = watch::channel(0u64);
+    // Cyclic: the metrics read the core at scrape time through a weak handle.
+    let edge = Arc::new_cyclic(|weak: &std::sync::Weak<Edge<C>>| {
+        let weak = weak.clone();
+        Edge {
+            metrics: EdgeMetrics::new(
                 config.id,
-                config.max_topics_per_conn,
-                Duration::from_millis(config.subscribe_timeout_ms),
-            )
-            .with_publish_limits(
-                config.max_publishes_in_flight,
-                Duration::from_millis(config.publish_answer_timeout_ms),
+                counters.clone(),
+                Box::new(move || weak.upgrade().map(|edge| edge.core_view())),
             ),
-        ),
-        sessions: Sessions::new(&config, counters.clone()),
-        links: Links::new(),
-        tasks: Tasks::new(),
-        counters,
-        endpoint: endpoint.clone(),
-        next_conn: AtomicU64::new(1),
-        write_turns: tokio::sync::Semaphore::new(config.write_turns()),
-        distributors: Channels::new(connector.clone(), firetower_net::Role::Distributor),
-        stop: stop_rx.clone(),
-        hot_acks: hot_ack_tx,
-        config: config.clone(),
+            registered: incarnations.clone(),
+            hooks,
+            auth,
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+            member_key,
+            core: Mutex::new(
+                EdgeCore::new(
+                    config.id,
+                    config.max_topics_per_conn,
+                    Duration::from_millis(config.subscribe_timeout_ms),
+                )
+                .with_publish_limits(
+                    config.max_publishes_in_flight,
+                    Duration::from_millis(config.publish_answer_timeout_ms),
+                ),
+            ),
+            sessions: Sessions::new(&config, counters.clone()),
+            links: Links::new(),
+            tasks: Tasks::new(),
+            counters,
+            endpoint: endpoint.clone(),
+            next_conn: AtomicU64::new(1),
+            write_turns: tokio::sync::Semaphore::new(config.write_turns()),
+            distributors: Channels::new(connector.clone(), firetower_net::Role::Distributor),
+            stop: stop_rx.clone(),
+            hot_acks: hot_ack_tx,
+            config: config.clone(),
+        }
     });
     let rpc_timeout = Duration::from_millis(config.rpc_timeout_ms);
     let meta = MetaClient::new(config.metastore.clone(), connector, rpc_timeout)
@@ -439,7 +482,6 @@ where
     edge.tasks.spawn(apply_watch(edge.clone(), events_rx));
 
     // Membership, and the slot list the metastore keeps for this edge.
-    let (incarnation_tx, incarnations) = watch::channel(0u64);
     let membership = spawn_membership(
         meta.clone(),
         Registration {

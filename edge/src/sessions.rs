@@ -280,15 +280,22 @@ impl Sessions {
                 closed += 1;
             }
         }
+        self.counters
+            .closed_kicked
+            .fetch_add(closed, Ordering::Relaxed);
         closed
     }
 
     /// Closes every connection (shutdown).
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
-        for session in self.lock().table.values() {
+        let table = self.lock();
+        for session in table.table.values() {
             session.queue.close();
             session.closer.close(code, reason.to_string());
         }
+        self.counters
+            .closed_shutdown
+            .fetch_add(table.table.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -439,6 +446,12 @@ impl SessionTable<'_> {
     /// Closes one connection with `code` (its queued frames are not waited for).
     pub(crate) fn close(&mut self, conn: ConnId, code: u16, reason: String) {
         if let Some(session) = self.table.get(&conn) {
+            if code == CLOSE_PUBLISH_UNCERTAIN {
+                self.sessions
+                    .counters
+                    .closed_publish_uncertain
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             session.closer.close(code, reason);
         }
     }

@@ -2,7 +2,10 @@
 //!
 //! Routes: `GET /` the chat demo page, `GET /firetower.js` the JavaScript client library
 //! (which the demo page loads), `GET /ws` the WebSocket, `GET /api/topic?topic=T` the
-//! topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /metrics`.
+//! topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /readyz` (200 once
+//! the edge is registered and holds a routing view; 503 with the reason before), `GET
+//! /metrics` (Prometheus text, [`crate::metrics`]). The request head is read, and plain
+//! answers written, by `firetower_net::ops_http`, as every role's operations server does.
 //!
 //! A WebSocket session is one task. It reads client frames, answers them, and drains the
 //! connection's send queue: every frame pending at that moment (already framed, shared
@@ -19,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_net::Connector;
+use firetower_net::ops_http::{read_head, respond, MAX_HEAD, OPENMETRICS_CONTENT_TYPE};
+use firetower_net::{Connector, HeadError};
 use firetower_proto::client::{
     parse_client_frame, validate_json_data, ClientError, ClientFrame, ErrorCode, LEGACY_HEARTBEAT,
 };
@@ -27,7 +31,7 @@ use firetower_proto::distributor::v1 as dpb;
 use firetower_proto::distributor::v1::distributor_client::DistributorClient;
 use firetower_proto::topic::validate_topic;
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::create_response;
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -42,8 +46,6 @@ use crate::rate::{ConnLimits, Verdict};
 use crate::send::{write_frames, SendQueue};
 use crate::sessions::{Closer, ReadGate, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
 
-/// The largest HTTP request head accepted.
-const MAX_HEAD: usize = 8 << 10;
 /// The most frames one write takes from the send queue (bounds one batch's syscalls; its
 /// bytes are bounded by the queue's hard cap).
 const MAX_FRAMES_PER_WRITE: usize = 1024;
@@ -79,17 +81,19 @@ where
         }
     };
     let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
-    let (request, leftover) = match tokio::time::timeout(timeout, read_head(&mut io)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err((status, reason))) => {
-            let _ = respond(&mut io, status, "text/plain", reason.as_bytes()).await;
-            return;
-        }
-        Err(_) => {
-            let _ = respond(&mut io, 408, "text/plain", b"request head timed out").await;
-            return;
-        }
-    };
+    let (request, leftover) =
+        match tokio::time::timeout(timeout, read_head(&mut io, MAX_HEAD)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(HeadError::Closed | HeadError::Read(_))) => return,
+            Ok(Err(e)) => {
+                let _ = respond(&mut io, e.status(), "text/plain", e.to_string().as_bytes()).await;
+                return;
+            }
+            Err(_) => {
+                let _ = respond(&mut io, 408, "text/plain", b"request head timed out").await;
+                return;
+            }
+        };
     if request.method() != http::Method::GET {
         let _ = respond(&mut io, 405, "text/plain", b"only GET is served").await;
         return;
@@ -133,9 +137,21 @@ where
         "/healthz" => {
             let _ = respond(&mut io, 200, "text/plain", b"ok").await;
         }
+        "/readyz" => {
+            let (status, body) = match edge.readiness() {
+                Ok(()) => (200, "ready".to_string()),
+                Err(reason) => (503, format!("not ready: {reason}")),
+            };
+            let _ = respond(&mut io, status, "text/plain", body.as_bytes()).await;
+        }
         "/metrics" => {
-            let body = metrics(&edge);
-            let _ = respond(&mut io, 200, "text/plain; version=0.0.4", body.as_bytes()).await;
+            let _ = match edge.metrics.encode() {
+                Ok(text) => respond(&mut io, 200, OPENMETRICS_CONTENT_TYPE, text.as_bytes()).await,
+                Err(e) => {
+                    let body = format!("encoding the metrics failed: {e}");
+                    respond(&mut io, 500, "text/plain", body.as_bytes()).await
+                }
+            };
         }
         "/api/topic" => {
             let (status, body) = topic_status(&edge, request.uri().query().unwrap_or("")).await;
@@ -145,125 +161,6 @@ where
             let _ = respond(&mut io, 404, "text/plain", b"not found").await;
         }
     }
-}
-
-type HeadError = (u16, String);
-
-/// Reads and parses the request head; returns the request and any bytes after it.
-async fn read_head<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-) -> Result<(http::Request<()>, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = io
-            .read(&mut chunk)
-            .await
-            .map_err(|e| (400, format!("read failed: {e}")))?;
-        if n == 0 {
-            return Err((400, "connection closed inside the request head".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let mut builder = http::Request::builder()
-                    .method(parsed.method.unwrap_or("GET"))
-                    .uri(parsed.path.unwrap_or("/"))
-                    .version(http::Version::HTTP_11);
-                for h in parsed.headers.iter() {
-                    builder = builder.header(h.name, h.value);
-                }
-                let request = builder
-                    .body(())
-                    .map_err(|e| (400, format!("bad request: {e}")))?;
-                return Ok((request, buf[len..].to_vec()));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return Err((431, format!("request head exceeds {MAX_HEAD} bytes")))
-            }
-            Err(e) => return Err((400, format!("bad request: {e}"))),
-        }
-    }
-}
-
-async fn respond<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    // One write: the client may read the head and the body in one go.
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body);
-    io.write_all(&response).await?;
-    io.flush().await?;
-    io.shutdown().await
-}
-
-fn metrics<C: Connector>(edge: &Edge<C>) -> String {
-    let c = &edge.counters;
-    let mut out = String::new();
-    for (name, value) in [
-        ("connections_open", &c.connections_open),
-        ("connections_total", &c.connections_total),
-        ("connections_refused", &c.connections_refused),
-        ("auth_refused", &c.auth_refused),
-        ("denied_by_token", &c.denied_by_token),
-        ("frames_queued", &c.frames_queued),
-        ("frames_dropped", &c.frames_dropped),
-        ("queued_bytes", &c.queued_bytes),
-        ("lane_pauses", &c.lane_pauses),
-        ("closed_slow", &c.closed_slow),
-        ("closed_heartbeat", &c.closed_heartbeat),
-        ("closed_too_large", &c.closed_too_large),
-        ("closed_bad_utf8", &c.closed_bad_utf8),
-        ("client_errors", &c.client_errors),
-        ("writes", &c.writes),
-        ("client_publishes", &c.client_publishes),
-        ("relay_links_up", &c.relay_links_up),
-        ("relay_links_total", &c.relay_links_total),
-    ] {
-        out.push_str(&format!(
-            "firetower_edge_{name}{{edge=\"{}\"}} {}\n",
-            edge.config.id,
-            value.load(Ordering::Relaxed)
-        ));
-    }
-    // The core's own counters (order filter, split-topic route changes, client publishes).
-    let (core, publishes) =
-        edge.read_core(|core| (core.counters().clone(), core.publish_counters().clone()));
-    for (name, value) in [
-        ("publishes_sent", publishes.sent),
-        ("publishes_held", publishes.held),
-        ("publishes_failed", publishes.failed),
-        ("publish_answer_timeouts", publishes.timed_out),
-        ("publish_uncertain_closes", publishes.closed_uncertain),
-        ("publish_answers_unmatched", publishes.unmatched_answers),
-        ("stale_deliveries", core.stale_deliveries),
-        ("unwanted_deliveries", core.unwanted_deliveries),
-        ("bad_deliveries", core.bad_deliveries),
-        ("duplicate_deliveries", core.duplicate_deliveries),
-        ("held_dropped", core.held_dropped),
-        ("route_switches", core.route_switches),
-        ("forced_switches", core.forced_switches),
-    ] {
-        out.push_str(&format!(
-            "firetower_edge_{name}{{edge=\"{}\"}} {value}\n",
-            edge.config.id
-        ));
-    }
-    out
 }
 
 /// `/api/topic?topic=T`: TopicStatus from the distributors, as JSON.
@@ -527,6 +424,9 @@ async fn session<C, IO>(
                     Written::Done(Ok(())) => {
                         queue.written(bytes);
                         edge.counters.writes.fetch_add(1, Ordering::Relaxed);
+                        edge.counters
+                            .frames_written
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     }
                     Written::Done(Err(_)) => break End::Gone,
                     Written::TimedOut => {
@@ -795,6 +695,87 @@ fn handle_text<C: Connector>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GET over a real socket: (status, content type, body).
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+        use tokio::io::AsyncReadExt;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or("")
+            .to_string();
+        (status, content_type, body.to_string())
+    }
+
+    /// An edge whose metastore does not answer: alive, not ready (and says why), and its
+    /// metrics are Prometheus text on the WebSocket listener.
+    #[tokio::test]
+    async fn an_edge_without_its_metastore_is_live_but_not_ready_and_serves_metrics() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = crate::Config {
+            id: 3,
+            metastore: vec!["127.0.0.1:9".into()],
+            ws_advertise: addr.to_string(),
+            auth: crate::AuthConfig {
+                allow_anonymous: true,
+                ..Default::default()
+            },
+            ..crate::Config::default()
+        };
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let edge = tokio::spawn(crate::run(
+            config,
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            endpoint,
+            firetower_net::TcpConnector::default(),
+            Arc::new(crate::AllowAll),
+            Arc::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready: no routing view from the metastore yet")
+        );
+        let (status, content_type, text) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        for family in [
+            "firetower_edge_connections_open",
+            "firetower_edge_connections",
+            "firetower_edge_closes",
+            "firetower_edge_queue_bytes",
+            "firetower_edge_delivery_latency_seconds",
+            "firetower_edge_ready",
+        ] {
+            assert!(scrape.docs.contains_key(family), "{family} in\n{text}");
+        }
+        let ready = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "firetower_edge_ready")
+            .map(|s| s.value.clone());
+        assert_eq!(ready, Some(prometheus_parse::Value::Gauge(0.0)));
+        // An unknown path.
+        assert_eq!(get(addr, "/nope").await.0, 404);
+        stop.send(()).unwrap();
+        edge.await.unwrap().unwrap();
+    }
 
     #[test]
     fn the_client_library_is_the_es_module_of_clients_js() {

@@ -65,6 +65,7 @@ use tonic::transport::server::Connected;
 use crate::config::Config;
 use crate::error::{BackendError, NodeError};
 use crate::lease::{LeaseTracker, Registration};
+use crate::metrics::{RaftView, StoreMetrics, Timed};
 use crate::network::{Network, RaftService};
 use crate::service::{MetastoreService, NodeContext};
 use crate::state::{Command, MemberKind, MetaState};
@@ -144,12 +145,31 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    run_with_ops(config, incoming, connector, backend, None, shutdown).await
+}
+
+/// [`run`], also serving the operations endpoints on `ops` when given: `/metrics`
+/// (Prometheus text, [`crate::metrics`]), `/healthz`, and `/readyz` (200 when the node
+/// knows a leader and has applied everything committed it knows of; 503 with the reason).
+/// The listener stops with the node's server (step 1 of the stop) and is closed when this
+/// returns.
+pub async fn run_with_ops<B, C, I, IO, IE>(
+    config: Config,
+    incoming: I,
+    connector: C,
+    backend: B,
+    ops: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError>
+where
+    B: Backend,
+    C: Connector,
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     config.validate()?;
     check_identity(&backend, &config)?;
-    let raft_config = config
-        .raft_config()
-        .validate()
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
 
     let (tasks, tasks_token) = Tracker::new();
     let (storage, storage_token) = Tracker::new();
@@ -158,11 +178,11 @@ where
     // the trackers and its own handle of the backend.
     let served = serve(
         config,
-        raft_config,
         incoming,
         connector,
         Held::new(backend.clone(), storage_token),
         Tasks::new(tasks_token),
+        ops,
         shutdown,
     )
     .await;
@@ -215,11 +235,11 @@ async fn wait_released(id: u64, tracker: &Tracker, what: &str) {
 /// on their own after step 3, hyper's request tasks) is what `run` waits for.
 async fn serve<B, C, I, IO, IE>(
     config: Config,
-    raft_config: openraft::Config,
     incoming: I,
     connector: C,
     storage: Held<B>,
     tasks: Tasks,
+    ops: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError>
 where
@@ -229,14 +249,23 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let raft_config = config
+        .raft_config()
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
     let member_key = firetower_net::ApiKey::from_optional_file(
         "api.member_key_file",
         config.api.member_key_file.as_deref(),
     )
     .map_err(crate::error::ConfigError::from)?;
     let auth = Arc::new(firetower_net::api_auth::ApiAuth::new(&config.api));
-    let log_store = LogStore::new(storage.clone());
-    let state_machine = StateMachine::open(storage.clone(), config.watch_history_changes)?;
+    // The log and the state machine see the storage through `Timed` (flushes timed) and
+    // report applies and commits to the same metrics.
+    let store_metrics = Arc::new(StoreMetrics::default());
+    let timed = Timed::new(storage.clone(), store_metrics.clone());
+    let log_store = LogStore::new(timed.clone()).with_metrics(store_metrics.clone());
+    let state_machine = StateMachine::open(timed, config.watch_history_changes)?
+        .with_metrics(store_metrics.clone());
     let sm = state_machine.shared();
     let channels = Channels::new(connector, firetower_net::Role::Metastore);
     let network = Network {
@@ -293,6 +322,21 @@ where
         stopping.clone(),
     ));
     let lease_driver = tasks.spawn(drive_leases(context.clone(), stopping.clone()));
+    // The operations endpoints stop with the server (a plain future, like the server's).
+    let ops = ops.map(|listener| {
+        let (stop_ops, ops_stop) = signal();
+        let view = raft_view(&context, store_metrics.clone());
+        let registry = crate::metrics::registry(config.id, &store_metrics, view);
+        let handler = crate::metrics::handler(registry, raft_view(&context, store_metrics));
+        let task = tasks.spawn(firetower_net::ops_http::serve(
+            listener,
+            handler,
+            async move {
+                let _ = ops_stop.await;
+            },
+        ));
+        (stop_ops, task)
+    });
 
     let (cutter, cut) = signal();
     let incoming = incoming.map(move |io| io.map(|io| Severable::new(io, cut.clone())));
@@ -325,6 +369,10 @@ where
     // 1.
     let _ = stop_tx.send(true);
     let _ = stop_server.send(());
+    let ops_task = ops.map(|(stop_ops, task)| {
+        let _ = stop_ops.send(());
+        task
+    });
     // 2.
     if served.is_none() {
         served = tokio::time::timeout(config.rpc_timeout, server.as_mut())
@@ -342,12 +390,50 @@ where
         None => server.await,
     };
     // 5.
-    for task in [init, lease_driver] {
+    for task in [init, lease_driver].into_iter().chain(ops_task) {
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "a background task of the node failed");
         }
     }
     served.map_err(NodeError::from)
+}
+
+/// Reads what `/metrics` and `/readyz` report of the node: Raft's metrics, the applied
+/// state, the watch streams, and the commit index the log store saw.
+fn raft_view<C: Connector>(
+    node: &Arc<NodeContext<C>>,
+    store: Arc<StoreMetrics>,
+) -> crate::metrics::ViewFn {
+    let raft = node.raft.clone();
+    let sm = node.sm.clone();
+    let watchers = node.watchers.clone();
+    let max_watchers = node.config.max_watchers;
+    let id = node.config.id;
+    Box::new(move || {
+        let mut view = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            RaftView {
+                fatal: m.running_state.as_ref().err().map(ToString::to_string),
+                term: m.current_term,
+                leader: m.current_leader,
+                is_leader: m.current_leader == Some(id),
+                last_log_index: m.last_log_index,
+                applied: m.last_applied.map(|l| l.index),
+                committed: store.commit_index(),
+                ..RaftView::default()
+            }
+        };
+        {
+            let inner = sm.read();
+            view.revision = inner.state.revision;
+            view.distributors = inner.state.members(MemberKind::Distributor).len() as u64;
+            view.edges = inner.state.members(MemberKind::Edge).len() as u64;
+            view.hot_topics = inner.state.hot_topics.len() as u64;
+        }
+        view.watch_streams = max_watchers.saturating_sub(watchers.available_permits()) as u64;
+        view
+    })
 }
 
 /// The lowest-id node initializes the cluster once every peer answers and none has state.

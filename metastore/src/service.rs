@@ -390,7 +390,12 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
                 .deregister(forwarded(request, self.node.config.rpc_timeout))
                 .await;
         }
-        let reply = self.node.write(Command::Deregister { kind, id }).await?;
+        let command = if request.get_ref().drain {
+            Command::Drain { kind, id }
+        } else {
+            Command::Deregister { kind, id }
+        };
+        let reply = self.node.write(command).await?;
         Ok(Response::new(pb::DeregisterReply {
             revision: reply.revision,
         }))

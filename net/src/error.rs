@@ -35,3 +35,31 @@ pub enum TlsError {
     #[error("tls.cert: the certificate says {found}, this node is {expected}")]
     Identity { expected: String, found: String },
 }
+
+/// Why an HTTP request head could not be read ([`crate::ops_http::read_head`]). Each maps to
+/// the status that answers it ([`HeadError::status`]).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HeadError {
+    /// The head did not end within the bound (or had more header lines than it allows).
+    #[error("request head exceeds {max} bytes or {headers} header lines")]
+    TooLarge { max: usize, headers: usize },
+    /// Not an HTTP/1.x request head.
+    #[error("bad request: {0}")]
+    Malformed(String),
+    /// The client closed the connection before the head ended.
+    #[error("connection closed inside the request head")]
+    Closed,
+    /// The socket failed.
+    #[error("read failed: {0}")]
+    Read(String),
+}
+
+impl HeadError {
+    /// The HTTP status that answers it: 431 for a head over the bounds, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::TooLarge { .. } => 431,
+            HeadError::Malformed(_) | HeadError::Closed | HeadError::Read(_) => 400,
+        }
+    }
+}

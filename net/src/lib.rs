@@ -18,11 +18,14 @@
 //! - [`per_caller`]: limits per authenticated caller (node identity or API key).
 //! - [`meta_client`]: the metastore client side: node failover, membership upkeep
 //!   (register + heartbeat) and a resuming watch.
-//! - [`resolve`]: host names to addresses at every dial and bind, with a hosts-style
-//!   override (`FIRETOWER_HOSTS_FILE`).
+//! - [`ops_http`]: a small HTTP/1.1 server for the operations endpoints (`/metrics`,
+//!   `/healthz`, `/readyz`), and the request-head reading and response writing the edge's
+//!   WebSocket listener shares.
 //! - [`rng`]: a per-thread random-number generator the simulator seeds.
+//! - [`wall`]: the wall clock, read only for timestamps that decide nothing (the
+//!   publish-to-delivery latency).
 //! - [`tasks`]: the tasks a node spawned, so its `run` returns only once they have ended.
-//! - [`error`]: [`ConfigError`], [`TlsError`].
+//! - [`error`]: [`ConfigError`], [`TlsError`], [`HeadError`].
 
 pub mod api_auth;
 pub mod api_key;
@@ -30,6 +33,7 @@ pub mod connect;
 pub mod error;
 pub mod grpc_tls;
 pub mod meta_client;
+pub mod ops_http;
 pub mod per_caller;
 #[cfg(feature = "relay")]
 pub mod relay;
@@ -37,10 +41,11 @@ pub mod resolve;
 pub mod rng;
 pub mod tasks;
 pub mod tls;
+pub mod wall;
 
 pub use api_key::{ApiKey, KeyedChannel};
 pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
-pub use error::{ConfigError, TlsError};
+pub use error::{ConfigError, HeadError, TlsError};
 pub use grpc_tls::{peer_identity, tls_incoming, Caller, ClientTls, PeerIdentity, ServerTls};
 pub use meta_client::{spawn_membership, spawn_watch, LeaseConfirmed, MetaClient, Registration};
 pub use tasks::Tasks;

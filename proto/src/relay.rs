@@ -217,6 +217,34 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_timestamp_round_trips_and_has_one_width() {
+        let stamped = |at: u64| RelayFrame {
+            frame: Some(Frame::Deliver(Deliver {
+                sequenced_at_us: at,
+                ..match deliver(1).frame {
+                    Some(Frame::Deliver(d)) => d,
+                    _ => Deliver::default(),
+                }
+            })),
+        };
+        let mut widths = Vec::new();
+        for at in [1, 1_700_000_000_000_000, u64::MAX] {
+            let mut buf = Vec::new();
+            encode_frame(&stamped(at), &mut buf);
+            let (frame, used) = decode_frame(&buf, DEFAULT_MAX_FRAME_LEN).unwrap();
+            assert_eq!(frame, stamped(at));
+            assert_eq!(used, buf.len());
+            widths.push(buf.len());
+        }
+        // fixed64: the frame's size does not depend on the clock (the simulator's packets
+        // must not), and an unstamped frame is 9 bytes shorter (tag + 8).
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{widths:?}");
+        let mut unstamped = Vec::new();
+        encode_frame(&deliver(1), &mut unstamped);
+        assert_eq!(unstamped.len() + 9, widths[0]);
+    }
+
+    #[test]
     fn every_strict_prefix_is_incomplete() {
         let mut buf = Vec::new();
         encode_frame(&deliver(9), &mut buf);

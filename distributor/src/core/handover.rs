@@ -389,6 +389,13 @@ impl DistributorCore {
             .retain(|slot, (_, epoch)| routing.route(*slot).epoch < *epoch);
         self.handovers.departing.retain(|_, d| d.until > now);
     }
+
+    /// Whether a draining node is done (issue 16's graceful drain): its view shows it
+    /// owning no slot, and every stream it kept for a new owner has been asked for (or
+    /// has expired). The shell then stops serving.
+    pub fn drained(&self) -> bool {
+        self.routing.slots_of(self.id).next().is_none() && self.handovers.departing.is_empty()
+    }
 }
 
 /// Takes a topic's stream (position and history) out of its state if the state numbers in

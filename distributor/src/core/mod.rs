@@ -67,6 +67,10 @@ struct TopicState {
     relayed: u64,
     /// Messages sequenced in the current load window.
     window_messages: u64,
+    /// Messages per second over the last few load windows (each window's rate averaged
+    /// with the one before, so a window's weight halves with each that follows): what
+    /// [`DistributorCore::busiest_topics`] ranks by.
+    recent_rate: f64,
     /// Consecutive windows above the split load / below the merge load.
     windows_over: u32,
     windows_under: u32,
@@ -225,6 +229,31 @@ pub struct CoreCounters {
     pub topics_evicted: u64,
 }
 
+/// How many of its busiest owned topics a distributor reports ([`DistributorCore::busiest_topics`]).
+pub const BUSIEST_TOPICS: usize = 20;
+
+/// A rate below this (messages per second) counts as idle: the average of a topic that
+/// stopped halves each window and would otherwise never reach 0.
+const IDLE_RATE: f64 = 0.01;
+
+/// One of the busiest topics this node owns, as of the last load window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TopicRate {
+    pub topic: String,
+    /// Messages sequenced since its state was made here.
+    pub published: u64,
+    /// Messages per second over the last few load windows (`TopicState::recent_rate`).
+    pub rate: f64,
+}
+
+/// The history this node keeps, over all its topics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistorySize {
+    pub messages: u64,
+    /// The frames' bytes (as the policies count them).
+    pub bytes: u64,
+}
+
 /// A split or merge this owner proposes to the metastore (`shards` 0: merge).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HotProposal {
@@ -290,6 +319,12 @@ pub struct DistributorCore {
     hot_policy: HotPolicy,
     /// When the current load window started (None: before the first tick).
     window_start: Option<Instant>,
+    /// The busiest owned topics as of the last window closed, busiest first (at most
+    /// [`BUSIEST_TOPICS`]).
+    busiest: Vec<TopicRate>,
+    /// The history over all topics as of the last window closed (summed in the window's
+    /// pass over the table, so a scrape costs no pass of its own under the node's lock).
+    history_size: HistorySize,
     /// Base topic → the highest route tag sequenced here on any of its names, while it is
     /// ahead of this view's hot entry. A tag proves its entry exists, so a publish of any
     /// name of the topic tagged below it was routed by an older view, even while this
@@ -386,6 +421,8 @@ impl DistributorCore {
             counters: CoreCounters::default(),
             hot_policy,
             window_start: None,
+            busiest: Vec::new(),
+            history_size: HistorySize::default(),
             route_floors: HashMap::new(),
             history_rules: HistoryRules::default(),
             clock: None,
@@ -853,6 +890,8 @@ impl DistributorCore {
             route_tag,
             canon_epoch,
             canon_seq,
+            // Stamped by the shell when it queues the delivery (`Delivery::stamp`).
+            sequenced_at_us: 0,
         });
         self.record_history(topic, route_tag, &delivery);
         if !edges.is_empty() {
@@ -1221,6 +1260,8 @@ impl DistributorCore {
         let secs = elapsed.as_secs_f64().max(0.001);
         let all_edges = self.routing.edges().len() as f64;
         let mut proposals = Vec::new();
+        let mut busiest: Vec<TopicRate> = Vec::with_capacity(2 * BUSIEST_TOPICS);
+        let mut history = HistorySize::default();
         // One pass over the topic table per window (bounded by max_topics).
         for (name, state) in self.topics.iter_mut() {
             let name = name.as_str();
@@ -1229,6 +1270,26 @@ impl DistributorCore {
             let hot = self.routing.hot_route(base_topic(name));
             let rate = state.window_messages as f64 / secs;
             state.window_messages = 0;
+            state.recent_rate = if state.recent_rate == 0.0 {
+                rate
+            } else {
+                (state.recent_rate + rate) / 2.0
+            };
+            if state.recent_rate < IDLE_RATE {
+                state.recent_rate = 0.0;
+            }
+            history.messages += state.history.len() as u64;
+            history.bytes += state.history_bytes as u64;
+            if owned && state.recent_rate > 0.0 {
+                rank_busiest(
+                    &mut busiest,
+                    TopicRate {
+                        topic: name.to_string(),
+                        published: state.sequenced,
+                        rate: state.recent_rate,
+                    },
+                );
+            }
             if !policy.enabled || !owned {
                 continue;
             }
@@ -1295,12 +1356,27 @@ impl DistributorCore {
                 }
             }
         }
+        finish_busiest(&mut busiest);
+        self.busiest = busiest;
+        self.history_size = history;
         self.evict_idle_topics(now);
         // The table's iteration order is arbitrary; the proposals' order is not.
         proposals.sort_by(|a, b| a.topic.cmp(&b.topic));
         self.counters.hot_proposals += proposals.len() as u64;
         self.commands
             .extend(proposals.into_iter().map(Command::Propose));
+    }
+
+    /// The busiest topics this node owned when the last load window closed (`window_ms`),
+    /// busiest first: at most [`BUSIEST_TOPICS`], idle ones left out.
+    pub fn busiest_topics(&self) -> &[TopicRate] {
+        &self.busiest
+    }
+
+    /// The history kept over all topics when the last load window closed (its pass over
+    /// the topic table sums it).
+    pub fn history_size(&self) -> HistorySize {
+        self.history_size
     }
 
     /// One topic's counters here, if it has state.
@@ -1362,7 +1438,28 @@ impl DistributorCore {
     }
 }
 
+/// Adds `candidate` to the running top list: kept within twice [`BUSIEST_TOPICS`] (cut back
+/// to the busiest when it reaches that), so one window's pass stays linear in the table.
+fn rank_busiest(busiest: &mut Vec<TopicRate>, candidate: TopicRate) {
+    busiest.push(candidate);
+    if busiest.len() >= 2 * BUSIEST_TOPICS {
+        finish_busiest(busiest);
+    }
+}
+
+/// Busiest first (ties by name, so the order does not depend on the table's), at most
+/// [`BUSIEST_TOPICS`].
+fn finish_busiest(busiest: &mut Vec<TopicRate>) {
+    busiest.sort_by(|a, b| {
+        b.rate
+            .total_cmp(&a.rate)
+            .then_with(|| a.topic.cmp(&b.topic))
+    });
+    busiest.truncate(BUSIEST_TOPICS);
+}
+
 #[cfg(test)]
 mod forward_tests;
+
 #[cfg(test)]
 mod tests;

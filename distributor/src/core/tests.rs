@@ -645,6 +645,74 @@ fn history_ages_out_and_can_be_off() {
 }
 
 #[test]
+fn the_busiest_owned_topics_rank_by_their_recent_rate_and_the_history_is_summed() {
+    let mut core = owning_core(HistoryPolicy {
+        messages: 3,
+        bytes: 1 << 20,
+        age_ms: 0,
+    });
+    let start = Instant::now();
+    core.handle_tick(start);
+    let publish = |core: &mut DistributorCore, topic: &str, n: usize| {
+        for _ in 0..n {
+            publish_tagged(core, topic, 0, Bytes::from_static(b"1"));
+        }
+    };
+    publish(&mut core, "b", 2);
+    publish(&mut core, "a", 4);
+    publish(&mut core, "c", 1);
+    assert!(core.busiest_topics().is_empty(), "no window has closed yet");
+    core.handle_tick(start + Duration::from_secs(1));
+    let ranked = |core: &DistributorCore| -> Vec<(String, u64, f64)> {
+        core.busiest_topics()
+            .iter()
+            .map(|t| (t.topic.clone(), t.published, t.rate))
+            .collect()
+    };
+    assert_eq!(
+        ranked(&core),
+        vec![
+            ("a".to_string(), 4, 4.0),
+            ("b".to_string(), 2, 2.0),
+            ("c".to_string(), 1, 1.0)
+        ]
+    );
+    // A quiet window halves each rate; "d" starts at its own.
+    publish(&mut core, "d", 3);
+    core.handle_tick(start + Duration::from_secs(2));
+    assert_eq!(
+        ranked(&core),
+        vec![
+            ("d".to_string(), 3, 3.0),
+            ("a".to_string(), 4, 2.0),
+            ("b".to_string(), 2, 1.0),
+            ("c".to_string(), 1, 0.5)
+        ]
+    );
+    // At most BUSIEST_TOPICS, the busiest; idle topics drop out.
+    for i in 0..30 {
+        publish(&mut core, &format!("many/{i:02}"), 10 + i);
+    }
+    for w in 3..12 {
+        core.handle_tick(start + Duration::from_secs(w));
+    }
+    for i in 0..30 {
+        publish(&mut core, &format!("many/{i:02}"), 10 + i);
+    }
+    core.handle_tick(start + Duration::from_secs(12));
+    let top = ranked(&core);
+    assert_eq!(top.len(), BUSIEST_TOPICS);
+    assert_eq!(top[0].0, "many/29");
+    assert_eq!(top[BUSIEST_TOPICS - 1].0, "many/10");
+    assert!(top.windows(2).all(|w| w[0].2 >= w[1].2));
+    // History, as the last window's pass summed it: "a" keeps 3 of its 4, "many/*" 3 of
+    // theirs, the others all of theirs.
+    let size = core.history_size();
+    assert_eq!(size.messages, 3 + 2 + 1 + 3 + 30 * 3);
+    assert!(size.bytes > 0);
+}
+
+#[test]
 fn history_rules_give_each_topic_pattern_its_own_bounds() {
     let rule = |text: &str| crate::config::HistoryRule::parse(text).unwrap();
     let mut core = owning_core(HistoryPolicy {
@@ -1036,4 +1104,38 @@ fn without_an_answer_the_new_owner_waits_a_lease_and_starts_a_new_stream() {
             ..
         }
     ));
+}
+
+/// A draining owner is done only once its view shows it owning nothing and the new owner
+/// has taken the streams it kept (issue 16: the node stops serving after that).
+#[test]
+fn a_draining_owner_is_drained_once_its_slots_moved_and_their_streams_were_taken() {
+    let t0 = Instant::now();
+    let (mut old, _) = handover_pair(t0);
+    let chat = slot_of("chat");
+    assert!(!old.drained(), "it owns every slot");
+    // The drain: the metastore moves every slot to 2 at revision 7, in one delta.
+    let changes = (0..firetower_proto::SLOT_COUNT as u32)
+        .map(|slot| pb::Change {
+            change: Some(pb::change::Change::SlotOwner(pb::SlotOwnerChange {
+                slot,
+                distributor_id: 2,
+                epoch: 7,
+            })),
+        })
+        .collect();
+    old.handle_watch(
+        t0,
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Delta(pb::Delta {
+                revision: 7,
+                changes,
+            })),
+        },
+    );
+    drain(&mut old);
+    assert!(!old.drained(), "chat's stream waits for 2's Handover");
+    let answer = old.handle_handover(t0, 2, 7, &[(chat, 5)]);
+    assert_eq!((answer.topics[0].epoch, answer.topics[0].seq), (5, 3));
+    assert!(old.drained());
 }

@@ -1040,6 +1040,7 @@ fn recovered(request_id: u64, ok: bool, current: (u64, u64), seqs: &[u64]) -> Re
                 data: Bytes::from(seq.to_string()),
                 msg_id: seq,
                 route_tag: 0,
+                sequenced_at_us: 0,
             })
             .collect(),
         last: true,

@@ -9,20 +9,40 @@ use openraft::{RaftLogId, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::{keys, Backend};
 use crate::error::BackendError;
+use crate::metrics::StoreMetrics;
 use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
 /// The Raft log of one node. Clones share the backend.
 #[derive(Clone)]
 pub struct LogStore<B: Backend> {
     backend: B,
+    /// Where the committed index goes as openraft saves it (its metrics do not carry it).
+    metrics: Option<Arc<StoreMetrics>>,
 }
 
 impl<B: Backend> LogStore<B> {
     /// The log kept in `backend`.
     pub fn new(backend: B) -> Self {
-        LogStore { backend }
+        LogStore {
+            backend,
+            metrics: None,
+        }
+    }
+
+    /// The same log, recording the committed index in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<StoreMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn note_committed(&self, committed: Option<&LogId>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.committed(committed.map(|id| id.index));
+        }
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, BackendError> {
@@ -103,14 +123,19 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.put_meta(keys::COMMITTED, &committed)
-            .map_err(write_err)
+            .map_err(write_err)?;
+        self.note_committed(committed.as_ref());
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
+        let committed = self
             .meta::<Option<LogId>>(keys::COMMITTED)
             .map_err(read_err)?
-            .flatten())
+            .flatten();
+        // At start: openraft applies up to it before the node is caught up.
+        self.note_committed(committed.as_ref());
+        Ok(committed)
     }
 
     async fn append<I>(

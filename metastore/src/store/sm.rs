@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::{keys, Backend};
 use crate::error::BackendError;
+use crate::metrics::StoreMetrics;
 use crate::state::{MetaState, Response};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -110,6 +111,8 @@ struct SnapshotBody {
 pub struct StateMachine<B: Backend> {
     shared: Arc<SmShared>,
     backend: B,
+    /// Where each entry's apply time goes (none in tests of the storage alone).
+    metrics: Option<Arc<StoreMetrics>>,
 }
 
 fn sm_read_err(e: impl Into<BackendError>) -> StorageError {
@@ -144,7 +147,17 @@ impl<B: Backend> StateMachine<B> {
             revision,
             history_max_changes,
         });
-        Ok(StateMachine { shared, backend })
+        Ok(StateMachine {
+            shared,
+            backend,
+            metrics: None,
+        })
+    }
+
+    /// The same state machine, timing each entry's apply into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<StoreMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The shared view used by the API service.
@@ -228,7 +241,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                         ..Response::default()
                     }),
                     EntryPayload::Normal(command) => {
+                        let started = tokio::time::Instant::now();
                         let (response, changes) = inner.state.apply(&command);
+                        if let Some(metrics) = &self.metrics {
+                            metrics.apply.observe(started.elapsed().as_secs_f64());
+                        }
                         if !changes.is_empty() {
                             inner.history_changes += changes.len();
                             inner.history.push_back(pb::Delta {
