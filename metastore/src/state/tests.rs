@@ -141,7 +141,10 @@ fn a_draining_distributor_stays_a_member_and_hands_every_slot_to_the_others() {
     let now = owners(&state);
     assert!(now.iter().all(|&o| o == 1 || o == 3), "no slot left on 2");
     let ones = now.iter().filter(|&&o| o == 1).count();
-    assert!(ones.abs_diff(SLOT_COUNT - ones) <= 1, "1 and 3 share evenly");
+    assert!(
+        ones.abs_diff(SLOT_COUNT - ones) <= 1,
+        "1 and 3 share evenly"
+    );
     let before = state.clone();
     let (_, again) = state.apply(&Command::Drain {
         kind: MemberKind::Distributor,
