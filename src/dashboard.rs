@@ -13,7 +13,9 @@
 //!   results in, JSON updates for the viewers out)
 //! - `dashboard/prom.rs`: a tolerant reader of the Prometheus text format, and the headline
 //!   figures found in it by substring
-//! - `dashboard/http.rs`: request heads, answers, and a bounded GET to a member
+//! - `dashboard/http.rs`: the headers of its answers, and query values (request heads
+//!   are read, answers written, and members' endpoints fetched by
+//!   `firetower_net::ops_http`)
 //! - `dashboard/index.html`, `app.js`, `style.css`: the page
 //!
 //! # What it serves
@@ -44,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use firetower_net::ops_http::{answer, get, read_request, send, Request, Response, MAX_HEAD};
 use firetower_net::{KeyedChannel, MetaClient, TcpConnector};
 use firetower_proto::metastore::v1 as pb;
 use firetower_proto::metastore::v1::metastore_client::MetastoreClient;
@@ -303,8 +306,9 @@ async fn scrape_members(targets: &[Target], timeout: Duration) -> (MetricsResult
         let metrics = t.metrics.clone().map(|addr| {
             let key = t.key;
             futures::future::Either::Left(async move {
-                let text = http::get(&addr, "/metrics", timeout, MAX_SCRAPE_BODY)
+                let text = get(&addr, "/metrics", timeout, MAX_SCRAPE_BODY)
                     .await
+                    .map_err(|e| e.to_string())
                     .and_then(ok_body)
                     .map(|body| String::from_utf8_lossy(&body).into_owned());
                 Got::Metrics(key, text)
@@ -313,8 +317,9 @@ async fn scrape_members(targets: &[Target], timeout: Duration) -> (MetricsResult
         let topics = t.topics.clone().map(|addr| {
             let key = t.key;
             futures::future::Either::Right(async move {
-                let list = http::get(&addr, "/topics", timeout, MAX_SCRAPE_BODY)
+                let list = get(&addr, "/topics", timeout, MAX_SCRAPE_BODY)
                     .await
+                    .map_err(|e| e.to_string())
                     .and_then(ok_body)
                     .and_then(|body| parse_topics(&body));
                 Got::Topics(key, list)
@@ -338,11 +343,10 @@ async fn scrape_members(targets: &[Target], timeout: Duration) -> (MetricsResult
     (metrics, topics)
 }
 
-fn ok_body((status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, String> {
-    if status == 200 {
-        Ok(body)
-    } else {
-        Err(format!("HTTP {status}"))
+fn ok_body(response: Response) -> Result<Vec<u8>, String> {
+    match response.status {
+        200 => Ok(response.body),
+        status => Err(format!("HTTP {status}")),
     }
 }
 
@@ -381,11 +385,11 @@ async fn count_subscribers(
         let edge = edges[i % edges.len()].clone();
         async move {
             let path = format!("/api/topic?topic={}", http::percent_encode(topic));
-            let count = http::get(&edge, &path, timeout, MAX_TOPIC_STATUS_BODY)
+            let count = get(&edge, &path, timeout, MAX_TOPIC_STATUS_BODY)
                 .await
                 .ok()
-                .filter(|(status, _)| *status == 200)
-                .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+                .filter(|response| response.status == 200)
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
                 .and_then(|v| v.get("subscribers")?.as_u64());
             (topic.clone(), count)
         }
@@ -464,7 +468,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             // Not worth a task: a short answer if the socket takes it now, else nothing.
-            let _ = stream.try_write(http::response_head(503, "text/plain", Some(0)).as_bytes());
+            let _ = stream.try_write(&http::secured(Response::text(503, "")).to_bytes());
             continue;
         };
         tokio::spawn(serve_conn(stream, shared.clone(), stop.clone(), permit));
@@ -477,29 +481,34 @@ async fn serve_conn(
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let request = match http::read_request(&mut stream, REQUEST_TIMEOUT).await {
-        Ok(r) => r,
-        Err(why) => {
-            let status = if why.contains("timed out") { 408 } else { 400 };
-            let _ = http::respond(&mut stream, status, "text/plain", why.as_bytes()).await;
+    let request = match read_request(&mut stream, MAX_HEAD, REQUEST_TIMEOUT).await {
+        Ok((request, _)) => request,
+        Err(refusal) => {
+            if let Some(refusal) = refusal {
+                let _ = send(&mut stream, &http::secured(refusal)).await;
+            }
             return;
         }
     };
-    if request.method != "GET" {
-        let _ = http::respond(&mut stream, 405, "text/plain", b"only GET is served").await;
-        return;
+    if request.method().as_str() == "GET" && request.uri().path() == "/api/events" {
+        return serve_events(stream, shared, stop).await;
     }
-    let (status, content_type, body): (u16, &str, Vec<u8>) = match request.path.as_str() {
-        "/api/events" => return serve_events(stream, shared, stop).await,
-        "/" | "/index.html" => (200, "text/html; charset=utf-8", INDEX_HTML.into()),
-        "/app.js" => (200, "text/javascript; charset=utf-8", APP_JS.into()),
-        "/style.css" => (200, "text/css; charset=utf-8", STYLE_CSS.into()),
+    let response = answer(&|asked: &Request<'_>| route(&shared, asked), &request);
+    let _ = send(&mut stream, &http::secured(response)).await;
+}
+
+/// Every path but the event stream (`None`: 404).
+fn route(shared: &Shared, request: &Request<'_>) -> Option<Response> {
+    Some(match request.path {
+        "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", INDEX_HTML),
+        "/app.js" => Response::new(200, "text/javascript; charset=utf-8", APP_JS),
+        "/style.css" => Response::new(200, "text/css; charset=utf-8", STYLE_CSS),
         "/api/state" => {
             let state = {
                 let model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
                 model.state(now())
             };
-            (200, "application/json", state.to_string().into_bytes())
+            Response::json(200, state.to_string())
         }
         "/healthz" => {
             let synced = shared
@@ -508,21 +517,21 @@ async fn serve_conn(
                 .unwrap_or_else(|e| e.into_inner())
                 .synced();
             if synced {
-                (200, "text/plain", b"ok".to_vec())
+                Response::text(200, "ok")
             } else {
-                (503, "text/plain", b"waiting for the metastore".to_vec())
+                Response::text(503, "waiting for the metastore")
             }
         }
-        _ => (404, "text/plain", b"not found".to_vec()),
-    };
-    let _ = http::respond(&mut stream, status, content_type, &body).await;
+        _ => return None,
+    })
 }
 
 /// One viewer's event stream: the whole state, then every update, until the viewer goes,
 /// falls too far behind, or the dashboard stops.
 async fn serve_events(mut stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let Ok(_viewer) = shared.viewers.clone().try_acquire_owned() else {
-        let _ = http::respond(&mut stream, 503, "text/plain", b"too many viewers").await;
+        let refusal = http::secured(Response::text(503, "too many viewers"));
+        let _ = send(&mut stream, &refusal).await;
         return;
     };
     let (first, mut updates) = {
@@ -533,7 +542,7 @@ async fn serve_events(mut stream: TcpStream, shared: Arc<Shared>, mut stop: watc
         )
     };
     let (mut reader, mut writer) = stream.split();
-    let head = http::response_head(200, "text/event-stream", None);
+    let head = http::secured(Response::new(200, "text/event-stream", "")).head(None);
     // `retry`: how soon the browser reconnects after the stream ends.
     let opening = format!("{head}retry: 2000\n\n{first}");
     if !write_event(&mut writer, opening.as_bytes()).await {

@@ -84,8 +84,8 @@ fn every_roles_metrics_endpoint_serves_prometheus_text() -> Result<()> {
         ),
     ];
     for (role, addr) in &endpoints {
-        let (status, body) = get(addr, "/metrics")
-            .with_context(|| format!("{role} {addr}\n{}", cluster.logs()))?;
+        let (status, body) =
+            get(addr, "/metrics").with_context(|| format!("{role} {addr}\n{}", cluster.logs()))?;
         anyhow::ensure!(status == 200, "{role}: /metrics answered {status}: {body}");
         let families = parse(role, &body)?;
         let expected: &[&str] = match *role {

@@ -8,8 +8,8 @@
 //! scrape.
 //!
 //! ```text
-//!  GET /metrics ─► registry ─► DistributorCollector ─► Counters (atomics)
-//!                                                   └► view() ─► Shared::view (one lock)
+//!  GET /metrics ─► registry ─► collect ─► Counters (atomics)
+//!                                      └► view() ─► Shared::view (one lock)
 //!  GET /readyz  ─► Shared::readiness: routing view, registration, a fresh lease
 //!  GET /topics  ─► the core's busiest owned topics of the last load window
 //! ```
@@ -17,12 +17,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use firetower_net::metrics::{collector, counter, counter_family, gauge, node_endpoints, ready};
 use firetower_net::ops_http::{Request, Response};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
@@ -123,198 +120,148 @@ pub struct NodeView {
 /// Reads the node's view at scrape time (`None` once the node is gone).
 pub type ViewFn = Box<dyn Fn() -> Option<NodeView> + Send + Sync>;
 
-/// The collector: the counters' atomics and the node's view, encoded at each scrape.
-struct DistributorCollector {
-    counters: Arc<Counters>,
-    view: ViewFn,
-}
-
-impl std::fmt::Debug for DistributorCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DistributorCollector")
-            .field("counters", &self.counters)
-            .finish_non_exhaustive()
-    }
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> std::fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-impl Collector for DistributorCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        {
-            let mut family = encoder.encode_descriptor(
-                "publishes",
-                "Messages publishers were answered for, by result (ok, or the gRPC code of the failure).",
-                None,
-                MetricType::Counter,
-            )?;
-            for code in CODES {
-                let value = c.publish_results.get(code);
-                // Every code that happened, and always ok: a family is never empty.
-                if value > 0 || code == Code::Ok {
-                    let labels = [("result", code_label(code))];
-                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        counter(
-            &mut encoder,
-            "sequenced",
-            "Messages sequenced here (this node owns their topic).",
-            load(&c.published),
-        )?;
-        counter(
-            &mut encoder,
-            "forwarded",
-            "Messages forwarded to their owners (one per message per attempt).",
-            load(&c.forwarded),
-        )?;
-        counter(
-            &mut encoder,
-            "client_publishes",
-            "Client publishes received from edges.",
-            load(&c.client_publishes),
-        )?;
-        counter(
-            &mut encoder,
-            "links_overloaded",
-            "Edge links closed because their relay lanes or control queue were full.",
-            load(&c.links_overloaded),
-        )?;
-        counter(
-            &mut encoder,
-            "bad_frames",
-            "Relay frames from edges that were malformed or invalid.",
-            load(&c.bad_frames),
-        )?;
-        counter(
-            &mut encoder,
-            "stale_routes",
-            "Publishes refused because their hot-topic route was older than this owner's.",
-            load(&c.stale_routes),
-        )?;
-        counter(
-            &mut encoder,
-            "fences",
-            "Hot-topic fences sent to edges.",
-            load(&c.fences),
-        )?;
-        counter(
-            &mut encoder,
-            "hot_proposals",
-            "Hot-topic splits and merges this node proposed to the metastore.",
-            load(&c.hot_proposals),
-        )?;
-        counter(
-            &mut encoder,
-            "replayed",
-            "Deliveries replayed to edges that joined a route or announced a position late.",
-            load(&c.replayed),
-        )?;
-        counter(
-            &mut encoder,
-            "admission_waits",
-            "Publishes that waited for room on the relay lanes toward their subscribers.",
-            load(&c.admission_waits),
-        )?;
-        counter(
-            &mut encoder,
-            "admission_refused",
-            "Publishes refused because that room did not come before their deadline.",
-            load(&c.admission_refused),
-        )?;
-        let Some(view) = (self.view)() else {
-            return Ok(());
-        };
-        gauge(
-            &mut encoder,
-            "relay_links",
-            "Edges with a relay link to this node.",
-            view.links,
-        )?;
-        gauge(
-            &mut encoder,
-            "relay_lane_queued_bytes",
-            "Bytes queued on the relay lanes toward all edges, not yet handed to QUIC.",
-            view.lane_queued_bytes,
-        )?;
-        counter(
-            &mut encoder,
-            "relay_lane_sent_bytes",
-            "Bytes of relay frames handed to QUIC on the lanes.",
-            view.lane_sent_bytes,
-        )?;
-        gauge(
-            &mut encoder,
-            "topics",
-            "Topics with state here (sequencing, interest, history).",
-            view.topics,
-        )?;
-        gauge(
-            &mut encoder,
-            "owned_slots",
-            "Slots this node owns in its routing view.",
-            view.owned_slots,
-        )?;
-        gauge(
-            &mut encoder,
-            "history_messages",
-            "Messages kept in the topics' histories for recovery.",
-            view.history_messages,
-        )?;
-        gauge(
-            &mut encoder,
-            "history_bytes",
-            "Bytes of the messages kept in the topics' histories.",
-            view.history_bytes,
-        )?;
-        gauge(
-            &mut encoder,
-            "routing_revision",
-            "The revision of this node's routing view.",
-            view.revision,
-        )?;
-        gauge(
-            &mut encoder,
-            "ready",
-            "1 when /readyz answers 200.",
-            u64::from(view.ready),
-        )?;
-        Ok(())
-    }
+/// What the collector encodes at each scrape: the counters' atomics and the node's view.
+fn collect(c: &Counters, view: &ViewFn, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    counter_family(
+        encoder,
+        "publishes",
+        "Messages publishers were answered for, by result (ok, or the gRPC code of the failure).",
+        "result",
+        CODES
+            .into_iter()
+            .map(|code| (code, c.publish_results.get(code)))
+            // Every code that happened, and always ok: a family is never empty.
+            .filter(|&(code, value)| value > 0 || code == Code::Ok)
+            .map(|(code, value)| (code_label(code), value)),
+    )?;
+    counter(
+        encoder,
+        "sequenced",
+        "Messages sequenced here (this node owns their topic).",
+        load(&c.published),
+    )?;
+    counter(
+        encoder,
+        "forwarded",
+        "Messages forwarded to their owners (one per message per attempt).",
+        load(&c.forwarded),
+    )?;
+    counter(
+        encoder,
+        "client_publishes",
+        "Client publishes received from edges.",
+        load(&c.client_publishes),
+    )?;
+    counter(
+        encoder,
+        "links_overloaded",
+        "Edge links closed because their relay lanes or control queue were full.",
+        load(&c.links_overloaded),
+    )?;
+    counter(
+        encoder,
+        "bad_frames",
+        "Relay frames from edges that were malformed or invalid.",
+        load(&c.bad_frames),
+    )?;
+    counter(
+        encoder,
+        "stale_routes",
+        "Publishes refused because their hot-topic route was older than this owner's.",
+        load(&c.stale_routes),
+    )?;
+    counter(
+        encoder,
+        "fences",
+        "Hot-topic fences sent to edges.",
+        load(&c.fences),
+    )?;
+    counter(
+        encoder,
+        "hot_proposals",
+        "Hot-topic splits and merges this node proposed to the metastore.",
+        load(&c.hot_proposals),
+    )?;
+    counter(
+        encoder,
+        "replayed",
+        "Deliveries replayed to edges that joined a route or announced a position late.",
+        load(&c.replayed),
+    )?;
+    counter(
+        encoder,
+        "admission_waits",
+        "Publishes that waited for room on the relay lanes toward their subscribers.",
+        load(&c.admission_waits),
+    )?;
+    counter(
+        encoder,
+        "admission_refused",
+        "Publishes refused because that room did not come before their deadline.",
+        load(&c.admission_refused),
+    )?;
+    let Some(view) = view() else {
+        return Ok(());
+    };
+    gauge(
+        encoder,
+        "relay_links",
+        "Edges with a relay link to this node.",
+        view.links,
+    )?;
+    gauge(
+        encoder,
+        "relay_lane_queued_bytes",
+        "Bytes queued on the relay lanes toward all edges, not yet handed to QUIC.",
+        view.lane_queued_bytes,
+    )?;
+    counter(
+        encoder,
+        "relay_lane_sent_bytes",
+        "Bytes of relay frames handed to QUIC on the lanes.",
+        view.lane_sent_bytes,
+    )?;
+    gauge(
+        encoder,
+        "topics",
+        "Topics with state here (sequencing, interest, history).",
+        view.topics,
+    )?;
+    gauge(
+        encoder,
+        "owned_slots",
+        "Slots this node owns in its routing view.",
+        view.owned_slots,
+    )?;
+    gauge(
+        encoder,
+        "history_messages",
+        "Messages kept in the topics' histories for recovery.",
+        view.history_messages,
+    )?;
+    gauge(
+        encoder,
+        "history_bytes",
+        "Bytes of the messages kept in the topics' histories.",
+        view.history_bytes,
+    )?;
+    gauge(
+        encoder,
+        "routing_revision",
+        "The revision of this node's routing view.",
+        view.revision,
+    )?;
+    ready(encoder, view.ready)?;
+    Ok(())
 }
 
 /// The registry of one distributor: every metric is `firetower_distributor_*`, labelled
 /// `distributor="<id>"`.
 pub fn registry(id: u64, counters: Arc<Counters>, view: ViewFn) -> Registry {
-    let mut registry = Registry::with_prefix_and_labels(
-        PREFIX,
-        [("distributor".into(), id.to_string().into())].into_iter(),
-    );
-    registry.register_collector(Box::new(DistributorCollector { counters, view }));
+    let mut registry = firetower_net::metrics::registry(PREFIX, "distributor", id);
+    registry.register_collector(collector(move |encoder| collect(&counters, &view, encoder)));
     registry
-}
-
-/// The registry's text.
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
-    Ok(text)
 }
 
 /// `/topics`: `{"topics":[{"topic":"name","published":N,"rate":R}]}`, busiest first.
@@ -322,59 +269,24 @@ pub fn topics_json(topics: &[TopicRate]) -> String {
     serde_json::json!({ "topics": topics }).to_string()
 }
 
-/// What the operations listener serves; `readiness` and `busiest` read the node (`None`:
-/// it is gone).
+/// What the operations listener serves: every node's endpoints, and `/topics`;
+/// `readiness` and `busiest` read the node.
 pub(crate) fn handler(
     registry: Registry,
     readiness: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     busiest: impl Fn() -> Vec<TopicRate> + Send + Sync + 'static,
 ) -> impl Fn(&Request<'_>) -> Option<Response> + Send + Sync + 'static {
     move |request| match request.path {
-        "/metrics" => Some(match encode(&registry) {
-            Ok(text) => Response::metrics(text),
-            Err(e) => Response::text(500, format!("encoding the metrics failed: {e}")),
-        }),
-        "/healthz" => Some(Response::text(200, "ok")),
-        "/readyz" => Some(Response::readiness(readiness())),
         "/topics" => Some(Response::json(200, topics_json(&busiest()))),
-        _ => None,
+        _ => node_endpoints(request, &registry, &readiness),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_parse::{Scrape, Value};
-
-    fn parse(text: &str) -> Scrape {
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses")
-    }
-
-    /// Every sample's family has HELP and TYPE lines (counters' samples end in `_total`).
-    fn assert_described(text: &str) {
-        let mut described = std::collections::HashSet::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().unwrap_or("");
-                assert!(
-                    text.contains(&format!("# HELP {name} ")),
-                    "{name} has no HELP"
-                );
-                described.insert(name.to_string());
-            }
-        }
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let name = line.split(['{', ' ']).next().unwrap_or("");
-            let family = name
-                .strip_suffix("_total")
-                .filter(|f| described.contains(*f))
-                .unwrap_or(name);
-            assert!(described.contains(family), "{name} has no TYPE");
-        }
-    }
+    use firetower_net::metrics::encode;
+    use firetower_net::metrics::testing::{assert_described, parse, sample, value, Value};
 
     #[test]
     fn the_text_names_every_family_with_help_and_type() {
@@ -404,18 +316,7 @@ mod tests {
         assert_described(&text);
         assert!(text.contains("# TYPE firetower_distributor_publishes counter"));
         let scrape = parse(&text);
-        let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
-            scrape
-                .samples
-                .iter()
-                .find(|s| {
-                    s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-                })
-                .map(|s| match s.value {
-                    Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-                    _ => f64::NAN,
-                })
-        };
+        let value = |name: &str, labels: &[(&str, &str)]| value(&scrape, name, labels);
         assert_eq!(
             value("firetower_distributor_publishes_total", &[("result", "ok")]),
             Some(5.0)
@@ -443,10 +344,10 @@ mod tests {
             ("firetower_distributor_history_bytes", 900.0),
             ("firetower_distributor_ready", 1.0),
         ] {
-            let sample = scrape.samples.iter().find(|s| s.metric == gauge);
-            assert!(
-                matches!(sample.map(|s| &s.value), Some(Value::Gauge(x)) if *x == v),
-                "{gauge}: {sample:?}"
+            assert_eq!(
+                sample(&scrape, gauge, &[]),
+                Some(Value::Gauge(v)),
+                "{gauge}"
             );
         }
         assert_eq!(

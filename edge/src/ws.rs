@@ -5,7 +5,9 @@
 //! topic's cluster-wide subscriber count (JSON), `GET /healthz`, `GET /readyz` (200 once
 //! the edge is registered and holds a routing view; 503 with the reason before), `GET
 //! /metrics` (Prometheus text, [`crate::metrics`]). The request head is read, and plain
-//! answers written, by `firetower_net::ops_http`, as every role's operations server does.
+//! answers written, by `firetower_net::ops_http`, and `/healthz`, `/readyz` and
+//! `/metrics` answered by `firetower_net::metrics::node_endpoints`, as every role's
+//! operations server does.
 //!
 //! A WebSocket session is one task. It reads client frames, answers them, and drains the
 //! connection's send queue: every frame pending at that moment (already framed, shared
@@ -22,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_net::ops_http::{read_head, respond, MAX_HEAD, OPENMETRICS_CONTENT_TYPE};
-use firetower_net::{Connector, HeadError};
+use firetower_net::metrics::node_endpoints;
+use firetower_net::ops_http::{answer, read_request, send, Request, Response, MAX_HEAD};
+use firetower_net::Connector;
 use firetower_proto::client::{
     parse_client_frame, validate_json_data, ClientError, ClientFrame, ErrorCode, LEGACY_HEARTBEAT,
 };
@@ -72,94 +75,59 @@ where
             edge.counters
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            let (status, reason): (u16, &[u8]) = match refusal {
-                Refusal::Full => (503, b"connection limit reached"),
-                Refusal::PerIp => (429, b"too many connections from this address"),
+            let (status, reason) = match refusal {
+                Refusal::Full => (503, "connection limit reached"),
+                Refusal::PerIp => (429, "too many connections from this address"),
             };
-            let _ = respond(&mut io, status, "text/plain", reason).await;
+            let _ = send(&mut io, &Response::text(status, reason)).await;
             return;
         }
     };
     let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
-    let (request, leftover) =
-        match tokio::time::timeout(timeout, read_head(&mut io, MAX_HEAD)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(HeadError::Closed | HeadError::Read(_))) => return,
-            Ok(Err(e)) => {
-                let _ = respond(&mut io, e.status(), "text/plain", e.to_string().as_bytes()).await;
-                return;
+    let (request, leftover) = match read_request(&mut io, MAX_HEAD, timeout).await {
+        Ok(read) => read,
+        Err(refusal) => {
+            if let Some(refusal) = refusal {
+                let _ = send(&mut io, &refusal).await;
             }
-            Err(_) => {
-                let _ = respond(&mut io, 408, "text/plain", b"request head timed out").await;
-                return;
-            }
-        };
-    if request.method() != http::Method::GET {
-        let _ = respond(&mut io, 405, "text/plain", b"only GET is served").await;
-        return;
-    }
-    match request.uri().path() {
-        "/ws" => upgrade(edge, io, request, leftover).await,
-        "/" | "/index.html" => {
-            let _ = respond(
-                &mut io,
-                200,
-                "text/html; charset=utf-8",
-                DEMO_PAGE.as_bytes(),
-            )
-            .await;
+            return;
         }
-        "/firetower.js" => {
-            let _ = respond(
-                &mut io,
-                200,
-                "text/javascript; charset=utf-8",
-                CLIENT_LIBRARY.as_bytes(),
-            )
-            .await;
+    };
+    let get = request.method() == http::Method::GET;
+    let response = match request.uri().path() {
+        "/ws" if get => return upgrade(edge, io, request, leftover).await,
+        "/api/topic" if get => {
+            let (status, body) = topic_status(&edge, request.uri().query().unwrap_or("")).await;
+            Response::json(status, body)
         }
+        _ => answer(&|asked: &Request<'_>| plain_route(&edge, asked), &request),
+    };
+    let _ = send(&mut io, &response).await;
+}
+
+/// The routes answered from what the edge holds, without waiting: the page, the client
+/// library, a dev token, and every node's endpoints (`/healthz`, `/readyz`, `/metrics`).
+fn plain_route<C: Connector>(edge: &Edge<C>, request: &Request<'_>) -> Option<Response> {
+    match request.path {
+        "/" | "/index.html" => Some(Response::new(200, "text/html; charset=utf-8", DEMO_PAGE)),
+        "/firetower.js" => Some(Response::new(
+            200,
+            "text/javascript; charset=utf-8",
+            CLIENT_LIBRARY,
+        )),
         "/dev/token" => {
             let user = request
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
+                .query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("user="))
                 .map(percent_decode)
                 .unwrap_or_else(|| "dev".to_string());
-            match edge.auth.dev_token(&user) {
-                Some(token) => {
-                    let _ = respond(&mut io, 200, "text/plain", token.as_bytes()).await;
-                }
-                None => {
-                    let _ = respond(&mut io, 404, "text/plain", b"not found").await;
-                }
-            }
+            // None: tokens are not handed out here (404).
+            edge.auth
+                .dev_token(&user)
+                .map(|token| Response::text(200, token))
         }
-        "/healthz" => {
-            let _ = respond(&mut io, 200, "text/plain", b"ok").await;
-        }
-        "/readyz" => {
-            let (status, body) = match edge.readiness() {
-                Ok(()) => (200, "ready".to_string()),
-                Err(reason) => (503, format!("not ready: {reason}")),
-            };
-            let _ = respond(&mut io, status, "text/plain", body.as_bytes()).await;
-        }
-        "/metrics" => {
-            let _ = match edge.metrics.encode() {
-                Ok(text) => respond(&mut io, 200, OPENMETRICS_CONTENT_TYPE, text.as_bytes()).await,
-                Err(e) => {
-                    let body = format!("encoding the metrics failed: {e}");
-                    respond(&mut io, 500, "text/plain", body.as_bytes()).await
-                }
-            };
-        }
-        "/api/topic" => {
-            let (status, body) = topic_status(&edge, request.uri().query().unwrap_or("")).await;
-            let _ = respond(&mut io, status, "application/json", body.as_bytes()).await;
-        }
-        _ => {
-            let _ = respond(&mut io, 404, "text/plain", b"not found").await;
-        }
+        _ => node_endpoints(request, edge.metrics.registry(), || edge.readiness()),
     }
 }
 
@@ -245,13 +213,8 @@ async fn upgrade<C, IO>(
     let response = match create_response(&request) {
         Ok(r) => r,
         Err(e) => {
-            let _ = respond(
-                &mut io,
-                400,
-                "text/plain",
-                format!("not a WebSocket upgrade: {e}").as_bytes(),
-            )
-            .await;
+            let refusal = Response::text(400, format!("not a WebSocket upgrade: {e}"));
+            let _ = send(&mut io, &refusal).await;
             return;
         }
     };
@@ -260,13 +223,7 @@ async fn upgrade<C, IO>(
         Ok(id) => Arc::new(id),
         Err(rejection) => {
             counters.connections_refused.fetch_add(1, Ordering::Relaxed);
-            let _ = respond(
-                &mut io,
-                rejection.status,
-                "text/plain",
-                rejection.reason.as_bytes(),
-            )
-            .await;
+            let _ = send(&mut io, &Response::text(rejection.status, rejection.reason)).await;
             return;
         }
     };
@@ -695,24 +652,14 @@ fn handle_text<C: Connector>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firetower_net::metrics::testing::{parse, sample, Value};
 
-    /// A GET over a real socket: (status, content type, body).
-    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
-        use tokio::io::AsyncReadExt;
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+    /// A GET over a real socket.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> Response {
+        let timeout = Duration::from_secs(10);
+        firetower_net::ops_http::get(&addr.to_string(), path, timeout, 1 << 20)
             .await
-            .unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let content_type = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-type: "))
-            .unwrap_or("")
-            .to_string();
-        (status, content_type, body.to_string())
+            .unwrap()
     }
 
     /// An edge whose metastore does not answer: alive, not ready (and says why), and its
@@ -744,17 +691,18 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        assert_eq!(get(addr, "/healthz").await.0, 200);
-        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(get(addr, "/healthz").await, Response::text(200, "ok"));
         assert_eq!(
-            (status, body.as_str()),
-            (503, "not ready: no routing view from the metastore yet")
+            get(addr, "/readyz").await,
+            Response::text(503, "not ready: no routing view from the metastore yet")
         );
-        let (status, content_type, text) = get(addr, "/metrics").await;
-        assert_eq!(status, 200);
-        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let metrics = get(addr, "/metrics").await;
+        assert_eq!(
+            (metrics.status, &*metrics.content_type),
+            (200, firetower_net::ops_http::OPENMETRICS_CONTENT_TYPE)
+        );
+        let text = String::from_utf8_lossy(&metrics.body);
+        let scrape = parse(&text);
         for family in [
             "firetower_edge_connections_open",
             "firetower_edge_connections",
@@ -765,14 +713,12 @@ mod tests {
         ] {
             assert!(scrape.docs.contains_key(family), "{family} in\n{text}");
         }
-        let ready = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == "firetower_edge_ready")
-            .map(|s| s.value.clone());
-        assert_eq!(ready, Some(prometheus_parse::Value::Gauge(0.0)));
+        assert_eq!(
+            sample(&scrape, "firetower_edge_ready", &[]),
+            Some(Value::Gauge(0.0))
+        );
         // An unknown path.
-        assert_eq!(get(addr, "/nope").await.0, 404);
+        assert_eq!(get(addr, "/nope").await.status, 404);
         stop.send(()).unwrap();
         edge.await.unwrap().unwrap();
     }

@@ -9,7 +9,7 @@
 //! streams) is read at scrape time into a [`RaftView`].
 //!
 //! ```text
-//!  GET /metrics ─► registry ─┬─► MetastoreCollector ─► view() ─► raft.metrics(), state, watchers
+//!  GET /metrics ─► registry ─┬─► collect ─► view() ─► raft.metrics(), state, watchers
 //!                            ├─► apply_seconds   ◄── StateMachine::apply, per entry
 //!                            └─► fsync_seconds   ◄── Timed::flush
 //!  GET /readyz  ─► readiness(view): a leader known, everything committed it knows of applied
@@ -21,12 +21,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use firetower_net::metrics::{collector, gauge, gauge_family, node_endpoints, ready, signed_gauge};
 use firetower_net::ops_http::{Request, Response};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::error::BackendError;
@@ -174,120 +172,84 @@ pub fn readiness(view: &RaftView) -> Result<(), String> {
 /// Reads the node at scrape time.
 pub type ViewFn = Box<dyn Fn() -> RaftView + Send + Sync>;
 
-struct MetastoreCollector {
-    view: ViewFn,
-}
-
-impl std::fmt::Debug for MetastoreCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetastoreCollector").finish_non_exhaustive()
-    }
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
 /// An index as a gauge: -1 for none.
 fn index(value: Option<u64>) -> i64 {
     value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-impl Collector for MetastoreCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let view = (self.view)();
-        gauge(
-            &mut encoder,
-            "raft_term",
-            "The current Raft term.",
-            view.term,
-        )?;
-        gauge(
-            &mut encoder,
-            "raft_leader",
-            "The id of the leader this node knows of (0: none).",
-            view.leader.unwrap_or(0),
-        )?;
-        gauge(
-            &mut encoder,
-            "raft_is_leader",
-            "1 when this node is the leader.",
-            u64::from(view.is_leader),
-        )?;
-        for (name, help, value) in [
-            (
-                "raft_commit_index",
-                "The last committed log index this node knows of (-1: none).",
-                view.committed,
-            ),
-            (
-                "raft_applied_index",
-                "The last log index applied to the state machine here (-1: none).",
-                view.applied,
-            ),
-            (
-                "raft_last_log_index",
-                "The last log index appended here (-1: none).",
-                view.last_log_index,
-            ),
-        ] {
-            let metric = ConstGauge::new(index(value));
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
-        }
-        gauge(
-            &mut encoder,
-            "raft_running",
-            "1 while Raft runs (0: stopped on a fatal error).",
-            u64::from(view.fatal.is_none()),
-        )?;
-        gauge(
-            &mut encoder,
-            "revision",
-            "The routing state's revision.",
-            view.revision,
-        )?;
-        {
-            let mut members = encoder.encode_descriptor(
-                "members",
-                "Registered members, by kind.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (kind, n) in [("distributor", view.distributors), ("edge", view.edges)] {
-                ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
-                    .encode(members.encode_family(&[("kind", kind)])?)?;
-            }
-        }
-        gauge(
-            &mut encoder,
-            "hot_topics",
-            "Hot-topic entries (merged ones included).",
-            view.hot_topics,
-        )?;
-        gauge(
-            &mut encoder,
-            "watch_streams",
-            "Watch streams open on this node.",
-            view.watch_streams,
-        )?;
-        gauge(
-            &mut encoder,
-            "ready",
-            "1 when /readyz answers 200.",
-            u64::from(readiness(&view).is_ok()),
-        )?;
-        Ok(())
+/// What the collector encodes at each scrape: the node's view.
+fn collect(view: RaftView, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    gauge(encoder, "raft_term", "The current Raft term.", view.term)?;
+    gauge(
+        encoder,
+        "raft_leader",
+        "The id of the leader this node knows of (0: none).",
+        view.leader.unwrap_or(0),
+    )?;
+    gauge(
+        encoder,
+        "raft_is_leader",
+        "1 when this node is the leader.",
+        u64::from(view.is_leader),
+    )?;
+    for (name, help, value) in [
+        (
+            "raft_commit_index",
+            "The last committed log index this node knows of (-1: none).",
+            view.committed,
+        ),
+        (
+            "raft_applied_index",
+            "The last log index applied to the state machine here (-1: none).",
+            view.applied,
+        ),
+        (
+            "raft_last_log_index",
+            "The last log index appended here (-1: none).",
+            view.last_log_index,
+        ),
+    ] {
+        signed_gauge(encoder, name, help, index(value))?;
     }
+    gauge(
+        encoder,
+        "raft_running",
+        "1 while Raft runs (0: stopped on a fatal error).",
+        u64::from(view.fatal.is_none()),
+    )?;
+    gauge(
+        encoder,
+        "revision",
+        "The routing state's revision.",
+        view.revision,
+    )?;
+    gauge_family(
+        encoder,
+        "members",
+        "Registered members, by kind.",
+        "kind",
+        [("distributor", view.distributors), ("edge", view.edges)],
+    )?;
+    gauge(
+        encoder,
+        "hot_topics",
+        "Hot-topic entries (merged ones included).",
+        view.hot_topics,
+    )?;
+    gauge(
+        encoder,
+        "watch_streams",
+        "Watch streams open on this node.",
+        view.watch_streams,
+    )?;
+    ready(encoder, readiness(&view).is_ok())?;
+    Ok(())
 }
 
 /// The registry of node `id`: every metric is `firetower_metastore_*`, labelled
 /// `metastore="<id>"`.
 pub fn registry(id: u64, store: &StoreMetrics, view: ViewFn) -> Registry {
-    let mut registry = Registry::with_prefix_and_labels(
-        PREFIX,
-        [("metastore".into(), id.to_string().into())].into_iter(),
-    );
+    let mut registry = firetower_net::metrics::registry(PREFIX, "metastore", id);
     registry.register(
         "apply_seconds",
         "Seconds to apply one committed entry to the state machine",
@@ -298,38 +260,24 @@ pub fn registry(id: u64, store: &StoreMetrics, view: ViewFn) -> Registry {
         "Seconds of one storage flush (sled's fsync) of the Raft log, vote or snapshot",
         store.fsync.clone(),
     );
-    registry.register_collector(Box::new(MetastoreCollector { view }));
+    registry.register_collector(collector(move |encoder| collect(view(), encoder)));
     registry
 }
 
-/// The registry's text.
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
-    Ok(text)
-}
-
-/// What the operations listener serves.
+/// What the operations listener serves: every node's endpoints, ready per [`readiness`].
 pub(crate) fn handler(
     registry: Registry,
     view: impl Fn() -> RaftView + Send + Sync + 'static,
 ) -> impl Fn(&Request<'_>) -> Option<Response> + Send + Sync + 'static {
-    move |request| match request.path {
-        "/metrics" => Some(match encode(&registry) {
-            Ok(text) => Response::metrics(text),
-            Err(e) => Response::text(500, format!("encoding the metrics failed: {e}")),
-        }),
-        "/healthz" => Some(Response::text(200, "ok")),
-        "/readyz" => Some(Response::readiness(readiness(&view()))),
-        _ => None,
-    }
+    move |request| node_endpoints(request, &registry, || readiness(&view()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::MemBackend;
-    use prometheus_parse::{Scrape, Value};
+    use firetower_net::metrics::encode;
+    use firetower_net::metrics::testing::{assert_described, parse, sample, value, Value};
 
     fn caught_up() -> RaftView {
         RaftView {
@@ -402,34 +350,10 @@ mod tests {
         store.apply.observe(0.0002);
         let registry = registry(1, &store, Box::new(caught_up));
         let text = encode(&registry).unwrap();
-        // Every TYPE has a HELP, every sample a TYPE.
-        let described: std::collections::HashSet<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|rest| rest.split(' ').next())
-            .collect();
-        for name in &described {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
-        }
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap_or("");
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s).filter(|f| described.contains(f)))
-                .unwrap_or(name);
-            assert!(described.contains(family), "{name} has no TYPE");
-        }
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        let value = |name: &str, label: Option<(&str, &str)>| {
-            scrape
-                .samples
-                .iter()
-                .find(|s| {
-                    s.metric == name
-                        && s.labels.get("metastore") == Some("1")
-                        && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))
-                })
-                .map(|s| s.value.clone())
+        assert_described(&text);
+        let scrape = parse(&text);
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            sample(&scrape, name, &[&[("metastore", "1")], labels].concat())
         };
         for (name, v) in [
             ("firetower_metastore_raft_term", 3.0),
@@ -441,36 +365,32 @@ mod tests {
             ("firetower_metastore_watch_streams", 5.0),
             ("firetower_metastore_ready", 1.0),
         ] {
-            assert_eq!(value(name, None), Some(Value::Gauge(v)), "{name}");
+            assert_eq!(value(name, &[]), Some(Value::Gauge(v)), "{name}");
         }
         assert_eq!(
-            value("firetower_metastore_members", Some(("kind", "edge"))),
+            value("firetower_metastore_members", &[("kind", "edge")]),
             Some(Value::Gauge(3.0))
         );
-        let count = |name: &str| match value(name, None) {
+        let count = |name: &str| match value(name, &[]) {
             Some(Value::Untyped(n)) => n,
             other => panic!("{name}: {other:?}"),
         };
         assert_eq!(count("firetower_metastore_fsync_seconds_count"), 2.0);
         assert_eq!(count("firetower_metastore_apply_seconds_count"), 1.0);
         assert!(matches!(
-            value("firetower_metastore_apply_seconds", None),
+            value("firetower_metastore_apply_seconds", &[]),
             Some(Value::Histogram(_))
         ));
     }
 
     /// A GET over a real socket: (status, body).
     async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        let timeout = std::time::Duration::from_secs(10);
+        let response = firetower_net::ops_http::get(&addr.to_string(), path, timeout, 1 << 20)
             .await
             .unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, body.to_string())
+        let body = String::from_utf8_lossy(&response.body).into_owned();
+        (response.status, body)
     }
 
     /// One node (a cluster of one) with its operations listener: not ready until it leads
@@ -537,18 +457,11 @@ mod tests {
             .unwrap();
         let (status, text) = get(ops_addr, "/metrics").await;
         assert_eq!(status, 200);
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        let value = |name: &str| {
-            scrape
-                .samples
-                .iter()
-                .find(|s| s.metric == name && s.labels.get("kind").is_none_or(|k| k == "edge"))
-                .map(|s| match s.value {
-                    Value::Gauge(v) | Value::Untyped(v) | Value::Counter(v) => v,
-                    _ => f64::NAN,
-                })
-                .unwrap_or_else(|| panic!("{name} missing"))
+        let scrape = parse(&text);
+        let number = |name: &str, labels: &[(&str, &str)]| {
+            value(&scrape, name, labels).unwrap_or_else(|| panic!("{name} missing"))
         };
+        let value = |name: &str| number(name, &[]);
         assert_eq!(value("firetower_metastore_raft_is_leader"), 1.0);
         assert_eq!(value("firetower_metastore_raft_leader"), 1.0);
         assert!(value("firetower_metastore_raft_term") >= 1.0);
@@ -556,7 +469,10 @@ mod tests {
         assert!(committed >= 2.0, "{committed}");
         assert!(value("firetower_metastore_raft_applied_index") >= committed);
         assert!(value("firetower_metastore_raft_last_log_index") >= committed);
-        assert_eq!(value("firetower_metastore_members"), 1.0);
+        assert_eq!(
+            number("firetower_metastore_members", &[("kind", "edge")]),
+            1.0
+        );
         assert!(value("firetower_metastore_apply_seconds_count") >= 1.0);
         assert!(value("firetower_metastore_fsync_seconds_count") >= 1.0);
         assert_eq!(value("firetower_metastore_ready"), 1.0);

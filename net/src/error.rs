@@ -63,3 +63,27 @@ impl HeadError {
         }
     }
 }
+
+/// Why a GET of another node's endpoint ([`crate::ops_http::get`]) brought no response.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum GetError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("write: {0}")]
+    Write(String),
+    #[error("read: {0}")]
+    Read(String),
+    /// The whole exchange did not end within its time.
+    #[error("no answer within {ms} ms")]
+    Timeout { ms: u128 },
+    /// The connection ended before what is named (the response, the body, a chunked body).
+    #[error("connection closed inside {0}")]
+    Closed(&'static str),
+    #[error("response head too large")]
+    HeadTooLarge,
+    #[error("body exceeds {max} bytes")]
+    BodyTooLarge { max: usize },
+    /// Not an HTTP/1.x response: what is wrong with it.
+    #[error("{0}")]
+    Malformed(&'static str),
+}

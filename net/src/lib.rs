@@ -18,14 +18,18 @@
 //! - [`per_caller`]: limits per authenticated caller (node identity or API key).
 //! - [`meta_client`]: the metastore client side: node failover, membership upkeep
 //!   (register + heartbeat) and a resuming watch.
+//! - [`metrics`]: the Prometheus glue every role's metrics share: a node's registry, the
+//!   encoding of counters, gauges and one-label families, and the endpoints every node
+//!   serves (`/metrics`, `/healthz`, `/readyz`).
 //! - [`ops_http`]: a small HTTP/1.1 server for the operations endpoints (`/metrics`,
-//!   `/healthz`, `/readyz`), and the request-head reading and response writing the edge's
-//!   WebSocket listener shares.
+//!   `/healthz`, `/readyz`), the request-head reading and response writing the edge's
+//!   WebSocket listener and `firetower dashboard` share, and a bounded GET of another
+//!   node's endpoints (what the dashboard scrapes).
 //! - [`rng`]: a per-thread random-number generator the simulator seeds.
 //! - [`wall`]: the wall clock, read only for timestamps that decide nothing (the
 //!   publish-to-delivery latency).
 //! - [`tasks`]: the tasks a node spawned, so its `run` returns only once they have ended.
-//! - [`error`]: [`ConfigError`], [`TlsError`], [`HeadError`].
+//! - [`error`]: [`ConfigError`], [`TlsError`], [`HeadError`], [`GetError`].
 
 pub mod api_auth;
 pub mod api_key;
@@ -33,6 +37,7 @@ pub mod connect;
 pub mod error;
 pub mod grpc_tls;
 pub mod meta_client;
+pub mod metrics;
 pub mod ops_http;
 pub mod per_caller;
 #[cfg(feature = "relay")]
@@ -45,7 +50,7 @@ pub mod wall;
 
 pub use api_key::{ApiKey, KeyedChannel};
 pub use connect::{accept_nodelay, Channels, Connector, TcpConnector};
-pub use error::{ConfigError, HeadError, TlsError};
+pub use error::{ConfigError, GetError, HeadError, TlsError};
 pub use grpc_tls::{peer_identity, tls_incoming, Caller, ClientTls, PeerIdentity, ServerTls};
 pub use meta_client::{spawn_membership, spawn_watch, LeaseConfirmed, MetaClient, Registration};
 pub use tasks::Tasks;

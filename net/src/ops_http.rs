@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 server for a node's operations endpoints (`/metrics`, `/healthz`,
 //! `/readyz`, ...), and the two halves of HTTP every role shares: reading a request head
-//! ([`read_head`]) and writing a whole response ([`respond`]). The edge's WebSocket
-//! listener reads its upgrade requests and answers its plain routes with the same two.
+//! ([`read_head`], [`read_request`]) and writing a whole [`Response`] ([`send`]). The
+//! edge's WebSocket listener and `firetower dashboard` read their requests and answer
+//! their plain routes with the same two.
 //!
 //! ```text
 //!  listener ─accept (at most max_connections at once)─► connection task
@@ -28,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::error::HeadError;
+use crate::error::{GetError, HeadError};
 use crate::tasks::Tasks;
 
 /// The largest request head read: a request line and a browser's or a scraper's headers
@@ -140,6 +141,39 @@ impl Response {
         self.headers.push((name, value.into()));
         self
     }
+
+    /// The head, for a body of `length` bytes; without a length the body runs until the
+    /// connection closes (an event stream's does).
+    pub fn head(&self, length: Option<usize>) -> String {
+        let status = self.status;
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut head = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\n",
+            self.content_type
+        );
+        if let Some(length) = length {
+            head.push_str(&format!("content-length: {length}\r\n"));
+        }
+        head.push_str("cache-control: no-store\r\nconnection: close\r\n");
+        for (name, value) in &self.headers {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// The whole response: its head and its body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.head(Some(self.body.len())).into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
 }
 
 /// Reads and parses a request head of at most `max_head` bytes (and [`MAX_HEADERS`]
@@ -193,55 +227,26 @@ pub async fn read_head<IO: AsyncRead + Unpin>(
 }
 
 /// Writes a whole response (`connection: close`) in one write, then shuts the write side.
-pub async fn respond<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    write_response(io, status, content_type, &[], body).await
-}
-
-/// [`respond`] with a [`Response`].
 pub async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, response: &Response) -> std::io::Result<()> {
-    write_response(
-        io,
-        response.status,
-        &response.content_type,
-        &response.headers,
-        &response.body,
-    )
-    .await
-}
-
-async fn write_response<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    status: u16,
-    content_type: &str,
-    headers: &[(&'static str, String)],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
     // One write: the client may read the head and the body in one go.
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body);
-    io.write_all(&response).await?;
+    io.write_all(&response.to_bytes()).await?;
     io.flush().await?;
     io.shutdown().await
+}
+
+/// [`read_head`] within `timeout`, or what refuses the head: the response to send (431,
+/// 400 or 408), or `None` when the client is gone and nothing is worth sending.
+pub async fn read_request<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    max_head: usize,
+    timeout: Duration,
+) -> Result<(http::Request<()>, Vec<u8>), Option<Response>> {
+    match tokio::time::timeout(timeout, read_head(io, max_head)).await {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(HeadError::Closed | HeadError::Read(_))) => Err(None),
+        Ok(Err(e)) => Err(Some(Response::text(e.status(), e.to_string()))),
+        Err(_) => Err(Some(Response::text(408, "request head timed out"))),
+    }
 }
 
 /// What answers a request head: 405 for anything but GET, the handler's response, or 404
@@ -328,14 +333,148 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     H: Fn(&Request<'_>) -> Option<Response>,
 {
-    let response =
-        match tokio::time::timeout(limits.timeout, read_head(&mut io, limits.max_head)).await {
-            Ok(Ok((request, _))) => answer(handler, &request),
-            Ok(Err(HeadError::Closed | HeadError::Read(_))) => return,
-            Ok(Err(e)) => Response::text(e.status(), e.to_string()),
-            Err(_) => Response::text(408, "request head timed out"),
-        };
+    let response = match read_request(&mut io, limits.max_head, limits.timeout).await {
+        Ok((request, _)) => answer(handler, &request),
+        Err(Some(refusal)) => refusal,
+        Err(None) => return,
+    };
     let _ = tokio::time::timeout(limits.timeout, send(&mut io, &response)).await;
+}
+
+/// The largest response head [`get`] takes before the body.
+const MAX_RESPONSE_HEAD: usize = 16 << 10;
+
+/// GETs `path` from `addr` (HOST:PORT, plain HTTP), as a scraper would: the response, whose
+/// body may be at most `max_body` bytes, all within `timeout`. Of the response's headers
+/// only the content type is kept (empty when there is none).
+pub async fn get(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, GetError> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| GetError::Connect(e.to_string()))?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: */*\r\nuser-agent: firetower-dashboard\r\nconnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| GetError::Write(e.to_string()))?;
+        let mut buf = Vec::with_capacity(16 << 10);
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| GetError::Read(e.to_string()))?;
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(response) = parse_response(&buf, n == 0, max_body)? {
+                return Ok(response);
+            }
+            if n == 0 {
+                return Err(GetError::Closed("the response"));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| GetError::Timeout {
+            ms: timeout.as_millis(),
+        })?
+}
+
+/// Parses a response out of `buf`: `Ok(None)` while it is incomplete (`eof`: nothing more
+/// will come). Takes a `content-length` body, a chunked one, or one that runs to the end.
+pub fn parse_response(
+    buf: &[u8],
+    eof: bool,
+    max_body: usize,
+) -> Result<Option<Response>, GetError> {
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > MAX_RESPONSE_HEAD {
+            Err(GetError::HeadTooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| GetError::Malformed("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1."))
+        .and_then(|l| l.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or(GetError::Malformed("bad status line"))?;
+    let (mut length, mut chunked, mut content_type) = (None, false, String::new());
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = value.parse::<usize>();
+            length = Some(n.map_err(|_| GetError::Malformed("bad content-length"))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = value.to_string();
+        }
+    }
+    let response = |body: &[u8]| Response::new(status, content_type.clone(), body);
+    let body = &buf[head_end + 4..];
+    let too_large = GetError::BodyTooLarge { max: max_body };
+    if chunked {
+        return match dechunk(body, max_body)? {
+            Some(body) => Ok(Some(response(&body))),
+            None if eof => Err(GetError::Closed("a chunked body")),
+            None => Ok(None),
+        };
+    }
+    match length {
+        Some(n) if n > max_body => Err(too_large),
+        Some(n) if body.len() >= n => Ok(Some(response(&body[..n]))),
+        Some(_) if eof => Err(GetError::Closed("the body")),
+        Some(_) => Ok(None),
+        None if body.len() > max_body => Err(too_large),
+        None if eof => Ok(Some(response(body))),
+        None => Ok(None),
+    }
+}
+
+/// The body of a chunked transfer, once the last chunk is in.
+fn dechunk(mut body: &[u8], max_body: usize) -> Result<Option<Vec<u8>>, GetError> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = find(body, b"\r\n") else {
+            return Ok(None);
+        };
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .map(|l| l.split(';').next().unwrap_or("").trim())
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .ok_or(GetError::Malformed("bad chunk size"))?;
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if out.len().saturating_add(size) > max_body {
+            return Err(GetError::BodyTooLarge { max: max_body });
+        }
+        let data = &body[line_end + 2..];
+        if data.len() < size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&data[..size]);
+        body = &data[size + 2..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -472,6 +611,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn responses_by_length_chunks_and_close() {
+        let body = |r: Result<Option<Response>, GetError>| r.map(|r| r.map(|r| (r.status, r.body)));
+        let by_length =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+        assert_eq!(
+            parse_response(by_length, false, 100),
+            Ok(Some(Response::new(200, "text/plain", "hello")))
+        );
+        assert_eq!(body(parse_response(&by_length[..30], false, 100)), Ok(None));
+        assert_eq!(
+            body(parse_response(by_length, false, 4)),
+            Err(GetError::BodyTooLarge { max: 4 })
+        );
+
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert_eq!(
+            body(parse_response(chunked, false, 100)),
+            Ok(Some((200, b"abcde".to_vec())))
+        );
+        assert_eq!(body(parse_response(&chunked[..55], false, 100)), Ok(None));
+        assert!(parse_response(chunked, false, 4).is_err());
+
+        let to_close = b"HTTP/1.0 404 Not Found\r\n\r\nnope";
+        assert_eq!(body(parse_response(to_close, false, 100)), Ok(None));
+        assert_eq!(
+            body(parse_response(to_close, true, 100)),
+            Ok(Some((404, b"nope".to_vec())))
+        );
+        assert_eq!(
+            body(parse_response(b"SSH-2.0-x\r\n\r\n", true, 100)),
+            Err(GetError::Malformed("bad status line"))
+        );
+    }
+
     #[tokio::test]
     async fn a_real_get_over_a_socket_and_a_clean_shutdown() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -480,22 +655,10 @@ mod tests {
         let server = tokio::spawn(serve(listener, handler, async move {
             let _ = stopped.await;
         }));
-        for path in ["/healthz", "/nope"] {
-            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-            conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut response = Vec::new();
-            conn.read_to_end(&mut response).await.unwrap();
-            let (status, _, body) = parse(&response);
-            match path {
-                "/healthz" => {
-                    assert_eq!(status, "HTTP/1.1 200 OK");
-                    assert_eq!(body, "ok");
-                }
-                _ => assert_eq!(status, "HTTP/1.1 404 Not Found"),
-            }
-        }
+        let addr = addr.to_string();
+        let get = |path| get(&addr, path, Duration::from_secs(5), 1 << 10);
+        assert_eq!(get("/healthz").await, Ok(Response::text(200, "ok")));
+        assert_eq!(get("/nope").await.map(|r| r.status), Ok(404));
         stop.send(()).unwrap();
         server.await.unwrap();
         // The listener is closed once `serve` has returned.
