@@ -48,6 +48,26 @@ fn bench_client(c: &mut Criterion) {
     c.bench_function("client/encode_delivery_128B", |b| {
         b.iter(|| encode_delivery(black_box("room/42"), black_box(&data), 7, 123456))
     });
+    // A delivery of the load generator's, read two ways: its in-place scan, and the Rust
+    // client's core (a parse and the event's allocations). The difference, times millions
+    // of deliveries a second, is why the generator's subscribers scan.
+    let delivery = encode_delivery(
+        "bench-3",
+        &firetower_benches::scan::payload(123_456_789, 42, 128),
+        7,
+        123_456,
+    );
+    c.bench_function("client/delivery_128B/generator_scan", |b| {
+        b.iter(|| firetower_benches::scan::scan_delivery(black_box(&delivery)))
+    });
+    let text = std::str::from_utf8(&delivery).unwrap_or_default();
+    let mut core = firetower_client::SubscriberCore::default();
+    core.subscribe("bench-3");
+    // After the first, each is reported as dropped (not past the position), which costs
+    // what a message costs: the parse, the topic and data copied into the event.
+    c.bench_function("client/delivery_128B/subscriber_core", |b| {
+        b.iter(|| core.on_frame(black_box(text)))
+    });
 }
 
 fn bench_relay(c: &mut Criterion) {

@@ -7,6 +7,15 @@
 //! second, the server's RSS per connection (given its PID) and frames per write (from the
 //! edges' /metrics). `--scenario` picks the standard settings; `--start-dev` starts
 //! `firetower dev` itself.
+//!
+//! The client protocol is the Rust client's (`firetower-client`): every gRPC publish goes
+//! through its `Publisher`, WebSocket publishes are its `frames::publish`, and each
+//! subscriber's subscribe frame and the meaning of the edge's answer are a
+//! `SubscriberCore`'s (the recovery scenario runs its subscribers on the core entirely).
+//! What stays here is the measuring instrument: the raw WebSocket reader (`rawws`) and the
+//! delivery scan (`scan`), which read the generator's own payloads in place, count
+//! duplicates and reordering by the publisher's numbers instead of dropping them, and cost
+//! a fraction of a JSON parse per delivery (see `client/` in benches/core.rs).
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +28,8 @@ use firetower_benches::rawws::{Incoming, RawWs};
 use firetower_benches::scan::{payload, scan_delivery};
 use firetower_benches::stats::{cpu_seconds, Percentiles, Report, SubscriberStats};
 use firetower_benches::svg::latency_plot;
-use firetower_proto::distributor::v1 as dpb;
-use futures::SinkExt;
+use firetower_client::{Event, PublishMessage, SubscriberCore};
+use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -244,7 +253,7 @@ async fn edge_metric(edges: &[String], name: &str) -> Option<u64> {
             .ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).await.ok()?;
-        let key = format!("firetower_edge_{name}{{");
+        let key = format!("firetower_edge_{name}_total{{");
         let line = body.lines().find(|l| l.starts_with(&key))?;
         total += line.rsplit(' ').next()?.parse::<u64>().ok()?;
     }
@@ -303,21 +312,28 @@ async fn subscriber(
     let edge = &plan.edges[i % plan.edges.len()];
     let mut ws = RawWs::connect(connect_tcp(edge, source).await?, edge).await?;
     let topic = format!("bench-{}", i % plan.topics);
-    ws.send_text(&format!(
-        r#"{{"type":"subscribe","topic":"{topic}","data":""}}"#
-    ))
-    .await?;
+    // The subscribe frame, and what the edge's answer means, are the Rust client's.
+    let mut core = SubscriberCore::default();
+    for frame in core.subscribe_all(&[&topic]) {
+        ws.send_text(&frame).await?;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut acked = false;
     while !acked {
         let mut refused = None;
         let read = ws.read_frames(|f| {
             if let Incoming::Text(t) = f {
-                let t = String::from_utf8_lossy(t);
-                if t.contains("\"subscribed\"") {
-                    acked = true;
-                } else {
-                    refused = Some(t.into_owned());
+                for event in core.on_frame(&String::from_utf8_lossy(t)) {
+                    match event {
+                        Event::Subscribed { .. } => acked = true,
+                        Event::Error { code, message, .. } => {
+                            refused = Some(format!("{code}: {message}"))
+                        }
+                        Event::BadFrame { error, frame } => {
+                            refused = Some(format!("{error}: {frame}"))
+                        }
+                        _ => {}
+                    }
                 }
             }
         });
@@ -332,6 +348,9 @@ async fn subscriber(
     ready.wait().await;
     let mut stats = SubscriberStats::new(plan.topics);
     let mut stop = shared.stop.clone();
+    // Deliveries are scanned in place rather than handed to the core: the generator shares
+    // the machine with the server, and a JSON parse and two allocations per delivery would
+    // take cores from the server it measures (see the module doc).
     loop {
         let mut received = 0;
         // Every frame of one read arrived at the same time: one clock read per batch.
@@ -383,34 +402,31 @@ async fn publisher(
         return Ok(0);
     }
     let addr = &distributors[j % distributors.len()];
-    let mut grpc = firetower_benches::rawws::grpc_client(addr)
-        .await?
-        .max_decoding_message_size(64 << 20);
+    let publisher = firetower_benches::rawws::publisher(addr)?;
     let mut ws = if plan.publish == PublishMode::Ws {
         Some(connect_ws(&plan.edges[j % plan.edges.len()], None).await?)
     } else {
         None
     };
-    // PublishStream: requests go through a channel, a task reads the answers and gives
+    // PublishStream: messages go through a channel, a task reads the answers and gives
     // back one permit per answer; any error answer fails the run.
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     let mut stream = None;
     if plan.publish == PublishMode::Stream {
-        let (tx, rx) = tokio::sync::mpsc::channel::<dpb::PublishStreamRequest>(1024);
-        let mut replies = grpc
-            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel::<(u64, String, Vec<u8>)>(1024);
+        let mut answers = Box::pin(
+            publisher
+                .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?,
+        );
         let answered = permits.clone();
         let reader = tokio::spawn(async move {
             let mut errors = Vec::new();
-            while let Some(reply) = replies.message().await? {
+            while let Some(answer) = answers.next().await {
+                let answer = answer?;
                 answered.add_permits(1);
-                if let Some(dpb::publish_stream_reply::Result::Error(e)) = reply.result {
-                    errors.push(format!(
-                        "message {}: code {}: {}",
-                        reply.id, e.code, e.message
-                    ));
+                if let Err((code, message)) = answer.result {
+                    errors.push(format!("message {}: {code:?}: {message}", answer.id));
                 }
             }
             anyhow::ensure!(
@@ -452,9 +468,9 @@ async fn publisher(
             let t = my_topics[k % my_topics.len()];
             k += 1;
             next_n[t] += 1;
-            messages.push(dpb::PublishRequest {
+            messages.push(PublishMessage {
                 topic: format!("bench-{t}"),
-                data: payload(now_ns(shared.base), next_n[t], plan.payload).into(),
+                data: payload(now_ns(shared.base), next_n[t], plan.payload).into_bytes(),
             });
             published[t].fetch_add(1, Ordering::Relaxed);
         }
@@ -462,18 +478,16 @@ async fn publisher(
         match (plan.publish, ws.as_mut()) {
             (PublishMode::Ws, Some(ws)) => {
                 for m in messages {
-                    let data = String::from_utf8_lossy(&m.data).into_owned();
-                    ws.feed(Message::text(format!(
-                        r#"{{"type":"publish","topic":"{}","data":{data}}}"#,
-                        m.topic
+                    let data = std::str::from_utf8(&m.data)?;
+                    ws.feed(Message::text(firetower_client::frames::publish(
+                        &m.topic, data, None,
                     )))
                     .await?;
                 }
                 ws.flush().await?;
             }
             (PublishMode::GrpcBatch, _) => {
-                grpc.publish_batch(dpb::PublishBatchRequest { messages })
-                    .await?;
+                publisher.publish_batch(messages).await?;
             }
             (PublishMode::Stream, _) => {
                 let Some((tx, _)) = stream.as_ref() else {
@@ -482,17 +496,12 @@ async fn publisher(
                 for m in messages {
                     permits.acquire().await?.forget();
                     next_id += 1;
-                    tx.send(dpb::PublishStreamRequest {
-                        id: next_id,
-                        topic: m.topic,
-                        data: m.data,
-                    })
-                    .await?;
+                    tx.send((next_id, m.topic, m.data)).await?;
                 }
             }
             _ => {
                 for m in messages {
-                    grpc.publish(m).await?;
+                    publisher.publish_message(m).await?;
                 }
             }
         }

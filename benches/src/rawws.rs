@@ -3,7 +3,9 @@
 //! The generator must cost the shared machine as little as possible, so its subscribers
 //! read whole socket buffers (many frames per `read`) and parse the server's unmasked
 //! frames in place, with no copy or allocation per frame. It speaks only what a
-//! subscriber needs: the upgrade, masked text frames out, text / ping / close in.
+//! subscriber needs: the upgrade, masked text frames out, text / ping / close in. This is
+//! the WebSocket layer only: what the frames say (the subscribe frame, the ack) is the
+//! Rust client's `SubscriberCore` (see `subscriber` in main.rs).
 
 use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,23 +50,15 @@ pub fn connector() -> firetower_net::TcpConnector {
     }
 }
 
-/// A distributor client presenting [`API_KEY`].
-pub async fn grpc_client(
-    addr: &str,
-) -> Result<
-    firetower_proto::distributor::v1::distributor_client::DistributorClient<
-        firetower_net::KeyedChannel,
-    >,
-> {
-    let channel =
-        firetower_net::Connector::channel(&connector(), addr, firetower_net::Role::Distributor)
-            .map_err(anyhow::Error::msg)?;
-    let key = API_KEY.get().cloned().unwrap_or_default();
-    Ok(
-        firetower_proto::distributor::v1::distributor_client::DistributorClient::with_interceptor(
-            channel, key,
-        ),
-    )
+/// A publisher of the Rust client (`firetower-client`) for the distributor at `addr`,
+/// speaking [`CLIENT_TLS`] and presenting [`API_KEY`]: the generator publishes over gRPC
+/// only through it.
+pub fn publisher(addr: &str) -> Result<firetower_client::Publisher> {
+    Ok(firetower_client::Publisher::with_tls(
+        addr,
+        CLIENT_TLS.get().cloned(),
+        API_KEY.get().cloned().unwrap_or_default(),
+    )?)
 }
 
 /// The WebSocket path, with the token if there is one.

@@ -3,15 +3,20 @@
 //! edge with the position they last saw. Measures how long until every one of them has
 //! recovered exactly what it missed, and checks it: each gets `recovered: true`, then every
 //! missed message once and in order, then a live one.
+//!
+//! Each subscriber is the Rust client's `SubscriberCore` over a WebSocket of its own: the
+//! core holds the position, builds the frame that subscribes on the second edge with
+//! `since`, and says what each frame means. Only the connection's timing is this file's
+//! (drop all at once, come back all at once), which the `Subscriber` task's own backoff
+//! would not give.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use firetower_proto::distributor::v1 as dpb;
+use firetower_client::{DropReason, Event, Publisher, SubscriberCore};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde_json::Value;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -55,76 +60,85 @@ pub struct RecoveryReport {
     pub closed: u64,
 }
 
-/// A delivery frame's topic, `(epoch, seq)` and the generator's number `n`.
-fn delivery(frame: &Value) -> Option<(String, (u64, u64), u64)> {
-    if frame.get("type")?.as_str()? != "publish" {
-        return None;
+/// The generator's number `n` in a message's data.
+fn number(data: &str) -> Result<u64> {
+    #[derive(serde::Deserialize)]
+    struct Data {
+        n: u64,
     }
-    let topic = frame.get("topic")?.as_str()?.to_string();
-    let epoch = frame.get("epoch")?.as_u64()?;
-    let seq = frame.get("seq")?.as_u64()?;
-    let n = frame.get("data")?.get("n")?.as_u64()?;
-    Some((topic, (epoch, seq), n))
+    Ok(serde_json::from_str::<Data>(data)
+        .with_context(|| format!("not the generator's data: {data}"))?
+        .n)
 }
 
 fn topic_of(i: usize, topics: usize) -> String {
     format!("bench-{}", i % topics)
 }
 
-async fn publish(
-    grpc: &mut dpb::distributor_client::DistributorClient<firetower_net::KeyedChannel>,
-    topic: &str,
-    n: u64,
-    size: usize,
-) -> Result<(u64, u64)> {
-    let reply = grpc
-        .publish(dpb::PublishRequest {
-            topic: topic.to_string(),
-            data: firetower_benches::scan::payload(0, n, size).into(),
-        })
+async fn publish(publisher: &Publisher, topic: &str, n: u64, size: usize) -> Result<()> {
+    publisher
+        .publish(topic, &firetower_benches::scan::payload(0, n, size))
         .await
-        .with_context(|| format!("publishing {topic} #{n}"))?
-        .into_inner();
-    Ok((reply.epoch, reply.seq))
+        .with_context(|| format!("publishing {topic} #{n}"))?;
+    Ok(())
+}
+
+/// Text frames of `ws` until `deadline`, through `core`: its events. `None`: closed.
+async fn events<S>(
+    ws: &mut S,
+    core: &mut SubscriberCore,
+    deadline: Instant,
+) -> Result<Option<Vec<Event>>>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return Ok(Some(core.on_frame(text.as_str()))),
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return Ok(None),
+            Err(_) => bail!("no frame within {PHASE_TIMEOUT:?}"),
+        }
+    }
 }
 
 /// Phase 1: one subscriber on the first edge, until it has seen message `until` of its
-/// topic; returns the last position it saw.
+/// topic; returns its core, which holds the last position it saw.
 async fn first_visit(
     edge: String,
     topic: String,
     until: u64,
     subscribed: Arc<Barrier>,
-) -> Result<(u64, u64)> {
+) -> Result<SubscriberCore> {
+    let mut core = SubscriberCore::default();
     let mut ws = connect_ws(&edge, None).await?;
-    ws.send(Message::text(format!(
-        r#"{{"type":"subscribe","topic":"{topic}"}}"#
-    )))
-    .await?;
+    for frame in core.subscribe_all(&[&topic]) {
+        ws.send(Message::text(frame)).await?;
+    }
     let mut acked = false;
-    let mut last = None;
+    let mut last_n = None;
     let deadline = Instant::now() + PHASE_TIMEOUT;
-    while last.is_none_or(|(_, n)| n < until) {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
+    while last_n.is_none_or(|n| n < until) {
+        let events = events(&mut ws, &mut core, deadline)
             .await
-            .context("first visit: timed out")?
-            .context("first visit: closed")??;
-        let Message::Text(text) = msg else { continue };
-        let frame: Value = serde_json::from_str(text.as_str())?;
-        if frame.get("type").and_then(Value::as_str) == Some("subscribed") && !acked {
-            acked = true;
-            subscribed.wait().await;
-            continue;
-        }
-        if let Some((t, pos, n)) = delivery(&frame) {
-            if t == topic {
-                last = Some((pos, n));
+            .context("first visit")?
+            .context("first visit: closed")?;
+        for event in events {
+            match event {
+                Event::Subscribed { .. } if !acked => {
+                    acked = true;
+                    subscribed.wait().await;
+                }
+                Event::Message { data, .. } => last_n = Some(number(&data)?),
+                Event::Error { code, message, .. } => bail!("first visit: {code}: {message}"),
+                Event::BadFrame { error, frame } => bail!("first visit: {error}: {frame}"),
+                _ => {}
             }
         }
     }
     // Dropped here, without a close handshake, as a restarting edge would drop it.
-    let (pos, _) = last.context("no delivery")?;
-    Ok(pos)
+    ensure!(core.position(&topic).is_some(), "no position held");
+    Ok(core)
 }
 
 /// What one returning subscriber saw.
@@ -139,12 +153,12 @@ struct Return {
     closed: bool,
 }
 
-/// Phase 3: reconnect to the second edge with `since` and read until the live message
-/// (`live_n`) arrives; every message from `from_n` on must come once and in order.
+/// Phase 3: reconnect to the second edge with the core's positions (`since`) and read
+/// until the live message (`live_n`) arrives; every message from `from_n` on must come once
+/// and in order.
 async fn come_back(
     edge: String,
-    topic: String,
-    since: (u64, u64),
+    mut core: SubscriberCore,
     from_n: u64,
     live_n: u64,
     start: Arc<Barrier>,
@@ -153,72 +167,63 @@ async fn come_back(
     start.wait().await;
     let began = Instant::now();
     let mut ws = connect_ws(&edge, None).await?;
-    ws.send(Message::text(format!(
-        r#"{{"type":"subscribe","topic":"{topic}","since":{{"{topic}":{{"epoch":{},"seq":{}}}}}}}"#,
-        since.0, since.1
-    )))
-    .await?;
+    for frame in core.on_connected() {
+        ws.send(Message::text(frame)).await?;
+    }
     let mut out = Return::default();
     let mut next_n = from_n;
-    let mut last_pos = since;
     let deadline = Instant::now() + PHASE_TIMEOUT;
-    loop {
-        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(_) => {
-                out.closed = true;
-                break;
-            }
-            Err(_) => bail!("a returning subscriber waited {PHASE_TIMEOUT:?}"),
-        };
-        let Message::Text(text) = msg else { continue };
-        let frame: Value = serde_json::from_str(text.as_str())?;
-        if frame.get("type").and_then(Value::as_str) == Some("subscribed") {
-            out.recovered = frame
-                .get("recovered")
-                .and_then(|r| r.get(&topic))
-                .and_then(Value::as_bool);
-            if out.recovered != Some(true) {
-                // Nothing to recover: done at once (and nothing after it counts as lost).
-                out.took = began.elapsed();
-                let _ = done.send(());
-            }
-            continue;
-        }
-        let Some((t, pos, n)) = delivery(&frame) else {
-            continue;
-        };
-        if t != topic {
-            continue;
-        }
-        if pos <= last_pos {
-            out.duplicate += 1;
-            continue;
-        }
-        last_pos = pos;
-        if n < next_n {
-            out.out_of_order += 1;
-        } else {
-            if out.recovered == Some(true) {
-                out.lost += n - next_n;
-            }
-            next_n = n + 1;
-        }
-        if n < live_n {
-            out.messages += 1;
-            if n + 1 == live_n {
-                out.took = began.elapsed();
-                let _ = done.send(());
-            }
-        } else {
+    'read: loop {
+        let Some(events) = events(&mut ws, &mut core, deadline).await? else {
+            out.closed = true;
             break;
+        };
+        for event in events {
+            let n = match event {
+                Event::Subscribed { recovered, .. } => {
+                    out.recovered = recovered;
+                    if recovered != Some(true) {
+                        // Nothing to recover: done at once (and nothing after it counts as lost).
+                        out.took = began.elapsed();
+                        let _ = done.send(());
+                    }
+                    continue;
+                }
+                // At or before the position the core holds: a duplicate the edge sent.
+                Event::Dropped {
+                    reason: DropReason::NotNewer,
+                    ..
+                } => {
+                    out.duplicate += 1;
+                    continue;
+                }
+                Event::Message { data, .. } => number(&data)?,
+                _ => continue,
+            };
+            if n < next_n {
+                out.out_of_order += 1;
+            } else {
+                if out.recovered == Some(true) {
+                    out.lost += n - next_n;
+                }
+                next_n = n + 1;
+            }
+            if n < live_n {
+                out.messages += 1;
+                if n + 1 == live_n {
+                    out.took = began.elapsed();
+                    let _ = done.send(());
+                }
+            } else {
+                break 'read;
+            }
         }
     }
     Ok(out)
 }
 
 pub async fn run(plan: RecoveryPlan) -> Result<RecoveryReport> {
-    let mut grpc = firetower_benches::rawws::grpc_client(&plan.distributor).await?;
+    let publisher = firetower_benches::rawws::publisher(&plan.distributor)?;
     // Phase 1: everyone subscribed on the first edge and holding a position.
     const WARM: u64 = 10;
     let subscribed = Arc::new(Barrier::new(plan.subscribers + 1));
@@ -236,12 +241,12 @@ pub async fn run(plan: RecoveryPlan) -> Result<RecoveryReport> {
         .context("subscribing on the first edge timed out")?;
     for n in 0..WARM {
         for t in 0..plan.topics {
-            publish(&mut grpc, &topic_of(t, plan.topics), n, plan.payload).await?;
+            publish(&publisher, &topic_of(t, plan.topics), n, plan.payload).await?;
         }
     }
-    let mut positions = Vec::with_capacity(plan.subscribers);
+    let mut cores = Vec::with_capacity(plan.subscribers);
     for task in first {
-        positions.push(task.await??);
+        cores.push(task.await??);
     }
     eprintln!(
         "{} subscribers on {} hold a position; their connections are dropped",
@@ -251,7 +256,7 @@ pub async fn run(plan: RecoveryPlan) -> Result<RecoveryReport> {
     for n in WARM..WARM + plan.missed {
         for t in 0..plan.topics {
             let topic = topic_of(t, plan.topics);
-            publish(&mut grpc, &topic, n, plan.payload).await?;
+            publish(&publisher, &topic, n, plan.payload).await?;
         }
     }
     // Phase 3: all at once to the other edge.
@@ -259,11 +264,10 @@ pub async fn run(plan: RecoveryPlan) -> Result<RecoveryReport> {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let live_n = WARM + plan.missed;
     let mut back = Vec::with_capacity(plan.subscribers);
-    for (i, since) in positions.iter().enumerate() {
+    for core in cores {
         back.push(tokio::spawn(come_back(
             plan.second_edge.clone(),
-            topic_of(i, plan.topics),
-            *since,
+            core,
             WARM,
             live_n,
             start.clone(),
@@ -283,7 +287,7 @@ pub async fn run(plan: RecoveryPlan) -> Result<RecoveryReport> {
     }
     let recovery_seconds = began.elapsed().as_secs_f64();
     for t in 0..plan.topics {
-        publish(&mut grpc, &topic_of(t, plan.topics), live_n, plan.payload).await?;
+        publish(&publisher, &topic_of(t, plan.topics), live_n, plan.payload).await?;
     }
     let mut hist = Histogram::<u64>::new(3)?;
     let mut report = RecoveryReport {

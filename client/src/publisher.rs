@@ -31,6 +31,35 @@ pub struct StreamAnswer {
     pub result: Result<StreamPos, (tonic::Code, String)>,
 }
 
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishMessage {
+    pub topic: String,
+    /// One JSON value, as UTF-8 text; sent as it is (no copy).
+    pub data: Vec<u8>,
+}
+
+/// The distributor's answer to one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub position: StreamPos,
+    /// For a split (hot) topic, how many sub-topics the message went to (`position` is
+    /// that of the first); 0 for a plain topic.
+    pub shards: u32,
+}
+
+impl From<dpb::PublishReply> for Published {
+    fn from(reply: dpb::PublishReply) -> Self {
+        Published {
+            position: StreamPos {
+                epoch: reply.epoch,
+                seq: reply.seq,
+            },
+            shards: reply.shards,
+        }
+    }
+}
+
 /// A publisher: one HTTP/2 connection, calls multiplexed on it.
 #[derive(Clone)]
 pub struct Publisher {
@@ -66,6 +95,16 @@ impl Publisher {
             connect_timeout: std::time::Duration::from_secs(2),
             ..TcpConnector::default()
         };
+        Self::with_connector(&connector, distributor, key)
+    }
+
+    /// A publisher whose connection `connector` makes: the simulator passes its own, over
+    /// simulated TCP.
+    pub fn with_connector(
+        connector: &impl Connector,
+        distributor: &str,
+        key: ApiKey,
+    ) -> Result<Self, ClientError> {
         let channel = connector
             .channel(distributor, Role::Distributor)
             .map_err(|e| ClientError::Config(format!("distributor: {e}")))?;
@@ -127,5 +166,41 @@ impl Publisher {
             epoch: reply.epoch,
             seq: reply.seq,
         })
+    }
+
+    /// Publishes one message (one Publish call): the distributor's whole answer.
+    pub async fn publish_message(&self, message: PublishMessage) -> Result<Published, ClientError> {
+        let reply = self
+            .client
+            .clone()
+            .publish(dpb::PublishRequest {
+                topic: message.topic,
+                data: message.data.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.into())
+    }
+
+    /// Publishes `messages` in one PublishBatch call: one answer per message, in order. The
+    /// call succeeds or fails as a whole; a batch's messages of one topic keep their order.
+    pub async fn publish_batch(
+        &self,
+        messages: Vec<PublishMessage>,
+    ) -> Result<Vec<Published>, ClientError> {
+        let messages = messages
+            .into_iter()
+            .map(|m| dpb::PublishRequest {
+                topic: m.topic,
+                data: m.data.into(),
+            })
+            .collect();
+        let reply = self
+            .client
+            .clone()
+            .publish_batch(dpb::PublishBatchRequest { messages })
+            .await?
+            .into_inner();
+        Ok(reply.results.into_iter().map(Published::from).collect())
     }
 }

@@ -5,7 +5,10 @@
 //! [`SubscriberCore`] decides, without I/O: the frames to send when a connection opens
 //! (every subscription, with `since` where it has a position), what a server frame means
 //! ([`Event`]s), and it drops a delivery not past its topic's position (the edge promises
-//! none; this guards the application anyway). [`Subscriber`] is the task around it.
+//! none; this guards the application anyway, and reports the drop). It also tracks which
+//! subscribes are acked, so one the edge gave up on (`unavailable`) is asked for again.
+//! [`Subscriber`] is the task around it; the simulator's clients and the load generator's
+//! recovery scenario drive the same core over their own sockets.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::ClientError;
+use crate::frames;
 
 /// The most topics one subscribe frame names (the edge's default `max_topics_per_frame`).
 pub const TOPICS_PER_FRAME: usize = 256;
@@ -36,6 +40,8 @@ pub enum Event {
         recovered: Option<bool>,
         position: Option<StreamPos>,
     },
+    /// An unsubscribe was acked: no delivery of `topic` follows on this connection.
+    Unsubscribed { topic: String },
     /// A message, in its topic's order.
     Message {
         topic: String,
@@ -43,43 +49,163 @@ pub enum Event {
         data: String,
         position: StreamPos,
     },
-    /// An error frame from the edge.
+    /// A delivery that was not handed on as a [`Event::Message`]. The edge promises none
+    /// not past the topic's position (§5.7, §5.11), so `NotNewer` means a broken promise;
+    /// `NotSubscribed` follows an unsubscribe, by deliveries queued before its ack. Reported
+    /// with the frame's content so that a shell which judges the server (the simulator's
+    /// oracle, the load generator's counts) sees every delivery the core saw.
+    Dropped {
+        topic: String,
+        data: String,
+        position: StreamPos,
+        reason: DropReason,
+    },
+    /// The edge's answer to a numbered publish (protocol §5.8).
+    Published {
+        id: u64,
+        topic: String,
+        position: StreamPos,
+    },
+    /// An error frame from the edge. When it fails a subscribe still waiting for its ack,
+    /// the core has taken note (see [`SubscriberCore::retry_failed`]).
     Error {
         code: String,
         message: String,
         topic: Option<String>,
     },
+    /// A frame that is not a server frame of the protocol (`error` says why).
+    BadFrame { error: String, frame: String },
     /// The connection ended (close code, if any); the subscriber reconnects unless kicked.
     Disconnected { code: Option<u16>, reason: String },
 }
 
-/// The decisions of a subscriber.
-#[derive(Debug, Default)]
+/// Why a delivery was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// At or before the position already handed on for its topic.
+    NotNewer,
+    /// Of a topic not held (unsubscribed, or never subscribed).
+    NotSubscribed,
+}
+
+/// Where a held topic's subscription stands on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The subscribe frame went out (or goes out when a connection opens); no ack yet.
+    Waiting,
+    /// Acked: the edge delivers the topic.
+    Acked,
+    /// The edge answered the subscribe with `unavailable` (the owner did not confirm in
+    /// time, §5.6): the edge dropped it; the core sends it again when asked.
+    Failed,
+}
+
+/// One held topic.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The position of the last message handed to the application (or the one a
+    /// `recovered: false` ack gave): what the next subscribe sends as `since`.
+    position: Option<StreamPos>,
+    state: State,
+}
+
+/// The decisions of a subscriber: which topics it holds, their positions, the frames to
+/// send, and what each server frame means. No I/O and no clock: a shell feeds it the
+/// server's text frames and sends the frames it returns.
+///
+/// ```text
+///  subscribe / unsubscribe / retry_failed ──► frames to send now
+///  on_connected ─────────────────────────────► the frames that open a connection
+///  on_frame(text) ───────────────────────────► Events (messages, acks, drops, errors)
+/// ```
+///
+/// `Clone`: a shell that replaces a connection by another object (the simulator's
+/// reconnecting clients) carries the subscriptions and positions over with it.
+#[derive(Debug, Default, Clone)]
 pub struct SubscriberCore {
-    /// topic → the position of the last message handed to the application.
-    topics: BTreeMap<String, Option<StreamPos>>,
+    topics: BTreeMap<String, Held>,
 }
 
 impl SubscriberCore {
     /// Adds `topic`; the subscribe frame to send now if connected (`None` if already held).
+    /// A topic whose subscribe failed (`unavailable`) is asked for again, with its position.
     pub fn subscribe(&mut self, topic: &str) -> Option<String> {
-        if self.topics.contains_key(topic) {
-            return None;
+        self.subscribe_all(&[topic]).pop()
+    }
+
+    /// Adds `topics` (duplicates and held ones are skipped; failed ones are asked for
+    /// again): the frames to send now if connected, several topics per frame.
+    pub fn subscribe_all<S: AsRef<str>>(&mut self, topics: &[S]) -> Vec<String> {
+        let mut asked: Vec<(String, Option<StreamPos>)> = Vec::new();
+        for topic in topics {
+            let topic = topic.as_ref();
+            match self.topics.get_mut(topic) {
+                Some(held) if held.state == State::Failed => {
+                    held.state = State::Waiting;
+                    asked.push((topic.to_string(), held.position));
+                }
+                Some(_) => {}
+                None => {
+                    self.topics.insert(
+                        topic.to_string(),
+                        Held {
+                            position: None,
+                            state: State::Waiting,
+                        },
+                    );
+                    asked.push((topic.to_string(), None));
+                }
+            }
         }
-        self.topics.insert(topic.to_string(), None);
-        Some(subscribe_frame(&[(topic, None)]))
+        frames_for(&asked)
+    }
+
+    /// Drops `topic` (and its position): the unsubscribe frame to send now if connected
+    /// (`None` if not held). Deliveries of it that were already on their way are reported
+    /// as [`DropReason::NotSubscribed`].
+    pub fn unsubscribe(&mut self, topic: &str) -> Option<String> {
+        self.topics
+            .remove(topic)
+            .map(|_| frames::unsubscribe(&[topic]))
     }
 
     /// The frames that open a connection: every topic, with its position where it has one.
-    pub fn on_connected(&self) -> Vec<String> {
-        let all: Vec<(&str, Option<StreamPos>)> =
-            self.topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-        all.chunks(TOPICS_PER_FRAME).map(subscribe_frame).collect()
+    /// Every topic waits for its ack on the new connection.
+    pub fn on_connected(&mut self) -> Vec<String> {
+        let mut all = Vec::with_capacity(self.topics.len());
+        for (topic, held) in &mut self.topics {
+            held.state = State::Waiting;
+            all.push((topic.clone(), held.position));
+        }
+        frames_for(&all)
+    }
+
+    /// Whether a subscribe failed (`unavailable`) and waits to be asked for again: the
+    /// shell calls [`SubscriberCore::retry_failed`] after a delay of its choosing.
+    pub fn has_failed(&self) -> bool {
+        self.topics.values().any(|h| h.state == State::Failed)
+    }
+
+    /// The frames that ask again for every topic whose subscribe failed, with positions.
+    pub fn retry_failed(&mut self) -> Vec<String> {
+        let mut asked = Vec::new();
+        for (topic, held) in &mut self.topics {
+            if held.state == State::Failed {
+                held.state = State::Waiting;
+                asked.push((topic.clone(), held.position));
+            }
+        }
+        frames_for(&asked)
     }
 
     /// The position held for `topic`.
     pub fn position(&self, topic: &str) -> Option<StreamPos> {
-        self.topics.get(topic).copied().flatten()
+        self.topics.get(topic).and_then(|h| h.position)
+    }
+
+    /// Every topic held, with its position, in name order.
+    pub fn topics(&self) -> impl Iterator<Item = (&str, Option<StreamPos>)> + '_ {
+        self.topics.iter().map(|(t, h)| (t.as_str(), h.position))
     }
 
     /// What a server text frame means.
@@ -92,17 +218,29 @@ impl SubscriberCore {
                 seq,
             }) => {
                 let position = StreamPos { epoch, seq };
-                let Some(held) = self.topics.get_mut(topic.as_ref()) else {
-                    return Vec::new(); // unsubscribed: a delivery already on its way
+                let reason = match self.topics.get_mut(topic.as_ref()) {
+                    None => Some(DropReason::NotSubscribed),
+                    Some(held) if held.position.is_some_and(|p| position <= p) => {
+                        Some(DropReason::NotNewer)
+                    }
+                    Some(held) => {
+                        held.position = Some(position);
+                        None
+                    }
                 };
-                if held.is_some_and(|p| position <= p) {
-                    return Vec::new();
-                }
-                *held = Some(position);
-                vec![Event::Message {
-                    topic: topic.into_owned(),
-                    data: data.to_string(),
-                    position,
+                let (topic, data) = (topic.into_owned(), data.to_string());
+                vec![match reason {
+                    None => Event::Message {
+                        topic,
+                        data,
+                        position,
+                    },
+                    Some(reason) => Event::Dropped {
+                        topic,
+                        data,
+                        position,
+                        reason,
+                    },
                 }]
             }
             Ok(ServerFrame::Subscribed(topics)) => {
@@ -111,9 +249,12 @@ impl SubscriberCore {
                     .into_iter()
                     .map(|topic| {
                         let position = positions.get(&topic).copied();
-                        if let (Some(p), Some(held)) = (position, self.topics.get_mut(&topic)) {
-                            // Not recovered: go on from where the topic is now.
-                            *held = Some(p);
+                        if let Some(held) = self.topics.get_mut(&topic) {
+                            held.state = State::Acked;
+                            if let Some(p) = position {
+                                // Not recovered: go on from where the topic is now.
+                                held.position = Some(p);
+                            }
                         }
                         Event::Subscribed {
                             recovered: recovered.get(&topic).copied(),
@@ -123,48 +264,78 @@ impl SubscriberCore {
                     })
                     .collect()
             }
+            Ok(ServerFrame::Unsubscribed(topics)) => topics
+                .into_iter()
+                .map(|topic| Event::Unsubscribed { topic })
+                .collect(),
+            Ok(ServerFrame::Published {
+                id,
+                topic,
+                epoch,
+                seq,
+            }) => vec![Event::Published {
+                id,
+                topic,
+                position: StreamPos { epoch, seq },
+            }],
             Ok(ServerFrame::Error {
                 code,
                 message,
                 topic,
-            }) => vec![Event::Error {
-                code,
-                message,
-                topic,
+            }) => {
+                self.on_error(&code, topic.as_deref());
+                vec![Event::Error {
+                    code,
+                    message,
+                    topic,
+                }]
+            }
+            Ok(ServerFrame::Heartbeat) => Vec::new(),
+            Err(error) => vec![Event::BadFrame {
+                error,
+                frame: text.to_string(),
             }],
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Event::Error {
-                code: "bad_frame".into(),
-                message: format!("{e}: {text}"),
-                topic: None,
-            }],
+        }
+    }
+
+    /// An error frame about `topic` (a subscribe timeout names several, joined by `,`):
+    /// a subscribe still waiting for its ack has failed. `unavailable`: the edge dropped it
+    /// and it may be asked for again (§5.6); `denied`: refused for good, so forgotten. An
+    /// error about a topic already acked answers something else (a publish) and changes
+    /// nothing here.
+    fn on_error(&mut self, code: &str, topic: Option<&str>) {
+        let failed = match code {
+            "unavailable" => Some(State::Failed),
+            "denied" => None,
+            _ => return,
+        };
+        for t in topic.into_iter().flat_map(|t| t.split(',')) {
+            let Some(held) = self.topics.get_mut(t) else {
+                continue;
+            };
+            if held.state != State::Waiting {
+                continue;
+            }
+            match failed {
+                Some(state) => held.state = state,
+                None => {
+                    self.topics.remove(t);
+                }
+            }
         }
     }
 }
 
-/// `{"type":"subscribe","topic":"a,b","data":"","since":{"a":{"epoch":E,"seq":S}}}`.
-fn subscribe_frame(topics: &[(&str, Option<StreamPos>)]) -> String {
-    let names: Vec<&str> = topics.iter().map(|(t, _)| *t).collect();
-    let mut frame = serde_json::json!({
-        "type": "subscribe",
-        "topic": names.join(","),
-        "data": "",
-    });
-    let since: serde_json::Map<String, serde_json::Value> = topics
-        .iter()
-        .filter_map(|(t, p)| {
-            p.map(|p| {
-                (
-                    t.to_string(),
-                    serde_json::json!({"epoch": p.epoch, "seq": p.seq}),
-                )
-            })
+/// Subscribe frames for `topics`, at most [`TOPICS_PER_FRAME`] each.
+fn frames_for(topics: &[(String, Option<StreamPos>)]) -> Vec<String> {
+    topics
+        .chunks(TOPICS_PER_FRAME)
+        .map(|chunk| {
+            let refs: Vec<(&str, Option<StreamPos>)> =
+                chunk.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            frames::subscribe(&refs)
         })
-        .collect();
-    if !since.is_empty() {
-        frame["since"] = serde_json::Value::Object(since);
-    }
-    frame.to_string()
+        .collect()
 }
 
 /// Where and how to subscribe.
@@ -192,9 +363,15 @@ impl Default for SubscriberConfig {
     }
 }
 
+/// What the application asks of the subscriber's task.
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
 /// The subscriber's task and its two channels.
 pub struct Subscriber {
-    commands: mpsc::Sender<String>,
+    commands: mpsc::Sender<Command>,
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -217,8 +394,17 @@ impl Subscriber {
 
     /// Subscribes to `topic` (now if connected, else on the next connection).
     pub async fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
+        self.command(Command::Subscribe(topic.to_string())).await
+    }
+
+    /// Unsubscribes from `topic` and forgets its position.
+    pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientError> {
+        self.command(Command::Unsubscribe(topic.to_string())).await
+    }
+
+    async fn command(&self, command: Command) -> Result<(), ClientError> {
         self.commands
-            .send(topic.to_string())
+            .send(command)
             .await
             .map_err(|_| ClientError::Stopped)
     }
@@ -235,9 +421,22 @@ impl Drop for Subscriber {
     }
 }
 
+/// Applies `command` to the core: the frame to send if connected.
+fn apply(core: &mut SubscriberCore, command: Command) -> Option<String> {
+    match command {
+        Command::Subscribe(topic) => core.subscribe(&topic),
+        Command::Unsubscribe(topic) => core.unsubscribe(&topic),
+    }
+}
+
+/// `base` less up to half of it, at random: clients cut off together come back spread out.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
 async fn run(
     config: SubscriberConfig,
-    mut commands: mpsc::Receiver<String>,
+    mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) {
     let mut core = SubscriberCore::default();
@@ -261,7 +460,7 @@ async fn run(
                 {
                     return;
                 }
-                match serve(ws, &mut core, &mut commands, &events).await {
+                match serve(ws, &config, &mut core, &mut commands, &events).await {
                     Ended::Closed(code, reason) => (code, reason),
                     Ended::AppGone => return,
                 }
@@ -284,14 +483,13 @@ async fn run(
             .saturating_mul(1u32 << attempt.min(16))
             .min(config.max_backoff);
         attempt += 1;
-        let delay = base.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-        let deadline = tokio::time::Instant::now() + delay;
+        let deadline = tokio::time::Instant::now() + jittered(base);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
-                topic = commands.recv() => match topic {
-                    Some(topic) => {
-                        core.subscribe(&topic);
+                command = commands.recv() => match command {
+                    Some(command) => {
+                        apply(&mut core, command);
                     }
                     None => return,
                 },
@@ -307,8 +505,9 @@ enum Ended {
 
 async fn serve<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
+    config: &SubscriberConfig,
     core: &mut SubscriberCore,
-    commands: &mut mpsc::Receiver<String>,
+    commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<Event>,
 ) -> Ended
 where
@@ -320,23 +519,34 @@ where
             return Ended::Closed(None, e.to_string());
         }
     }
+    // When to ask again for subscribes the edge answered with `unavailable` (§5.6: the
+    // owner did not confirm in time). Not at once: the owner is likely still unreachable.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
-            topic = commands.recv() => {
-                let Some(topic) = topic else { return Ended::AppGone };
-                if let Some(frame) = core.subscribe(&topic) {
-                    if let Err(e) = sink.send(Message::text(frame)).await {
-                        return Ended::Closed(None, e.to_string());
-                    }
-                }
+        let to_send = tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return Ended::AppGone };
+                apply(core, command).into_iter().collect()
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+                core.retry_failed()
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
+                    let mut error = false;
                     for event in core.on_frame(text.as_str()) {
+                        error |= matches!(event, Event::Error { .. });
                         if events.send(event).await.is_err() {
                             return Ended::AppGone;
                         }
                     }
+                    // Only an error frame fails a subscribe; the check walks every topic,
+                    // so it is not made per delivery.
+                    if error && retry_at.is_none() && core.has_failed() {
+                        retry_at = Some(tokio::time::Instant::now() + jittered(config.min_backoff.saturating_mul(2)));
+                    }
+                    Vec::new()
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = frame.map_or((None, String::new()), |f| {
@@ -344,9 +554,14 @@ where
                     });
                     return Ended::Closed(code, reason);
                 }
-                Some(Ok(_)) => {} // pings are answered by the library; binary is not sent
+                Some(Ok(_)) => Vec::new(), // pings are answered by the library; binary is not sent
                 Some(Err(e)) => return Ended::Closed(None, e.to_string()),
                 None => return Ended::Closed(Some(u16::from(CloseCode::Abnormal)), "connection lost".into()),
+            }
+        };
+        for frame in to_send {
+            if let Err(e) = sink.send(Message::text(frame)).await {
+                return Ended::Closed(None, e.to_string());
             }
         }
     }
@@ -376,10 +591,16 @@ mod tests {
                 position: StreamPos { epoch: 3, seq: 7 },
             }]
         );
-        // Not past the position: dropped.
-        assert!(core
-            .on_frame(r#"{"type":"publish","topic":"a","data":1,"epoch":3,"seq":7}"#)
-            .is_empty());
+        // Not past the position: dropped, and said so.
+        assert_eq!(
+            core.on_frame(r#"{"type":"publish","topic":"a","data":1,"epoch":3,"seq":7}"#),
+            vec![Event::Dropped {
+                topic: "a".into(),
+                data: "1".into(),
+                position: StreamPos { epoch: 3, seq: 7 },
+                reason: DropReason::NotNewer,
+            }]
+        );
         let frames = core.on_connected();
         assert_eq!(frames.len(), 1);
         let frame: serde_json::Value = serde_json::from_str(&frames[0]).unwrap();
@@ -399,5 +620,140 @@ mod tests {
             }]
         );
         assert_eq!(core.position("a"), Some(StreamPos { epoch: 9, seq: 2 }));
+    }
+
+    /// The acks of `topics` (no recovery fields).
+    fn acked(core: &mut SubscriberCore, topics: &str) -> Vec<Event> {
+        core.on_frame(&format!(r#"{{"type":"subscribed","topic":{topics}}}"#))
+    }
+
+    #[test]
+    fn topics_asked_together_share_a_frame_and_held_ones_are_not_asked_again() {
+        let mut core = SubscriberCore::default();
+        assert_eq!(
+            core.subscribe_all(&["a", "b", "a"]),
+            vec![r#"{"type":"subscribe","topic":"a,b","data":""}"#.to_string()]
+        );
+        assert_eq!(
+            core.subscribe_all(&["b", "c"]),
+            vec![r#"{"type":"subscribe","topic":"c","data":""}"#.to_string()]
+        );
+        assert!(core.subscribe_all(&["a", "c"]).is_empty());
+        let names: Vec<&str> = core.topics().map(|(t, _)| t).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // More than a frame may name: several frames.
+        let many: Vec<String> = (0..TOPICS_PER_FRAME + 1).map(|i| format!("m{i}")).collect();
+        assert_eq!(core.subscribe_all(&many).len(), 2);
+    }
+
+    #[test]
+    fn an_unsubscribed_topic_is_forgotten_and_its_late_deliveries_reported_as_dropped() {
+        let mut core = SubscriberCore::default();
+        core.subscribe("a");
+        acked(&mut core, r#"["a"]"#);
+        core.on_frame(r#"{"type":"publish","topic":"a","data":1,"epoch":1,"seq":4}"#);
+        assert_eq!(core.unsubscribe("b"), None, "not held");
+        assert_eq!(
+            core.unsubscribe("a").as_deref(),
+            Some(r#"{"type":"unSubscribe","topic":"a"}"#)
+        );
+        // Queued at the edge before the unsubscribe: reported, not handed on.
+        assert_eq!(
+            core.on_frame(r#"{"type":"publish","topic":"a","data":2,"epoch":1,"seq":5}"#),
+            vec![Event::Dropped {
+                topic: "a".into(),
+                data: "2".into(),
+                position: StreamPos { epoch: 1, seq: 5 },
+                reason: DropReason::NotSubscribed,
+            }]
+        );
+        assert_eq!(
+            core.on_frame(r#"{"type":"unSubscribed","topic":["a"]}"#),
+            vec![Event::Unsubscribed { topic: "a".into() }]
+        );
+        assert!(core.on_connected().is_empty());
+        // Subscribed again: from the live stream, without the old position.
+        assert_eq!(
+            core.subscribe("a").as_deref(),
+            Some(r#"{"type":"subscribe","topic":"a","data":""}"#)
+        );
+        assert_eq!(core.position("a"), None);
+    }
+
+    #[test]
+    fn a_subscribe_the_owner_did_not_confirm_is_asked_again_with_its_position() {
+        let mut core = SubscriberCore::default();
+        core.subscribe_all(&["a", "b", "c"]);
+        acked(&mut core, r#"["a","b","c"]"#);
+        core.on_frame(r#"{"type":"publish","topic":"a","data":1,"epoch":2,"seq":8}"#);
+        // A new connection: every topic waits for its ack again.
+        assert_eq!(core.on_connected().len(), 1);
+        acked(&mut core, r#"["c"]"#);
+        // `c` is acked: an error about it answers something else (a publish).
+        core.on_frame(r#"{"type":"error","code":"unavailable","message":"m","topic":"c"}"#);
+        assert!(!core.has_failed());
+        // The subscribe timeout names every topic it dropped.
+        let events =
+            core.on_frame(r#"{"type":"error","code":"unavailable","message":"m","topic":"a,b,c"}"#);
+        assert_eq!(
+            events,
+            vec![Event::Error {
+                code: "unavailable".into(),
+                message: "m".into(),
+                topic: Some("a,b,c".into()),
+            }]
+        );
+        assert!(core.has_failed());
+        assert_eq!(
+            core.retry_failed(),
+            vec![
+                r#"{"type":"subscribe","topic":"a,b","data":"","since":{"a":{"epoch":2,"seq":8}}}"#
+                    .to_string()
+            ]
+        );
+        assert!(!core.has_failed());
+        assert!(core.retry_failed().is_empty(), "waiting again");
+        // Failed again; the application's own subscribe asks again too.
+        core.on_frame(r#"{"type":"error","code":"unavailable","message":"m","topic":"b"}"#);
+        assert_eq!(
+            core.subscribe("b").as_deref(),
+            Some(r#"{"type":"subscribe","topic":"b","data":""}"#)
+        );
+        // Refused for good: forgotten.
+        core.on_frame(r#"{"type":"error","code":"denied","message":"m","topic":"b"}"#);
+        let names: Vec<&str> = core.topics().map(|(t, _)| t).collect();
+        assert_eq!(names, ["a", "c"]);
+    }
+
+    #[test]
+    fn answers_to_numbered_publishes_and_frames_that_are_not_the_protocol_are_told_apart() {
+        let mut core = SubscriberCore::default();
+        assert_eq!(
+            core.on_frame(r#"{"type":"published","id":4,"topic":"t","epoch":1,"seq":2}"#),
+            vec![Event::Published {
+                id: 4,
+                topic: "t".into(),
+                position: StreamPos { epoch: 1, seq: 2 },
+            }]
+        );
+        let events = core.on_frame("{nope");
+        assert!(
+            matches!(&events[..], [Event::BadFrame { frame, .. }] if frame == "{nope"),
+            "{events:?}"
+        );
+        assert!(core.on_frame("heartbeat").is_empty());
+        // A clone carries subscriptions and positions (a shell that moves them to a new
+        // connection object).
+        core.subscribe("x");
+        core.on_frame(r#"{"type":"publish","topic":"x","data":0,"epoch":5,"seq":1}"#);
+        let mut moved = core.clone();
+        let frames = moved.on_connected();
+        assert_eq!(
+            frames,
+            vec![
+                r#"{"type":"subscribe","topic":"x","data":"","since":{"x":{"epoch":5,"seq":1}}}"#
+                    .to_string()
+            ]
+        );
     }
 }

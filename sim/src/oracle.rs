@@ -77,7 +77,8 @@ pub struct ClientRecord {
     pub latest_sent: BTreeMap<(Publisher, String), Latest>,
     /// (stream, topic) → the highest publisher number delivered from that stream.
     pub latest_in_stream: BTreeMap<(Stream, String), Latest>,
-    /// Topic → the position this client subscribed from (a reconnect with positions).
+    /// Topic → the position this client subscribed from (`since`: a client replacing a
+    /// closed one, or a subscribe its core asked for again after `unavailable`).
     pub asked_from: BTreeMap<String, (u64, u64)>,
     /// Topic → its recovery being checked (see [`invariants::recovery`]).
     pub seams: BTreeMap<String, invariants::recovery::Seam>,

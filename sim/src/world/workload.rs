@@ -4,10 +4,12 @@
 //! apart because every draw from the driver's RNG stream is made here, in one place, so
 //! their order (which the trace hash depends on) is easy to see.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::Duration;
 
+use firetower_client::SubscriberCore;
 use firetower_net::MetaClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -59,10 +61,17 @@ pub(super) fn phase_at(t: Duration) -> Option<(u64, u64, Phase)> {
     SCHEDULE.iter().copied().find(|(a, b, _)| *a <= s && s < *b)
 }
 
+/// A WebSocket client as the driver holds it: its task's commands, and its core (its
+/// subscriptions and positions), which a client replacing it starts from.
+struct Client {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    core: Rc<RefCell<SubscriberCore>>,
+}
+
 /// The driver's own state: the clients it opened and the ids it handed out.
 struct Driver {
     ctx: Rc<Ctx>,
-    clients: Vec<mpsc::UnboundedSender<Cmd>>,
+    clients: Vec<Client>,
     next_id: u64,
 }
 
@@ -75,33 +84,44 @@ impl Driver {
             .collect()
     }
 
-    /// A new client on a random edge subscribes to what client `old` held, recovering each
-    /// topic it had a delivery of from the last one (see invariants/recovery.rs).
-    fn reconnect(&mut self, old: usize, rng: &mut StdRng) {
-        let edge = rng.gen_range(0..self.ctx.edges.len());
-        let (c, topics, since) = {
-            let mut o = self.ctx.oracle.borrow_mut();
-            let Some(record) = o.clients.get(old) else {
-                return;
-            };
-            let topics: Vec<String> = record.subscribed.keys().cloned().collect();
-            let since: Vec<(String, (u64, u64))> = topics
-                .iter()
-                .filter_map(|t| record.last.get(t).map(|p| (t.clone(), *p)))
-                .collect();
-            (o.new_client(edge + 1), topics, since)
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.clients.push(tx);
+    /// Opens client number `c` (the oracle's) on edge `edge` (0-based), starting from
+    /// `core`.
+    fn open(&mut self, c: usize, edge: usize, core: SubscriberCore) {
+        assert_eq!(
+            c,
+            self.clients.len(),
+            "the oracle numbers clients as the driver does"
+        );
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let core = Rc::new(RefCell::new(core));
+        self.clients.push(Client {
+            cmds,
+            core: core.clone(),
+        });
         tokio::task::spawn_local(client_task(
             self.ctx.clone(),
             c,
             self.ctx.edges[edge].clone(),
+            core,
             rx,
         ));
-        if !topics.is_empty() {
-            let _ = self.clients[c].send(Cmd::SubscribeFrom { topics, since });
-        }
+    }
+
+    /// Sends `cmd` to client `c`.
+    fn tell(&self, c: usize, cmd: Cmd) {
+        let _ = self.clients[c].cmds.send(cmd);
+    }
+
+    /// A new client on a random edge takes over what client `old` held: a copy of its core,
+    /// so it subscribes to every topic `old` held and recovers each from the position `old`
+    /// last had (see invariants/recovery.rs), as the Rust client does when it reconnects.
+    fn reconnect(&mut self, old: usize, rng: &mut StdRng) {
+        let edge = rng.gen_range(0..self.ctx.edges.len());
+        let Some(core) = self.clients.get(old).map(|h| h.core.borrow().clone()) else {
+            return;
+        };
+        let c = self.ctx.oracle.borrow_mut().new_client(edge + 1);
+        self.open(c, edge, core);
     }
 
     fn ids(&mut self, n: usize) -> u64 {
@@ -153,7 +173,7 @@ impl Driver {
         let c = live[rng.gen_range(0..live.len())];
         let topic = self.topic(rng);
         let id = self.ids(1);
-        let _ = self.clients[c].send(Cmd::Publish(vec![Msg { id, topic, pad: 0 }]));
+        self.tell(c, Cmd::Publish(vec![Msg { id, topic, pad: 0 }]));
     }
 
     /// A burst from one publisher, meant to exceed per-connection queue budgets so that
@@ -182,7 +202,7 @@ impl Driver {
             .collect();
         if !live.is_empty() && rng.gen_bool(0.5) {
             let c = live[rng.gen_range(0..live.len())];
-            let _ = self.clients[c].send(Cmd::Publish(messages));
+            self.tell(c, Cmd::Publish(messages));
         } else {
             let dist = self.ctx.dists[rng.gen_range(0..self.ctx.dists.len())].clone();
             let publisher = rng.gen_range(0..GRPC_PUBLISHERS);
@@ -221,30 +241,23 @@ pub(super) async fn driver(ctx: Rc<Ctx>) {
                     5..=7 if live.len() < MAX_CLIENTS && d.clients.len() < MAX_CLIENTS_EVER => {
                         let edge = rng.gen_range(0..ctx.edges.len());
                         let c = ctx.oracle.borrow_mut().new_client(edge + 1);
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        d.clients.push(tx);
-                        tokio::task::spawn_local(client_task(
-                            ctx.clone(),
-                            c,
-                            ctx.edges[edge].clone(),
-                            rx,
-                        ));
+                        d.open(c, edge, SubscriberCore::default());
                     }
                     8..=11 if !live.is_empty() => {
                         let c = live[rng.gen_range(0..live.len())];
                         let n = rng.gen_range(1..=2);
                         let topics: Vec<String> = (0..n).map(|_| d.topic(&mut rng)).collect();
-                        let _ = d.clients[c].send(Cmd::Subscribe(topics));
+                        d.tell(c, Cmd::Subscribe(topics));
                     }
                     12..=13 if !live.is_empty() => {
                         let c = live[rng.gen_range(0..live.len())];
                         let topic = d.topic(&mut rng);
-                        let _ = d.clients[c].send(Cmd::Unsubscribe(topic));
+                        d.tell(c, Cmd::Unsubscribe(topic));
                     }
                     15..=16 => d.client_publish(&mut rng, &live),
                     14 if !live.is_empty() && phase == Phase::Faults => {
                         let c = live[rng.gen_range(0..live.len())];
-                        let _ = d.clients[c].send(Cmd::Close);
+                        d.tell(c, Cmd::Close);
                         // Half the time it comes back, on a random edge, with the
                         // positions it last saw (drawn from a generator of its own, so the
                         // rest of the workload draws as before).

@@ -1,0 +1,98 @@
+//! The `Subscriber` task against a scripted edge on a real socket: what it sends, and what
+//! it tells the application, for the answers a cluster does not give on demand (a subscribe
+//! its owner did not confirm in time). Each step waits for the next frame or event, with a
+//! deadline; nothing sleeps.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use firetower_client::{Event, StreamPos, Subscriber, SubscriberConfig};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The next text frame the client sent, as JSON.
+async fn frame(ws: &mut WebSocketStream<tokio::net::TcpStream>) -> Result<serde_json::Value> {
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(serde_json::from_str(t.as_str())?),
+            Ok(Some(Ok(_))) => {}
+            other => bail!("no frame from the client: {other:?}"),
+        }
+    }
+}
+
+async fn event(sub: &mut Subscriber) -> Result<Event> {
+    tokio::time::timeout(DEADLINE, sub.next_event())
+        .await
+        .context("no event")?
+        .context("the subscriber stopped")
+}
+
+#[tokio::test]
+async fn a_subscribe_the_owner_did_not_confirm_is_sent_again_and_an_unsubscribe_goes_out(
+) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/ws", listener.local_addr()?);
+    let mut sub = Subscriber::start(SubscriberConfig {
+        urls: vec![url],
+        min_backoff: Duration::from_millis(20),
+        ..SubscriberConfig::default()
+    })?;
+    sub.subscribe("a").await?;
+    let (tcp, _) = tokio::time::timeout(DEADLINE, listener.accept()).await??;
+    let mut edge = tokio_tungstenite::accept_async(tcp).await?;
+    assert!(matches!(event(&mut sub).await?, Event::Connected { .. }));
+
+    let first = frame(&mut edge).await?;
+    assert_eq!(first["type"], "subscribe");
+    assert_eq!(first["topic"], "a");
+    edge.send(Message::text(
+        r#"{"type":"error","code":"unavailable","message":"no distributor confirmed these topics within 5000 ms; subscribe again","topic":"a"}"#,
+    ))
+    .await?;
+    assert!(matches!(event(&mut sub).await?, Event::Error { code, .. } if code == "unavailable"));
+    // Asked for again, on the same connection.
+    let again = frame(&mut edge).await?;
+    assert_eq!(again["type"], "subscribe");
+    assert_eq!(again["topic"], "a");
+    edge.send(Message::text(r#"{"type":"subscribed","topic":["a"]}"#))
+        .await?;
+    assert_eq!(
+        event(&mut sub).await?,
+        Event::Subscribed {
+            topic: "a".into(),
+            recovered: None,
+            position: None,
+        }
+    );
+    edge.send(Message::text(
+        r#"{"type":"publish","topic":"a","data":{"n":1},"epoch":2,"seq":5}"#,
+    ))
+    .await?;
+    assert_eq!(
+        event(&mut sub).await?,
+        Event::Message {
+            topic: "a".into(),
+            data: r#"{"n":1}"#.into(),
+            position: StreamPos { epoch: 2, seq: 5 },
+        }
+    );
+
+    sub.unsubscribe("a").await?;
+    let leave = frame(&mut edge).await?;
+    assert_eq!(
+        leave,
+        serde_json::json!({"type": "unSubscribe", "topic": "a"})
+    );
+    edge.send(Message::text(r#"{"type":"unSubscribed","topic":["a"]}"#))
+        .await?;
+    assert_eq!(
+        event(&mut sub).await?,
+        Event::Unsubscribed { topic: "a".into() }
+    );
+    Ok(())
+}
