@@ -70,7 +70,7 @@ describe('tokens and close codes', () => {
   });
 
   it('a token the edge refuses (bad signature) makes the client ask getToken, then connect', async () => {
-    const before = (await cluster.metrics(1)).auth_refused;
+    const before = (await cluster.metrics(1)).auth_refused_total;
     const forged = jwt('not the edges key, not at all, no', claims('uma', 3600));
     let calls = 0;
     const c = client(cluster.wsUrl(1), {
@@ -86,13 +86,13 @@ describe('tokens and close codes', () => {
     assert.equal(down.wasOpen, false);
     assert.equal(calls, 1);
     assert.equal(c.stats.handshakeFailures, 1);
-    assert.equal((await cluster.metrics(1)).auth_refused, before + 1);
+    assert.equal((await cluster.metrics(1)).auth_refused_total, before + 1);
     const ack = await c.subscribe('t/2', () => {});
     assert.equal(ack.topic, 't/2');
   });
 
   it('without getToken, an expired token the edge refuses ends the client: no reconnect', async () => {
-    const before = (await cluster.metrics(2)).auth_refused;
+    const before = (await cluster.metrics(2)).auth_refused_total;
     const expired = jwt(secret, claims('vic', -60));
     const c = client(cluster.wsUrl(2), { token: expired });
     const rec = new Recorder(c);
@@ -104,7 +104,7 @@ describe('tokens and close codes', () => {
     assert.equal(c.state, 'closed');
     assert.equal(c.stats.handshakeFailures, 1);
     assert.equal(c.timers.reconnect, null, 'a reconnect is scheduled');
-    assert.equal((await cluster.metrics(2)).auth_refused, before + 1);
+    assert.equal((await cluster.metrics(2)).auth_refused_total, before + 1);
     assert.equal(rec.events.filter((e) => e.name === 'disconnected').length, 0);
   });
 
