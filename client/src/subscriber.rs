@@ -27,6 +27,14 @@ pub const TOPICS_PER_FRAME: usize = 256;
 /// Close codes after which the subscriber does not come back on its own: a kick (4002).
 pub const CLOSE_KICKED: u16 = 4002;
 
+/// The close code reported when the subscriber itself drops a connection that stopped
+/// answering (the edge uses it for a client that stopped answering its pings).
+pub const CLOSE_NO_PONG: u16 = 4000;
+
+/// The topic of the liveness probe (the JavaScript client's too). Its unsubscribe ack is
+/// taken by the subscriber's task, not reported.
+pub const PROBE_TOPIC: &str = "$firetower/probe";
+
 /// What the subscriber tells the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -350,6 +358,14 @@ pub struct SubscriberConfig {
     /// Events not yet taken by the application; when full, the subscriber stops reading its
     /// socket (the edge then pushes back on its side).
     pub event_buffer: usize,
+    /// Liveness, as the JavaScript client checks it: after `heartbeat_interval` without any
+    /// frame (the edge's pings included) the subscriber sends a probe (an unsubscribe of
+    /// [`PROBE_TOPIC`], which every edge acks at once and which touches no subscription);
+    /// nothing within `heartbeat_timeout` after that ends the connection (reported with
+    /// code 4000) and it reconnects. A frozen edge or a route TCP has not seen die is
+    /// noticed this way rather than never.
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for SubscriberConfig {
@@ -359,6 +375,8 @@ impl Default for SubscriberConfig {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             event_buffer: 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -522,8 +540,28 @@ where
     // When to ask again for subscribes the edge answered with `unavailable` (§5.6: the
     // owner did not confirm in time). Not at once: the owner is likely still unreachable.
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // Liveness: when the last frame came, and when the probe went out if one is waiting.
+    let mut heard_at = tokio::time::Instant::now();
+    let mut probe_sent_at: Option<tokio::time::Instant> = None;
     loop {
+        let alive_until = match probe_sent_at {
+            None => heard_at + config.heartbeat_interval,
+            Some(sent) => sent + config.heartbeat_timeout,
+        };
         let to_send = tokio::select! {
+            _ = tokio::time::sleep_until(alive_until) => {
+                if probe_sent_at.is_some() {
+                    return Ended::Closed(
+                        Some(CLOSE_NO_PONG),
+                        format!(
+                            "no frame within {} ms of a probe (client side)",
+                            config.heartbeat_timeout.as_millis()
+                        ),
+                    );
+                }
+                probe_sent_at = Some(tokio::time::Instant::now());
+                vec![frames::unsubscribe(&[PROBE_TOPIC])]
+            }
             command = commands.recv() => {
                 let Some(command) = command else { return Ended::AppGone };
                 apply(core, command).into_iter().collect()
@@ -532,10 +570,16 @@ where
                 retry_at = None;
                 core.retry_failed()
             }
-            message = stream.next() => match message {
+            message = stream.next() => {
+                heard_at = tokio::time::Instant::now();
+                probe_sent_at = None;
+                match message {
                 Some(Ok(Message::Text(text))) => {
                     let mut error = false;
                     for event in core.on_frame(text.as_str()) {
+                        if matches!(&event, Event::Unsubscribed { topic } if topic == PROBE_TOPIC) {
+                            continue;
+                        }
                         error |= matches!(event, Event::Error { .. });
                         if events.send(event).await.is_err() {
                             return Ended::AppGone;
@@ -557,6 +601,7 @@ where
                 Some(Ok(_)) => Vec::new(), // pings are answered by the library; binary is not sent
                 Some(Err(e)) => return Ended::Closed(None, e.to_string()),
                 None => return Ended::Closed(Some(u16::from(CloseCode::Abnormal)), "connection lost".into()),
+                }
             }
         };
         for frame in to_send {

@@ -96,3 +96,65 @@ async fn a_subscribe_the_owner_did_not_confirm_is_sent_again_and_an_unsubscribe_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_edge_that_falls_silent_is_probed_then_left_for_the_next_with_the_position_held(
+) -> Result<()> {
+    let silent = TcpListener::bind("127.0.0.1:0").await?;
+    let next = TcpListener::bind("127.0.0.1:0").await?;
+    let mut sub = Subscriber::start(SubscriberConfig {
+        urls: vec![
+            format!("ws://{}/ws", silent.local_addr()?),
+            format!("ws://{}/ws", next.local_addr()?),
+        ],
+        min_backoff: Duration::from_millis(20),
+        heartbeat_interval: Duration::from_millis(300),
+        heartbeat_timeout: Duration::from_millis(300),
+        ..SubscriberConfig::default()
+    })?;
+    sub.subscribe("a").await?;
+    let (tcp, _) = tokio::time::timeout(DEADLINE, silent.accept()).await??;
+    let mut edge = tokio_tungstenite::accept_async(tcp).await?;
+    assert!(matches!(event(&mut sub).await?, Event::Connected { .. }));
+    assert_eq!(frame(&mut edge).await?["type"], "subscribe");
+    edge.send(Message::text(r#"{"type":"subscribed","topic":["a"]}"#))
+        .await?;
+    assert!(matches!(event(&mut sub).await?, Event::Subscribed { .. }));
+    edge.send(Message::text(
+        r#"{"type":"publish","topic":"a","data":1,"epoch":3,"seq":9}"#,
+    ))
+    .await?;
+    assert!(matches!(event(&mut sub).await?, Event::Message { .. }));
+
+    // Quiet past the interval: a probe. Its ack is the subscriber's own business.
+    let probe = frame(&mut edge).await?;
+    assert_eq!(
+        probe,
+        serde_json::json!({"type": "unSubscribe", "topic": "$firetower/probe"})
+    );
+    edge.send(Message::text(
+        r#"{"type":"unSubscribed","topic":["$firetower/probe"]}"#,
+    ))
+    .await?;
+    // Quiet again, and this time the probe goes unanswered: the connection is given up.
+    assert_eq!(frame(&mut edge).await?, probe);
+    match event(&mut sub).await? {
+        Event::Disconnected { code, reason } => {
+            assert_eq!(code, Some(4000));
+            assert!(reason.contains("client side"), "{reason}");
+        }
+        other => bail!("expected the silent edge to be left, got {other:?}"),
+    }
+
+    let (tcp, _) = tokio::time::timeout(DEADLINE, next.accept()).await??;
+    let mut edge = tokio_tungstenite::accept_async(tcp).await?;
+    assert!(matches!(event(&mut sub).await?, Event::Connected { .. }));
+    let again = frame(&mut edge).await?;
+    assert_eq!(again["type"], "subscribe");
+    assert_eq!(again["topic"], "a");
+    assert_eq!(
+        again["since"]["a"],
+        serde_json::json!({"epoch": 3, "seq": 9})
+    );
+    Ok(())
+}
