@@ -29,6 +29,10 @@ pub enum Command {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         history: HistoryArgs,
+        /// Also take WebSocket clients that bring no token (for local experiments and
+        /// comparisons; clients that bring one are still checked). Off by default.
+        #[arg(long)]
+        allow_anonymous: bool,
     },
     /// Run one metastore node.
     Metastore(roles::MetastoreArgs),
@@ -356,7 +360,11 @@ pub fn parse_addrs(list: &str) -> Result<Vec<String>, Failure> {
 
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Dev { data_dir, history } => dev::run(data_dir, history.settings()?).await,
+        Command::Dev {
+            data_dir,
+            history,
+            allow_anonymous,
+        } => dev::run(data_dir, history.settings()?, allow_anonymous).await,
         Command::Metastore(args) => roles::metastore(args).await,
         Command::Distributor(args) => roles::distributor(args).await,
         Command::Edge(args) => roles::edge(args).await,

@@ -36,8 +36,13 @@ const DASHBOARD_PORT: u16 = 9990;
 type Task = JoinHandle<anyhow::Result<()>>;
 
 /// Runs the whole local cluster until Ctrl-C. `history`: what each distributor keeps per
-/// topic for recovery (the default policy and the per-pattern rules).
-pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<(), Failure> {
+/// topic for recovery (the default policy and the per-pattern rules). `allow_anonymous`:
+/// the edges also take clients without a token.
+pub async fn run(
+    data_dir: Option<PathBuf>,
+    history: HistorySettings,
+    allow_anonymous: bool,
+) -> Result<(), Failure> {
     let (_temp, root) = match data_dir {
         Some(dir) => (None, dir),
         None => {
@@ -156,10 +161,10 @@ pub async fn run(data_dir: Option<PathBuf>, history: HistorySettings) -> Result<
             tls: pki
                 .write_node(&tls_dir, NodeIdentity::new(Role::Edge, id))
                 .context("writing certificates")?,
-            // The secure default: a token is needed; the demo page gets one from
-            // /dev/token, which only `dev` serves.
+            // The secure default: a token is needed (unless `--allow-anonymous`); the demo
+            // page gets one from /dev/token, which only `dev` serves.
             auth: firetower_edge::AuthConfig {
-                allow_anonymous: false,
+                allow_anonymous,
                 jwt_hs256_key_file: Some(jwt_key.clone()),
                 dev_tokens: true,
                 ..Default::default()

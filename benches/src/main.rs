@@ -83,6 +83,10 @@ struct Args {
     /// The client token to connect with (the `client token:` line of `firetower dev`).
     #[arg(long)]
     token: Option<String>,
+    /// Connect WebSocket clients without a token (with `--start-dev`, the cluster is started
+    /// with `--allow-anonymous`): the comparison of the cost of client tokens.
+    #[arg(long)]
+    anonymous: bool,
     /// A file holding the API key for the distributors (the `api key file:` line of
     /// `firetower dev`).
     #[arg(long)]
@@ -526,9 +530,13 @@ impl Drop for DevServer {
     }
 }
 
-fn start_dev(binary: &str) -> Result<DevServer> {
-    let mut child = std::process::Command::new(binary)
-        .arg("dev")
+fn start_dev(binary: &str, anonymous: bool) -> Result<DevServer> {
+    let mut command = std::process::Command::new(binary);
+    command.arg("dev");
+    if anonymous {
+        command.arg("--allow-anonymous");
+    }
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -538,7 +546,9 @@ fn start_dev(binary: &str) -> Result<DevServer> {
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if let Some(token) = line.strip_prefix("client token: ") {
-            let _ = firetower_benches::rawws::TOKEN.set(token.to_string());
+            if !anonymous {
+                let _ = firetower_benches::rawws::TOKEN.set(token.to_string());
+            }
         }
         if let Some(path) = line.strip_prefix("api key file: ") {
             let key = firetower_net::ApiKey::from_file("api key file", path.as_ref())?;
@@ -570,7 +580,7 @@ async fn main() -> Result<()> {
         let _ = firetower_benches::rawws::CLIENT_TLS.set(firetower_net::ClientTls::trusting(path)?);
     }
     let _dev = match &args.start_dev {
-        Some(binary) => Some(start_dev(binary)?),
+        Some(binary) => Some(start_dev(binary, args.anonymous)?),
         None => None,
     };
     let server_pid = args.server_pid.or(_dev.as_ref().map(|d| d.child.id()));
