@@ -84,11 +84,11 @@ pub async fn run(
                 .context("writing certificates")?,
             ..MetastoreConfig::default()
         };
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = firetower_net::resolve::bind_tcp(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let metrics = format!("{HOST}:{}", METASTORE_METRICS_PORT + id as u16);
-        let ops = tokio::net::TcpListener::bind(&metrics)
+        let ops = firetower_net::resolve::bind_tcp(&metrics)
             .await
             .with_context(|| format!("cannot listen on {metrics}"))?;
         let stop = stopped();
@@ -126,10 +126,10 @@ pub async fn run(
             metrics_listen: metrics.clone(),
             ..firetower_distributor::Config::default()
         };
-        let ops = tokio::net::TcpListener::bind(&metrics)
+        let ops = firetower_net::resolve::bind_tcp(&metrics)
             .await
             .with_context(|| format!("cannot listen on {metrics}"))?;
-        let listener = tokio::net::TcpListener::bind(&grpc)
+        let listener = firetower_net::resolve::bind_tcp(&grpc)
             .await
             .with_context(|| format!("cannot listen on {grpc}"))?;
         let udp =
@@ -172,7 +172,7 @@ pub async fn run(
             member_key_file: Some(api.member_key_file.clone()),
             ..firetower_edge::Config::default()
         };
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let listener = firetower_net::resolve::bind_tcp(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let udp = std::net::UdpSocket::bind(format!("{HOST}:0")).context("cannot bind UDP")?;
