@@ -112,3 +112,36 @@ fn every_roles_metrics_endpoint_serves_prometheus_text() -> Result<()> {
     anyhow::ensure!(topics["topics"].is_array(), "/topics: {body}");
     Ok(())
 }
+
+/// An edge's `/readyz` follows its lease: with every metastore node stopped, the edge says
+/// 503 once its lease's TTL (3 s) has passed unconfirmed, while `/healthz` stays 200 (the
+/// process is alive; restarting it would not help); with the metastore back, 200 again.
+#[test]
+fn an_edge_is_not_ready_while_the_metastore_cannot_confirm_its_lease() -> Result<()> {
+    let mut cluster = ProcCluster::start(1, 1, 60)?;
+    cluster.wait_ready(Duration::from_secs(60))?;
+    let edge = format!("{}:{}", cluster.nodes["edge-1"].ip, cluster.ports.ws);
+    let (status, body) = get(&edge, "/readyz")?;
+    anyhow::ensure!(status == 200, "ready before: {status} {body}");
+
+    for name in ["meta-1", "meta-2", "meta-3"] {
+        cluster.terminate(name, Duration::from_secs(20))?;
+    }
+    let refused = procs::wait_until(Duration::from_secs(20), || match get(&edge, "/readyz") {
+        Ok((503, body)) => Some(body),
+        _ => None,
+    })
+    .with_context(|| cluster.logs())?;
+    anyhow::ensure!(refused.contains("lease"), "why not ready: {refused}");
+    let (status, body) = get(&edge, "/healthz")?;
+    anyhow::ensure!(status == 200, "alive meanwhile: {status} {body}");
+
+    for name in ["meta-1", "meta-2", "meta-3"] {
+        cluster.start_node(name)?;
+    }
+    procs::wait_until(Duration::from_secs(60), || {
+        matches!(get(&edge, "/readyz"), Ok((200, _))).then_some(())
+    })
+    .with_context(|| cluster.logs())?;
+    Ok(())
+}

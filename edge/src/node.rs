@@ -38,7 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firetower_net::relay::close_code;
-use firetower_net::{spawn_membership, spawn_watch, Channels, Connector, MetaClient, Registration};
+use firetower_net::{
+    spawn_membership, spawn_watch, Channels, Connector, LeaseConfirmed, MetaClient, Registration,
+};
 use firetower_proto::client::{encode_ack, encode_recovery_ack, AckKind};
 use firetower_proto::metastore::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -96,8 +98,11 @@ pub(crate) struct Edge<C: Connector> {
     hot_acks: mpsc::Sender<(String, u64)>,
     /// What `/metrics` serves; the lane readers feed its latency histogram.
     pub(crate) metrics: EdgeMetrics,
-    /// The incarnation this edge is registered under (0: not yet), for `/readyz`.
-    registered: watch::Receiver<u64>,
+    /// The metastore's last confirmation of this edge's lease (none: not registered yet),
+    /// for `/readyz`: past `lease_ttl` without one, the metastore may have expired the edge
+    /// (and moved on without its interest), so it stops calling itself ready.
+    lease: watch::Receiver<Option<LeaseConfirmed>>,
+    lease_ttl: Duration,
 }
 
 /// A hook call to make once every lock is released.
@@ -266,7 +271,8 @@ impl<C: Connector> Edge<C> {
     }
 
     /// `/readyz`: the reason this edge is not ready to take clients, if it is not. Ready
-    /// once it is registered with the metastore and holds a routing view.
+    /// while it holds a routing view and the metastore has confirmed its lease within the
+    /// lease's TTL (registered, and heard from since).
     pub(crate) fn readiness(&self) -> Result<(), String> {
         if *self.stop.borrow() {
             return Err("shutting down".into());
@@ -274,10 +280,8 @@ impl<C: Connector> Edge<C> {
         if self.read_core(|core| core.routing().revision()) == 0 {
             return Err("no routing view from the metastore yet".into());
         }
-        if *self.registered.borrow() == 0 {
-            return Err("not registered with the metastore yet".into());
-        }
-        Ok(())
+        let confirmed = *self.lease.borrow();
+        lease_readiness(confirmed.map(|c| c.sent_at), Instant::now(), self.lease_ttl)
     }
 
     /// What a scrape reads of the core (one short lock).
@@ -428,6 +432,7 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let (hot_ack_tx, hot_ack_rx) = mpsc::channel::<(String, u64)>(HOT_ACK_QUEUE);
     let (incarnation_tx, incarnations) = watch::channel(0u64);
+    let (lease_tx, lease) = watch::channel(None::<LeaseConfirmed>);
     // Cyclic: the metrics read the core at scrape time through a weak handle.
     let edge = Arc::new_cyclic(|weak: &std::sync::Weak<Edge<C>>| {
         let weak = weak.clone();
@@ -437,7 +442,8 @@ where
                 counters.clone(),
                 Box::new(move || weak.upgrade().map(|edge| edge.core_view())),
             ),
-            registered: incarnations.clone(),
+            lease,
+            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
             hooks,
             auth,
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
@@ -491,7 +497,7 @@ where
             lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         },
         incarnation_tx,
-        None,
+        Some(lease_tx),
         stop_rx.clone(),
     );
     edge.tasks.spawn(sync_slots(
@@ -572,4 +578,49 @@ pub async fn run_tcp(
         shutdown,
     )
     .await
+}
+
+/// Readiness by the lease: ready while the last confirmed heartbeat (or the registration)
+/// was sent less than `ttl` ago. A heartbeat sent at `sent_at` and answered keeps the lease
+/// alive until `sent_at + ttl` at least; after that the metastore may have expired it.
+fn lease_readiness(
+    confirmed_at: Option<Instant>,
+    now: Instant,
+    ttl: Duration,
+) -> Result<(), String> {
+    match confirmed_at {
+        None => Err("not registered with the metastore yet".into()),
+        Some(at) if now.saturating_duration_since(at) >= ttl => Err(format!(
+            "the metastore has not confirmed this edge's lease for {} ms (its TTL is {} ms)",
+            now.saturating_duration_since(at).as_millis(),
+            ttl.as_millis()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_is_ready_only_while_its_lease_was_confirmed_within_the_ttl() {
+        let ttl = Duration::from_millis(3000);
+        let at = Instant::now();
+        assert!(lease_readiness(None, at, ttl)
+            .unwrap_err()
+            .contains("not registered"));
+        assert_eq!(lease_readiness(Some(at), at, ttl), Ok(()));
+        assert_eq!(
+            lease_readiness(Some(at), at + Duration::from_millis(2999), ttl),
+            Ok(())
+        );
+        let lost = lease_readiness(Some(at), at + ttl, ttl).unwrap_err();
+        assert!(lost.contains("3000 ms"), "{lost}");
+        // A confirmation stamped after `now` (clock reads in either order) is fresh.
+        assert_eq!(
+            lease_readiness(Some(at + Duration::from_millis(5)), at, ttl),
+            Ok(())
+        );
+    }
 }
