@@ -57,7 +57,7 @@ use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cli::{parse_addrs, shutdown_signal, CaArgs, Failure};
 use crate::status;
-use model::{MetaNode, MetaStatus, Model, Round, Target, TopicStat, Update};
+use model::{LeaseAge, MetaNode, MetaStatus, Model, Round, Target, TopicStat, Update};
 
 /// Where the dashboard listens and what it watches.
 #[derive(clap::Args, Debug)]
@@ -426,6 +426,7 @@ async fn metastore_status(
                             term: r.term,
                             last_applied: r.last_applied,
                             revision: r.revision,
+                            leases: r.leases.iter().map(LeaseAge::from_proto).collect(),
                         })
                     }
                     Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),

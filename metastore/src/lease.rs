@@ -107,6 +107,18 @@ impl LeaseTracker {
         expired
     }
 
+    /// Each tracked lease: its age (since the last heartbeat, or since this leader took it
+    /// over) and the time left before its expiry is due.
+    pub fn ages(&self, now: Instant) -> Vec<(MemberKey, Duration, Duration)> {
+        self.leases
+            .iter()
+            .map(|(key, lease)| {
+                let remaining = lease.deadline.saturating_duration_since(now);
+                (*key, lease.ttl.saturating_sub(remaining), remaining)
+            })
+            .collect()
+    }
+
     /// Forgets everything (this node is no longer the leader).
     pub fn clear(&mut self) {
         self.leases.clear();
@@ -133,6 +145,35 @@ mod tests {
             incarnation,
             ttl: Duration::from_secs(3),
         }
+    }
+
+    #[test]
+    fn a_leases_age_counts_from_its_last_heartbeat() {
+        let t0 = Instant::now();
+        let mut tracker = LeaseTracker::new();
+        tracker.sync_members(t0, [reg(1, 5), reg(2, 6)]);
+        tracker.handle_heartbeat(t0 + Duration::from_millis(1000), reg(2, 6));
+        let at = t0 + Duration::from_millis(1500);
+        let ages = tracker.ages(at);
+        assert_eq!(
+            ages,
+            vec![
+                (
+                    (MemberKind::Edge, 1),
+                    Duration::from_millis(1500),
+                    Duration::from_millis(1500)
+                ),
+                (
+                    (MemberKind::Edge, 2),
+                    Duration::from_millis(500),
+                    Duration::from_millis(2500)
+                ),
+            ]
+        );
+        // Past its deadline: all of the TTL old, nothing left.
+        let late = tracker.ages(t0 + Duration::from_secs(10));
+        assert_eq!(late[0].1, Duration::from_secs(3));
+        assert_eq!(late[0].2, Duration::ZERO);
     }
 
     #[test]

@@ -627,6 +627,20 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
                 format!("{:?}", m.state),
             )
         };
+        let leases = self
+            .node
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ages(tokio::time::Instant::now())
+            .into_iter()
+            .map(|((kind, id), age, remaining)| pb::LeaseState {
+                kind: kind.to_proto().into(),
+                id,
+                age_ms: age.as_millis() as u64,
+                remaining_ms: remaining.as_millis() as u64,
+            })
+            .collect();
         let inner = self.node.sm.read();
         let reply = pb::ClusterStatusReply {
             node_id: self.node.config.id,
@@ -648,6 +662,7 @@ impl<C: Connector> pb::metastore_server::Metastore for MetastoreService<C> {
             state,
             cluster: self.node.config.cluster.clone(),
             unowned_slots: inner.state.unowned_slots(),
+            leases,
         };
         Ok(Response::new(reply))
     }

@@ -188,6 +188,24 @@ function scrapeOf(kind, id) {
   return view.metrics?.nodes?.find((n) => n.kind === kind && n.id === id);
 }
 
+// The lease column: the age of the member's lease (since the last heartbeat the leader
+// took, as of the last scrape of the leader's ClusterStatus) against its TTL.
+function leaseCell(m) {
+  const ttl = `${(m.lease_ttl_ms / 1000).toFixed(1)} s`;
+  const lease = (view.metrics?.leases ?? []).find((l) => l.kind === m.kind && l.id === m.id);
+  if (!lease) {
+    return { text: `– / ${ttl}`, title: 'no lease from the leader yet (only the leader tracks them)' };
+  }
+  const due = lease.remaining_ms === 0;
+  return {
+    text: `${(lease.age_ms / 1000).toFixed(1)} s / ${ttl}`,
+    class: due ? 'num lease err' : 'num lease',
+    title: due ? 'the lease ran out: the leader is expiring this member'
+      : `last heartbeat ${lease.age_ms} ms before the scrape; expired in ${lease.remaining_ms} ms without another`,
+    'data-age-ms': String(lease.age_ms),
+  };
+}
+
 function drawMembers() {
   const sinceState = Date.now() - view.membersAt;
   const sinceMetrics = Date.now() - view.metricsAt;
@@ -211,7 +229,7 @@ function drawMembers() {
       el('td', { text: m.kind }),
       el('td', { class: 'num', text: String(m.id) }),
       el('td', {}, addrs),
-      el('td', { class: 'num', title: 'expired by the leader when no heartbeat arrives for this long', text: `${(m.lease_ttl_ms / 1000).toFixed(1)} s` }),
+      el('td', { class: 'num lease', ...leaseCell(m) }),
       el('td', {}, registered),
       el('td', { class: 'num', title: 'the metastore revision of this registration', text: String(m.incarnation) }),
       el('td', { class: 'num', text: m.slots === null || m.slots === undefined ? '' : String(m.slots) }),

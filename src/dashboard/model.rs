@@ -119,6 +119,28 @@ pub struct MetaStatus {
     pub term: u64,
     pub last_applied: u64,
     pub revision: u64,
+    /// The members' leases, if this node leads (only the leader tracks them).
+    pub leases: Vec<LeaseAge>,
+}
+
+/// A member's lease as the leader's ClusterStatus gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseAge {
+    pub key: MemberKey,
+    /// Since the last heartbeat the leader took.
+    pub age_ms: u64,
+    /// Before the leader expires it, with no heartbeat.
+    pub remaining_ms: u64,
+}
+
+impl LeaseAge {
+    pub fn from_proto(lease: &pb::LeaseState) -> LeaseAge {
+        LeaseAge {
+            key: (Role::of(lease.kind), lease.id),
+            age_ms: lease.age_ms,
+            remaining_ms: lease.remaining_ms,
+        }
+    }
 }
 
 /// What one scrape round brought back.
@@ -590,6 +612,24 @@ impl Model {
                 Err(e) => json!({"addr": n.addr, "reachable": false, "error": e}),
             })
             .collect();
+        // The leases as the leader tracks them (its followers know none).
+        let leases: Vec<Value> = self
+            .metastore
+            .iter()
+            .filter_map(|n| n.status.as_ref().ok())
+            .find(|s| !s.leases.is_empty())
+            .map(|s| {
+                s.leases
+                    .iter()
+                    .map(|l| {
+                        json!({
+                            "kind": l.key.0.name(), "id": l.key.1,
+                            "age_ms": l.age_ms, "remaining_ms": l.remaining_ms,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         json!({
             "revision": self.revision,
             "nodes": nodes,
@@ -597,6 +637,7 @@ impl Model {
             "topic_sources": {"distributors": self.topic_sources.0, "answered": self.topic_sources.1},
             "subscribers": self.subscribers,
             "metastore": metastore,
+            "leases": leases,
         })
     }
 }
@@ -960,5 +1001,56 @@ mod tests {
         assert_eq!(base_topic("live"), "live");
         assert_eq!(base_topic("#3"), "#3");
         assert_eq!(base_topic("a#b"), "a#b");
+    }
+
+    #[test]
+    fn the_leases_shown_are_the_leaders() {
+        let t0 = tokio::time::Instant::now().into_std();
+        let mut m = model_with_cluster(t0);
+        let status = |id: u64, state: &str, leases: Vec<LeaseAge>| MetaNode {
+            addr: format!("m:{id}"),
+            status: Ok(MetaStatus {
+                id,
+                state: state.into(),
+                leader: Some(2),
+                term: 4,
+                last_applied: 9,
+                revision: 9,
+                leases,
+            }),
+        };
+        let lease = LeaseAge::from_proto(&pb::LeaseState {
+            kind: pb::MemberKind::Edge.into(),
+            id: 1,
+            age_ms: 420,
+            remaining_ms: 2580,
+        });
+        let update = m.record_round(
+            t0,
+            Round {
+                metastore: vec![
+                    status(1, "Follower", vec![]),
+                    MetaNode {
+                        addr: "m:3".into(),
+                        status: Err("no answer within 2000 ms".into()),
+                    },
+                    status(2, "Leader", vec![lease]),
+                ],
+                ..Round::default()
+            },
+        );
+        assert_eq!(
+            update.data["leases"],
+            json!([{"kind": "edge", "id": 1, "age_ms": 420, "remaining_ms": 2580}])
+        );
+        // No leader answered: no leases, not stale ones.
+        let update = m.record_round(
+            t0,
+            Round {
+                metastore: vec![status(1, "Follower", vec![])],
+                ..Round::default()
+            },
+        );
+        assert_eq!(update.data["leases"], json!([]));
     }
 }

@@ -206,6 +206,18 @@ describe('firetower dashboard in headless Chromium against firetower dev', () =>
         return rows.length === 3 && rows.some((r) => r.textContent.includes('Leader'));
       }, { timeout: 20000 });
 
+      // Every member's lease age from the leader: heartbeats every third of the TTL keep it
+      // well below the TTL (3 s in dev).
+      const leases = await page.waitForFunction(() => {
+        const cells = [...document.querySelectorAll('#members tbody tr[data-kind] td.lease[data-age-ms]')];
+        return cells.length >= 4 ? cells.map((c) => ({ age: Number(c.dataset.ageMs), text: c.textContent })) : null;
+      }, { timeout: 20000 }).then((h) => h.jsonValue());
+      t.diagnostic(`leases ${JSON.stringify(leases)}`);
+      for (const l of leases) {
+        assert.ok(l.age >= 0 && l.age < 3000, `a live member's lease is younger than its TTL: ${JSON.stringify(l)}`);
+        assert.match(l.text, /^\d+\.\d s \/ 3\.0 s$/);
+      }
+
       // Each edge's /metrics: its subscriber's connection, deliveries per second while the
       // publisher runs.
       const edgeRates = await page.waitForFunction(() => {
