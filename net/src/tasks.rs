@@ -30,6 +30,50 @@ struct Inner {
 /// Held by a task for as long as it lives.
 struct Token(Arc<Inner>);
 
+pin_project_lite::pin_project! {
+    /// A task that ends when it ends or when its node aborts. Fields drop in order: the
+    /// task's future (and everything it held) is gone before the token.
+    struct Tracked<T, A> {
+        #[pin]
+        task: T,
+        #[pin]
+        abort: A,
+        _token: Token,
+    }
+}
+
+/// `task`, ended early when `abort` turns true. A struct, not an `async move` block around a
+/// `select!`: such a block holds the task's future twice (the captured value and the moved
+/// one), and the edge spawns a task per connection: an idle connection took twice its room.
+fn tracked<T: Future<Output = ()>>(
+    task: T,
+    mut abort: watch::Receiver<bool>,
+    token: Token,
+) -> Tracked<T, impl Future<Output = ()>> {
+    Tracked {
+        task,
+        abort: async move {
+            let _ = abort.wait_for(|a| *a).await;
+        },
+        _token: token,
+    }
+}
+
+impl<T: Future<Output = ()>, A: Future<Output = ()>> Future for Tracked<T, A> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        if this.task.poll(cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        this.abort.poll(cx)
+    }
+}
+
 impl Drop for Token {
     fn drop(&mut self) {
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -65,15 +109,7 @@ impl Tasks {
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.inner.live.fetch_add(1, Ordering::AcqRel);
         let token = Token(self.inner.clone());
-        let mut abort = self.inner.abort.subscribe();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = task => {}
-                _ = abort.wait_for(|a| *a) => {}
-            }
-            // The task's future (and everything it held) is gone before the token.
-            drop(token);
-        });
+        tokio::spawn(tracked(task, self.inner.abort.subscribe(), token));
     }
 
     /// How many tracked tasks are alive.
@@ -115,6 +151,28 @@ impl Tasks {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_tracked_task_takes_its_futures_room_once() {
+        let tasks = Tasks::new();
+        let big = async {
+            let buffer = [7u8; 4096];
+            std::future::pending::<()>().await;
+            std::hint::black_box(&buffer);
+        };
+        let own = std::mem::size_of_val(&big);
+        let wrapped = tracked(
+            big,
+            tasks.inner.abort.subscribe(),
+            Token(tasks.inner.clone()),
+        );
+        // The task, the abort wait (a receiver and its `wait_for`), the token.
+        assert!(
+            std::mem::size_of_val(&wrapped) < own + 512,
+            "{} for a future of {own}",
+            std::mem::size_of_val(&wrapped)
+        );
+    }
 
     #[tokio::test]
     async fn shutdown_waits_for_every_task_and_stops_stragglers_at_the_deadline() {
