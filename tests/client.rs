@@ -1,6 +1,7 @@
 //! The Rust client (`firetower-client`) against a real cluster: a subscriber on two edges
 //! loses its edge (drained and stopped) while a publisher goes on, reconnects to the other
-//! edge and recovers exactly what it missed, then receives live messages.
+//! edge and recovers exactly what it missed, then receives live messages; its own publish
+//! over the WebSocket is answered with the position it is delivered at.
 
 mod common;
 
@@ -93,6 +94,21 @@ async fn a_subscriber_moves_to_the_other_edge_and_recovers_what_it_missed() -> R
     }
     publisher.publish("rust/t", "8").await?;
     ensure!(next_message(&mut sub).await? == ("rust/t".into(), "8".into()));
+    // Its own publish over the WebSocket: answered with the position it is delivered at.
+    let id = sub.publish("rust/t", r#"{"from":"sub"}"#).await?;
+    let (mut answered, mut echoed) = (None, None);
+    while answered.is_none() || echoed.is_none() {
+        match next(&mut sub).await? {
+            Event::Published { id: got, position, .. } if got == id => answered = Some(position),
+            Event::Message { data, position, .. } => {
+                ensure!(data == r#"{"from":"sub"}"#, "{data}");
+                echoed = Some(position);
+            }
+            Event::Error { code, message, .. } => bail!("publish refused: {code}: {message}"),
+            _ => {}
+        }
+    }
+    ensure!(answered == echoed, "answered {answered:?}, delivered {echoed:?}");
     drop(stopped.await?);
     Ok(())
 }

@@ -75,11 +75,16 @@ pub enum Event {
         position: StreamPos,
     },
     /// An error frame from the edge. When it fails a subscribe still waiting for its ack,
-    /// the core has taken note (see [`SubscriberCore::retry_failed`]).
+    /// the core has taken note (see [`SubscriberCore::retry_failed`]). `id`: the number of
+    /// the publish it answers ([`Subscriber::publish`]); the subscriber itself reports two
+    /// codes for publishes: `not_connected` (not sent: no connection at the time) and
+    /// `disconnected` (sent, but the connection closed before the edge answered: it may or
+    /// may not have been published).
     Error {
         code: String,
         message: String,
         topic: Option<String>,
+        id: Option<u64>,
     },
     /// A frame that is not a server frame of the protocol (`error` says why).
     BadFrame { error: String, frame: String },
@@ -132,6 +137,9 @@ struct Held {
 #[derive(Debug, Default, Clone)]
 pub struct SubscriberCore {
     topics: BTreeMap<String, Held>,
+    /// Numbered publishes sent on this connection and not answered yet: id → topic. At most
+    /// as many as the application sent without waiting for answers (the edge answers each).
+    unanswered: BTreeMap<u64, String>,
 }
 
 impl SubscriberCore {
@@ -204,6 +212,28 @@ impl SubscriberCore {
             }
         }
         frames_for(&asked)
+    }
+
+    /// A publish numbered `id` (`data`: one JSON value, copied verbatim): the frame to send
+    /// now. The edge answers it with `published` (its position) or an error carrying `id`;
+    /// if the connection ends first, [`SubscriberCore::on_disconnected`] reports it.
+    pub fn publish(&mut self, id: u64, topic: &str, data: &str) -> String {
+        self.unanswered.insert(id, topic.to_string());
+        frames::publish(topic, data, Some(id))
+    }
+
+    /// The connection ended: every publish it had not answered is reported as a
+    /// `disconnected` error (its outcome is unknown: the edge may have published it).
+    pub fn on_disconnected(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.unanswered)
+            .into_iter()
+            .map(|(id, topic)| Event::Error {
+                code: "disconnected".into(),
+                message: "the connection closed before the edge answered this publish; it may or may not have been published".into(),
+                topic: Some(topic),
+                id: Some(id),
+            })
+            .collect()
     }
 
     /// The position held for `topic`.
@@ -281,21 +311,32 @@ impl SubscriberCore {
                 topic,
                 epoch,
                 seq,
-            }) => vec![Event::Published {
-                id,
-                topic,
-                position: StreamPos { epoch, seq },
-            }],
+            }) => {
+                self.unanswered.remove(&id);
+                vec![Event::Published {
+                    id,
+                    topic,
+                    position: StreamPos { epoch, seq },
+                }]
+            }
             Ok(ServerFrame::Error {
                 code,
                 message,
                 topic,
+                id,
             }) => {
-                self.on_error(&code, topic.as_deref());
+                match id {
+                    // The answer to a publish, not about a subscription.
+                    Some(id) => {
+                        self.unanswered.remove(&id);
+                    }
+                    None => self.on_error(&code, topic.as_deref()),
+                }
                 vec![Event::Error {
                     code,
                     message,
                     topic,
+                    id,
                 }]
             }
             Ok(ServerFrame::Heartbeat) => Vec::new(),
@@ -385,11 +426,18 @@ impl Default for SubscriberConfig {
 enum Command {
     Subscribe(String),
     Unsubscribe(String),
+    Publish {
+        id: u64,
+        topic: String,
+        data: String,
+    },
 }
 
 /// The subscriber's task and its two channels.
 pub struct Subscriber {
     commands: mpsc::Sender<Command>,
+    /// The number the next publish takes.
+    next_publish: std::sync::atomic::AtomicU64,
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -405,6 +453,7 @@ impl Subscriber {
         let task = tokio::spawn(run(config, commands_rx, events_tx));
         Ok(Subscriber {
             commands,
+            next_publish: std::sync::atomic::AtomicU64::new(1),
             events,
             task,
         })
@@ -418,6 +467,29 @@ impl Subscriber {
     /// Unsubscribes from `topic` and forgets its position.
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientError> {
         self.command(Command::Unsubscribe(topic.to_string())).await
+    }
+
+    /// Publishes `data` (one JSON value, as its text) to `topic` over the WebSocket; returns
+    /// the number the answer will carry: [`Event::Published`] with the message's position,
+    /// or [`Event::Error`] with this `id` (the edge's refusal, or `not_connected` /
+    /// `disconnected` from the subscriber). In one connection, one topic's publishes keep
+    /// their order. Not retried: a retry after `disconnected` may publish twice.
+    pub async fn publish(&self, topic: &str, data: &str) -> Result<u64, ClientError> {
+        if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(data) {
+            return Err(ClientError::Config(format!(
+                "data is not one JSON value: {e}"
+            )));
+        }
+        let id = self
+            .next_publish
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.command(Command::Publish {
+            id,
+            topic: topic.to_string(),
+            data: data.to_string(),
+        })
+        .await?;
+        Ok(id)
     }
 
     async fn command(&self, command: Command) -> Result<(), ClientError> {
@@ -444,6 +516,17 @@ fn apply(core: &mut SubscriberCore, command: Command) -> Option<String> {
     match command {
         Command::Subscribe(topic) => core.subscribe(&topic),
         Command::Unsubscribe(topic) => core.unsubscribe(&topic),
+        Command::Publish { id, topic, data } => Some(core.publish(id, &topic, &data)),
+    }
+}
+
+/// A publish asked for while no connection is open: not sent, and said so.
+fn not_connected(id: u64, topic: String) -> Event {
+    Event::Error {
+        code: "not_connected".into(),
+        message: "no connection to an edge at the time; not sent".into(),
+        topic: Some(topic),
+        id: Some(id),
     }
 }
 
@@ -478,7 +561,13 @@ async fn run(
                 {
                     return;
                 }
-                match serve(ws, &config, &mut core, &mut commands, &events).await {
+                let ended = serve(ws, &config, &mut core, &mut commands, &events).await;
+                for event in core.on_disconnected() {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                match ended {
                     Ended::Closed(code, reason) => (code, reason),
                     Ended::AppGone => return,
                 }
@@ -506,6 +595,11 @@ async fn run(
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 command = commands.recv() => match command {
+                    Some(Command::Publish { id, topic, .. }) => {
+                        if events.send(not_connected(id, topic)).await.is_err() {
+                            return;
+                        }
+                    }
                     Some(command) => {
                         apply(&mut core, command);
                     }
@@ -746,6 +840,7 @@ mod tests {
                 code: "unavailable".into(),
                 message: "m".into(),
                 topic: Some("a,b,c".into()),
+                id: None,
             }]
         );
         assert!(core.has_failed());
@@ -768,6 +863,39 @@ mod tests {
         core.on_frame(r#"{"type":"error","code":"denied","message":"m","topic":"b"}"#);
         let names: Vec<&str> = core.topics().map(|(t, _)| t).collect();
         assert_eq!(names, ["a", "c"]);
+    }
+
+    #[test]
+    fn publishes_unanswered_when_the_connection_ends_are_reported_and_answers_touch_no_subscribe() {
+        let mut core = SubscriberCore::default();
+        core.subscribe("t");
+        assert_eq!(
+            core.publish(1, "t", r#"{"n":1}"#),
+            r#"{"type":"publish","topic":"t","data":{"n":1},"id":1}"#
+        );
+        core.publish(2, "t", "2");
+        core.publish(3, "u", "3");
+        core.on_frame(r#"{"type":"published","id":1,"topic":"t","epoch":1,"seq":1}"#);
+        // A publish refused while `t`'s subscribe waits: the subscribe has not failed.
+        let refused = core
+            .on_frame(r#"{"type":"error","code":"unavailable","message":"m","topic":"t","id":2}"#);
+        assert_eq!(
+            refused[0],
+            Event::Error {
+                code: "unavailable".into(),
+                message: "m".into(),
+                topic: Some("t".into()),
+                id: Some(2),
+            }
+        );
+        assert!(!core.has_failed());
+        // Only 3 was neither published nor refused.
+        let lost = core.on_disconnected();
+        assert_eq!(lost.len(), 1);
+        assert!(
+            matches!(&lost[0], Event::Error { code, topic: Some(t), id: Some(3), .. } if code == "disconnected" && t == "u")
+        );
+        assert!(core.on_disconnected().is_empty());
     }
 
     #[test]

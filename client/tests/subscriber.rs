@@ -158,3 +158,54 @@ async fn an_edge_that_falls_silent_is_probed_then_left_for_the_next_with_the_pos
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn publishes_over_the_websocket_are_answered_by_number_and_a_closed_connection_says_which_were_not(
+) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let mut sub = Subscriber::start(SubscriberConfig {
+        urls: vec![format!("ws://{}/ws", listener.local_addr()?)],
+        min_backoff: Duration::from_millis(20),
+        ..SubscriberConfig::default()
+    })?;
+    let (tcp, _) = tokio::time::timeout(DEADLINE, listener.accept()).await??;
+    let mut edge = tokio_tungstenite::accept_async(tcp).await?;
+    assert!(matches!(event(&mut sub).await?, Event::Connected { .. }));
+    assert!(
+        sub.publish("t", "not json").await.is_err(),
+        "data is checked"
+    );
+
+    let first = sub.publish("t", r#"{"n":1}"#).await?;
+    let sent = frame(&mut edge).await?;
+    assert_eq!(
+        sent,
+        serde_json::json!({"type": "publish", "topic": "t", "data": {"n": 1}, "id": first})
+    );
+    edge.send(Message::text(format!(
+        r#"{{"type":"published","id":{first},"topic":"t","epoch":4,"seq":11}}"#
+    )))
+    .await?;
+    assert_eq!(
+        event(&mut sub).await?,
+        Event::Published {
+            id: first,
+            topic: "t".into(),
+            position: StreamPos { epoch: 4, seq: 11 },
+        }
+    );
+
+    // Sent, then the connection goes before the answer: its outcome is unknown, and said.
+    let second = sub.publish("t", "2").await?;
+    assert_eq!(frame(&mut edge).await?["id"], second);
+    drop(edge);
+    match event(&mut sub).await? {
+        Event::Error { code, id, .. } => {
+            assert_eq!(code, "disconnected");
+            assert_eq!(id, Some(second));
+        }
+        other => bail!("expected the unanswered publish, got {other:?}"),
+    }
+    assert!(matches!(event(&mut sub).await?, Event::Disconnected { .. }));
+    Ok(())
+}

@@ -434,6 +434,8 @@ pub enum ServerFrame<'a> {
         code: String,
         message: String,
         topic: Option<String>,
+        /// The number of the client publish it answers, if it answers one.
+        id: Option<u64>,
     },
     Heartbeat,
 }
@@ -455,7 +457,7 @@ struct RawServerFrame<'a> {
     #[serde(default)]
     message: Option<String>,
     #[serde(default)]
-    id: u64,
+    id: Option<u64>,
 }
 
 /// Parses a server frame (the client side of the protocol).
@@ -489,7 +491,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'_>, String> {
             })
         }
         "published" => Ok(ServerFrame::Published {
-            id: raw.id,
+            id: raw.id.unwrap_or_default(),
             topic: t_str(raw.topic)?.unwrap_or_default(),
             epoch: raw.epoch,
             seq: raw.seq,
@@ -498,6 +500,7 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame<'_>, String> {
             code: raw.code.unwrap_or_default(),
             message: raw.message.unwrap_or_default(),
             topic: t_str(raw.topic)?,
+            id: raw.id,
         }),
         other => Err(format!("unknown server frame type {other:?}")),
     }
@@ -703,7 +706,21 @@ mod tests {
         let e = encode_error(&ClientError::new(ErrorCode::BadJson, "m"));
         assert!(matches!(
             parse_server_frame(std::str::from_utf8(&e).unwrap()).unwrap(),
-            ServerFrame::Error { topic: None, .. }
+            ServerFrame::Error {
+                topic: None,
+                id: None,
+                ..
+            }
+        ));
+        // An error answering a numbered publish carries its number back.
+        let e = encode_error(
+            &ClientError::new(ErrorCode::Denied, "no")
+                .with_topic("x")
+                .with_id(Some(0)),
+        );
+        assert!(matches!(
+            parse_server_frame(std::str::from_utf8(&e).unwrap()).unwrap(),
+            ServerFrame::Error { id: Some(0), .. }
         ));
     }
 

@@ -571,6 +571,7 @@ pub fn to_frame(text: &str) -> Result<Frame> {
                 code,
                 message,
                 topic,
+                ..
             } => Frame::Error {
                 code,
                 message,
