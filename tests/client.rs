@@ -99,7 +99,9 @@ async fn a_subscriber_moves_to_the_other_edge_and_recovers_what_it_missed() -> R
     let (mut answered, mut echoed) = (None, None);
     while answered.is_none() || echoed.is_none() {
         match next(&mut sub).await? {
-            Event::Published { id: got, position, .. } if got == id => answered = Some(position),
+            Event::Published {
+                id: got, position, ..
+            } if got == id => answered = Some(position),
             Event::Message { data, position, .. } => {
                 ensure!(data == r#"{"from":"sub"}"#, "{data}");
                 echoed = Some(position);
@@ -108,7 +110,10 @@ async fn a_subscriber_moves_to_the_other_edge_and_recovers_what_it_missed() -> R
             _ => {}
         }
     }
-    ensure!(answered == echoed, "answered {answered:?}, delivered {echoed:?}");
+    ensure!(
+        answered == echoed,
+        "answered {answered:?}, delivered {echoed:?}"
+    );
     drop(stopped.await?);
     Ok(())
 }
