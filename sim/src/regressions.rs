@@ -256,5 +256,14 @@ pub const SEEDS: &[(u64, &str)] = &[
         716342,
         "completeness on split topics after slot moves with failed handovers (the class of \
          716205)",
+    ),    (
+        5070,
+        "completeness on a split topic: at its owner, local publishes that waited (one not \
+         numbered yet, others behind it) were numbered after forwarded runs queued behind them \
+         and went to the sub-topics first; an edge that had just joined a sub-topic started \
+         at the first position it got and dropped the earlier ones as stale, though they were \
+         published after its subscriber's ack. Fixed: a split topic's runs leave for the \
+         sub-topics in the order of their positions (unit test \
+         sub_topic_runs_leave_in_the_order_of_their_positions)",
     ),
 ];

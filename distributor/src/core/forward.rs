@@ -40,6 +40,14 @@
 //! shell sends all the forwards of one step to an owner together), where the owner
 //! sequences them in call order under one step; so within a group the runs of a name get
 //! the same answer, in order, and a later group starts only after the earlier one is done.
+//!
+//! At a split topic's owner the order is the order of the positions: a forwarded run is
+//! numbered when it arrives and goes ahead of the queued ops not numbered yet, and an op
+//! numbered late (it could not be numbered when it came) sends the queued ops numbered
+//! before it first (`send_numbered_ahead`). So every sub-topic gets the topic's messages in
+//! the stream's order, which an edge that has just joined one relies on (sim seed 5070).
+//! No publisher's order changes: a message still waiting here is unanswered, so a run
+//! numbered meanwhile is not a later message of the same ordered path.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -444,10 +452,24 @@ impl DistributorCore {
         self.enqueue(now, topic, op_id);
     }
 
-    /// Starts an op now, or queues it behind its topic's unfinished ones.
+    /// Starts an op now, or queues it behind its topic's unfinished ones: an op numbered
+    /// already (a forwarded run of a split topic this node owns) goes ahead of the queued
+    /// ops not numbered yet, which will be numbered after it, so the topic's ops go to the
+    /// sub-topics in the order of their positions (see [`Self::send_numbered_ahead`]).
     fn enqueue(&mut self, now: Instant, topic: &str, op_id: OpId) {
-        if let Some(ops) = self.publishes.topics.get_mut(topic) {
-            ops.queued.push_back(op_id);
+        let Publishes { topics, ops, .. } = &mut self.publishes;
+        if let Some(topic_ops) = topics.get_mut(topic) {
+            let numbered = |op: &OpId| ops.get(op).is_some_and(|op| op.canon.is_some());
+            let at = if numbered(&op_id) {
+                topic_ops
+                    .queued
+                    .iter()
+                    .position(|queued| !numbered(queued))
+                    .unwrap_or(topic_ops.queued.len())
+            } else {
+                topic_ops.queued.len()
+            };
+            topic_ops.queued.insert(at, op_id);
             return;
         }
         self.drive(now, op_id);
@@ -661,14 +683,49 @@ impl DistributorCore {
                 self.fail(now, op_id, error);
                 return;
             }
-            // Numbered just now: its names are the sub-topics from the first.
+            // Numbered just now: its names are the sub-topics from the first. The ops of
+            // the topic numbered before it and still queued (forwarded runs, numbered when
+            // they came) go to the sub-topics first.
             index = if !before && numbered(self) {
+                let topic = self
+                    .publishes
+                    .ops
+                    .get(&op_id)
+                    .map(|op| op.topic.clone())
+                    .unwrap_or_default();
+                self.send_numbered_ahead(now, &topic);
                 0
             } else {
                 index + 1
             };
         }
         self.settle(now, op_id);
+    }
+
+    /// Makes the queued ops of `topic` that are numbered already active and sends them on
+    /// to the sub-topics now: an op of the topic is being numbered after them, and every
+    /// sub-topic must receive the topic's messages in the order of their positions. An
+    /// edge that has just joined a sub-topic starts at the first position it receives, so
+    /// a message that reached it behind a later one would be dropped as stale (sim seed
+    /// 5070: local publishes that waited here were numbered after forwarded runs queued
+    /// behind them, and went first). The numbered ops are the queue's front ([`Self::enqueue`]).
+    fn send_numbered_ahead(&mut self, now: Instant, topic: &str) {
+        let Publishes { topics, ops, .. } = &mut self.publishes;
+        let Some(topic_ops) = topics.get_mut(topic) else {
+            return;
+        };
+        let mut ahead = Vec::new();
+        while let Some(&next) = topic_ops.queued.front() {
+            if ops.get(&next).is_none_or(|op| op.canon.is_none()) {
+                break;
+            }
+            topic_ops.queued.pop_front();
+            topic_ops.active.insert(next);
+            ahead.push(next);
+        }
+        for op in ahead {
+            self.drive(now, op);
+        }
     }
 
     /// Sequences one waiting name here, or forwards it to its owner.

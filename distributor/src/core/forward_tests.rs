@@ -741,3 +741,75 @@ fn nothing_is_forwarded_before_the_registration() {
     assert_eq!(sent.len(), 1);
     assert_eq!((sent[0].3.origin, sent[0].3.incarnation), (1, 3));
 }
+
+/// Found by sim seed 5070: at a split topic's owner, local publishes that waited (one for
+/// the owner to be able to number, one behind it) were numbered after a forwarded run that
+/// came meanwhile, numbered when it came and queued behind them; they went to the
+/// sub-topics first. An edge that had just joined a sub-topic started at the first position
+/// it got and dropped the forwarded run's message as stale, though its subscriber had been
+/// acknowledged before that message was published. The topic's runs go to the sub-topics in
+/// the order of their positions.
+#[test]
+fn sub_topic_runs_leave_in_the_order_of_their_positions() {
+    let mut core = core_owning("live");
+    let t0 = Instant::now();
+    core.handle_watch(t0, split("live", 2, 7));
+    drain(&mut core);
+    core.handle_registered(0);
+    let first = core.handle_publish(t0, "live", vec![data("1")]);
+    let third = core.handle_publish(t0, "live", vec![data("3")]);
+    assert!(forwards(&drain(&mut core)).is_empty(), "cannot number yet");
+    core.handle_registered(1);
+    // Another distributor forwards a run: numbered at once, (5, 1).
+    let second = core.handle_forwarded_run(
+        t0,
+        ForwardRun {
+            topic: "live".to_string(),
+            origin: 3,
+            incarnation: 1,
+            route_tag: 7,
+            messages: vec![(1, 99, data("2"))],
+            canon: vec![],
+        },
+    );
+    assert!(
+        forwards(&drain(&mut core)).is_empty(),
+        "its fan-out waits behind the first"
+    );
+    // The first is numbered now, (5, 2): the forwarded run, numbered before it, goes first.
+    core.handle_timeout(t0 + RETRY_POLL);
+    let sent = forwards(&drain(&mut core));
+    let order = |sent: &[(AttemptId, u64, String, ForwardRun)]| -> Vec<(String, Vec<(u64, u64)>)> {
+        sent.iter()
+            .map(|(_, _, _, run)| (run.topic.clone(), run.canon.clone()))
+            .collect()
+    };
+    assert_eq!(
+        order(&sent),
+        vec![
+            ("live#0".to_string(), vec![(5, 1)]),
+            ("live#1".to_string(), vec![(5, 1)]),
+            ("live#0".to_string(), vec![(5, 2)]),
+            ("live#1".to_string(), vec![(5, 2)]),
+        ]
+    );
+    for (attempt, _, _, run) in &sent {
+        let (epoch, seq) = run.canon[0];
+        core.handle_forward_result(t0, *attempt, sequenced(&[(epoch, seq)]));
+    }
+    let commands = drain(&mut core);
+    let done: Vec<OpId> = replies(&commands).iter().map(|r| r.0).collect();
+    assert_eq!(done, vec![second, first]);
+    // Then the third, numbered after both.
+    assert_eq!(
+        order(&forwards(&commands)),
+        vec![
+            ("live#0".to_string(), vec![(5, 3)]),
+            ("live#1".to_string(), vec![(5, 3)]),
+        ]
+    );
+    for (attempt, ..) in forwards(&commands) {
+        core.handle_forward_result(t0, attempt, sequenced(&[(5, 3)]));
+    }
+    assert_eq!(replies(&drain(&mut core))[0].0, third);
+}
