@@ -460,12 +460,11 @@ impl DistributorCore {
         let Publishes { topics, ops, .. } = &mut self.publishes;
         if let Some(topic_ops) = topics.get_mut(topic) {
             let numbered = |op: &OpId| ops.get(op).is_some_and(|op| op.canon.is_some());
+            // The queue is its numbered ops, then the ones not numbered yet (only this
+            // inserts a numbered op, and a queued op is numbered only once it leaves the
+            // queue): a binary search, since a hot split topic's owner may hold many runs.
             let at = if numbered(&op_id) {
-                topic_ops
-                    .queued
-                    .iter()
-                    .position(|queued| !numbered(queued))
-                    .unwrap_or(topic_ops.queued.len())
+                topic_ops.queued.partition_point(numbered)
             } else {
                 topic_ops.queued.len()
             };
