@@ -394,6 +394,11 @@ pub fn parse_response(
     eof: bool,
     max_body: usize,
 ) -> Result<Option<Response>, GetError> {
+    // Whatever the framing: a chunk-size line that never ends, or chunks of a byte each,
+    // must not grow the buffer without bound while the deadline runs.
+    if buf.len() > MAX_RESPONSE_HEAD.saturating_add(max_body.saturating_mul(2)) {
+        return Err(GetError::BodyTooLarge { max: max_body });
+    }
     let Some(head_end) = find(buf, b"\r\n\r\n") else {
         return if buf.len() > MAX_RESPONSE_HEAD {
             Err(GetError::HeadTooLarge)
@@ -634,6 +639,15 @@ mod tests {
         );
         assert_eq!(body(parse_response(&chunked[..55], false, 100)), Ok(None));
         assert!(parse_response(chunked, false, 4).is_err());
+        // A chunk-size line that never ends is cut off, not buffered for ever.
+        let mut endless = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        endless.extend(std::iter::repeat_n(b'f', 300));
+        assert_eq!(body(parse_response(&endless, false, 100)), Ok(None));
+        endless.extend(std::iter::repeat_n(b'f', MAX_RESPONSE_HEAD));
+        assert_eq!(
+            body(parse_response(&endless, false, 100)),
+            Err(GetError::BodyTooLarge { max: 100 })
+        );
 
         let to_close = b"HTTP/1.0 404 Not Found\r\n\r\nnope";
         assert_eq!(body(parse_response(to_close, false, 100)), Ok(None));
