@@ -31,6 +31,9 @@ pub const CLOSE_KICKED: u16 = 4002;
 /// answering (the edge uses it for a client that stopped answering its pings).
 pub const CLOSE_NO_PONG: u16 = 4000;
 
+/// Publishes sent on one connection and not answered yet, at most.
+pub const MAX_UNANSWERED: usize = 4096;
+
 /// The topic of the liveness probe (the JavaScript client's too). Its unsubscribe ack is
 /// taken by the subscriber's task, not reported.
 pub const PROBE_TOPIC: &str = "$firetower/probe";
@@ -138,7 +141,7 @@ struct Held {
 pub struct SubscriberCore {
     topics: BTreeMap<String, Held>,
     /// Numbered publishes sent on this connection and not answered yet: id → topic. At most
-    /// as many as the application sent without waiting for answers (the edge answers each).
+    /// [`MAX_UNANSWERED`]: an edge that stops answering does not make it grow for ever.
     unanswered: BTreeMap<u64, String>,
 }
 
@@ -216,10 +219,20 @@ impl SubscriberCore {
 
     /// A publish numbered `id` (`data`: one JSON value, copied verbatim): the frame to send
     /// now. The edge answers it with `published` (its position) or an error carrying `id`;
-    /// if the connection ends first, [`SubscriberCore::on_disconnected`] reports it.
-    pub fn publish(&mut self, id: u64, topic: &str, data: &str) -> String {
+    /// if the connection ends first, [`SubscriberCore::on_disconnected`] reports it. With
+    /// [`MAX_UNANSWERED`] publishes waiting for their answers, none is sent: `Err` is the
+    /// `too_many_unanswered` error to report instead.
+    pub fn publish(&mut self, id: u64, topic: &str, data: &str) -> Result<String, Event> {
+        if self.unanswered.len() >= MAX_UNANSWERED {
+            return Err(Event::Error {
+                code: "too_many_unanswered".into(),
+                message: format!("{MAX_UNANSWERED} publishes wait for the edge's answer; not sent"),
+                topic: Some(topic.to_string()),
+                id: Some(id),
+            });
+        }
         self.unanswered.insert(id, topic.to_string());
-        frames::publish(topic, data, Some(id))
+        Ok(frames::publish(topic, data, Some(id)))
     }
 
     /// The connection ended: every publish it had not answered is reported as a
@@ -511,13 +524,14 @@ impl Drop for Subscriber {
     }
 }
 
-/// Applies `command` to the core: the frame to send if connected.
-fn apply(core: &mut SubscriberCore, command: Command) -> Option<String> {
-    match command {
+/// Applies `command` to the core: the frame to send if connected, or the error that
+/// answers a publish not sent.
+fn apply(core: &mut SubscriberCore, command: Command) -> Result<Option<String>, Event> {
+    Ok(match command {
         Command::Subscribe(topic) => core.subscribe(&topic),
         Command::Unsubscribe(topic) => core.unsubscribe(&topic),
-        Command::Publish { id, topic, data } => Some(core.publish(id, &topic, &data)),
-    }
+        Command::Publish { id, topic, data } => Some(core.publish(id, &topic, &data)?),
+    })
 }
 
 /// A publish asked for while no connection is open: not sent, and said so.
@@ -601,7 +615,8 @@ async fn run(
                         }
                     }
                     Some(command) => {
-                        apply(&mut core, command);
+                        // Only a publish is refused, and publishes are answered above.
+                        let _ = apply(&mut core, command);
                     }
                     None => return,
                 },
@@ -658,7 +673,15 @@ where
             }
             command = commands.recv() => {
                 let Some(command) = command else { return Ended::AppGone };
-                apply(core, command).into_iter().collect()
+                match apply(core, command) {
+                    Ok(frame) => frame.into_iter().collect(),
+                    Err(refused) => {
+                        if events.send(refused).await.is_err() {
+                            return Ended::AppGone;
+                        }
+                        Vec::new()
+                    }
+                }
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
@@ -870,11 +893,11 @@ mod tests {
         let mut core = SubscriberCore::default();
         core.subscribe("t");
         assert_eq!(
-            core.publish(1, "t", r#"{"n":1}"#),
-            r#"{"type":"publish","topic":"t","data":{"n":1},"id":1}"#
+            core.publish(1, "t", r#"{"n":1}"#).as_deref(),
+            Ok(r#"{"type":"publish","topic":"t","data":{"n":1},"id":1}"#)
         );
-        core.publish(2, "t", "2");
-        core.publish(3, "u", "3");
+        assert!(core.publish(2, "t", "2").is_ok());
+        assert!(core.publish(3, "u", "3").is_ok());
         core.on_frame(r#"{"type":"published","id":1,"topic":"t","epoch":1,"seq":1}"#);
         // A publish refused while `t`'s subscribe waits: the subscribe has not failed.
         let refused = core
@@ -896,6 +919,14 @@ mod tests {
             matches!(&lost[0], Event::Error { code, topic: Some(t), id: Some(3), .. } if code == "disconnected" && t == "u")
         );
         assert!(core.on_disconnected().is_empty());
+        // An edge that stops answering: past MAX_UNANSWERED, publishes are refused here.
+        for id in 0..MAX_UNANSWERED as u64 {
+            assert!(core.publish(id, "t", "0").is_ok());
+        }
+        assert!(matches!(
+            core.publish(9999, "t", "0"),
+            Err(Event::Error { code, id: Some(9999), .. }) if code == "too_many_unanswered"
+        ));
     }
 
     #[test]
