@@ -153,19 +153,11 @@ impl Publisher {
 
     /// Publishes `data` (one JSON value, as text) to `topic`: its position, or the refusal.
     pub async fn publish(&self, topic: &str, data: &str) -> Result<StreamPos, ClientError> {
-        let reply = self
-            .client
-            .clone()
-            .publish(dpb::PublishRequest {
-                topic: topic.to_string(),
-                data: data.to_string().into(),
-            })
-            .await?
-            .into_inner();
-        Ok(StreamPos {
-            epoch: reply.epoch,
-            seq: reply.seq,
-        })
+        let message = PublishMessage {
+            topic: topic.to_string(),
+            data: data.as_bytes().to_vec(),
+        };
+        Ok(self.publish_message(message).await?.position)
     }
 
     /// Publishes one message (one Publish call): the distributor's whole answer.
